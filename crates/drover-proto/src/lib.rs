@@ -1,0 +1,18 @@
+//! The wire protocol between a Drover server and its agents: versioned message types and the
+//! length-prefixed frame codec that carries them. Pure data: no I/O, no async runtime.
+//!
+//! **API Boundary:** old agents stay deployed for years, so every change here is additive and
+//! guarded by [`PROTOCOL_VERSION`], negotiated once per connection by [`negotiate`].
+
+mod frame;
+mod message;
+
+pub use frame::{decode, encode, FrameError, LENGTH_PREFIX, MAX_FRAME_LEN};
+pub use message::{
+    negotiate, CertificateIssued, Hello, Inventory, Message, RefuseCode, Refused, StreamKind,
+    StreamOpen, Welcome, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+
+/// The ALPN protocol identifier an agent offers when it dials the server. The server routes a TLS
+/// connection that negotiated it to the agent endpoint, and everything else to the HTTP API.
+pub const ALPN_AGENT: &[u8] = b"drover-agent/1";

@@ -1,0 +1,166 @@
+//! The messages of protocol version 1. Field names are the wire names; new optional fields get
+//! `#[serde(default)]` so that an older peer's messages still parse.
+
+use serde::{Deserialize, Serialize};
+
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// Everything that travels in a frame. The first frame on every stream is [`Message::Open`],
+/// which says what the stream is for; the agent's control stream then starts with
+/// [`Message::Hello`], answered by [`Message::Welcome`] or [`Message::Refused`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// First frame on a new stream.
+    Open(StreamOpen),
+    /// Agent to server, first on the control stream.
+    Hello(Hello),
+    /// Server to agent: the connection is accepted.
+    Welcome(Welcome),
+    /// Server to agent: the connection is refused; the server closes it next.
+    Refused(Refused),
+    /// Heartbeat, either way; the peer answers with [`Message::Pong`] carrying the same `seq`.
+    Ping { seq: u64 },
+    Pong { seq: u64 },
+    /// Agent to server, on connect (inside Hello) and whenever it changes.
+    Inventory(Inventory),
+    /// Agent to server: please sign a certificate for this new key (PEM CSR).
+    RenewCertificate { csr_pem: String },
+    /// Server to agent: the renewed certificate.
+    CertificateIssued(CertificateIssued),
+    /// Either way: a request on this stream failed.
+    Error { code: String, message: String },
+    /// Either way: an orderly close of the connection, with the reason.
+    Goodbye { reason: String },
+}
+
+impl Message {
+    /// A short name of the message's type, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Open(_) => "open",
+            Message::Hello(_) => "hello",
+            Message::Welcome(_) => "welcome",
+            Message::Refused(_) => "refused",
+            Message::Ping { .. } => "ping",
+            Message::Pong { .. } => "pong",
+            Message::Inventory(_) => "inventory",
+            Message::RenewCertificate { .. } => "renew_certificate",
+            Message::CertificateIssued(_) => "certificate_issued",
+            Message::Error { .. } => "error",
+            Message::Goodbye { .. } => "goodbye",
+        }
+    }
+}
+
+/// What a stream carries. Later versions add commands, sessions and forwarded connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    Control,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOpen {
+    pub kind: StreamKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The range of protocol versions the agent speaks.
+    pub min_version: u32,
+    pub max_version: u32,
+    pub inventory: Inventory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version both sides speak from now on.
+    pub version: u32,
+    pub node_id: String,
+    /// How often each side sends a heartbeat; a peer silent for three intervals is gone.
+    pub heartbeat_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefuseCode {
+    /// The node was deregistered: the agent must not retry.
+    Deregistered,
+    /// No protocol version in common: the agent must be upgraded.
+    Version,
+    /// The certificate names no node this server knows.
+    UnknownNode,
+    /// Anything else; the agent retries later.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub code: RefuseCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateIssued {
+    pub cert_pem: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// What a node says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub hostname: String,
+    /// "linux" or "macos".
+    pub platform: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub arch: String,
+    pub agent_version: String,
+    #[serde(default)]
+    pub ip_addresses: Vec<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub boot_time: i64,
+}
+
+/// Picks the protocol version for a peer that speaks `min..=max`: the newest both sides speak,
+/// or `None` when the ranges do not meet.
+pub fn negotiate(peer_min: u32, peer_max: u32) -> Option<u32> {
+    let version = peer_max.min(PROTOCOL_VERSION);
+    (version >= peer_min.max(MIN_PROTOCOL_VERSION) && peer_min <= peer_max).then_some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_agent_is_spoken_to_in_our_version() {
+        assert_eq!(negotiate(1, 5), Some(PROTOCOL_VERSION));
+    }
+
+    #[test]
+    fn disjoint_ranges_do_not_negotiate() {
+        assert_eq!(negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3), None);
+        assert_eq!(negotiate(0, 0), None);
+        assert_eq!(negotiate(3, 1), None);
+    }
+
+    #[test]
+    fn an_unknown_refuse_code_reads_as_other() {
+        let r: Refused = serde_json::from_str(r#"{"code":"quota","message":"x"}"#).unwrap_or(
+            Refused {
+                code: RefuseCode::Deregistered,
+                message: String::new(),
+            },
+        );
+        assert_eq!(r.code, RefuseCode::Other);
+    }
+}

@@ -1,0 +1,108 @@
+//! Persistence: the [`Store`] trait every table sits behind, and its embedded SQLite
+//! implementation with schema migrations. A PostgreSQL implementation for a cluster of servers
+//! implements the same trait.
+//!
+//! **Architecture Invariant:** nothing outside this crate writes SQL.
+
+mod model;
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+/// Store errors. `Conflict` and `NotFound` are the caller's to explain; the rest are faults.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error while trying to {what}")]
+    Database {
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("could not open the database at {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("schema migration to version {version} failed")]
+    Migration {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the database is newer (schema {found}) than this drover (schema {known}); upgrade drover")]
+    TooNew { found: usize, known: usize },
+    #[error("corrupt {what} in the database")]
+    Corrupt {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the database worker stopped")]
+    WorkerGone,
+}
+
+/// Why an activation could not be redeemed. Shown to the registering operator as is.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    #[error("activation {0} does not exist")]
+    UnknownActivation(String),
+    #[error("the activation code is wrong for activation {0}")]
+    WrongCode(String),
+    #[error("activation {0} expired at {1}")]
+    Expired(String, String),
+    #[error("activation {id} is used up: its limit of {limit} registrations was reached")]
+    UsedUp { id: String, limit: i64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything Drover keeps. Methods are coarse (one call, one transaction) so that a remote
+/// database costs one round trip per operation.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- nodes
+    async fn get_node(&self, id: &NodeId) -> Result<Option<Node>, StoreError>;
+    async fn list_nodes(&self, query: &NodeQuery) -> Result<NodePage, StoreError>;
+    async fn update_tags(
+        &self,
+        id: &NodeId,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<Node, StoreError>;
+    async fn set_inventory(
+        &self,
+        id: &NodeId,
+        inventory: &NodeInventory,
+    ) -> Result<(), StoreError>;
+    /// Applies a batch of connect and disconnect events in one transaction.
+    async fn record_presence(&self, updates: &[Presence]) -> Result<(), StoreError>;
+    /// At server start: no connection survived, so every Online node is ConnectionLost.
+    async fn mark_all_disconnected(&self, at: i64) -> Result<u64, StoreError>;
+    async fn deregister_node(&self, id: &NodeId, at: i64) -> Result<Node, StoreError>;
+
+    // --- activations
+    async fn create_activation(&self, activation: &Activation) -> Result<(), StoreError>;
+    async fn list_activations(&self) -> Result<Vec<Activation>, StoreError>;
+    /// Checks the code, expiry and count, takes one registration and creates the node, all in
+    /// one transaction, so that concurrent registrations never exceed the limit.
+    async fn redeem_activation(
+        &self,
+        activation_id: &str,
+        code_hash: &str,
+        now: i64,
+        node: NewNode,
+    ) -> Result<Node, RedeemError>;
+
+    // --- API tokens
+    async fn create_token(&self, token: &ApiToken) -> Result<(), StoreError>;
+    async fn find_token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
+    async fn count_tokens(&self) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,730 @@
+//! The embedded SQLite store: one connection in WAL mode, used from blocking threads so the
+//! async runtime never waits on disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::*;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran. Never edit
+/// a released migration: add a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE nodes (
+    id             TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    tags           TEXT NOT NULL DEFAULT '{}',
+    status         TEXT NOT NULL,
+    last_seen_at   INTEGER NOT NULL DEFAULT 0,
+    registered_at  INTEGER NOT NULL,
+    activation_id  TEXT NOT NULL,
+    hostname       TEXT NOT NULL DEFAULT '',
+    platform       TEXT NOT NULL DEFAULT '',
+    os_name        TEXT NOT NULL DEFAULT '',
+    os_version     TEXT NOT NULL DEFAULT '',
+    kernel         TEXT NOT NULL DEFAULT '',
+    arch           TEXT NOT NULL DEFAULT '',
+    agent_version  TEXT NOT NULL DEFAULT '',
+    ip_addresses   TEXT NOT NULL DEFAULT '[]',
+    boot_time      INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX nodes_status ON nodes(status);
+CREATE INDEX nodes_name ON nodes(name);
+-- Tags are kept twice: as JSON in nodes (read with the row) and here (to filter by).
+CREATE TABLE node_tags (
+    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    key     TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    PRIMARY KEY (node_id, key)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX node_tags_kv ON node_tags(key, value);
+CREATE TABLE activations (
+    id                 TEXT PRIMARY KEY,
+    code_hash          TEXT NOT NULL,
+    description        TEXT NOT NULL,
+    default_name       TEXT NOT NULL,
+    tags               TEXT NOT NULL,
+    registration_limit INTEGER NOT NULL,
+    registrations      INTEGER NOT NULL,
+    expires_at         INTEGER NOT NULL,
+    created_at         INTEGER NOT NULL
+) STRICT;
+CREATE TABLE api_tokens (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    hash       TEXT NOT NULL UNIQUE,
+    role       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+"#];
+
+const NODE_COLUMNS: &str = "id, name, tags, status, last_seen_at, registered_at, activation_id, \
+     hostname, platform, os_name, os_version, kernel, arch, agent_version, ip_addresses, boot_time";
+
+/// The SQLite [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Database { what, source }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(open_err)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    async fn call<T, E>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| StoreError::WorkerGone)?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|_| StoreError::WorkerGone)?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("read the schema version"))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            found: current,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = i + 1;
+        let mig = |source| StoreError::Migration { version, source };
+        let tx = conn.transaction().map_err(mig)?;
+        tx.execute_batch(sql).map_err(mig)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(mig)?;
+        tx.commit().map_err(mig)?;
+        tracing::info!(version, "applied schema migration");
+    }
+    Ok(())
+}
+
+fn status_str(s: NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Online => "online",
+        NodeStatus::ConnectionLost => "connection_lost",
+        NodeStatus::Inactive => "inactive",
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+fn node_from_row(row: &Row<'_>) -> rusqlite::Result<Node> {
+    let id: String = row.get(0)?;
+    let tags: String = row.get(2)?;
+    let status: String = row.get(3)?;
+    let ips: String = row.get(14)?;
+    let bad = |i, e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    };
+    Ok(Node {
+        id: NodeId::parse(&id).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("bad node id {id:?}").into(),
+            )
+        })?,
+        name: row.get(1)?,
+        tags: serde_json::from_str(&tags).map_err(|e| bad(2, e))?,
+        status: NodeStatus::parse(&status).unwrap_or(NodeStatus::ConnectionLost),
+        last_seen_at: row.get(4)?,
+        registered_at: row.get(5)?,
+        activation_id: row.get(6)?,
+        inventory: NodeInventory {
+            hostname: row.get(7)?,
+            platform: row.get(8)?,
+            os_name: row.get(9)?,
+            os_version: row.get(10)?,
+            kernel: row.get(11)?,
+            arch: row.get(12)?,
+            agent_version: row.get(13)?,
+            ip_addresses: serde_json::from_str(&ips).map_err(|e| bad(14, e))?,
+            boot_time: row.get(15)?,
+        },
+    })
+}
+
+fn get_node_tx(conn: &Connection, id: &str) -> Result<Option<Node>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"))
+        .and_then(|mut st| st.query_row([id], node_from_row).optional())
+        .map_err(db("read a node"))
+}
+
+fn activation_from_row(row: &Row<'_>) -> rusqlite::Result<Activation> {
+    let tags: String = row.get(4)?;
+    Ok(Activation {
+        id: row.get(0)?,
+        code_hash: row.get(1)?,
+        description: row.get(2)?,
+        default_name: row.get(3)?,
+        tags: serde_json::from_str(&tags).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        registration_limit: row.get(5)?,
+        registrations: row.get(6)?,
+        expires_at: row.get(7)?,
+        created_at: row.get(8)?,
+    })
+}
+
+fn rfc3339(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ts.to_string())
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn get_node(&self, id: &NodeId) -> Result<Option<Node>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| get_node_tx(c, &id)).await
+    }
+
+    async fn list_nodes(&self, query: &NodeQuery) -> Result<NodePage, StoreError> {
+        let q = query.clone();
+        self.call(move |c| {
+            let mut sql = format!("SELECT {NODE_COLUMNS} FROM nodes n WHERE 1=1");
+            let mut args: Vec<String> = Vec::new();
+            for (k, v) in &q.tags {
+                args.push(k.clone());
+                args.push(v.clone());
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM node_tags t WHERE t.node_id = n.id AND t.key = ?{} AND t.value = ?{})",
+                    args.len() - 1,
+                    args.len()
+                ));
+            }
+            if let Some(p) = &q.platform {
+                args.push(p.clone());
+                sql.push_str(&format!(" AND n.platform = ?{}", args.len()));
+            }
+            if let Some(s) = q.status {
+                args.push(status_str(s).to_string());
+                sql.push_str(&format!(" AND n.status = ?{}", args.len()));
+            }
+            if let Some(name) = &q.name {
+                args.push(name.clone());
+                sql.push_str(&format!(" AND n.name = ?{}", args.len()));
+            }
+            if let Some(after) = &q.after {
+                args.push(after.to_string());
+                sql.push_str(&format!(" AND n.id > ?{}", args.len()));
+            }
+            let limit = q.limit.max(1);
+            // One extra row tells whether there is a next page.
+            sql.push_str(&format!(" ORDER BY n.id LIMIT {}", limit + 1));
+            let mut st = c.prepare_cached(&sql).map_err(db("list nodes"))?;
+            let mut nodes = st
+                .query_map(rusqlite::params_from_iter(args.iter()), node_from_row)
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(db("list nodes"))?;
+            let next = if nodes.len() > limit {
+                nodes.truncate(limit);
+                nodes.last().map(|n| n.id.clone())
+            } else {
+                None
+            };
+            Ok(NodePage { nodes, next })
+        })
+        .await
+    }
+
+    async fn update_tags(
+        &self,
+        id: &NodeId,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<Node, StoreError> {
+        let (id, set, remove) = (id.to_string(), set.clone(), remove.to_vec());
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db("update tags"))?;
+            let mut node =
+                get_node_tx(&tx, &id)?.ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
+            for k in &remove {
+                node.tags.remove(k);
+                tx.execute("DELETE FROM node_tags WHERE node_id = ?1 AND key = ?2", params![id, k])
+                    .map_err(db("update tags"))?;
+            }
+            for (k, v) in &set {
+                node.tags.insert(k.clone(), v.clone());
+                tx.execute(
+                    "INSERT INTO node_tags (node_id, key, value) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (node_id, key) DO UPDATE SET value = excluded.value",
+                    params![id, k, v],
+                )
+                .map_err(db("update tags"))?;
+            }
+            tx.execute("UPDATE nodes SET tags = ?2 WHERE id = ?1", params![id, json(&node.tags)])
+                .map_err(db("update tags"))?;
+            tx.commit().map_err(db("update tags"))?;
+            Ok(node)
+        })
+        .await
+    }
+
+    async fn set_inventory(
+        &self,
+        id: &NodeId,
+        inv: &NodeInventory,
+    ) -> Result<(), StoreError> {
+        let (id, inv) = (id.to_string(), inv.clone());
+        self.call(move |c| {
+            c.prepare_cached(
+                "UPDATE nodes SET hostname = ?2, platform = ?3, os_name = ?4, os_version = ?5, \
+                 kernel = ?6, arch = ?7, agent_version = ?8, ip_addresses = ?9, boot_time = ?10 \
+                 WHERE id = ?1",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    id,
+                    inv.hostname,
+                    inv.platform,
+                    inv.os_name,
+                    inv.os_version,
+                    inv.kernel,
+                    inv.arch,
+                    inv.agent_version,
+                    json(&inv.ip_addresses),
+                    inv.boot_time
+                ])
+            })
+            .map_err(db("save the inventory"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_presence(&self, updates: &[Presence]) -> Result<(), StoreError> {
+        let updates = updates.to_vec();
+        self.call(move |c| {
+            let tx = c.transaction().map_err(db("record presence"))?;
+            {
+                // An Inactive (deregistered) node stays Inactive whatever its last connection did.
+                let mut st = tx
+                    .prepare_cached(
+                        "UPDATE nodes SET status = ?2, last_seen_at = MAX(last_seen_at, ?3) \
+                         WHERE id = ?1 AND status != 'inactive'",
+                    )
+                    .map_err(db("record presence"))?;
+                for u in &updates {
+                    let status = if u.online {
+                        NodeStatus::Online
+                    } else {
+                        NodeStatus::ConnectionLost
+                    };
+                    st.execute(params![u.id.as_str(), status_str(status), u.at])
+                        .map_err(db("record presence"))?;
+                }
+            }
+            tx.commit().map_err(db("record presence"))
+        })
+        .await
+    }
+
+    async fn mark_all_disconnected(&self, at: i64) -> Result<u64, StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE nodes SET status = 'connection_lost', last_seen_at = MAX(last_seen_at, ?1) \
+                 WHERE status = 'online'",
+                [at],
+            )
+            .map(|n| n as u64)
+            .map_err(db("reset node status"))
+        })
+        .await
+    }
+
+    async fn deregister_node(&self, id: &NodeId, at: i64) -> Result<Node, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE nodes SET status = 'inactive', last_seen_at = MAX(last_seen_at, ?2) WHERE id = ?1",
+                    params![id, at],
+                )
+                .map_err(db("deregister a node"))?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("node {id}")));
+            }
+            get_node_tx(c, &id)?.ok_or_else(|| StoreError::NotFound(format!("node {id}")))
+        })
+        .await
+    }
+
+    async fn create_activation(&self, a: &Activation) -> Result<(), StoreError> {
+        let a = a.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO activations (id, code_hash, description, default_name, tags, \
+                 registration_limit, registrations, expires_at, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    a.id,
+                    a.code_hash,
+                    a.description,
+                    a.default_name,
+                    json(&a.tags),
+                    a.registration_limit,
+                    a.registrations,
+                    a.expires_at,
+                    a.created_at
+                ],
+            )
+            .map_err(db("create an activation"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_activations(&self) -> Result<Vec<Activation>, StoreError> {
+        self.call(|c| {
+            c.prepare_cached(
+                "SELECT id, code_hash, description, default_name, tags, registration_limit, \
+                 registrations, expires_at, created_at FROM activations ORDER BY created_at, id",
+            )
+            .and_then(|mut st| {
+                st.query_map([], activation_from_row)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(db("list activations"))
+        })
+        .await
+    }
+
+    async fn redeem_activation(
+        &self,
+        activation_id: &str,
+        code_hash: &str,
+        now: i64,
+        node: NewNode,
+    ) -> Result<Node, RedeemError> {
+        let (aid, code_hash) = (activation_id.to_string(), code_hash.to_string());
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db("redeem an activation"))?;
+            let act = tx
+                .query_row(
+                    "SELECT id, code_hash, description, default_name, tags, registration_limit, \
+                     registrations, expires_at, created_at FROM activations WHERE id = ?1",
+                    [&aid],
+                    activation_from_row,
+                )
+                .optional()
+                .map_err(db("redeem an activation"))?
+                .ok_or_else(|| RedeemError::UnknownActivation(aid.clone()))?;
+            if act.code_hash != code_hash {
+                return Err(RedeemError::WrongCode(aid));
+            }
+            if now >= act.expires_at {
+                return Err(RedeemError::Expired(aid, rfc3339(act.expires_at)));
+            }
+            if act.registrations >= act.registration_limit {
+                return Err(RedeemError::UsedUp {
+                    id: aid,
+                    limit: act.registration_limit,
+                });
+            }
+            tx.execute(
+                "UPDATE activations SET registrations = registrations + 1 WHERE id = ?1",
+                [&aid],
+            )
+            .map_err(db("redeem an activation"))?;
+            // Tags given at registration win over the activation's defaults.
+            let mut tags = act.tags.clone();
+            tags.extend(node.tags.clone());
+            let name = if node.name.is_empty() {
+                if act.default_name.is_empty() {
+                    node.inventory.hostname.clone()
+                } else {
+                    act.default_name.clone()
+                }
+            } else {
+                node.name.clone()
+            };
+            let inv = &node.inventory;
+            tx.execute(
+                &format!(
+                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, 'connection_lost', 0, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ),
+                params![
+                    node.id.as_str(),
+                    name,
+                    json(&tags),
+                    node.registered_at,
+                    aid,
+                    inv.hostname,
+                    inv.platform,
+                    inv.os_name,
+                    inv.os_version,
+                    inv.kernel,
+                    inv.arch,
+                    inv.agent_version,
+                    json(&inv.ip_addresses),
+                    inv.boot_time
+                ],
+            )
+            .map_err(db("create a node"))?;
+            for (k, v) in &tags {
+                tx.execute(
+                    "INSERT INTO node_tags (node_id, key, value) VALUES (?1, ?2, ?3)",
+                    params![node.id.as_str(), k, v],
+                )
+                .map_err(db("create a node"))?;
+            }
+            let created = get_node_tx(&tx, node.id.as_str())?
+                .ok_or_else(|| StoreError::NotFound(format!("node {}", node.id)))?;
+            tx.commit().map_err(db("redeem an activation"))?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn create_token(&self, t: &ApiToken) -> Result<(), StoreError> {
+        let t = t.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO api_tokens (id, name, hash, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.id, t.name, t.hash, t.role, t.created_at],
+            )
+            .map_err(db("create an API token"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        let hash = hash.to_string();
+        self.call(move |c| {
+            c.prepare_cached("SELECT id, name, hash, role, created_at FROM api_tokens WHERE hash = ?1")
+                .and_then(|mut st| {
+                    st.query_row([hash], |r| {
+                        Ok(ApiToken {
+                            id: r.get(0)?,
+                            name: r.get(1)?,
+                            hash: r.get(2)?,
+                            role: r.get(3)?,
+                            created_at: r.get(4)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(db("look up an API token"))
+        })
+        .await
+    }
+
+    async fn count_tokens(&self) -> Result<u64, StoreError> {
+        self.call(|c| {
+            c.query_row("SELECT COUNT(*) FROM api_tokens", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(db("count API tokens"))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn new_node(hex: &str, tags: &[(&str, &str)]) -> NewNode {
+        NewNode {
+            id: NodeId::random(hex).unwrap(),
+            name: String::new(),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            registered_at: 100,
+            inventory: NodeInventory {
+                hostname: format!("host-{hex}"),
+                platform: "linux".into(),
+                ..NodeInventory::default()
+            },
+        }
+    }
+
+    fn activation(limit: i64) -> Activation {
+        Activation {
+            id: "act-1".into(),
+            code_hash: "h".into(),
+            description: String::new(),
+            default_name: String::new(),
+            tags: [("env".to_string(), "dev".to_string())].into(),
+            registration_limit: limit,
+            registrations: 0,
+            expires_at: 1000,
+            created_at: 0,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn activation_limits_are_enforced() {
+        let (_d, s) = store().await;
+        s.create_activation(&activation(1)).await.unwrap();
+        let n = s
+            .redeem_activation("act-1", "h", 10, new_node("00000000000000001", &[("role", "web")]))
+            .await
+            .unwrap();
+        assert_eq!(n.tags.get("env").map(String::as_str), Some("dev"));
+        assert_eq!(n.name, "host-00000000000000001");
+        let used = s
+            .redeem_activation("act-1", "h", 10, new_node("00000000000000002", &[]))
+            .await
+            .unwrap_err();
+        assert!(matches!(used, RedeemError::UsedUp { .. }), "{used}");
+        let wrong = s
+            .redeem_activation("act-1", "x", 10, new_node("00000000000000003", &[]))
+            .await
+            .unwrap_err();
+        assert!(matches!(wrong, RedeemError::WrongCode(_)));
+        let unknown = s
+            .redeem_activation("nope", "h", 10, new_node("00000000000000003", &[]))
+            .await
+            .unwrap_err();
+        assert!(matches!(unknown, RedeemError::UnknownActivation(_)));
+    }
+
+    #[tokio::test]
+    async fn expired_activation_is_refused() {
+        let (_d, s) = store().await;
+        s.create_activation(&activation(5)).await.unwrap();
+        let err = s
+            .redeem_activation("act-1", "h", 1000, new_node("00000000000000001", &[]))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn listing_filters_and_pages() {
+        let (_d, s) = store().await;
+        s.create_activation(&activation(100)).await.unwrap();
+        for i in 0..25 {
+            let role = if i % 2 == 0 { "web" } else { "db" };
+            s.redeem_activation("act-1", "h", 1, new_node(&format!("{i:017x}"), &[("role", role)]))
+                .await
+                .unwrap();
+        }
+        let mut q = NodeQuery {
+            tags: vec![("role".into(), "web".into())],
+            limit: 5,
+            ..NodeQuery::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let page = s.list_nodes(&q).await.unwrap();
+            seen.extend(page.nodes.iter().map(|n| n.id.clone()));
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 13);
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted);
+
+        let first = seen[0].clone();
+        s.record_presence(&[Presence { id: first.clone(), online: true, at: 50 }])
+            .await
+            .unwrap();
+        let online = s
+            .list_nodes(&NodeQuery { status: Some(NodeStatus::Online), limit: 100, ..NodeQuery::default() })
+            .await
+            .unwrap();
+        assert_eq!(online.nodes.len(), 1);
+        assert_eq!(online.nodes[0].last_seen_at, 50);
+
+        // Deregistered stays Inactive even if a late disconnect event arrives.
+        s.deregister_node(&first, 60).await.unwrap();
+        s.record_presence(&[Presence { id: first.clone(), online: false, at: 70 }])
+            .await
+            .unwrap();
+        assert_eq!(s.get_node(&first).await.unwrap().unwrap().status, NodeStatus::Inactive);
+    }
+
+    #[tokio::test]
+    async fn tags_are_set_and_removed() {
+        let (_d, s) = store().await;
+        s.create_activation(&activation(1)).await.unwrap();
+        let n = s
+            .redeem_activation("act-1", "h", 1, new_node("00000000000000001", &[]))
+            .await
+            .unwrap();
+        let set = [("team".to_string(), "amber".to_string())].into();
+        let after = s.update_tags(&n.id, &set, &["env".to_string()]).await.unwrap();
+        assert_eq!(after.tags, set);
+        let found = s
+            .list_nodes(&NodeQuery { tags: vec![("team".into(), "amber".into())], limit: 10, ..NodeQuery::default() })
+            .await
+            .unwrap();
+        assert_eq!(found.nodes.len(), 1);
+        let gone = s
+            .list_nodes(&NodeQuery { tags: vec![("env".into(), "dev".into())], limit: 10, ..NodeQuery::default() })
+            .await
+            .unwrap();
+        assert!(gone.nodes.is_empty());
+    }
+
+    #[test]
+    fn reopening_keeps_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(SqliteStore::open(&path).unwrap());
+        SqliteStore::open(&path).unwrap();
+    }
+}

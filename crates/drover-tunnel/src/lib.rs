@@ -1,0 +1,14 @@
+//! The agent connection: one TLS connection, dialled by the agent, carrying many logical streams
+//! multiplexed by yamux with per-stream flow control. Either side can open a stream; a stream
+//! whose reader stalls holds only its own window and never blocks the others.
+//!
+//! **Architecture Invariant:** nothing here listens on a socket on the node. The agent only dials
+//! ([`dial`]); the server hands an accepted TLS stream to [`Tunnel::start`].
+
+mod buffered;
+mod codec;
+pub mod dial;
+mod mux;
+
+pub use codec::{FrameCodec, Framed};
+pub use mux::{Incoming, Role, Stream, Tunnel, TunnelConfig, TunnelError};
