@@ -1,1 +1,52 @@
-//! drover-agent
+//! The node side: registration, the one persistent outbound connection (dial, tunnel, control
+//! stream, heartbeats, certificate renewal, reconnect with backoff), and the inventory.
+//!
+//! **Architecture Invariant:** the agent never listens on a socket. Everything reaches it over
+//! the tunnel it dialled.
+
+mod backoff;
+mod connection;
+mod identity;
+pub mod inventory;
+mod register;
+pub mod service;
+
+pub use connection::{run, AgentConfig, AgentEvent, InventorySource};
+pub use identity::{AgentState, Identity};
+pub use register::{fetch_chain_fingerprints, register, RegisterOptions};
+
+/// Errors of the agent, each saying what to do next where there is something to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("could not {what} {path}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent state in {0} is missing or unreadable: register the node first with 'drover agent register'")]
+    NotRegistered(String),
+    #[error("corrupt agent state in {path}: {detail}")]
+    Corrupt { path: String, detail: String },
+    #[error(transparent)]
+    Pki(#[from] drover_pki::PkiError),
+    #[error(transparent)]
+    Client(#[from] drover_client::ClientError),
+    #[error(transparent)]
+    Dial(#[from] drover_tunnel::dial::DialError),
+    #[error("the server refused this node: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Untrusted(String),
+}
+
+impl AgentError {
+    pub(crate) fn io(
+        what: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.display().to_string();
+        move |source| AgentError::Io { what, path, source }
+    }
+}

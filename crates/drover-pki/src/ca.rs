@@ -31,7 +31,8 @@ pub struct CertificateAuthority {
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,7 +191,9 @@ impl NodeKey {
             .map_err(rc("create the certificate signing request"))?;
         Ok(Self {
             key_pem: key.serialize_pem(),
-            csr_pem: csr.pem().map_err(rc("encode the certificate signing request"))?,
+            csr_pem: csr
+                .pem()
+                .map_err(rc("encode the certificate signing request"))?,
         })
     }
 }
@@ -232,8 +235,15 @@ mod tests {
     fn garbage_csr_is_refused() {
         let ca = CertificateAuthority::generate("test CA").unwrap();
         let err = ca
-            .sign_node_csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "n-1", Duration::from_secs(60))
+            .sign_node_csr(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                "n-1",
+                Duration::from_secs(60),
+            )
             .unwrap_err();
-        assert!(err.to_string().contains("certificate signing request"), "{err}");
+        assert!(
+            err.to_string().contains("certificate signing request"),
+            "{err}"
+        );
     }
 }

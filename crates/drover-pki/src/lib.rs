@@ -47,8 +47,9 @@ pub fn certs_from_pem(
 /// Parses a PEM private key (PKCS#8, SEC1 or PKCS#1).
 pub fn key_from_pem(pem: &str) -> Result<rustls::pki_types::PrivateKeyDer<'static>, PkiError> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes())
-        .map_err(|_| PkiError::Pem { what: "private key" })
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| PkiError::Pem {
+        what: "private key",
+    })
 }
 
 /// What a certificate says about its holder: the common name (a node ID for agent

@@ -23,18 +23,29 @@ pub enum Message {
     /// Server to agent: the connection is refused; the server closes it next.
     Refused(Refused),
     /// Heartbeat, either way; the peer answers with [`Message::Pong`] carrying the same `seq`.
-    Ping { seq: u64 },
-    Pong { seq: u64 },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
     /// Agent to server, on connect (inside Hello) and whenever it changes.
     Inventory(Inventory),
     /// Agent to server: please sign a certificate for this new key (PEM CSR).
-    RenewCertificate { csr_pem: String },
+    RenewCertificate {
+        csr_pem: String,
+    },
     /// Server to agent: the renewed certificate.
     CertificateIssued(CertificateIssued),
     /// Either way: a request on this stream failed.
-    Error { code: String, message: String },
+    Error {
+        code: String,
+        message: String,
+    },
     /// Either way: an orderly close of the connection, with the reason.
-    Goodbye { reason: String },
+    Goodbye {
+        reason: String,
+    },
 }
 
 impl Message {
@@ -155,12 +166,11 @@ mod tests {
 
     #[test]
     fn an_unknown_refuse_code_reads_as_other() {
-        let r: Refused = serde_json::from_str(r#"{"code":"quota","message":"x"}"#).unwrap_or(
-            Refused {
+        let r: Refused =
+            serde_json::from_str(r#"{"code":"quota","message":"x"}"#).unwrap_or(Refused {
                 code: RefuseCode::Deregistered,
                 message: String::new(),
-            },
-        );
+            });
         assert_eq!(r.code, RefuseCode::Other);
     }
 }

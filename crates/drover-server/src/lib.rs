@@ -1,1 +1,107 @@
-//! drover-server
+//! The control plane: one HTTPS port that serves the REST API, the agent endpoint, `/healthz`
+//! and `/metrics`; the registry of connected agents; enrollment and the node registry.
+//!
+//! **Architecture Invariant:** every API handler authorizes (through [`authz`]) before it
+//! touches the store. **Architecture Invariant:** the server never connects to a node; nodes
+//! dial in, and everything to a node rides on its one tunnel.
+
+pub mod agents;
+mod api;
+pub mod authz;
+mod config;
+mod datadir;
+mod error;
+mod listener;
+mod metrics;
+mod registry;
+mod secrets;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use config::{ServerConfig, DEFAULT_LISTEN};
+pub use datadir::DataDir;
+pub use error::ServerError;
+pub use registry::Registry;
+
+use drover_store::Store;
+
+/// Shared state of a running server.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub store: Arc<dyn Store>,
+    pub ca: drover_pki::CertificateAuthority,
+    pub registry: Registry,
+    pub metrics: metrics::Metrics,
+}
+
+/// A server whose data directory is ready; [`Server::serve`] runs it.
+pub struct Server {
+    state: Arc<AppState>,
+    tls: Arc<rustls::ServerConfig>,
+    presence: registry::PresenceWriter,
+    data: DataDir,
+}
+
+impl Server {
+    /// Opens the data directory, creating on first start the database, the CA, the server
+    /// certificate and the admin token.
+    pub async fn open(config: ServerConfig) -> Result<Self, ServerError> {
+        let data = DataDir::open(&config).await?;
+        let now = secrets::now();
+        let reset = data.store.mark_all_disconnected(now).await?;
+        if reset > 0 {
+            tracing::info!(
+                nodes = reset,
+                "marked nodes from the previous run as ConnectionLost"
+            );
+        }
+        let metrics = metrics::Metrics::new();
+        let (registry, presence) = Registry::new(data.store.clone(), metrics.clone());
+        let tls = listener::tls_config(&config, &data)?;
+        let state = Arc::new(AppState {
+            config,
+            store: data.store.clone(),
+            ca: data.load_ca()?,
+            registry,
+            metrics,
+        });
+        Ok(Self {
+            state,
+            tls,
+            presence,
+            data,
+        })
+    }
+
+    /// The SHA-256 fingerprint of the agent CA, which agents and the CLI pin.
+    pub fn ca_fingerprint(&self) -> &str {
+        &self.data.ca_fingerprint
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// Serves on `listener` (which the caller bound, so tests can use port 0) until `shutdown`
+    /// resolves; then stops accepting, says goodbye to every agent and flushes the store.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let Server {
+            state,
+            tls,
+            presence,
+            ..
+        } = self;
+        listener::serve(state.clone(), tls, listener, shutdown).await;
+        state.registry.close_all();
+        presence.finish().await;
+        let now = secrets::now();
+        state.store.mark_all_disconnected(now).await?;
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}

@@ -37,7 +37,9 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("the database is newer (schema {found}) than this drover (schema {known}); upgrade drover")]
+    #[error(
+        "the database is newer (schema {found}) than this drover (schema {known}); upgrade drover"
+    )]
     TooNew { found: usize, known: usize },
     #[error("corrupt {what} in the database")]
     Corrupt {
@@ -77,11 +79,8 @@ pub trait Store: Send + Sync + 'static {
         set: &BTreeMap<String, String>,
         remove: &[String],
     ) -> Result<Node, StoreError>;
-    async fn set_inventory(
-        &self,
-        id: &NodeId,
-        inventory: &NodeInventory,
-    ) -> Result<(), StoreError>;
+    async fn set_inventory(&self, id: &NodeId, inventory: &NodeInventory)
+        -> Result<(), StoreError>;
     /// Applies a batch of connect and disconnect events in one transaction.
     async fn record_presence(&self, updates: &[Presence]) -> Result<(), StoreError>;
     /// At server start: no connection survived, so every Online node is ConnectionLost.

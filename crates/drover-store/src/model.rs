@@ -11,8 +11,11 @@ impl NodeId {
     /// Accepts only the canonical form, so IDs from users and peers can be trusted afterwards.
     pub fn parse(s: &str) -> Option<Self> {
         let hex = s.strip_prefix("n-")?;
-        (hex.len() == 17 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(s.to_string()))
+        (hex.len() == 17
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(s.to_string()))
     }
 
     /// A new random ID (68 bits of randomness).

@@ -214,7 +214,10 @@ fn activation_from_row(row: &Row<'_>) -> rusqlite::Result<Activation> {
 fn rfc3339(ts: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(ts)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ts.to_string())
 }
 
@@ -289,8 +292,11 @@ impl Store for SqliteStore {
                 get_node_tx(&tx, &id)?.ok_or_else(|| StoreError::NotFound(format!("node {id}")))?;
             for k in &remove {
                 node.tags.remove(k);
-                tx.execute("DELETE FROM node_tags WHERE node_id = ?1 AND key = ?2", params![id, k])
-                    .map_err(db("update tags"))?;
+                tx.execute(
+                    "DELETE FROM node_tags WHERE node_id = ?1 AND key = ?2",
+                    params![id, k],
+                )
+                .map_err(db("update tags"))?;
             }
             for (k, v) in &set {
                 node.tags.insert(k.clone(), v.clone());
@@ -301,19 +307,18 @@ impl Store for SqliteStore {
                 )
                 .map_err(db("update tags"))?;
             }
-            tx.execute("UPDATE nodes SET tags = ?2 WHERE id = ?1", params![id, json(&node.tags)])
-                .map_err(db("update tags"))?;
+            tx.execute(
+                "UPDATE nodes SET tags = ?2 WHERE id = ?1",
+                params![id, json(&node.tags)],
+            )
+            .map_err(db("update tags"))?;
             tx.commit().map_err(db("update tags"))?;
             Ok(node)
         })
         .await
     }
 
-    async fn set_inventory(
-        &self,
-        id: &NodeId,
-        inv: &NodeInventory,
-    ) -> Result<(), StoreError> {
+    async fn set_inventory(&self, id: &NodeId, inv: &NodeInventory) -> Result<(), StoreError> {
         let (id, inv) = (id.to_string(), inv.clone());
         self.call(move |c| {
             c.prepare_cached(
@@ -544,29 +549,33 @@ impl Store for SqliteStore {
     async fn find_token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
         let hash = hash.to_string();
         self.call(move |c| {
-            c.prepare_cached("SELECT id, name, hash, role, created_at FROM api_tokens WHERE hash = ?1")
-                .and_then(|mut st| {
-                    st.query_row([hash], |r| {
-                        Ok(ApiToken {
-                            id: r.get(0)?,
-                            name: r.get(1)?,
-                            hash: r.get(2)?,
-                            role: r.get(3)?,
-                            created_at: r.get(4)?,
-                        })
+            c.prepare_cached(
+                "SELECT id, name, hash, role, created_at FROM api_tokens WHERE hash = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row([hash], |r| {
+                    Ok(ApiToken {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        hash: r.get(2)?,
+                        role: r.get(3)?,
+                        created_at: r.get(4)?,
                     })
-                    .optional()
                 })
-                .map_err(db("look up an API token"))
+                .optional()
+            })
+            .map_err(db("look up an API token"))
         })
         .await
     }
 
     async fn count_tokens(&self) -> Result<u64, StoreError> {
         self.call(|c| {
-            c.query_row("SELECT COUNT(*) FROM api_tokens", [], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-                .map_err(db("count API tokens"))
+            c.query_row("SELECT COUNT(*) FROM api_tokens", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(db("count API tokens"))
         })
         .await
     }
@@ -581,7 +590,10 @@ mod tests {
         NewNode {
             id: NodeId::random(hex).unwrap(),
             name: String::new(),
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             registered_at: 100,
             inventory: NodeInventory {
                 hostname: format!("host-{hex}"),
@@ -616,7 +628,12 @@ mod tests {
         let (_d, s) = store().await;
         s.create_activation(&activation(1)).await.unwrap();
         let n = s
-            .redeem_activation("act-1", "h", 10, new_node("00000000000000001", &[("role", "web")]))
+            .redeem_activation(
+                "act-1",
+                "h",
+                10,
+                new_node("00000000000000001", &[("role", "web")]),
+            )
             .await
             .unwrap();
         assert_eq!(n.tags.get("env").map(String::as_str), Some("dev"));
@@ -655,9 +672,14 @@ mod tests {
         s.create_activation(&activation(100)).await.unwrap();
         for i in 0..25 {
             let role = if i % 2 == 0 { "web" } else { "db" };
-            s.redeem_activation("act-1", "h", 1, new_node(&format!("{i:017x}"), &[("role", role)]))
-                .await
-                .unwrap();
+            s.redeem_activation(
+                "act-1",
+                "h",
+                1,
+                new_node(&format!("{i:017x}"), &[("role", role)]),
+            )
+            .await
+            .unwrap();
         }
         let mut q = NodeQuery {
             tags: vec![("role".into(), "web".into())],
@@ -679,11 +701,19 @@ mod tests {
         assert_eq!(seen, sorted);
 
         let first = seen[0].clone();
-        s.record_presence(&[Presence { id: first.clone(), online: true, at: 50 }])
-            .await
-            .unwrap();
+        s.record_presence(&[Presence {
+            id: first.clone(),
+            online: true,
+            at: 50,
+        }])
+        .await
+        .unwrap();
         let online = s
-            .list_nodes(&NodeQuery { status: Some(NodeStatus::Online), limit: 100, ..NodeQuery::default() })
+            .list_nodes(&NodeQuery {
+                status: Some(NodeStatus::Online),
+                limit: 100,
+                ..NodeQuery::default()
+            })
             .await
             .unwrap();
         assert_eq!(online.nodes.len(), 1);
@@ -691,10 +721,17 @@ mod tests {
 
         // Deregistered stays Inactive even if a late disconnect event arrives.
         s.deregister_node(&first, 60).await.unwrap();
-        s.record_presence(&[Presence { id: first.clone(), online: false, at: 70 }])
-            .await
-            .unwrap();
-        assert_eq!(s.get_node(&first).await.unwrap().unwrap().status, NodeStatus::Inactive);
+        s.record_presence(&[Presence {
+            id: first.clone(),
+            online: false,
+            at: 70,
+        }])
+        .await
+        .unwrap();
+        assert_eq!(
+            s.get_node(&first).await.unwrap().unwrap().status,
+            NodeStatus::Inactive
+        );
     }
 
     #[tokio::test]
@@ -706,15 +743,26 @@ mod tests {
             .await
             .unwrap();
         let set = [("team".to_string(), "amber".to_string())].into();
-        let after = s.update_tags(&n.id, &set, &["env".to_string()]).await.unwrap();
+        let after = s
+            .update_tags(&n.id, &set, &["env".to_string()])
+            .await
+            .unwrap();
         assert_eq!(after.tags, set);
         let found = s
-            .list_nodes(&NodeQuery { tags: vec![("team".into(), "amber".into())], limit: 10, ..NodeQuery::default() })
+            .list_nodes(&NodeQuery {
+                tags: vec![("team".into(), "amber".into())],
+                limit: 10,
+                ..NodeQuery::default()
+            })
             .await
             .unwrap();
         assert_eq!(found.nodes.len(), 1);
         let gone = s
-            .list_nodes(&NodeQuery { tags: vec![("env".into(), "dev".into())], limit: 10, ..NodeQuery::default() })
+            .list_nodes(&NodeQuery {
+                tags: vec![("env".into(), "dev".into())],
+                limit: 10,
+                ..NodeQuery::default()
+            })
             .await
             .unwrap();
         assert!(gone.nodes.is_empty());

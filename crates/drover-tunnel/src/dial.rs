@@ -97,12 +97,16 @@ pub fn proxy_from_env(
     else {
         return Ok(None);
     };
-    let no_proxy = get("NO_PROXY").or_else(|| get("no_proxy")).unwrap_or_default();
+    let no_proxy = get("NO_PROXY")
+        .or_else(|| get("no_proxy"))
+        .unwrap_or_default();
     let bypass = no_proxy.split(',').map(str::trim).any(|rule| {
         !rule.is_empty()
             && (rule == "*"
                 || target.host == rule.trim_start_matches('.')
-                || target.host.ends_with(&format!(".{}", rule.trim_start_matches('.'))))
+                || target
+                    .host
+                    .ends_with(&format!(".{}", rule.trim_start_matches('.'))))
     });
     if bypass {
         return Ok(None);

@@ -1,1 +1,76 @@
-fn main() {}
+//! `drover`: one binary for the server, the agent and the client verbs. This crate parses the
+//! command line, builds each component's configuration once, and dispatches; the work is done
+//! in the library crates.
+
+mod cli;
+mod client_config;
+mod cmd_activation;
+mod cmd_agent;
+mod cmd_nodes;
+mod cmd_server;
+mod cmd_up;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code for a bad configuration or usage (sysexits EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+/// A configuration error: reported and exits with [`EXIT_USAGE`].
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("DROVER_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{default},hyper=warn,h2=warn,rustls=warn,yamux=warn,reqwest=warn"
+        ))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

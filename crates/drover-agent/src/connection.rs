@@ -1,0 +1,386 @@
+//! The agent's connection loop: dial out, open the control stream, say hello, then keep the
+//! connection alive with heartbeats, report inventory changes and renew the certificate, until
+//! told to stop. Any loss is followed by a reconnect after a jittered backoff, forever; only a
+//! refusal that cannot change (deregistered, unknown node) ends the loop.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_proto::{Hello, Inventory, Message, RefuseCode, StreamKind, StreamOpen};
+use drover_tunnel::dial::{self, Endpoint};
+use drover_tunnel::{FrameCodec, Framed, Role, Stream, Tunnel, TunnelConfig};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::identity::Identity;
+use crate::{inventory, AgentError};
+
+/// Where the agent's inventory comes from: this machine, or a fixed one (the agent simulator,
+/// where thousands of agents share one machine but must look like distinct nodes).
+#[derive(Debug, Clone)]
+pub enum InventorySource {
+    Machine,
+    Fixed(Inventory),
+}
+
+impl InventorySource {
+    fn read(&self) -> Inventory {
+        match self {
+            InventorySource::Machine => inventory::collect(),
+            InventorySource::Fixed(inv) => inv.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub state_dir: PathBuf,
+    pub proxy: Option<Endpoint>,
+    pub dial_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How often the inventory is re-read and, if changed, reported.
+    pub inventory_interval: Duration,
+    pub inventory: InventorySource,
+    pub tunnel: TunnelConfig,
+}
+
+impl AgentConfig {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            proxy: None,
+            dial_timeout: Duration::from_secs(20),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            inventory_interval: Duration::from_secs(300),
+            inventory: InventorySource::Machine,
+            tunnel: TunnelConfig::default(),
+        }
+    }
+}
+
+/// What happened, for those who watch (the CLI logs them; the simulator counts them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent {
+    Connected { node_id: String },
+    Disconnected { reason: String },
+    Renewed { not_after: i64 },
+}
+
+enum Outcome {
+    /// Told to stop.
+    Stopped,
+    /// The server refused us for good.
+    Refused(String),
+    /// The connection ended or could not be made; `was_up` if it had been welcomed.
+    Lost { reason: String, was_up: bool },
+}
+
+/// Runs the agent until `shutdown` is cancelled or the server refuses it for good.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    events: Option<mpsc::Sender<AgentEvent>>,
+) -> Result<(), AgentError> {
+    let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
+    let emit = |e: AgentEvent| {
+        if let Some(tx) = &events {
+            let _ = tx.try_send(e);
+        }
+    };
+    loop {
+        let identity = Identity::load(&config.state_dir)?;
+        match connect_once(&config, identity, &shutdown, &emit).await {
+            Outcome::Stopped => return Ok(()),
+            Outcome::Refused(why) => {
+                emit(AgentEvent::Disconnected {
+                    reason: why.clone(),
+                });
+                return Err(AgentError::Refused(why));
+            }
+            Outcome::Lost { reason, was_up } => {
+                if was_up {
+                    backoff.reset();
+                }
+                emit(AgentEvent::Disconnected {
+                    reason: reason.clone(),
+                });
+                let delay = backoff.next_delay();
+                tracing::warn!(%reason, retry_in = ?delay, "connection to the server lost");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+async fn connect_once(
+    config: &AgentConfig,
+    mut identity: Identity,
+    shutdown: &CancellationToken,
+    emit: &impl Fn(AgentEvent),
+) -> Outcome {
+    let lost = |reason: String| Outcome::Lost {
+        reason,
+        was_up: false,
+    };
+    let target = match Endpoint::parse(&identity.state.server, 443) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Refused(e.to_string()),
+    };
+    let tls = match identity.client_auth().and_then(|auth| {
+        drover_client::pinned_tls(
+            &identity.state.ca_fingerprint,
+            &[drover_proto::ALPN_AGENT],
+            Some(auth),
+        )
+        .map_err(AgentError::from)
+    }) {
+        Ok(cfg) => Arc::new(cfg),
+        Err(e) => return Outcome::Refused(e.to_string()),
+    };
+    let dialled = tokio::select! {
+        r = dial::dial(&target, config.proxy.as_ref(), tls, config.dial_timeout) => r,
+        _ = shutdown.cancelled() => return Outcome::Stopped,
+    };
+    let tls = match dialled {
+        Ok(t) => t,
+        Err(e) => return lost(chain(&e)),
+    };
+    let (tunnel, mut incoming, driver) = Tunnel::start(tls, Role::Agent, &config.tunnel);
+    let driver = tokio::spawn(driver);
+    let outcome = session(
+        config,
+        &mut identity,
+        &tunnel,
+        &mut incoming,
+        shutdown,
+        emit,
+    )
+    .await;
+    tunnel.close();
+    if tokio::time::timeout(Duration::from_secs(2), driver)
+        .await
+        .is_err()
+    {
+        tracing::debug!("tunnel driver did not finish in time");
+    }
+    outcome
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+async fn session(
+    config: &AgentConfig,
+    identity: &mut Identity,
+    tunnel: &Tunnel,
+    incoming: &mut drover_tunnel::Incoming,
+    shutdown: &CancellationToken,
+    emit: &impl Fn(AgentEvent),
+) -> Outcome {
+    let lost = |reason: String| Outcome::Lost {
+        reason,
+        was_up: false,
+    };
+    let stream = match tunnel.open().await {
+        Ok(s) => s,
+        Err(e) => return lost(chain(&e)),
+    };
+    let mut framed = FrameCodec::framed(stream);
+    let mut inv = config.inventory.read();
+    let hello = [
+        Message::Open(StreamOpen {
+            kind: StreamKind::Control,
+        }),
+        Message::Hello(Hello {
+            min_version: drover_proto::MIN_PROTOCOL_VERSION,
+            max_version: drover_proto::PROTOCOL_VERSION,
+            inventory: inv.clone(),
+        }),
+    ];
+    for m in hello {
+        if let Err(e) = framed.feed(m).await {
+            return lost(format!("could not send hello: {e}"));
+        }
+    }
+    if let Err(e) = framed.flush().await {
+        return lost(format!("could not send hello: {e}"));
+    }
+    let welcome = tokio::select! {
+        r = tokio::time::timeout(config.dial_timeout, framed.next()) => r,
+        _ = shutdown.cancelled() => return Outcome::Stopped,
+    };
+    let welcome = match welcome {
+        Err(_) => return lost("no answer to hello in time".into()),
+        Ok(None) => return lost("the server closed the connection during hello".into()),
+        Ok(Some(Err(e))) => return lost(format!("bad frame from the server: {e}")),
+        Ok(Some(Ok(Message::Welcome(w)))) => w,
+        Ok(Some(Ok(Message::Refused(r)))) => return refused(r),
+        Ok(Some(Ok(other))) => return lost(format!("expected welcome, got {}", other.kind())),
+    };
+    tracing::info!(node = %welcome.node_id, server = %identity.state.server, version = welcome.version, "connected");
+    emit(AgentEvent::Connected {
+        node_id: welcome.node_id.clone(),
+    });
+    let up = |reason: String| Outcome::Lost {
+        reason,
+        was_up: true,
+    };
+
+    let heartbeat = Duration::from_secs(welcome.heartbeat_secs.max(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut inventory_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.inventory_interval,
+        config.inventory_interval,
+    );
+    let mut last_heard = Instant::now();
+    let mut seq = 0u64;
+    // The key of a renewal in flight: kept in memory until the certificate for it arrives.
+    let mut pending_key: Option<String> = None;
+    // Tasks serving streams the server opened; dropped (and so aborted) with the connection.
+    let mut streams = tokio::task::JoinSet::new();
+    if let Err(e) = maybe_renew(identity, &mut framed, &mut pending_key).await {
+        return up(e);
+    }
+
+    loop {
+        tokio::select! {
+            frame = framed.next() => {
+                let msg = match frame {
+                    None => return up("the server closed the control stream".into()),
+                    Some(Err(e)) => return up(format!("bad frame from the server: {e}")),
+                    Some(Ok(m)) => m,
+                };
+                last_heard = Instant::now();
+                match msg {
+                    Message::Ping { seq } => {
+                        if let Err(e) = framed.send(Message::Pong { seq }).await {
+                            return up(format!("send failed: {e}"));
+                        }
+                    }
+                    Message::Pong { .. } => {}
+                    Message::CertificateIssued(issued) => match pending_key.take() {
+                        Some(key) => match Identity::save(&identity.dir, &identity.state, &issued.cert_pem, &key, None) {
+                            Ok(next) => {
+                                tracing::info!(not_after = issued.not_after, "renewed the node certificate");
+                                emit(AgentEvent::Renewed { not_after: next.not_after });
+                                *identity = next;
+                            }
+                            Err(e) => tracing::error!(error = %chain(&e), "could not save the renewed certificate"),
+                        },
+                        None => tracing::warn!("ignored a certificate that was not asked for"),
+                    },
+                    Message::Refused(r) => return refused(r),
+                    Message::Goodbye { reason } => return up(format!("server said goodbye: {reason}")),
+                    Message::Error { code, message } => {
+                        tracing::warn!(%code, %message, "the server reported an error");
+                        pending_key = None;
+                    }
+                    other => tracing::warn!(kind = other.kind(), "ignored an unexpected message"),
+                }
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > heartbeat * 3 {
+                    return up(format!("no heartbeat from the server for {:?}", last_heard.elapsed()));
+                }
+                seq += 1;
+                if let Err(e) = framed.send(Message::Ping { seq }).await {
+                    return up(format!("send failed: {e}"));
+                }
+                if let Err(e) = maybe_renew(identity, &mut framed, &mut pending_key).await {
+                    return up(e);
+                }
+            }
+            _ = inventory_tick.tick() => {
+                let next = config.inventory.read();
+                if next != inv {
+                    inv = next;
+                    if let Err(e) = framed.send(Message::Inventory(inv.clone())).await {
+                        return up(format!("send failed: {e}"));
+                    }
+                }
+            }
+            stream = incoming.accept() => match stream {
+                Some(s) => {
+                    streams.spawn(serve_stream(s));
+                }
+                None => return up("the tunnel closed".into()),
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = shutdown.cancelled() => {
+                let _ = framed.send(Message::Goodbye { reason: "agent stopping".into() }).await;
+                return Outcome::Stopped;
+            }
+        };
+    }
+}
+
+fn refused(r: drover_proto::Refused) -> Outcome {
+    match r.code {
+        RefuseCode::Deregistered | RefuseCode::UnknownNode => Outcome::Refused(r.message),
+        // Version or other: the server may change (be upgraded); keep trying, slowly.
+        _ => Outcome::Lost {
+            reason: format!("refused: {}", r.message),
+            was_up: false,
+        },
+    }
+}
+
+/// Asks for a new certificate once two thirds of the current one's lifetime have passed.
+async fn maybe_renew(
+    identity: &Identity,
+    framed: &mut Framed<Stream>,
+    pending_key: &mut Option<String>,
+) -> Result<(), String> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if pending_key.is_some() || !identity.wants_renewal(now) {
+        return Ok(());
+    }
+    let key = drover_pki::NodeKey::generate().map_err(|e| e.to_string())?;
+    framed
+        .send(Message::RenewCertificate {
+            csr_pem: key.csr_pem.clone(),
+        })
+        .await
+        .map_err(|e| format!("send failed: {e}"))?;
+    *pending_key = Some(key.key_pem);
+    tracing::info!("asked the server to renew the node certificate");
+    Ok(())
+}
+
+/// A stream the server opened. This version knows no server-opened stream kinds yet, so it
+/// reads the header and refuses with an error naming the kind.
+async fn serve_stream(stream: Stream) {
+    let mut framed = FrameCodec::framed(stream);
+    let first = tokio::time::timeout(Duration::from_secs(10), framed.next()).await;
+    let message = match first {
+        Ok(Some(Ok(Message::Open(open)))) => {
+            format!("stream kind {:?} is not served by this agent", open.kind)
+        }
+        Ok(Some(Ok(other))) => format!("expected open, got {}", other.kind()),
+        Ok(Some(Err(e))) => format!("bad frame: {e}"),
+        Ok(None) | Err(_) => return,
+    };
+    let _ = framed
+        .send(Message::Error {
+            code: "unsupported_stream".into(),
+            message,
+        })
+        .await;
+}

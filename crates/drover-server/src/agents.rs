@@ -1,0 +1,350 @@
+//! The agent endpoint: a TLS connection that negotiated the agent ALPN becomes a tunnel. Its
+//! first stream is the control stream: Hello, Welcome or Refused, then heartbeats, inventory and
+//! certificate renewal until either side ends it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use drover_proto::{
+    CertificateIssued, Inventory, Message, RefuseCode, Refused, StreamKind, Welcome,
+};
+use drover_store::{NodeId, NodeInventory, NodeStatus};
+use drover_tunnel::{FrameCodec, Framed, Incoming, Role, Stream, Tunnel, TunnelConfig};
+use futures::{SinkExt, StreamExt};
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::Kick;
+use crate::AppState;
+
+/// Serves one agent connection until it ends.
+pub async fn serve_agent(
+    state: Arc<AppState>,
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let Some(node_id) = identity(&tls) else {
+        // No client certificate (a certificate from another CA already failed the handshake).
+        tracing::info!(%peer, "agent connection without a node certificate refused");
+        state.metrics.refused("no_certificate");
+        return;
+    };
+    let (bytes_in, bytes_out) = state.metrics.byte_counters();
+    let io = Counting {
+        inner: tls,
+        bytes_in,
+        bytes_out,
+    };
+    let (tunnel, mut incoming, driver) = Tunnel::start(io, Role::Server, &TunnelConfig::default());
+    let driver = tokio::spawn(driver);
+    match session(&state, &node_id, &tunnel, &mut incoming, stop).await {
+        Ok(()) => tracing::debug!(node = %node_id, %peer, "agent connection closed"),
+        Err(why) => tracing::info!(node = %node_id, %peer, reason = %why, "agent connection ended"),
+    }
+    tunnel.close();
+    // Give the driver a moment to flush the last frames (a Refused or Goodbye) and close.
+    if tokio::time::timeout(Duration::from_secs(2), driver)
+        .await
+        .is_err()
+    {
+        tracing::debug!(node = %node_id, "tunnel driver did not finish in time");
+    }
+}
+
+/// The node ID named by the client certificate, which the TLS layer verified against the CA.
+fn identity(tls: &TlsStream<TcpStream>) -> Option<NodeId> {
+    let cert = tls.get_ref().1.peer_certificates()?.first()?;
+    let info = drover_pki::cert_info(cert).ok()?;
+    NodeId::parse(&info.common_name)
+}
+
+async fn send(state: &AppState, framed: &mut Framed<Stream>, msg: Message) -> Result<(), String> {
+    state.metrics.frame_out();
+    framed
+        .send(msg)
+        .await
+        .map_err(|e| format!("send failed: {e}"))
+}
+
+async fn refuse(
+    state: &AppState,
+    framed: &mut Framed<Stream>,
+    code: RefuseCode,
+    message: String,
+) -> Result<(), String> {
+    state.metrics.refused(match code {
+        RefuseCode::Deregistered => "deregistered",
+        RefuseCode::Version => "version",
+        RefuseCode::UnknownNode => "unknown_node",
+        RefuseCode::Other => "other",
+    });
+    let _ = send(
+        state,
+        framed,
+        Message::Refused(Refused {
+            code,
+            message: message.clone(),
+        }),
+    )
+    .await;
+    Err(message)
+}
+
+async fn next_frame(
+    state: &AppState,
+    framed: &mut Framed<Stream>,
+    timeout: Duration,
+) -> Result<Message, String> {
+    match tokio::time::timeout(timeout, framed.next()).await {
+        Err(_) => Err("timed out waiting for the agent".into()),
+        Ok(None) => Err("the agent closed the stream".into()),
+        Ok(Some(Err(e))) => {
+            let reason = format!("bad frame from agent: {e}");
+            let _ = send(
+                state,
+                framed,
+                Message::Error {
+                    code: "bad_frame".into(),
+                    message: reason.clone(),
+                },
+            )
+            .await;
+            Err(reason)
+        }
+        Ok(Some(Ok(m))) => {
+            state.metrics.frame_in();
+            Ok(m)
+        }
+    }
+}
+
+async fn session(
+    state: &AppState,
+    node_id: &NodeId,
+    tunnel: &Tunnel,
+    incoming: &mut Incoming,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let hs = state.config.handshake_timeout;
+    let stream = tokio::time::timeout(hs, incoming.accept())
+        .await
+        .map_err(|_| "no control stream opened in time".to_string())?
+        .ok_or("the tunnel closed before the control stream opened")?;
+    let mut framed = FrameCodec::framed(stream);
+    match next_frame(state, &mut framed, hs).await? {
+        Message::Open(open) if open.kind == StreamKind::Control => {}
+        other => return Err(format!("expected the control stream, got {}", other.kind())),
+    }
+    let hello = match next_frame(state, &mut framed, hs).await? {
+        Message::Hello(h) => h,
+        other => return Err(format!("expected hello, got {}", other.kind())),
+    };
+    let node = match state.store.get_node(node_id).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return refuse(
+                state,
+                &mut framed,
+                RefuseCode::UnknownNode,
+                format!("node {node_id} is not registered with this server"),
+            )
+            .await
+        }
+        Err(e) => return Err(format!("store: {e:#}")),
+    };
+    if node.status == NodeStatus::Inactive {
+        return refuse(
+            state,
+            &mut framed,
+            RefuseCode::Deregistered,
+            format!("node {node_id} was deregistered; register it again with a new activation"),
+        )
+        .await;
+    }
+    let Some(version) = drover_proto::negotiate(hello.min_version, hello.max_version) else {
+        return refuse(
+            state,
+            &mut framed,
+            RefuseCode::Version,
+            format!(
+                "no common protocol version: the agent speaks {}..={}, this server {}..={}; upgrade the older side",
+                hello.min_version,
+                hello.max_version,
+                drover_proto::MIN_PROTOCOL_VERSION,
+                drover_proto::PROTOCOL_VERSION
+            ),
+        )
+        .await;
+    };
+
+    let (_registration, mut kicks) = state.registry.register(node_id, tunnel.clone());
+    let heartbeat = state.config.heartbeat;
+    send(
+        state,
+        &mut framed,
+        Message::Welcome(Welcome {
+            version,
+            node_id: node_id.to_string(),
+            heartbeat_secs: heartbeat.as_secs().max(1),
+        }),
+    )
+    .await?;
+    save_inventory(state, node_id, &node.inventory, &hello.inventory).await;
+    let mut known_inventory = to_store(&hello.inventory);
+
+    let mut last_heard = Instant::now();
+    let mut seq = 0u64;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            frame = framed.next() => {
+                let msg = match frame {
+                    None => return Err("the agent closed the control stream".into()),
+                    Some(Err(e)) => {
+                        let reason = format!("bad frame from agent: {e}");
+                        let _ = send(state, &mut framed, Message::Error { code: "bad_frame".into(), message: reason.clone() }).await;
+                        return Err(reason);
+                    }
+                    Some(Ok(m)) => m,
+                };
+                state.metrics.frame_in();
+                last_heard = Instant::now();
+                match msg {
+                    Message::Ping { seq } => send(state, &mut framed, Message::Pong { seq }).await?,
+                    Message::Pong { .. } => {}
+                    Message::Inventory(inv) => {
+                        let next = to_store(&inv);
+                        if next != known_inventory {
+                            if let Err(e) = state.store.set_inventory(node_id, &next).await {
+                                tracing::error!(node = %node_id, error = %format!("{e:#}"), "could not save inventory");
+                            }
+                            known_inventory = next;
+                        }
+                    }
+                    Message::RenewCertificate { csr_pem } => {
+                        let reply = match state.ca.sign_node_csr(&csr_pem, node_id.as_str(), state.config.agent_cert_lifetime) {
+                            Ok((cert_pem, not_after)) => {
+                                tracing::info!(node = %node_id, "renewed the agent certificate");
+                                Message::CertificateIssued(CertificateIssued { cert_pem, not_after })
+                            }
+                            Err(e) => Message::Error { code: "renewal_failed".into(), message: e.to_string() },
+                        };
+                        send(state, &mut framed, reply).await?;
+                    }
+                    Message::Goodbye { reason } => return Err(format!("agent said goodbye: {reason}")),
+                    other => {
+                        let reason = format!("unexpected {} message on the control stream", other.kind());
+                        let _ = send(state, &mut framed, Message::Error { code: "unexpected_message".into(), message: reason.clone() }).await;
+                        return Err(reason);
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > heartbeat * 3 {
+                    return Err(format!("no heartbeat for {:?}", last_heard.elapsed()));
+                }
+                seq += 1;
+                send(state, &mut framed, Message::Ping { seq }).await?;
+            }
+            kick = kicks.recv() => {
+                let (msg, why) = match kick {
+                    Some(Kick::Deregistered) => (
+                        Message::Refused(Refused { code: RefuseCode::Deregistered, message: format!("node {node_id} was deregistered") }),
+                        "deregistered",
+                    ),
+                    Some(Kick::Replaced) => (Message::Goodbye { reason: "replaced by a newer connection of this node".into() }, "replaced"),
+                    Some(Kick::Shutdown) | None => (Message::Goodbye { reason: "server shutting down".into() }, "shutdown"),
+                };
+                let _ = send(state, &mut framed, msg).await;
+                return Err(why.into());
+            }
+            _ = stop.cancelled() => {
+                let _ = send(state, &mut framed, Message::Goodbye { reason: "server shutting down".into() }).await;
+                return Ok(());
+            }
+            stream = incoming.accept() => match stream {
+                // No agent-initiated stream kinds exist in this version: refuse by dropping.
+                Some(s) => drop(s),
+                None => return Err("the tunnel closed".into()),
+            }
+        }
+    }
+}
+
+pub(crate) fn to_store(inv: &Inventory) -> NodeInventory {
+    NodeInventory {
+        hostname: inv.hostname.clone(),
+        platform: inv.platform.clone(),
+        os_name: inv.os_name.clone(),
+        os_version: inv.os_version.clone(),
+        kernel: inv.kernel.clone(),
+        arch: inv.arch.clone(),
+        agent_version: inv.agent_version.clone(),
+        ip_addresses: inv.ip_addresses.clone(),
+        boot_time: inv.boot_time,
+    }
+}
+
+async fn save_inventory(state: &AppState, node: &NodeId, stored: &NodeInventory, inv: &Inventory) {
+    let next = to_store(inv);
+    if &next == stored {
+        return;
+    }
+    if let Err(e) = state.store.set_inventory(node, &next).await {
+        tracing::error!(node = %node, error = %format!("{e:#}"), "could not save inventory");
+    }
+}
+
+/// Counts the bytes crossing an agent connection, for `/metrics`.
+struct Counting<T> {
+    inner: T,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.bytes_in.inc_by(n as u64);
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &res {
+            self.bytes_out.inc_by(*n as u64);
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,199 @@
+//! The HTTP API under `/api/v1`, plus `/healthz` and `/metrics`. Errors map to statuses in one
+//! place ([`ApiError`]); every handler takes a [`Principal`] and calls `authz::authorize` first.
+
+mod activations;
+mod nodes;
+mod openapi;
+mod register;
+mod validate;
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use drover_api::{ErrorBody, ErrorDetail, Health};
+
+use crate::authz::{authorize, Action, Principal, Role};
+use crate::{secrets, AppState};
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/nodes", get(nodes::list))
+        .route("/api/v1/nodes/{id}", get(nodes::show))
+        .route("/api/v1/nodes/{id}/tags", patch(nodes::tag))
+        .route("/api/v1/nodes/{id}/deregister", post(nodes::deregister))
+        .route(
+            "/api/v1/activations",
+            post(activations::create).get(activations::list),
+        )
+        .route("/api/v1/register", post(register::register))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+/// Every error the API returns, and its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or invalid API token: pass one as 'Authorization: Bearer <token>'")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error; the server log has the details")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal error serving a request");
+        }
+        let (status, code) = self.status_and_code();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: self.to_string(),
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<drover_store::StoreError> for ApiError {
+    fn from(e: drover_store::StoreError) -> Self {
+        match e {
+            drover_store::StoreError::NotFound(what) => {
+                ApiError::NotFound(format!("{what} not found"))
+            }
+            drover_store::StoreError::Conflict(why) => ApiError::Conflict(why),
+            other => ApiError::Internal(format!("{:#}", anyhow_like(&other))),
+        }
+    }
+}
+
+/// Renders an error with its whole source chain.
+fn anyhow_like(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+/// A JSON body whose rejection is an [`ApiError`] naming what is wrong with it.
+pub struct Body<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(state, &parts.headers).await
+    }
+}
+
+/// Finds the principal behind the request's bearer token.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or(ApiError::Unauthorized)?;
+        let found = state
+            .store
+            .find_token(&secrets::hash(token))
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(Principal {
+            token_id: found.id,
+            name: found.name,
+            role: Role::parse(&found.role),
+        })
+    }
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")), security(("bearer" = [])))]
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !state.config.metrics_public {
+        let who = authenticate(&state, &headers).await?;
+        authorize(&who, Action::ReadMetrics)?;
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response())
+}
+
+/// Formats Unix seconds as RFC 3339.
+pub fn rfc3339(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ts.to_string())
+}

@@ -1,0 +1,275 @@
+//! `/api/v1/nodes`: the node registry.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::Json;
+use drover_api::{InventoryView, NodeList, NodeView, TagUpdate};
+use drover_store::{Node, NodeQuery, NodeStatus};
+
+use super::{validate, ApiError, Body};
+use crate::authz::{authorize, Action, Principal};
+use crate::registry::Kick;
+use crate::{secrets, AppState};
+
+/// Default and largest page sizes: one page of 10,000 nodes is about 6 MB of JSON.
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 10_000;
+
+pub fn view(node: Node, online_now: bool) -> NodeView {
+    let inv = node.inventory;
+    // The store keeps connect and disconnect times; a node connected now was seen now.
+    let last_seen = if online_now {
+        Some(super::rfc3339(secrets::now()))
+    } else {
+        (node.last_seen_at > 0).then(|| super::rfc3339(node.last_seen_at))
+    };
+    NodeView {
+        id: node.id.to_string(),
+        name: node.name,
+        tags: node.tags,
+        status: node.status.as_str().into(),
+        last_seen_at: last_seen,
+        registered_at: super::rfc3339(node.registered_at),
+        activation_id: node.activation_id,
+        inventory: InventoryView {
+            hostname: inv.hostname,
+            platform: inv.platform,
+            os_name: inv.os_name,
+            os_version: inv.os_version,
+            kernel: inv.kernel,
+            arch: inv.arch,
+            agent_version: inv.agent_version,
+            ip_addresses: inv.ip_addresses,
+            boot_time: (inv.boot_time > 0).then(|| super::rfc3339(inv.boot_time)),
+        },
+    }
+}
+
+/// Parses one `filter` value: `tag:KEY=VALUE`, `platform=P`, `status=S` or `name=N`.
+fn apply_filter(q: &mut NodeQuery, f: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| {
+        ApiError::BadRequest(format!(
+            "invalid filter {f:?}: {why}; use tag:KEY=VALUE, platform=linux|macos, \
+             status=online|connectionlost|inactive or name=NAME"
+        ))
+    };
+    if let Some(tag) = f.strip_prefix("tag:") {
+        let (k, v) = tag
+            .split_once('=')
+            .ok_or_else(|| bad("a tag filter needs KEY=VALUE"))?;
+        validate::tag_key(k)?;
+        validate::tag_value(k, v)?;
+        q.tags.push((k.to_string(), v.to_string()));
+        return Ok(());
+    }
+    let (key, value) = f.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
+    match key {
+        "platform" => q.platform = Some(value.to_ascii_lowercase()),
+        "status" => q.status = Some(NodeStatus::parse(value).ok_or_else(|| bad("unknown status"))?),
+        "name" => q.name = Some(value.to_string()),
+        _ => return Err(bad(&format!("unknown filter key {key:?}"))),
+    }
+    Ok(())
+}
+
+fn parse_query(raw: Option<&str>) -> Result<NodeQuery, ApiError> {
+    let mut q = NodeQuery {
+        limit: DEFAULT_LIMIT,
+        ..NodeQuery::default()
+    };
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "filter" => apply_filter(&mut q, &v)?,
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "invalid limit {v:?}: a number from 1 to {MAX_LIMIT}"
+                        ))
+                    })?
+            }
+            "cursor" => q.after = Some(validate::node_id(&v)?),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}: use filter, limit or cursor"
+                )))
+            }
+        }
+    }
+    Ok(q)
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/nodes",
+    params(
+        ("filter" = Option<Vec<String>>, Query, description = "Repeatable: tag:KEY=VALUE, platform=P, status=S, name=N"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to 10000 (default 1000)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses((status = 200, body = NodeList), (status = 400, body = drover_api::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<NodeList>, ApiError> {
+    authorize(&who, Action::ListNodes)?;
+    let q = parse_query(raw.as_deref())?;
+    let page = state.store.list_nodes(&q).await?;
+    Ok(Json(NodeList {
+        nodes: page
+            .nodes
+            .into_iter()
+            .map(|n| {
+                let online = n.status == NodeStatus::Online;
+                view(n, online)
+            })
+            .collect(),
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
+}
+
+/// Finds a node by ID, or by name when the argument is not an ID and the name is unique.
+async fn find(state: &AppState, id_or_name: &str) -> Result<Node, ApiError> {
+    if let Some(id) = drover_store::NodeId::parse(id_or_name) {
+        return state
+            .store
+            .get_node(&id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("node {id_or_name} not found")));
+    }
+    validate::text("node name", id_or_name, 256)?;
+    let page = state
+        .store
+        .list_nodes(&NodeQuery {
+            name: Some(id_or_name.to_string()),
+            limit: 2,
+            ..NodeQuery::default()
+        })
+        .await?;
+    let mut nodes = page.nodes.into_iter();
+    match (nodes.next(), nodes.next()) {
+        (Some(n), None) => Ok(n),
+        (None, _) => Err(ApiError::NotFound(format!(
+            "no node has the ID or name {id_or_name:?}"
+        ))),
+        (Some(_), Some(_)) => Err(ApiError::Conflict(format!(
+            "several nodes are named {id_or_name:?}: use the node ID"
+        ))),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/nodes/{id}",
+    params(("id" = String, Path, description = "Node ID, or a unique node name")),
+    responses((status = 200, body = NodeView), (status = 404, body = drover_api::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    authorize(&who, Action::ReadNode)?;
+    let node = find(&state, &id).await?;
+    let online = node.status == NodeStatus::Online;
+    Ok(Json(view(node, online)))
+}
+
+#[utoipa::path(
+    patch, path = "/api/v1/nodes/{id}/tags",
+    params(("id" = String, Path, description = "Node ID, or a unique node name")),
+    request_body = TagUpdate,
+    responses((status = 200, body = NodeView), (status = 400, body = drover_api::ErrorBody), (status = 404, body = drover_api::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn tag(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+    Body(update): Body<TagUpdate>,
+) -> Result<Json<NodeView>, ApiError> {
+    authorize(&who, Action::TagNode)?;
+    validate::tags(&update.set)?;
+    for k in &update.remove {
+        validate::tag_key(k)?;
+    }
+    if update.set.is_empty() && update.remove.is_empty() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give tags to set or keys to remove".into(),
+        ));
+    }
+    let node = find(&state, &id).await?;
+    let mut after = node.tags.clone();
+    for k in &update.remove {
+        after.remove(k);
+    }
+    after.extend(update.set.clone());
+    validate::tags(&after)?;
+    let node = state
+        .store
+        .update_tags(&node.id, &update.set, &update.remove)
+        .await?;
+    let online = node.status == NodeStatus::Online;
+    Ok(Json(view(node, online)))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/nodes/{id}/deregister",
+    params(("id" = String, Path, description = "Node ID, or a unique node name")),
+    responses((status = 200, body = NodeView), (status = 404, body = drover_api::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn deregister(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    authorize(&who, Action::DeregisterNode)?;
+    let node = find(&state, &id).await?;
+    // Store first, then kick: a reconnect racing the kick then finds the node Inactive.
+    let node = state
+        .store
+        .deregister_node(&node.id, secrets::now())
+        .await?;
+    if state.registry.kick(&node.id, Kick::Deregistered) {
+        tracing::info!(node = %node.id, "deregistered; closed its open connection");
+    } else {
+        tracing::info!(node = %node.id, "deregistered");
+    }
+    Ok(Json(view(node, false)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn filters_parse() {
+        let q = parse_query(Some(
+            "filter=tag%3Aenv%3Dprod&filter=platform%3Dlinux&filter=status%3Donline&limit=5",
+        ))
+        .unwrap();
+        assert_eq!(q.tags, vec![("env".to_string(), "prod".to_string())]);
+        assert_eq!(q.platform.as_deref(), Some("linux"));
+        assert_eq!(q.status, Some(NodeStatus::Online));
+        assert_eq!(q.limit, 5);
+        for bad in [
+            "filter=bogus",
+            "filter=color%3Dred",
+            "filter=status%3Dhappy",
+            "limit=0",
+            "limit=10001",
+            "cursor=x",
+            "page=2",
+        ] {
+            assert!(parse_query(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}

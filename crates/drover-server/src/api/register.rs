@@ -1,0 +1,99 @@
+//! `/api/v1/register`: a node redeems an activation code and gets its identity. This is the
+//! one API endpoint without a token; the activation code is the credential.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use drover_api::{RegisterRequest, RegisterResponse};
+use drover_store::{NewNode, NodeId, NodeInventory, RedeemError};
+
+use super::{rfc3339, validate, ApiError, Body};
+use crate::{secrets, AppState};
+
+const MAX_CSR_LEN: usize = 16 * 1024;
+
+#[utoipa::path(
+    post, path = "/api/v1/register",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, body = RegisterResponse),
+        (status = 400, body = drover_api::ErrorBody),
+        (status = 403, body = drover_api::ErrorBody, description = "wrong, expired or used-up activation"),
+    )
+)]
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    Body(req): Body<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    validate::text("activation_id", &req.activation_id, 64)?;
+    if req.activation_code.is_empty() || req.activation_code.len() > 128 {
+        return Err(ApiError::BadRequest("invalid activation_code".into()));
+    }
+    if req.csr_pem.len() > MAX_CSR_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "csr_pem is too long (at most {MAX_CSR_LEN} bytes)"
+        )));
+    }
+    validate::text("name", &req.name, 256)?;
+    validate::tags(&req.tags)?;
+    let inv = &req.inventory;
+    for (field, v) in [
+        ("hostname", &inv.hostname),
+        ("platform", &inv.platform),
+        ("os_name", &inv.os_name),
+        ("os_version", &inv.os_version),
+        ("kernel", &inv.kernel),
+        ("arch", &inv.arch),
+        ("agent_version", &inv.agent_version),
+    ] {
+        validate::text(field, v, 256)?;
+    }
+    let id = NodeId::random(&secrets::hex17())
+        .ok_or_else(|| ApiError::Internal("generated an invalid node ID".into()))?;
+    // Sign first: a bad CSR must not use up a registration.
+    let (cert_pem, not_after) = state
+        .ca
+        .sign_node_csr(&req.csr_pem, id.as_str(), state.config.agent_cert_lifetime)
+        .map_err(|e| ApiError::BadRequest(format!("invalid csr_pem: {e}")))?;
+    let now = secrets::now();
+    let node = NewNode {
+        id: id.clone(),
+        name: req.name,
+        tags: req.tags,
+        registered_at: now,
+        inventory: NodeInventory {
+            hostname: inv.hostname.clone(),
+            platform: inv.platform.clone(),
+            os_name: inv.os_name.clone(),
+            os_version: inv.os_version.clone(),
+            kernel: inv.kernel.clone(),
+            arch: inv.arch.clone(),
+            agent_version: inv.agent_version.clone(),
+            ip_addresses: inv.ip_addresses.iter().take(64).cloned().collect(),
+            boot_time: 0,
+        },
+    };
+    let created = state
+        .store
+        .redeem_activation(&req.activation_id, &secrets::hash(&req.activation_code), now, node)
+        .await
+        .map_err(|e| match e {
+            RedeemError::Store(e) => ApiError::from(e),
+            refused => {
+                tracing::info!(activation = %req.activation_id, reason = %refused, "registration refused");
+                ApiError::Forbidden(format!("registration refused: {refused}"))
+            }
+        })?;
+    tracing::info!(node = %created.id, name = %created.name, activation = %req.activation_id, "registered a node");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            node_id: created.id.to_string(),
+            cert_pem,
+            ca_pem: state.ca.cert_pem().to_string(),
+            not_after: rfc3339(not_after),
+        }),
+    ))
+}

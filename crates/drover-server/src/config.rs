@@ -1,0 +1,50 @@
+//! The server's configuration: one struct, built once by the binary from flags, environment and
+//! file. Tests set fields here; nothing reads the process environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// A certificate chain and key to serve instead of the one issued by the private CA.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the server certificate (besides localhost,
+    /// the loopback addresses and this machine's hostname).
+    pub public_names: Vec<String>,
+    /// Lifetime of agent certificates; agents renew after two thirds of it.
+    pub agent_cert_lifetime: Duration,
+    /// How often each side of an agent connection sends a heartbeat.
+    pub heartbeat: Duration,
+    /// How long a TLS handshake or an agent's hello may take.
+    pub handshake_timeout: Duration,
+    /// How long shutdown waits for connections to close.
+    pub shutdown_grace: Duration,
+    /// Serve `/metrics` without a token (it holds only aggregate counters).
+    pub metrics_public: bool,
+    /// This machine's hostname, put in the server certificate.
+    pub hostname: String,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            data_dir,
+            listen,
+            tls_cert: None,
+            tls_key: None,
+            public_names: Vec::new(),
+            agent_cert_lifetime: Duration::from_secs(30 * 86400),
+            heartbeat: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(5),
+            metrics_public: false,
+            hostname: String::new(),
+        }
+    }
+}

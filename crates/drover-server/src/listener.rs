@@ -1,0 +1,159 @@
+//! The one HTTPS port: accept TCP, complete TLS, then route by ALPN: `drover-agent/1` to the
+//! agent endpoint, anything else (h2, http/1.1) to the HTTP API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use drover_pki::crypto_provider;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::datadir::DataDir;
+use crate::{AppState, ServerConfig, ServerError};
+
+pub fn tls_config(
+    config: &ServerConfig,
+    data: &DataDir,
+) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    let provider = crypto_provider();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(ServerError::io("read", p));
+    let ca_pem = read(&data.ca_cert_path())?;
+    let mut roots = RootCertStore::empty();
+    for cert in drover_pki::certs_from_pem(&ca_pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| ServerError::Tls(format!("agent CA: {e}")))?;
+    }
+    // Client certificates are optional at the TLS layer (browsers and the CLI have none), but
+    // one that is presented must chain to the agent CA. The agent endpoint then requires one.
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let (cert_path, key_path) = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) => (data.path.join("server.crt"), data.path.join("server.key")),
+        _ => {
+            return Err(ServerError::Config(
+                "--tls-cert and --tls-key must be given together".into(),
+            ))
+        }
+    };
+    let chain = drover_pki::certs_from_pem(&read(&cert_path)?)?;
+    let key = drover_pki::key_from_pem(&read(&key_path)?)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert_path.display())))?;
+    cfg.alpn_protocols = vec![
+        drover_proto::ALPN_AGENT.to_vec(),
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+    ];
+    Ok(Arc::new(cfg))
+}
+
+pub async fn serve(
+    state: Arc<AppState>,
+    tls: Arc<rustls::ServerConfig>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let acceptor = TlsAcceptor::from(tls);
+    let router = crate::api::router(state.clone());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    tracker.spawn(handle(
+                        state.clone(),
+                        acceptor.clone(),
+                        router.clone(),
+                        tcp,
+                        peer,
+                        stop.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors or similar: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        agents = state.registry.connected_count(),
+        "shutting down: closing connections"
+    );
+    tracker.close();
+    state.registry.close_all();
+    stop.cancel();
+    if tokio::time::timeout(state.config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = tracker.len(),
+            "connections still open after the grace period; closing them"
+        );
+    }
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(state.config.handshake_timeout, acceptor.accept(tcp)).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            state.metrics.refused("tls_handshake");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            state.metrics.refused("tls_timeout");
+            return;
+        }
+    };
+    let is_agent = tls.get_ref().1.alpn_protocol() == Some(drover_proto::ALPN_AGENT);
+    if is_agent {
+        crate::agents::serve_agent(state, tls, peer, stop).await;
+        return;
+    }
+    let service = TowerToHyperService::new(router);
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

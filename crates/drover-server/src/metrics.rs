@@ -1,0 +1,142 @@
+//! Prometheus metrics. Counters are atomics updated on the hot path; encoding happens only when
+//! `/metrics` is scraped.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Direction = Vec<(&'static str, &'static str)>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    pub agents_connected: Gauge,
+    pub agent_connects: Counter,
+    pub agent_disconnects: Counter,
+    pub agent_refused: Family<Vec<(&'static str, String)>, Counter>,
+    pub frames: Family<Direction, Counter>,
+    pub bytes: Family<Direction, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("drover");
+        let agents_connected = Gauge::default();
+        let agent_connects = Counter::default();
+        let agent_disconnects = Counter::default();
+        let agent_refused = Family::default();
+        let frames = Family::default();
+        let bytes = Family::default();
+        registry.register(
+            "agents_connected",
+            "Agents whose connection is open now",
+            agents_connected.clone(),
+        );
+        registry.register(
+            "agent_connects",
+            "Agent connections accepted",
+            agent_connects.clone(),
+        );
+        registry.register(
+            "agent_disconnects",
+            "Agent connections ended",
+            agent_disconnects.clone(),
+        );
+        registry.register(
+            "agent_refused",
+            "Agent connections refused, by reason",
+            agent_refused.clone(),
+        );
+        registry.register(
+            "tunnel_frames",
+            "Control frames on agent tunnels, by direction",
+            frames.clone(),
+        );
+        registry.register(
+            "tunnel_bytes",
+            "Bytes on agent tunnels (TLS plaintext, all streams), by direction",
+            bytes.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                agents_connected,
+                agent_connects,
+                agent_disconnects,
+                agent_refused,
+                frames,
+                bytes,
+            }),
+        }
+    }
+
+    pub fn connected(&self) {
+        self.inner.agents_connected.inc();
+        self.inner.agent_connects.inc();
+    }
+
+    pub fn disconnected(&self) {
+        self.inner.agents_connected.dec();
+        self.inner.agent_disconnects.inc();
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.inner
+            .agent_refused
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn frame_in(&self) {
+        self.inner
+            .frames
+            .get_or_create(&vec![("direction", "in")])
+            .inc();
+    }
+
+    pub fn frame_out(&self) {
+        self.inner
+            .frames
+            .get_or_create(&vec![("direction", "out")])
+            .inc();
+    }
+
+    /// The counters for bytes in and out, to update without a label lookup per read.
+    pub fn byte_counters(&self) -> (Counter, Counter) {
+        // One statement per lookup: `get_or_create` returns a read guard on the family, and a
+        // second lookup that must insert while the first guard lives would deadlock.
+        let bytes_in = self
+            .inner
+            .bytes
+            .get_or_create(&vec![("direction", "in")])
+            .clone();
+        let bytes_out = self
+            .inner
+            .bytes
+            .get_or_create(&vec![("direction", "out")])
+            .clone();
+        (bytes_in, bytes_out)
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.inner.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,233 @@
+//! The command line: every subcommand and flag, and the dispatch to its implementation.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drover",
+    version,
+    about = "Remote and session management of a fleet of servers"
+)]
+pub struct Cli {
+    /// More logging (-v debug, -vv trace). DROVER_LOG takes a full filter.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane.
+    Server(ServerArgs),
+    /// Run a server and a local agent in the foreground, for trying Drover on one machine.
+    Up(UpArgs),
+    /// The node side: register, run, install as a service.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Activations: codes that let nodes register.
+    #[command(subcommand)]
+    Activation(ActivationCommand),
+    /// The node registry.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+    /// Save the server URL, its CA fingerprint and an API token for the other verbs.
+    Login(LoginArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Data directory (database, CA, certificates, admin token).
+    #[arg(long, env = "DROVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on for HTTPS (API, agents, metrics).
+    #[arg(long, env = "DROVER_LISTEN")]
+    pub listen: Option<String>,
+    /// TLS certificate chain (PEM) to serve instead of one from the private CA.
+    #[arg(long, env = "DROVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "DROVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS name or IP address for the server certificate (repeatable).
+    #[arg(
+        long = "public-name",
+        env = "DROVER_PUBLIC_NAMES",
+        value_delimiter = ','
+    )]
+    pub public_names: Vec<String>,
+    /// Lifetime of agent certificates, e.g. 30d.
+    #[arg(long, env = "DROVER_AGENT_CERT_LIFETIME")]
+    pub agent_cert_lifetime: Option<String>,
+    /// Heartbeat interval on agent connections, e.g. 30s.
+    #[arg(long, env = "DROVER_HEARTBEAT")]
+    pub heartbeat: Option<String>,
+    /// Serve /metrics without a token.
+    #[arg(long, env = "DROVER_METRICS_PUBLIC")]
+    pub metrics_public: Option<bool>,
+    /// TOML file with the same settings (flags and environment win).
+    #[arg(long, env = "DROVER_CONFIG_FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Directory for the server's data and the local agent's state.
+    #[arg(long, default_value = ".drover")]
+    pub dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Register this node with an activation; generates its key and gets its certificate.
+    Register(RegisterArgs),
+    /// Connect to the server and stay connected.
+    Run(AgentRunArgs),
+    /// Write a systemd unit that runs the agent.
+    InstallService(InstallServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Server URL, e.g. https://drover.example.com:8443
+    #[arg(long, env = "DROVER_SERVER")]
+    pub server: String,
+    /// Activation as ID:CODE.
+    #[arg(long, env = "DROVER_ACTIVATION")]
+    pub activation: String,
+    /// SHA-256 fingerprint of the server's CA; without it, it is shown for confirmation.
+    #[arg(long, env = "DROVER_CA_FINGERPRINT")]
+    pub ca_fingerprint: Option<String>,
+    /// Node name (default: the activation's default name, else the hostname).
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Tag as KEY=VALUE (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[arg(long, env = "DROVER_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Replace an existing registration in the state directory.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    #[arg(long, env = "DROVER_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallServiceArgs {
+    #[arg(long, env = "DROVER_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where to write the unit.
+    #[arg(long, default_value = "/etc/systemd/system/drover-agent.service")]
+    pub unit_path: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActivationCommand {
+    /// Create an activation and print its ID and code (the code is shown only once).
+    Create(ActivationCreateArgs),
+    /// List activations (never their codes).
+    List(OutputArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ActivationCreateArgs {
+    /// How many nodes may register with it.
+    #[arg(long, default_value_t = 1)]
+    pub count: i64,
+    /// How long it stays valid, e.g. 24h (at most 30d).
+    #[arg(long, default_value = "24h")]
+    pub expires: String,
+    /// Tag for nodes registered with it, KEY=VALUE (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Name for registered nodes that do not name themselves.
+    #[arg(long, default_value = "")]
+    pub default_name: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// List nodes.
+    List(NodesListArgs),
+    /// Show one node (by ID or unique name).
+    Show {
+        id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Set tags on a node: KEY=VALUE ...
+    Tag {
+        id: String,
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Remove tags from a node: KEY ...
+    Untag {
+        id: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Deregister a node: it is refused from then on, its open connection closed at once.
+    Deregister { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct NodesListArgs {
+    /// tag:KEY=VALUE, platform=P, status=online|connectionlost|inactive, name=N (repeatable).
+    #[arg(long = "filter")]
+    pub filters: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[arg(long)]
+    pub server: String,
+    /// File holding the API token (the server writes admin.token in its data directory).
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// SHA-256 fingerprint of the server's CA; without it, it is shown for confirmation.
+    #[arg(long)]
+    pub ca_fingerprint: Option<String>,
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Server(args) => crate::cmd_server::run(args).await,
+        Command::Up(args) => crate::cmd_up::run(args).await,
+        Command::Agent(cmd) => crate::cmd_agent::run(cmd).await,
+        Command::Activation(cmd) => crate::cmd_activation::run(cmd).await,
+        Command::Nodes(cmd) => crate::cmd_nodes::run(cmd).await,
+        Command::Login(args) => crate::client_config::login(args).await,
+    }
+}

@@ -1,0 +1,130 @@
+//! The CLI's own configuration: server URL, pinned CA fingerprint and API token, kept in the
+//! user's config directory (`$XDG_CONFIG_HOME/drover/config.toml`, or `$DROVER_CONFIG`) with
+//! mode 0600, like other CLIs keep their tokens.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::LoginArgs;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientConfig {
+    pub server: String,
+    pub ca_fingerprint: String,
+    pub token: String,
+}
+
+pub fn config_path() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("DROVER_CONFIG") {
+        return Ok(PathBuf::from(p));
+    }
+    let dir = dirs::config_dir().context("no config directory for this user: set DROVER_CONFIG")?;
+    Ok(dir.join("drover").join("config.toml"))
+}
+
+pub fn load() -> anyhow::Result<ClientConfig> {
+    let path = config_path()?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no client configuration at {}: run 'drover login' (or 'drover up')",
+            path.display()
+        )
+    })?;
+    let mut cfg: ClientConfig = toml::from_str(&text)
+        .with_context(|| format!("invalid client configuration {}", path.display()))?;
+    if let Ok(token) = std::env::var("DROVER_TOKEN") {
+        cfg.token = token;
+    }
+    Ok(cfg)
+}
+
+pub fn save(cfg: &ClientConfig) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config_path()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = toml::to_string(cfg).context("encoding the client configuration")?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// A client from the saved configuration.
+pub fn client() -> anyhow::Result<drover_client::Client> {
+    let cfg = load()?;
+    Ok(drover_client::Client::new(
+        &cfg.server,
+        &cfg.ca_fingerprint,
+        Some(cfg.token),
+    )?)
+}
+
+/// Decides which fingerprint to pin: the one given, or (interactively) the root-most
+/// certificate the server presents, after the operator confirms it.
+pub async fn choose_fingerprint(server: &str, given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(f) = given {
+        return Ok(drover_pki::normalize_fingerprint(f)?);
+    }
+    let chain = drover_agent::fetch_chain_fingerprints(server, None).await?;
+    let Some(root) = chain.last() else {
+        bail!("the server at {server} presented no certificate");
+    };
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "no --ca-fingerprint given and no terminal to confirm one; the server at {server} presents \
+             CA fingerprint {root}: check it on the server ('drover server' prints it) and pass --ca-fingerprint"
+        );
+    }
+    eprintln!("The server at {server} presents a certificate authority with SHA-256 fingerprint:");
+    eprintln!("  {root}");
+    eprint!("Compare it with the one 'drover server' printed. Trust it? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
+        Ok(root.clone())
+    } else {
+        bail!("not trusted; nothing was saved")
+    }
+}
+
+pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the token file {}", args.token_file.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        bail!("the token file {} is empty", args.token_file.display());
+    }
+    let fingerprint = choose_fingerprint(&args.server, args.ca_fingerprint.as_deref()).await?;
+    let client = drover_client::Client::new(&args.server, &fingerprint, Some(token.clone()))?;
+    client
+        .list_nodes_page(&[], Some(1), None)
+        .await
+        .context("the server refused the token")?;
+    let path = save(&ClientConfig {
+        server: client.base_url().to_string(),
+        ca_fingerprint: fingerprint,
+        token,
+    })?;
+    println!(
+        "logged in to {}; configuration saved in {}",
+        client.base_url(),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,177 @@
+//! `drover server`: build the configuration (flags, then environment, then the TOML file, then
+//! defaults), open the data directory and serve until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use drover_server::{Server, ServerConfig};
+use serde::Deserialize;
+
+use crate::cli::ServerArgs;
+use crate::UsageError;
+
+/// The optional TOML file; every key mirrors a flag.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    public_names: Vec<String>,
+    agent_cert_lifetime: Option<String>,
+    heartbeat: Option<String>,
+    metrics_public: Option<bool>,
+}
+
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, UsageError> {
+    humantime::parse_duration(s).map_err(|e| {
+        UsageError(format!(
+            "invalid {what} {s:?}: {e} (examples: 30s, 10m, 24h, 30d)"
+        ))
+    })
+}
+
+pub fn parse_listen(s: &str) -> Result<SocketAddr, UsageError> {
+    s.parse().map_err(|_| {
+        UsageError(format!(
+            "invalid listen address {s:?}: expected HOST:PORT with an IP address, e.g. 0.0.0.0:8443"
+        ))
+    })
+}
+
+pub fn build_config(args: ServerArgs) -> Result<ServerConfig, UsageError> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                UsageError(format!("cannot read config file {}: {e}", path.display()))
+            })?;
+            toml::from_str(&text)
+                .map_err(|e| UsageError(format!("invalid config file {}: {e}", path.display())))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("drover-data"));
+    let listen = parse_listen(
+        args.listen
+            .as_deref()
+            .or(file.listen.as_deref())
+            .unwrap_or(drover_server::DEFAULT_LISTEN),
+    )?;
+    let mut config = ServerConfig::new(data_dir, listen);
+    config.tls_cert = args.tls_cert.or(file.tls_cert);
+    config.tls_key = args.tls_key.or(file.tls_key);
+    if config.tls_cert.is_some() != config.tls_key.is_some() {
+        return Err(UsageError(
+            "tls_cert and tls_key must be given together".into(),
+        ));
+    }
+    config.public_names = if args.public_names.is_empty() {
+        file.public_names
+    } else {
+        args.public_names
+    };
+    if let Some(s) = args.agent_cert_lifetime.or(file.agent_cert_lifetime) {
+        let d = parse_duration("agent certificate lifetime", &s)?;
+        if d < Duration::from_secs(60) || d > Duration::from_secs(397 * 86400) {
+            return Err(UsageError(format!(
+                "agent certificate lifetime {s:?} is out of range: from 1m to 397d"
+            )));
+        }
+        config.agent_cert_lifetime = d;
+    }
+    if let Some(s) = args.heartbeat.or(file.heartbeat) {
+        let d = parse_duration("heartbeat", &s)?;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+            return Err(UsageError(format!(
+                "heartbeat {s:?} is out of range: from 1s to 10m"
+            )));
+        }
+        config.heartbeat = d;
+    }
+    config.metrics_public = args.metrics_public.or(file.metrics_public).unwrap_or(false);
+    config.hostname = rustix_hostname();
+    Ok(config)
+}
+
+fn rustix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let config = build_config(args)?;
+    raise_fd_limit();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let server = Server::open(config)
+        .await
+        .context("could not start the server")?;
+    println!("drover server listening on https://{addr}");
+    println!("  CA fingerprint: {}", server.ca_fingerprint());
+    println!(
+        "  admin token:    {}",
+        server.data_dir().admin_token_path().display()
+    );
+    server.serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft open-files limit to the hard limit: every agent holds one socket.
+pub fn raise_fd_limit() {
+    raise_fd_limit_impl();
+}
+
+#[cfg(unix)]
+fn raise_fd_limit_impl() {
+    use rustix_rlimit::*;
+    raise();
+}
+
+#[cfg(unix)]
+mod rustix_rlimit {
+    pub fn raise() {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(max) = limit.maximum {
+            let new = rustix::process::Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            };
+            let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, new);
+        }
+    }
+}
