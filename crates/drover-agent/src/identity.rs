@@ -149,10 +149,12 @@ impl Identity {
         ))
     }
 
-    /// True once two thirds of the certificate's lifetime have passed.
+    /// True once two thirds of the certificate's lifetime have passed (counted from its
+    /// issue, not from the back-dated start of its validity).
     pub fn wants_renewal(&self, now: i64) -> bool {
-        let lifetime = (self.not_after - self.not_before).max(1);
-        now >= self.not_before + lifetime * 2 / 3
+        let issued = self.not_before + drover_pki::NODE_CERT_BACKDATE_SECS;
+        let lifetime = (self.not_after - issued).max(1);
+        now >= issued + lifetime * 2 / 3
     }
 }
 

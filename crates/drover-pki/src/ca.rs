@@ -14,6 +14,10 @@ fn rc(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
     move |source| PkiError::Rcgen { what, source }
 }
 
+/// How far node certificates are back-dated, to tolerate clock skew. Not part of the lifetime
+/// an agent counts when it decides to renew.
+pub const NODE_CERT_BACKDATE_SECS: i64 = 300;
+
 /// A certificate with its private key, both PEM.
 #[derive(Debug, Clone)]
 pub struct IssuedCertificate {
@@ -156,7 +160,7 @@ impl CertificateAuthority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         // A little back-dating tolerates clock skew between server and node.
-        params.not_before = now - Duration::from_secs(300);
+        params.not_before = now - Duration::from_secs(NODE_CERT_BACKDATE_SECS as u64);
         params.not_after = now + lifetime;
         let not_after = params.not_after.unix_timestamp();
         let cert = params

@@ -7,7 +7,7 @@ mod pin;
 
 use std::sync::Arc;
 
-pub use ca::{CertificateAuthority, IssuedCertificate, NodeKey};
+pub use ca::{CertificateAuthority, IssuedCertificate, NodeKey, NODE_CERT_BACKDATE_SECS};
 pub use pin::{fingerprint, normalize_fingerprint, CaptureChain, PinnedServerVerifier};
 
 /// Errors of certificate work, each naming what was being done.

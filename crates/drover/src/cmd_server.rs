@@ -80,9 +80,9 @@ pub fn build_config(args: ServerArgs) -> Result<ServerConfig, UsageError> {
     };
     if let Some(s) = args.agent_cert_lifetime.or(file.agent_cert_lifetime) {
         let d = parse_duration("agent certificate lifetime", &s)?;
-        if d < Duration::from_secs(60) || d > Duration::from_secs(397 * 86400) {
+        if d < Duration::from_secs(5) || d > Duration::from_secs(397 * 86400) {
             return Err(UsageError(format!(
-                "agent certificate lifetime {s:?} is out of range: from 1m to 397d"
+                "agent certificate lifetime {s:?} is out of range: from 5s to 397d"
             )));
         }
         config.agent_cert_lifetime = d;

@@ -129,6 +129,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         } => e,
         _ = tokio::time::sleep(Duration::from_secs(30)) => None,
     };
+    // Status reaches the store in batches; report Online once the API says so too.
+    let node_id = match node_id {
+        Some(id) => wait_online(&url, &fingerprint, &token_path, &id).await.then_some(id),
+        None => None,
+    };
     match node_id {
         Some(id) => println!("Drover is up. Local node {id} is Online."),
         None => println!("Drover is up, but the local agent has not connected yet (see the log)."),
@@ -151,4 +156,29 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     stop_server.cancel();
     server_task.await.context("server task")??;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_online(
+    url: &str,
+    fingerprint: &str,
+    token_path: &std::path::Path,
+    id: &str,
+) -> bool {
+    let Ok(token) = std::fs::read_to_string(token_path) else {
+        return false;
+    };
+    let Ok(client) = drover_client::Client::new(url, fingerprint, Some(token.trim().to_string()))
+    else {
+        return false;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(n) = client.get_node(id).await {
+            if n.status == "Online" {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
 }
