@@ -92,7 +92,14 @@ impl Proc {
                 bail!(
                     "{}: no line containing {needle:?} within {timeout:?}; last lines:\n{}",
                     self.name,
-                    lines.iter().rev().take(15).rev().cloned().collect::<Vec<_>>().join("\n")
+                    lines
+                        .iter()
+                        .rev()
+                        .take(15)
+                        .rev()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
             }
             lines = self
@@ -143,7 +150,9 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else { return };
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
         if let Ok(pid) = i32::try_from(c.id()) {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::Term);
@@ -274,8 +283,8 @@ impl Env {
         let v: serde_json::Value = serde_json::from_str(&out)?;
         Ok(format!(
             "{}:{}",
-            v["id"].as_str().context("no id")?,
-            v["code"].as_str().context("no code")?
+            v.get("id").and_then(|x| x.as_str()).context("no id")?,
+            v.get("code").and_then(|x| x.as_str()).context("no code")?
         ))
     }
 
@@ -313,7 +322,8 @@ impl Env {
     /// Starts `drover agent run` for a registered state directory.
     pub fn run_agent(&self, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Proc> {
         let mut cmd = self.command();
-        cmd.args(["agent", "run", "--state-dir"]).arg(self.path(name));
+        cmd.args(["agent", "run", "--state-dir"])
+            .arg(self.path(name));
         for (k, v) in env {
             cmd.env(k, v);
         }

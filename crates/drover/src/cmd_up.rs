@@ -131,7 +131,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     // Status reaches the store in batches; report Online once the API says so too.
     let node_id = match node_id {
-        Some(id) => wait_online(&url, &fingerprint, &token_path, &id).await.then_some(id),
+        Some(id) => wait_online(&url, &fingerprint, &token_path, &id)
+            .await
+            .then_some(id),
         None => None,
     };
     match node_id {
@@ -158,12 +160,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_online(
-    url: &str,
-    fingerprint: &str,
-    token_path: &std::path::Path,
-    id: &str,
-) -> bool {
+async fn wait_online(url: &str, fingerprint: &str, token_path: &std::path::Path, id: &str) -> bool {
     let Ok(token) = std::fs::read_to_string(token_path) else {
         return false;
     };

@@ -1,6 +1,11 @@
 //! End-to-end: the real `drover` binary as server, agents and CLI, in temporary directories on
 //! loopback.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::time::Duration;
 
@@ -37,7 +42,16 @@ async fn three_agents_register_and_show_online_with_inventory() -> anyhow::Resul
     let web = env.cli_ok(&["nodes", "list", "--filter", "tag:role=web", "-o", "json"])?;
     let web: Vec<serde_json::Value> = serde_json::from_str(&web)?;
     assert_eq!(web.len(), 2);
-    let online = env.cli_ok(&["nodes", "list", "--filter", "status=online", "--filter", "platform=linux", "-o", "csv"])?;
+    let online = env.cli_ok(&[
+        "nodes",
+        "list",
+        "--filter",
+        "status=online",
+        "--filter",
+        "platform=linux",
+        "-o",
+        "csv",
+    ])?;
     assert_eq!(online.lines().count(), 4, "{online}");
     assert!(online.starts_with("ID,NAME,STATUS"));
     let table = env.cli_ok(&["nodes", "show", "db-1"])?;
@@ -46,8 +60,12 @@ async fn three_agents_register_and_show_online_with_inventory() -> anyhow::Resul
     // Tag and untag.
     env.cli_ok(&["nodes", "tag", &ids[2], "env=prod", "team=amber"])?;
     env.cli_ok(&["nodes", "untag", &ids[2], "role"])?;
-    let shown: serde_json::Value = serde_json::from_str(&env.cli_ok(&["nodes", "show", &ids[2], "-o", "json"])?)?;
-    assert_eq!(shown["tags"], serde_json::json!({"env": "prod", "team": "amber"}));
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["nodes", "show", &ids[2], "-o", "json"])?)?;
+    assert_eq!(
+        shown["tags"],
+        serde_json::json!({"env": "prod", "team": "amber"})
+    );
 
     // Bad input is refused with a message naming it.
     let bad = env.cli(&["nodes", "list", "--filter", "colour=red"])?;
@@ -62,7 +80,10 @@ async fn three_agents_register_and_show_online_with_inventory() -> anyhow::Resul
     let metrics = server.client()?.get_text("/metrics").await?;
     assert!(metrics.contains("drover_agents_connected 3"), "{metrics}");
     let anonymous = drover_client::Client::new(&server.url, &server.fingerprint, None)?;
-    assert_eq!(anonymous.get_text("/metrics").await.unwrap_err().status(), Some(401));
+    assert_eq!(
+        anonymous.get_text("/metrics").await.unwrap_err().status(),
+        Some(401)
+    );
     let doc = anonymous.get_text("/api/v1/openapi.json").await?;
     assert!(doc.contains("/api/v1/nodes"));
     Ok(())
@@ -97,12 +118,16 @@ async fn agent_connects_through_an_http_connect_proxy() -> anyhow::Result<()> {
     let _agent = env.run_agent("proxied", &[("HTTPS_PROXY", &proxy_url)])?;
     wait_status(&server, &[id], "Online").await?;
     let targets = seen.lock().unwrap().clone();
-    assert_eq!(targets, vec![server.url.trim_start_matches("https://").to_string()]);
+    assert_eq!(
+        targets,
+        vec![server.url.trim_start_matches("https://").to_string()]
+    );
     Ok(())
 }
 
 /// A small HTTP CONNECT proxy: records each CONNECT target and splices the bytes.
-async fn connect_proxy() -> anyhow::Result<(String, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+async fn connect_proxy() -> anyhow::Result<(String, std::sync::Arc<std::sync::Mutex<Vec<String>>>)>
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -121,13 +146,19 @@ async fn connect_proxy() -> anyhow::Result<(String, std::sync::Arc<std::sync::Mu
                     head.push(byte[0]);
                 }
                 let head = String::from_utf8_lossy(&head).to_string();
-                let target = head.split_whitespace().nth(1).unwrap_or_default().to_string();
+                let target = head
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
                 seen.lock().unwrap().push(target.clone());
                 let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
                     let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
                     return;
                 };
-                let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             });
         }
@@ -150,15 +181,23 @@ async fn deregistered_agent_is_refused_and_its_open_connection_closed() -> anyho
     // The open connection is closed at once and the agent stops: it must not retry forever.
     let status = agent.wait_exit(DEADLINE)?;
     assert!(!status.success());
-    assert!(agent.output().contains("was deregistered"), "{}", agent.output());
-    wait_status(&server, &[id.clone()], "Inactive").await?;
+    assert!(
+        agent.output().contains("was deregistered"),
+        "{}",
+        agent.output()
+    );
+    wait_status(&server, std::slice::from_ref(&id), "Inactive").await?;
     wait_status(&server, &[other], "Online").await?;
 
     // Started again, it is refused again.
     let mut again = env.run_agent("doomed", &[])?;
     let status = again.wait_exit(DEADLINE)?;
     assert!(!status.success());
-    assert!(again.output().contains("was deregistered"), "{}", again.output());
+    assert!(
+        again.output().contains("was deregistered"),
+        "{}",
+        again.output()
+    );
     Ok(())
 }
 
@@ -168,8 +207,16 @@ async fn wrong_expired_or_used_up_activation_codes_are_refused() -> anyhow::Resu
     let server = env.start_server(0, &[])?;
     let register = |activation: &str, dir: &str| {
         env.cli(&[
-            "agent", "register", "--server", &server.url, "--activation", activation,
-            "--ca-fingerprint", &server.fingerprint, "--state-dir", &env.path(dir).to_string_lossy(),
+            "agent",
+            "register",
+            "--server",
+            &server.url,
+            "--activation",
+            activation,
+            "--ca-fingerprint",
+            &server.fingerprint,
+            "--state-dir",
+            &env.path(dir).to_string_lossy(),
         ])
     };
     let stderr = |o: std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
@@ -219,12 +266,23 @@ async fn agent_refuses_a_server_whose_ca_fingerprint_does_not_match() -> anyhow:
     let activation = env.activation(1, &[])?;
     let wrong = "ab".repeat(32);
     let out = env.cli(&[
-        "agent", "register", "--server", &server.url, "--activation", &activation,
-        "--ca-fingerprint", &wrong, "--state-dir", &env.path("x").to_string_lossy(),
+        "agent",
+        "register",
+        "--server",
+        &server.url,
+        "--activation",
+        &activation,
+        "--ca-fingerprint",
+        &wrong,
+        "--state-dir",
+        &env.path("x").to_string_lossy(),
     ])?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("does not contain the pinned CA fingerprint"), "{err}");
+    assert!(
+        err.contains("does not contain the pinned CA fingerprint"),
+        "{err}"
+    );
 
     // A registered agent whose pinned fingerprint is changed never connects.
     let id = env.register_agent(&server, "pinned", &[])?;
@@ -242,10 +300,13 @@ async fn agent_refuses_a_server_whose_ca_fingerprint_does_not_match() -> anyhow:
 async fn drover_up_then_nodes_list_shows_the_local_node_online() -> anyhow::Result<()> {
     let env = env();
     let mut cmd = env.command();
-    cmd.args(["up", "--dir"]).arg(env.path("up")).args(["--listen", "127.0.0.1:0"]);
+    cmd.args(["up", "--dir"])
+        .arg(env.path("up"))
+        .args(["--listen", "127.0.0.1:0"]);
     let mut up = drover_testkit::Proc::spawn("up", cmd)?;
     up.wait_for_line("Drover is up. Local node", DEADLINE)?;
-    let list: Vec<serde_json::Value> = serde_json::from_str(&env.cli_ok(&["nodes", "list", "-o", "json"])?)?;
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&env.cli_ok(&["nodes", "list", "-o", "json"])?)?;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["status"], "Online");
     let id = list[0]["id"].as_str().unwrap().to_string();
@@ -253,10 +314,13 @@ async fn drover_up_then_nodes_list_shows_the_local_node_online() -> anyhow::Resu
 
     // Run again: it reuses the server data and the agent identity.
     let mut cmd = env.command();
-    cmd.args(["up", "--dir"]).arg(env.path("up")).args(["--listen", "127.0.0.1:0"]);
+    cmd.args(["up", "--dir"])
+        .arg(env.path("up"))
+        .args(["--listen", "127.0.0.1:0"]);
     let up = drover_testkit::Proc::spawn("up2", cmd)?;
     up.wait_for_line(&format!("Local node {id} is Online"), DEADLINE)?;
-    let list: Vec<serde_json::Value> = serde_json::from_str(&env.cli_ok(&["nodes", "list", "-o", "json"])?)?;
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&env.cli_ok(&["nodes", "list", "-o", "json"])?)?;
     assert_eq!(list.len(), 1);
     Ok(())
 }
@@ -268,7 +332,7 @@ async fn agent_renews_its_certificate_over_the_connection() -> anyhow::Result<()
     let id = env.register_agent(&server, "renewer", &[])?;
     let before = drover_testkit::read(&env.state_dir("renewer").join("node.pem"))?;
     let agent = env.run_agent("renewer", &[])?;
-    wait_status(&server, &[id.clone()], "Online").await?;
+    wait_status(&server, std::slice::from_ref(&id), "Online").await?;
     agent.wait_for_line("renewed the node certificate", DEADLINE)?;
     let after = drover_testkit::read(&env.state_dir("renewer").join("node.pem"))?;
     assert_ne!(before, after);
