@@ -148,6 +148,17 @@ impl Proc {
         }
     }
 
+    /// Sends SIGTERM and returns at once; see [`Proc::wait_exit`].
+    pub fn sigterm(&self) {
+        let Some(c) = self.child.as_ref() else { return };
+        if let Some(pid) = i32::try_from(c.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::Term);
+        }
+    }
+
     /// SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&mut self) {
         let Some(mut c) = self.child.take() else {

@@ -359,3 +359,45 @@ async fn bad_config_exits_64_with_a_clear_message() -> anyhow::Result<()> {
     let _ = Duration::ZERO;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_gracefully_and_agents_are_told() -> anyhow::Result<()> {
+    let env = env();
+    let mut server = env.start_server(0, &[])?;
+    let id = env.register_agent(&server, "told", &[])?;
+    let agent = env.run_agent("told", &[])?;
+    wait_status(&server, &[id], "Online").await?;
+    server.proc.sigterm();
+    let status = server.proc.wait_exit(DEADLINE)?;
+    assert!(status.success(), "{status}");
+    server.proc.wait_for_line("server stopped", DEADLINE)?;
+    agent.wait_for_line("server said goodbye: server shutting down", DEADLINE)?;
+    Ok(())
+}
+
+#[test]
+fn secrets_and_keys_are_private_files() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env();
+    let server = env.start_server(0, &[])?;
+    env.register_agent(&server, "private", &[])?;
+    let mode = |p: std::path::PathBuf| -> anyhow::Result<u32> {
+        Ok(std::fs::metadata(&p)?.permissions().mode() & 0o777)
+    };
+    assert_eq!(mode(env.path("server"))?, 0o700);
+    assert_eq!(mode(env.path("server/admin.token"))?, 0o600);
+    assert_eq!(mode(env.path("server/ca.key"))?, 0o600);
+    assert_eq!(mode(env.path("server/server.key"))?, 0o600);
+    assert_eq!(mode(env.state_dir("private"))?, 0o700);
+    assert_eq!(mode(env.state_dir("private").join("node.pem"))?, 0o600);
+    // The token is stored hashed: its clear text is nowhere in the database.
+    let token = server.token.clone();
+    for file in ["server/drover.db", "server/drover.db-wal"] {
+        let bytes = std::fs::read(env.path(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{file}"
+        );
+    }
+    Ok(())
+}
