@@ -1,0 +1,13 @@
+//! Command documents: SSM's command document schema 2.2, parsed from YAML or JSON, validated
+//! (with the line and column of what is wrong), and resolved with parameter values into the
+//! steps an agent runs. No I/O: documents referenced by `runDocument` are looked up by callers.
+
+mod interpolate;
+mod model;
+mod params;
+mod parse;
+
+pub use interpolate::{resolve, Resolution, ResolvedStep};
+pub use model::*;
+pub use params::{validate_values, ParamError, ParamValue};
+pub use parse::{parse, DocError};

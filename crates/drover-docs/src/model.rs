@@ -1,0 +1,157 @@
+//! The document model, in SSM's words (schema 2.2).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A parsed, validated document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// In document order, which is the order a console shows them in.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Parameter>,
+    #[serde(rename = "mainSteps")]
+    pub main_steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParamType {
+    String,
+    StringList,
+    Integer,
+    Boolean,
+    StringMap,
+    MapList,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Parameter {
+    #[serde(rename = "type")]
+    pub ty: ParamType,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_items: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_items: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_chars: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chars: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpolation_type: Option<InterpolationType>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InterpolationType {
+    /// Pass the value as the environment variable `SSM_<name>` instead of splicing it.
+    #[serde(rename = "ENV_VAR")]
+    EnvVar,
+}
+
+/// What a step does. Accepted with or without the `aws:` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Action {
+    RunShellScript,
+    RunDocument,
+    DownloadContent,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::RunShellScript => "aws:runShellScript",
+            Action::RunDocument => "aws:runDocument",
+            Action::DownloadContent => "aws:downloadContent",
+        }
+    }
+}
+
+impl TryFrom<String> for Action {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.strip_prefix("aws:").unwrap_or(&s) {
+            "runShellScript" => Ok(Action::RunShellScript),
+            "runDocument" => Ok(Action::RunDocument),
+            "downloadContent" => Ok(Action::DownloadContent),
+            _ => Err(format!(
+                "unknown action {s:?}: expected aws:runShellScript, aws:runDocument or aws:downloadContent"
+            )),
+        }
+    }
+}
+
+impl From<Action> for String {
+    fn from(a: Action) -> String {
+        a.name().to_string()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OnFailure {
+    /// Stop the document; the invocation fails.
+    #[default]
+    Exit,
+    /// Stop the document; the invocation succeeds.
+    SuccessAndExit,
+    /// Go on with the next step; the invocation still fails at the end.
+    Continue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OnSuccess {
+    /// Stop the document after this step, successfully.
+    Exit,
+}
+
+/// `{"StringEquals": ["platformType", "Linux"]}` or `{"StringEquals": ["{{ p }}", "x"]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Precondition {
+    #[serde(rename = "StringEquals")]
+    pub string_equals: [String; 2],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Step {
+    pub action: Action,
+    pub name: String,
+    #[serde(default)]
+    pub inputs: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precondition: Option<Precondition>,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<OnSuccess>,
+    #[serde(default)]
+    pub finally_step: bool,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub max_attempts: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
