@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::executor::ExecCtx;
 use crate::identity::Identity;
+use crate::invocations::Runner;
 use crate::{inventory, AgentError};
 
 /// Where the agent's inventory comes from: this machine, or a fixed one (the agent simulator,
@@ -46,6 +48,18 @@ pub struct AgentConfig {
     pub inventory_interval: Duration,
     pub inventory: InventorySource,
     pub tunnel: TunnelConfig,
+    /// What a script's exit code 194 does.
+    pub reboot: RebootMode,
+}
+
+/// How the agent reboots the node when a script asks (exit code 194).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootMode {
+    /// Reboot the machine (`systemctl reboot`, else `shutdown -r now`).
+    Machine,
+    /// Only end the agent (with [`AgentEvent::RebootRequested`]); its supervisor starts it again
+    /// and it resumes. For containers and tests, where the machine is not the agent's to reboot.
+    RestartAgent,
 }
 
 impl AgentConfig {
@@ -59,6 +73,7 @@ impl AgentConfig {
             inventory_interval: Duration::from_secs(300),
             inventory: InventorySource::Machine,
             tunnel: TunnelConfig::default(),
+            reboot: RebootMode::Machine,
         }
     }
 }
@@ -66,9 +81,17 @@ impl AgentConfig {
 /// What happened, for those who watch (the CLI logs them; the simulator counts them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent {
-    Connected { node_id: String },
-    Disconnected { reason: String },
-    Renewed { not_after: i64 },
+    Connected {
+        node_id: String,
+    },
+    Disconnected {
+        reason: String,
+    },
+    Renewed {
+        not_after: i64,
+    },
+    /// A script asked for a reboot and the mode is [`RebootMode::RestartAgent`]: `run` returns.
+    RebootRequested,
 }
 
 enum Outcome {
@@ -92,9 +115,36 @@ pub async fn run(
             let _ = tx.try_send(e);
         }
     };
+    let identity = Identity::load(&config.state_dir)?;
+    let (reboot_tx, mut reboot_rx) = mpsc::channel(4);
+    let runner = Runner::new(ExecCtx {
+        state_dir: config.state_dir.clone(),
+        node_id: identity.state.node_id.clone(),
+        platform_type: if cfg!(target_os = "macos") {
+            "MacOS"
+        } else {
+            "Linux"
+        },
+        reboot: reboot_tx,
+    });
+    runner.recover();
     loop {
         let identity = Identity::load(&config.state_dir)?;
-        match connect_once(&config, identity, &shutdown, &emit).await {
+        let outcome = tokio::select! {
+            o = connect_once(&config, identity, &shutdown, &emit, &runner) => o,
+            Some(()) = reboot_rx.recv() => match config.reboot {
+                RebootMode::RestartAgent => {
+                    tracing::warn!("a script asked for a reboot: stopping the agent so that it restarts");
+                    emit(AgentEvent::RebootRequested);
+                    return Ok(());
+                }
+                RebootMode::Machine => {
+                    reboot_machine().await;
+                    continue;
+                }
+            },
+        };
+        match outcome {
             Outcome::Stopped => return Ok(()),
             Outcome::Refused(why) => {
                 emit(AgentEvent::Disconnected {
@@ -120,11 +170,27 @@ pub async fn run(
     }
 }
 
+/// Reboots the machine; the journal resumes the invocation after boot.
+async fn reboot_machine() {
+    tracing::warn!("a script asked for a reboot: rebooting the machine");
+    for (cmd, args) in [
+        ("systemctl", &["reboot"][..]),
+        ("shutdown", &["-r", "now"][..]),
+    ] {
+        match tokio::process::Command::new(cmd).args(args).status().await {
+            Ok(s) if s.success() => return,
+            Ok(s) => tracing::error!(%cmd, status = %s, "reboot command failed"),
+            Err(e) => tracing::error!(%cmd, error = %e, "could not run the reboot command"),
+        }
+    }
+}
+
 async fn connect_once(
     config: &AgentConfig,
     mut identity: Identity,
     shutdown: &CancellationToken,
     emit: &impl Fn(AgentEvent),
+    runner: &Arc<Runner>,
 ) -> Outcome {
     let lost = |reason: String| Outcome::Lost {
         reason,
@@ -162,6 +228,7 @@ async fn connect_once(
         &mut incoming,
         shutdown,
         emit,
+        runner,
     )
     .await;
     tunnel.close();
@@ -192,6 +259,7 @@ async fn session(
     incoming: &mut drover_tunnel::Incoming,
     shutdown: &CancellationToken,
     emit: &impl Fn(AgentEvent),
+    runner: &Arc<Runner>,
 ) -> Outcome {
     let lost = |reason: String| Outcome::Lost {
         reason,
@@ -318,7 +386,7 @@ async fn session(
             }
             stream = incoming.accept() => match stream {
                 Some(s) => {
-                    streams.spawn(serve_stream(s));
+                    streams.spawn(serve_stream(runner.clone(), s));
                 }
                 None => return up("the tunnel closed".into()),
             },
@@ -364,12 +432,20 @@ async fn maybe_renew(
     Ok(())
 }
 
-/// A stream the server opened. This version knows no server-opened stream kinds yet, so it
-/// reads the header and refuses with an error naming the kind.
-async fn serve_stream(stream: Stream) {
+/// A stream the server opened: its first frame says what it is for.
+async fn serve_stream(runner: Arc<Runner>, stream: Stream) {
     let mut framed = FrameCodec::framed(stream);
     let first = tokio::time::timeout(Duration::from_secs(10), framed.next()).await;
     let message = match first {
+        Ok(Some(Ok(Message::Open(open)))) if open.kind == StreamKind::Invocation => {
+            match tokio::time::timeout(Duration::from_secs(10), framed.next()).await {
+                Ok(Some(Ok(Message::Invoke(invoke)))) => {
+                    crate::invocations::serve(runner, framed, invoke).await;
+                    return;
+                }
+                _ => "expected invoke after open".to_string(),
+            }
+        }
         Ok(Some(Ok(Message::Open(open)))) => {
             format!("stream kind {:?} is not served by this agent", open.kind)
         }

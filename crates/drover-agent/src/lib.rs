@@ -6,12 +6,18 @@
 
 mod backoff;
 mod connection;
+mod download;
+mod executor;
 mod identity;
 pub mod inventory;
+mod invocations;
+mod journal;
 mod register;
 pub mod service;
+mod shell;
 
-pub use connection::{run, AgentConfig, AgentEvent, InventorySource};
+pub use connection::{run, AgentConfig, AgentEvent, InventorySource, RebootMode};
+pub use executor::REBOOT_EXIT_CODE;
 pub use identity::{AgentState, Identity};
 pub use register::{fetch_chain_fingerprints, register, RegisterOptions};
 

@@ -9,8 +9,8 @@ mod message;
 
 pub use frame::{decode, encode, FrameError, LENGTH_PREFIX, MAX_FRAME_LEN};
 pub use message::{
-    negotiate, CertificateIssued, Hello, Inventory, Message, RefuseCode, Refused, StreamKind,
-    StreamOpen, Welcome, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    negotiate, CertificateIssued, Hello, Inventory, Invoke, Message, OutputStream, Progress,
+    RefuseCode, Refused, StreamKind, StreamOpen, Welcome, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
 /// The ALPN protocol identifier an agent offers when it dials the server. The server routes a TLS

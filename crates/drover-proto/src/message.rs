@@ -11,7 +11,7 @@ pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Everything that travels in a frame. The first frame on every stream is [`Message::Open`],
 /// which says what the stream is for; the agent's control stream then starts with
 /// [`Message::Hello`], answered by [`Message::Welcome`] or [`Message::Refused`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
     /// First frame on a new stream.
@@ -46,6 +46,14 @@ pub enum Message {
     Goodbye {
         reason: String,
     },
+    /// Server to agent, first on an invocation stream: run (or resume, or replay) this.
+    Invoke(Invoke),
+    /// Agent to server, on an invocation stream: what happened.
+    Progress(Progress),
+    /// Server to agent, on an invocation stream: stop the invocation, killing its processes.
+    Cancel,
+    /// Server to agent: the final result is stored; the agent may forget the invocation.
+    Delivered,
 }
 
 impl Message {
@@ -63,6 +71,10 @@ impl Message {
             Message::CertificateIssued(_) => "certificate_issued",
             Message::Error { .. } => "error",
             Message::Goodbye { .. } => "goodbye",
+            Message::Invoke(_) => "invoke",
+            Message::Progress(_) => "progress",
+            Message::Cancel => "cancel",
+            Message::Delivered => "delivered",
         }
     }
 }
@@ -72,6 +84,8 @@ impl Message {
 #[serde(rename_all = "snake_case")]
 pub enum StreamKind {
     Control,
+    /// One invocation of a command on this node.
+    Invocation,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,4 +187,75 @@ mod tests {
             });
         assert_eq!(r.code, RefuseCode::Other);
     }
+}
+
+/// One invocation: a command's document, resolved for this node. The same invocation may be
+/// sent again (after a lost connection or a server restart); the agent runs it at most once and
+/// replays what it has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invoke {
+    pub invocation_id: String,
+    pub command_id: String,
+    /// The resolved steps (`drover_docs::ResolvedStep`s), opaque to the protocol.
+    pub steps: serde_json::Value,
+    /// Environment for every script (ENV_VAR parameters).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Documents that `runDocument` steps of type SSMDocument refer to, resolved by the server,
+    /// by document path.
+    #[serde(default)]
+    pub documents: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Files that `downloadContent` steps of type SSMDocument fetch, by document name.
+    #[serde(default)]
+    pub contents: std::collections::BTreeMap<String, String>,
+    pub execution_timeout_secs: u64,
+    /// Output kept per step and stream, in bytes.
+    pub output_limit: u64,
+    /// What the server already has, per step name: `[stdout bytes, stderr bytes]`. A replay
+    /// starts there, so nothing is stored twice.
+    #[serde(default)]
+    pub received: std::collections::BTreeMap<String, [u64; 2]>,
+}
+
+/// Which output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Agent to server: one event of an invocation. Output carries its offset, so a replay after
+/// a reconnect appends only what the server does not have yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Progress {
+    StepStarted {
+        step: String,
+    },
+    Output {
+        step: String,
+        stream: OutputStream,
+        /// Byte offset of this chunk in the step's output, and its length in bytes (`data` is
+        /// the same bytes as text, with invalid UTF-8 replaced).
+        offset: u64,
+        len: u64,
+        data: String,
+    },
+    StepFinished {
+        step: String,
+        /// `Success`, `Failed`, `Skipped`, `TimedOut` or `Cancelled`.
+        status: String,
+        exit_code: i32,
+        /// The agent kept only the first `output_limit` bytes.
+        #[serde(default)]
+        truncated: bool,
+    },
+    /// The node will reboot (exit code 194) and resume after the step that asked for it.
+    Rebooting,
+    Finished {
+        /// `Success`, `Failed`, `TimedOut` or `Cancelled`.
+        status: String,
+        exit_code: i32,
+    },
 }

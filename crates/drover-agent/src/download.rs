@@ -1,0 +1,192 @@
+//! `aws:downloadContent`: fetch a file over HTTP(S), a Git repository, or a document stored on
+//! the server, into the command's directory (or an absolute destination).
+
+use std::path::PathBuf;
+
+use drover_docs::ResolvedStep;
+use drover_proto::Invoke;
+use serde_json::Value;
+
+use crate::executor::ExecCtx;
+use crate::journal::Entry;
+
+/// `sourceInfo` is a map, or a JSON string of one (as SSM documents often write it).
+fn source_info(step: &ResolvedStep) -> Result<serde_json::Map<String, Value>, String> {
+    match step.inputs.get("sourceInfo") {
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(Value::String(s)) => {
+            serde_json::from_str(s).map_err(|e| format!("sourceInfo is not a JSON map: {e}"))
+        }
+        _ => Err("sourceInfo is missing".into()),
+    }
+}
+
+fn destination(entry: &Entry, step: &ResolvedStep) -> PathBuf {
+    match step.inputs.get("destinationPath").and_then(Value::as_str) {
+        Some(d) if !d.trim().is_empty() => entry.work_dir().join(d),
+        _ => entry.work_dir(),
+    }
+}
+
+fn text(m: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
+    m.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+pub async fn run(
+    _ctx: &ExecCtx,
+    entry: &Entry,
+    invoke: &Invoke,
+    step: &ResolvedStep,
+) -> Result<(), String> {
+    let info = source_info(step)?;
+    let dest = destination(entry, step);
+    let kind = step
+        .inputs
+        .get("sourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match kind {
+        "HTTP" => {
+            let url = text(&info, "url").ok_or("sourceInfo.url is required for HTTP")?;
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(format!("sourceInfo.url {url:?} must be an http(s) URL"));
+            }
+            let name = url
+                .split(['?', '#'])
+                .next()
+                .and_then(|u| u.rsplit('/').next())
+                .filter(|n| !n.is_empty() && *n != ".." && *n != ".")
+                .unwrap_or("download")
+                .to_string();
+            let resp = http_client()
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("download of {url} failed: {}", chain(&e)))?;
+            if !resp.status().is_success() {
+                return Err(format!("download of {url} failed: HTTP {}", resp.status()));
+            }
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| format!("download of {url} failed: {}", chain(&e)))?;
+            write(&dest.join(&name), &body)
+        }
+        "Git" | "GitHub" => {
+            let repo = if kind == "GitHub" {
+                let owner =
+                    text(&info, "owner").ok_or("sourceInfo.owner is required for GitHub")?;
+                let name = text(&info, "repository")
+                    .ok_or("sourceInfo.repository is required for GitHub")?;
+                format!("https://github.com/{owner}/{name}.git")
+            } else {
+                text(&info, "repository").ok_or("sourceInfo.repository is required for Git")?
+            };
+            let options = text(&info, "getOptions").unwrap_or_default();
+            git_clone(&repo, &options, &dest).await
+        }
+        "SSMDocument" => {
+            let name = text(&info, "name").ok_or("sourceInfo.name is required for SSMDocument")?;
+            let content = invoke
+                .contents
+                .get(&name)
+                .ok_or_else(|| format!("document {name:?} was not sent with the command"))?;
+            let base = name.split(':').next().unwrap_or(&name);
+            let ext = if content.trim_start().starts_with('{') {
+                "json"
+            } else {
+                "yaml"
+            };
+            write(&dest.join(format!("{base}.{ext}")), content.as_bytes())
+        }
+        other => Err(format!("sourceType {other:?} is not supported")),
+    }
+}
+
+fn write(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// `getOptions`: `branch:NAME` or `commitID:SHA` (SSM's syntax), or empty for the default branch.
+async fn git_clone(repo: &str, options: &str, dest: &std::path::Path) -> Result<(), String> {
+    let mut clone = tokio::process::Command::new("git");
+    clone.arg("clone").arg("--quiet");
+    let mut commit = None;
+    if let Some(branch) = options.strip_prefix("branch:") {
+        clone.args(["--branch", branch]);
+    } else if let Some(c) = options.strip_prefix("commitID:") {
+        commit = Some(c.to_string());
+    } else if !options.is_empty() {
+        return Err(format!(
+            "getOptions {options:?}: use branch:NAME or commitID:SHA"
+        ));
+    }
+    clone.arg("--").arg(repo).arg(dest);
+    let out = clone
+        .output()
+        .await
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "git clone {repo} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if let Some(c) = commit {
+        let out = tokio::process::Command::new("git")
+            .arg("-C")
+            .arg(dest)
+            .args(["checkout", "--quiet", &c])
+            .output()
+            .await
+            .map_err(|e| format!("cannot run git: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "git checkout {c} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+/// The HTTP client for downloads, made on first use and shared by the whole process (reading the
+/// system's roots is not free, and the agent simulator runs thousands of agents in one process).
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(new_http_client)
+}
+
+/// An HTTP client trusting the system's roots (and `SSL_CERT_FILE`).
+fn new_http_client() -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        let _ = roots.add(cert);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(drover_pki::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    let builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(600));
+    match tls {
+        Ok(cfg) => builder.use_preconfigured_tls(cfg),
+        Err(_) => builder,
+    }
+    .build()
+    .unwrap_or_default()
+}

@@ -1,0 +1,336 @@
+//! Invocations on the agent: the [`Runner`] starts each at most once (or resumes it from the
+//! journal), and an invocation stream from the server is served by replaying the journal to it:
+//! new steps, new output from the offsets the server already has, results, until the server says
+//! the final result is stored. Live streaming and replay after a reconnect are the same code.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_docs::ResolvedStep;
+use drover_proto::{Invoke, Message, OutputStream, Progress};
+use drover_tunnel::{Framed, Stream};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{execute, ExecCtx};
+use crate::journal::{Entry, StepStatus};
+
+/// Largest output chunk per message (JSON escaping can grow it, within the 1 MiB frame limit).
+const CHUNK: usize = 64 * 1024;
+/// How often output is tailed while a step runs.
+const TAIL: Duration = Duration::from_millis(50);
+
+struct Running {
+    cancel: CancellationToken,
+    changed: watch::Receiver<u64>,
+}
+
+/// Owns every invocation task of this agent process.
+pub struct Runner {
+    ctx: ExecCtx,
+    running: Mutex<HashMap<String, Running>>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl Runner {
+    pub fn new(ctx: ExecCtx) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            running: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resumes every unfinished invocation in the journal (after a restart or a reboot).
+    pub fn recover(self: &Arc<Self>) {
+        for (id, entry) in Entry::all(&self.ctx.state_dir) {
+            if entry.is_delivered() {
+                continue;
+            }
+            match entry.load() {
+                Ok(st) if st.finished.is_none() => {
+                    tracing::info!(invocation = %id, "resuming an invocation from the journal");
+                    self.spawn(id, entry);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(invocation = %id, error = %e, "unreadable journal entry"),
+            }
+        }
+    }
+
+    fn spawn(
+        self: &Arc<Self>,
+        id: String,
+        entry: Entry,
+    ) -> (watch::Receiver<u64>, CancellationToken) {
+        let (tx, rx) = watch::channel(0u64);
+        let cancel = CancellationToken::new();
+        self.running().insert(
+            id.clone(),
+            Running {
+                cancel: cancel.clone(),
+                changed: rx.clone(),
+            },
+        );
+        let me = self.clone();
+        let task_cancel = cancel.clone();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            if let Err(e) = execute(&me.ctx, &entry, &task_cancel, &tx).await {
+                tracing::error!(invocation = %id, error = %e, "invocation failed in the agent");
+                if let Ok(mut st) = entry.load() {
+                    st.finished = Some(("Failed".into(), 1));
+                    let _ = entry.save(&st);
+                }
+            }
+            me.running().remove(&id);
+            tx.send_modify(|v| *v += 1);
+        });
+        (rx, cancel)
+    }
+
+    /// Starts `invoke`, or attaches to it if it is already running or done.
+    fn start_or_attach(
+        self: &Arc<Self>,
+        invoke: &Invoke,
+    ) -> Result<(Entry, watch::Receiver<u64>, CancellationToken), String> {
+        let entry = Entry::open(&self.ctx.state_dir, &invoke.invocation_id)
+            .ok_or_else(|| format!("invalid invocation ID {:?}", invoke.invocation_id))?;
+        if let Some(r) = self.running().get(&invoke.invocation_id) {
+            return Ok((entry, r.changed.clone(), r.cancel.clone()));
+        }
+        if !entry.exists() {
+            let steps: Vec<ResolvedStep> = serde_json::from_value(invoke.steps.clone())
+                .map_err(|e| format!("invalid steps: {e}"))?;
+            let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+            entry.create(invoke, &names).map_err(|e| e.to_string())?;
+        }
+        let st = entry.load().map_err(|e| e.to_string())?;
+        if st.finished.is_some() || st.rebooting {
+            // Done (replay only), or waiting for the reboot that will resume it.
+            let (_tx, rx) = watch::channel(0);
+            return Ok((entry, rx, CancellationToken::new()));
+        }
+        let (rx, cancel) = self.spawn(invoke.invocation_id.clone(), entry.clone());
+        Ok((entry, rx, cancel))
+    }
+}
+
+/// What this stream has sent so far.
+struct Sent {
+    started: HashSet<usize>,
+    finished: HashSet<usize>,
+    offsets: HashMap<(usize, OutputStream), u64>,
+    rebooting: bool,
+}
+
+async fn send(framed: &mut Framed<Stream>, p: Progress) -> Result<(), String> {
+    framed
+        .send(Message::Progress(p))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Reads the next chunk of a step's output from `offset`, at most up to `limit` bytes in all.
+fn read_chunk(
+    entry: &Entry,
+    i: usize,
+    stream: OutputStream,
+    offset: u64,
+    limit: u64,
+    done: bool,
+) -> (Vec<u8>, bool) {
+    let path = entry.output(i, stream);
+    let Ok(mut f) = std::fs::File::open(&path) else {
+        return (Vec::new(), false);
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let truncated = len > limit;
+    let end = len.min(limit);
+    if offset >= end || f.seek(SeekFrom::Start(offset)).is_err() {
+        return (Vec::new(), truncated);
+    }
+    let want = usize::try_from((end - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
+    let mut buf = vec![0u8; want];
+    let n = f.read(&mut buf).unwrap_or(0);
+    buf.truncate(n);
+    if !done {
+        // Don't split a UTF-8 character across chunks while more may follow.
+        if let Err(e) = std::str::from_utf8(&buf) {
+            if e.error_len().is_none() {
+                buf.truncate(e.valid_up_to());
+            }
+        }
+    }
+    (buf, truncated)
+}
+
+/// Sends what the journal has that this stream has not sent; returns the final result once sent.
+async fn sync(
+    entry: &Entry,
+    invoke: &Invoke,
+    sent: &mut Sent,
+    framed: &mut Framed<Stream>,
+) -> Result<(Option<(String, i32)>, bool), String> {
+    let st = entry.load().map_err(|e| e.to_string())?;
+    let mut any_running = false;
+    for (i, step) in st.steps.iter().enumerate() {
+        if step.status == StepStatus::Pending {
+            continue;
+        }
+        if step.status == StepStatus::Skipped && sent.finished.insert(i) {
+            send(
+                framed,
+                Progress::StepFinished {
+                    step: step.name.clone(),
+                    status: "Skipped".into(),
+                    exit_code: 0,
+                    truncated: false,
+                },
+            )
+            .await?;
+            continue;
+        }
+        if sent.started.insert(i) {
+            send(
+                framed,
+                Progress::StepStarted {
+                    step: step.name.clone(),
+                },
+            )
+            .await?;
+        }
+        let done = step.status.is_done();
+        any_running |= !done;
+        let mut truncated = false;
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            loop {
+                let offset = *sent.offsets.entry((i, stream)).or_insert_with(|| {
+                    let idx = usize::from(stream == OutputStream::Stderr);
+                    invoke
+                        .received
+                        .get(&step.name)
+                        .and_then(|r| r.get(idx).copied())
+                        .unwrap_or(0)
+                });
+                let (chunk, cut) = read_chunk(entry, i, stream, offset, invoke.output_limit, done);
+                truncated |= cut;
+                if chunk.is_empty() {
+                    break;
+                }
+                let len = chunk.len() as u64;
+                send(
+                    framed,
+                    Progress::Output {
+                        step: step.name.clone(),
+                        stream,
+                        offset,
+                        len,
+                        data: String::from_utf8_lossy(&chunk).into_owned(),
+                    },
+                )
+                .await?;
+                sent.offsets.insert((i, stream), offset + len);
+            }
+        }
+        if done && sent.finished.insert(i) {
+            send(
+                framed,
+                Progress::StepFinished {
+                    step: step.name.clone(),
+                    status: step.status.as_str().into(),
+                    exit_code: step.exit_code,
+                    truncated,
+                },
+            )
+            .await?;
+        }
+    }
+    if st.rebooting && !sent.rebooting {
+        sent.rebooting = true;
+        send(framed, Progress::Rebooting).await?;
+    }
+    if let Some((status, code)) = &st.finished {
+        send(
+            framed,
+            Progress::Finished {
+                status: status.clone(),
+                exit_code: *code,
+            },
+        )
+        .await?;
+    }
+    Ok((st.finished, any_running))
+}
+
+/// Serves one invocation stream until the server has the final result or the stream ends.
+pub async fn serve(runner: Arc<Runner>, mut framed: Framed<Stream>, invoke: Invoke) {
+    let (entry, mut changed, cancel) = match runner.start_or_attach(&invoke) {
+        Ok(v) => v,
+        Err(message) => {
+            let _ = framed
+                .send(Message::Error {
+                    code: "invalid_invocation".into(),
+                    message,
+                })
+                .await;
+            return;
+        }
+    };
+    let mut sent = Sent {
+        started: HashSet::new(),
+        finished: HashSet::new(),
+        offsets: HashMap::new(),
+        rebooting: false,
+    };
+    // Once the executor task is gone (finished, or waiting for a reboot) nothing changes.
+    let mut task_done = false;
+    loop {
+        let (finished, running) = match sync(&entry, &invoke, &mut sent, &mut framed).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(invocation = %invoke.invocation_id, error = %e, "invocation stream ended");
+                return;
+            }
+        };
+        if finished.is_some() {
+            // Wait for the server to say it stored the result.
+            match tokio::time::timeout(Duration::from_secs(60), framed.next()).await {
+                Ok(Some(Ok(Message::Delivered))) => {
+                    if let Err(e) = entry.mark_delivered() {
+                        tracing::warn!(error = %e, "could not clean up a delivered invocation");
+                    }
+                }
+                _ => {
+                    tracing::debug!(invocation = %invoke.invocation_id, "no delivery confirmation; will replay")
+                }
+            }
+            return;
+        }
+        tokio::select! {
+            r = changed.changed(), if !task_done => {
+                // An error means the task ended: one more sync sends its final state.
+                task_done = r.is_err();
+            }
+            _ = tokio::time::sleep(TAIL), if running => {}
+            msg = framed.next() => match msg {
+                Some(Ok(Message::Cancel)) => {
+                    tracing::info!(invocation = %invoke.invocation_id, "cancel requested");
+                    cancel.cancel();
+                }
+                Some(Ok(other)) => tracing::debug!(kind = other.kind(), "ignored a message on an invocation stream"),
+                // The connection is gone; the invocation goes on and is replayed later.
+                Some(Err(_)) | None => return,
+            },
+        }
+    }
+}

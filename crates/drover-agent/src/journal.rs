@@ -1,0 +1,231 @@
+//! The agent's journal of invocations: everything needed to run each step at most once and to
+//! deliver its full result later, across lost connections, agent restarts and reboots.
+//!
+//! ```text
+//! STATE/journal/<invocation id>/
+//!   invoke.json       what the server asked for
+//!   state.json        per-step status, exit code, pid; reboot and final status
+//!   work/             the command's own directory (relative download paths land here)
+//!   steps/N.sh        step N's script;  N.out, N.err  its output;  N.exit  its exit code
+//!   delivered         present once the server stored the final result (the rest is removed)
+//! ```
+//!
+//! A step's process writes its output and exit code straight to these files, so it survives
+//! the agent: a restarted agent finds the step still running (or finished) and picks it up.
+
+use std::path::{Path, PathBuf};
+
+use drover_proto::{Invoke, OutputStream};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::write_private;
+use crate::AgentError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Success,
+    Failed,
+    Skipped,
+    TimedOut,
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "Pending",
+            StepStatus::Running => "InProgress",
+            StepStatus::Success => "Success",
+            StepStatus::Failed => "Failed",
+            StepStatus::Skipped => "Skipped",
+            StepStatus::TimedOut => "TimedOut",
+            StepStatus::Cancelled => "Cancelled",
+        }
+    }
+
+    pub fn is_done(self) -> bool {
+        !matches!(self, StepStatus::Pending | StepStatus::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepState {
+    pub name: String,
+    pub status: StepStatus,
+    pub exit_code: i32,
+    /// The process group leader of a running step.
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationState {
+    pub steps: Vec<StepState>,
+    /// A step exited 194: reboot, then go on after it.
+    #[serde(default)]
+    pub rebooting: bool,
+    /// The kernel boot this state was written in; a different one means the machine rebooted.
+    pub boot_id: String,
+    /// Final `(status, exit code)`.
+    #[serde(default)]
+    pub finished: Option<(String, i32)>,
+    /// Unix seconds; the execution timeout counts from here.
+    pub started_at: i64,
+}
+
+/// One invocation's directory.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub dir: PathBuf,
+}
+
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Invocation IDs come from the server; only a safe alphabet may become a directory name.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentError {
+    AgentError::io(what, path)
+}
+
+impl Entry {
+    pub fn root(state_dir: &Path) -> PathBuf {
+        state_dir.join("journal")
+    }
+
+    pub fn open(state_dir: &Path, id: &str) -> Option<Self> {
+        valid_id(id).then(|| Self {
+            dir: Self::root(state_dir).join(id),
+        })
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.join("invoke.json").exists()
+    }
+
+    pub fn is_delivered(&self) -> bool {
+        self.dir.join("delivered").exists()
+    }
+
+    /// Records a new invocation with every step Pending.
+    pub fn create(&self, invoke: &Invoke, step_names: &[String]) -> Result<(), AgentError> {
+        for sub in ["steps", "work"] {
+            let d = self.dir.join(sub);
+            std::fs::create_dir_all(&d).map_err(io("create", &d))?;
+        }
+        let json = serde_json::to_vec(invoke).map_err(|e| AgentError::Corrupt {
+            path: self.dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        write_private(&self.dir.join("invoke.json"), &json)?;
+        self.save(&InvocationState {
+            steps: step_names
+                .iter()
+                .map(|n| StepState {
+                    name: n.clone(),
+                    status: StepStatus::Pending,
+                    exit_code: 0,
+                    pid: None,
+                    truncated: false,
+                })
+                .collect(),
+            rebooting: false,
+            boot_id: boot_id(),
+            finished: None,
+            started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        })
+    }
+
+    pub fn invoke(&self) -> Result<Invoke, AgentError> {
+        let path = self.dir.join("invoke.json");
+        let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+        serde_json::from_slice(&bytes).map_err(|e| AgentError::Corrupt {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    pub fn load(&self) -> Result<InvocationState, AgentError> {
+        let path = self.dir.join("state.json");
+        let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+        serde_json::from_slice(&bytes).map_err(|e| AgentError::Corrupt {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Saves the state atomically (write, fsync, rename).
+    pub fn save(&self, state: &InvocationState) -> Result<(), AgentError> {
+        let json = serde_json::to_vec(state).map_err(|e| AgentError::Corrupt {
+            path: self.dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        write_private(&self.dir.join("state.json"), &json)
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+
+    pub fn output(&self, step: usize, stream: OutputStream) -> PathBuf {
+        let ext = match stream {
+            OutputStream::Stdout => "out",
+            OutputStream::Stderr => "err",
+        };
+        self.dir.join("steps").join(format!("{step}.{ext}"))
+    }
+
+    /// The server has the final result: drop the output and keep a tombstone, so that a
+    /// repeated delivery is answered, never run again.
+    pub fn mark_delivered(&self) -> Result<(), AgentError> {
+        let tomb = self.dir.join("delivered");
+        write_private(&tomb, b"")?;
+        for sub in ["steps", "work"] {
+            let _ = std::fs::remove_dir_all(self.dir.join(sub));
+        }
+        Ok(())
+    }
+
+    /// Every invocation in the journal.
+    pub fn all(state_dir: &Path) -> Vec<(String, Entry)> {
+        let root = Self::root(state_dir);
+        let Ok(dirs) = std::fs::read_dir(&root) else {
+            return Vec::new();
+        };
+        dirs.filter_map(Result::ok)
+            .filter_map(|d| {
+                let id = d.file_name().to_string_lossy().into_owned();
+                Entry::open(state_dir, &id).map(|e| (id, e))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ids_that_could_escape_the_journal_are_refused() {
+        assert!(valid_id("inv-1234abcd"));
+        for bad in ["", "..", "../x", "a/b", "a b", &"x".repeat(200)] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        assert!(Entry::open(Path::new("/tmp"), "../etc").is_none());
+    }
+}
