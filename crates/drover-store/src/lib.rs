@@ -4,11 +4,14 @@
 //!
 //! **Architecture Invariant:** nothing outside this crate writes SQL.
 
+mod commands;
 mod model;
 mod sqlite;
+mod sqlite_commands;
 
 use std::collections::BTreeMap;
 
+pub use commands::*;
 pub use model::*;
 pub use sqlite::SqliteStore;
 
@@ -104,4 +107,64 @@ pub trait Store: Send + Sync + 'static {
     async fn create_token(&self, token: &ApiToken) -> Result<(), StoreError>;
     async fn find_token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
     async fn count_tokens(&self) -> Result<u64, StoreError>;
+
+    // --- documents
+    /// Creates version 1 of a new document (Conflict if the name exists).
+    async fn create_document(&self, doc: &DocumentVersion) -> Result<DocumentVersion, StoreError>;
+    /// Adds a new version of an existing document.
+    async fn update_document(
+        &self,
+        name: &str,
+        content: &str,
+        format: &str,
+        description: &str,
+        at: i64,
+    ) -> Result<DocumentVersion, StoreError>;
+    /// The given version, or the default one.
+    async fn get_document(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<DocumentVersion>, StoreError>;
+    /// The default version of every document.
+    async fn list_documents(&self) -> Result<Vec<DocumentVersion>, StoreError>;
+    async fn document_versions(&self, name: &str) -> Result<Vec<DocumentVersion>, StoreError>;
+    async fn set_default_version(
+        &self,
+        name: &str,
+        version: i64,
+    ) -> Result<DocumentVersion, StoreError>;
+    async fn delete_document(&self, name: &str) -> Result<(), StoreError>;
+
+    // --- commands
+    /// Records a command and its invocations (all Pending) in one transaction.
+    async fn create_command(
+        &self,
+        command: &Command,
+        invocations: &[Invocation],
+    ) -> Result<(), StoreError>;
+    async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError>;
+    /// Newest first.
+    async fn list_commands(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Command>, StoreError>;
+    async fn set_command_status(
+        &self,
+        id: &str,
+        status: &str,
+        cancel_requested: bool,
+    ) -> Result<(), StoreError>;
+    /// Commands not yet finished (to resume after a restart).
+    async fn unfinished_commands(&self) -> Result<Vec<Command>, StoreError>;
+    async fn status_counts(&self, command_id: &str) -> Result<StatusCounts, StoreError>;
+    async fn list_invocations(
+        &self,
+        query: &InvocationQuery,
+    ) -> Result<Vec<Invocation>, StoreError>;
+    async fn apply_invocation_updates(
+        &self,
+        updates: &[InvocationUpdate],
+    ) -> Result<(), StoreError>;
 }

@@ -7,11 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
+use crate::sqlite_commands as sc;
 use crate::*;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran. Never edit
 /// a released migration: add a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[MIGRATION_NODES, crate::sqlite_commands::MIGRATION_COMMANDS];
+
+const MIGRATION_NODES: &str = r#"
 CREATE TABLE nodes (
     id             TEXT PRIMARY KEY,
     name           TEXT NOT NULL,
@@ -58,7 +61,7 @@ CREATE TABLE api_tokens (
     role       TEXT NOT NULL,
     created_at INTEGER NOT NULL
 ) STRICT;
-"#];
+"#;
 
 const NODE_COLUMNS: &str = "id, name, tags, status, last_seen_at, registered_at, activation_id, \
      hostname, platform, os_name, os_version, kernel, arch, agent_version, ip_addresses, boot_time";
@@ -99,7 +102,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` with the connection on a blocking thread.
-    async fn call<T, E>(
+    pub(crate) async fn call<T, E>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E>
@@ -578,6 +581,123 @@ impl Store for SqliteStore {
             .map_err(db("count API tokens"))
         })
         .await
+    }
+
+    async fn create_document(&self, doc: &DocumentVersion) -> Result<DocumentVersion, StoreError> {
+        let doc = doc.clone();
+        self.call(move |c| sc::create_document(c, &doc)).await
+    }
+
+    async fn update_document(
+        &self,
+        name: &str,
+        content: &str,
+        format: &str,
+        description: &str,
+        at: i64,
+    ) -> Result<DocumentVersion, StoreError> {
+        let (n, ct, f, d) = (
+            name.to_string(),
+            content.to_string(),
+            format.to_string(),
+            description.to_string(),
+        );
+        self.call(move |c| sc::update_document(c, &n, &ct, &f, &d, at))
+            .await
+    }
+
+    async fn get_document(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<DocumentVersion>, StoreError> {
+        let n = name.to_string();
+        self.call(move |c| sc::get_document(c, &n, version)).await
+    }
+
+    async fn list_documents(&self) -> Result<Vec<DocumentVersion>, StoreError> {
+        self.call(|c| sc::list_documents(c)).await
+    }
+
+    async fn document_versions(&self, name: &str) -> Result<Vec<DocumentVersion>, StoreError> {
+        let n = name.to_string();
+        self.call(move |c| sc::document_versions(c, &n)).await
+    }
+
+    async fn set_default_version(
+        &self,
+        name: &str,
+        version: i64,
+    ) -> Result<DocumentVersion, StoreError> {
+        let n = name.to_string();
+        self.call(move |c| sc::set_default_version(c, &n, version))
+            .await
+    }
+
+    async fn delete_document(&self, name: &str) -> Result<(), StoreError> {
+        let n = name.to_string();
+        self.call(move |c| sc::delete_document(c, &n)).await
+    }
+
+    async fn create_command(
+        &self,
+        command: &Command,
+        invocations: &[Invocation],
+    ) -> Result<(), StoreError> {
+        let (cmd, invs) = (command.clone(), invocations.to_vec());
+        self.call(move |c| sc::create_command(c, &cmd, &invs)).await
+    }
+
+    async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| sc::get_command(c, &id)).await
+    }
+
+    async fn list_commands(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Command>, StoreError> {
+        let before = before.map(str::to_string);
+        self.call(move |c| sc::list_commands(c, before.as_deref(), limit))
+            .await
+    }
+
+    async fn set_command_status(
+        &self,
+        id: &str,
+        status: &str,
+        cancel_requested: bool,
+    ) -> Result<(), StoreError> {
+        let (id, status) = (id.to_string(), status.to_string());
+        self.call(move |c| sc::set_command_status(c, &id, &status, cancel_requested))
+            .await
+    }
+
+    async fn unfinished_commands(&self) -> Result<Vec<Command>, StoreError> {
+        self.call(|c| sc::unfinished_commands(c)).await
+    }
+
+    async fn status_counts(&self, command_id: &str) -> Result<StatusCounts, StoreError> {
+        let id = command_id.to_string();
+        self.call(move |c| sc::status_counts(c, &id)).await
+    }
+
+    async fn list_invocations(
+        &self,
+        query: &InvocationQuery,
+    ) -> Result<Vec<Invocation>, StoreError> {
+        let q = query.clone();
+        self.call(move |c| sc::list_invocations(c, &q)).await
+    }
+
+    async fn apply_invocation_updates(
+        &self,
+        updates: &[InvocationUpdate],
+    ) -> Result<(), StoreError> {
+        let u = updates.to_vec();
+        self.call(move |c| sc::apply_invocation_updates(c, &u))
+            .await
     }
 }
 

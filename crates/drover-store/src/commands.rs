@@ -1,0 +1,113 @@
+//! Records of documents, commands and invocations.
+
+use std::collections::BTreeMap;
+
+/// One version of a stored document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentVersion {
+    pub name: String,
+    pub version: i64,
+    pub content: String,
+    /// `YAML` or `JSON`.
+    pub format: String,
+    pub description: String,
+    pub created_at: i64,
+    pub is_default: bool,
+    pub latest_version: i64,
+}
+
+/// A command as sent: what to run, where, and how fast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub id: String,
+    pub document_name: String,
+    pub document_version: String,
+    pub parameters: String,
+    pub targets: Vec<String>,
+    pub max_concurrency: String,
+    pub max_errors: String,
+    pub delivery_timeout_secs: i64,
+    pub execution_timeout_secs: i64,
+    pub output_limit: i64,
+    pub comment: String,
+    pub created_at: i64,
+    /// `Pending`, `InProgress`, `Success`, `Failed`, `Incomplete`, `Cancelling`, `Cancelled`.
+    pub status: String,
+    /// The payload sent to agents (the resolved steps and what they need), JSON.
+    pub payload: String,
+    pub cancel_requested: bool,
+}
+
+/// One node's part of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub id: String,
+    pub command_id: String,
+    pub node_id: String,
+    pub node_name: String,
+    pub status: String,
+    pub status_detail: String,
+    pub exit_code: Option<i64>,
+    pub requested_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub steps: Vec<StepResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StepResult {
+    pub name: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_bytes: i64,
+    pub stderr_bytes: i64,
+    pub truncated: bool,
+}
+
+/// A change to an invocation, applied in batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvocationUpdate {
+    Status {
+        invocation_id: String,
+        status: String,
+        detail: String,
+        exit_code: Option<i64>,
+        at: i64,
+    },
+    StepStarted {
+        invocation_id: String,
+        step: String,
+    },
+    Output {
+        invocation_id: String,
+        step: String,
+        stderr: bool,
+        offset: i64,
+        len: i64,
+        data: String,
+    },
+    StepFinished {
+        invocation_id: String,
+        step: String,
+        status: String,
+        exit_code: i64,
+        truncated: bool,
+    },
+}
+
+/// Which invocations to list.
+#[derive(Debug, Clone, Default)]
+pub struct InvocationQuery {
+    pub command_id: Option<String>,
+    pub node_id: Option<String>,
+    pub status: Option<String>,
+    /// Start after this invocation ID.
+    pub after: Option<String>,
+    pub limit: usize,
+    pub with_steps: bool,
+}
+
+/// Counts of a command's invocations by status.
+pub type StatusCounts = BTreeMap<String, i64>;

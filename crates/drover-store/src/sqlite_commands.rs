@@ -1,0 +1,530 @@
+//! SQLite for documents, commands and invocations: plain functions on a connection, called by
+//! `SqliteStore` on its blocking thread.
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::*;
+
+pub(crate) const MIGRATION_COMMANDS: &str = r#"
+CREATE TABLE documents (
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    content     TEXT NOT NULL,
+    format      TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+) STRICT;
+CREATE TABLE document_heads (
+    name            TEXT PRIMARY KEY,
+    default_version INTEGER NOT NULL,
+    latest_version  INTEGER NOT NULL
+) STRICT;
+CREATE TABLE commands (
+    id                     TEXT PRIMARY KEY,
+    document_name          TEXT NOT NULL,
+    document_version       TEXT NOT NULL,
+    parameters             TEXT NOT NULL,
+    targets                TEXT NOT NULL,
+    max_concurrency        TEXT NOT NULL,
+    max_errors             TEXT NOT NULL,
+    delivery_timeout_secs  INTEGER NOT NULL,
+    execution_timeout_secs INTEGER NOT NULL,
+    output_limit           INTEGER NOT NULL,
+    comment                TEXT NOT NULL,
+    created_at             INTEGER NOT NULL,
+    status                 TEXT NOT NULL,
+    payload                TEXT NOT NULL,
+    cancel_requested       INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX commands_status ON commands(status);
+CREATE TABLE invocations (
+    id            TEXT PRIMARY KEY,
+    command_id    TEXT NOT NULL REFERENCES commands(id),
+    node_id       TEXT NOT NULL,
+    node_name     TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    status_detail TEXT NOT NULL DEFAULT '',
+    exit_code     INTEGER,
+    requested_at  INTEGER NOT NULL,
+    started_at    INTEGER,
+    finished_at   INTEGER
+) STRICT;
+CREATE INDEX invocations_command ON invocations(command_id, id);
+CREATE INDEX invocations_node ON invocations(node_id);
+CREATE TABLE invocation_steps (
+    invocation_id TEXT NOT NULL REFERENCES invocations(id),
+    position      INTEGER NOT NULL,
+    name          TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    exit_code     INTEGER,
+    stdout        TEXT NOT NULL DEFAULT '',
+    stderr        TEXT NOT NULL DEFAULT '',
+    stdout_bytes  INTEGER NOT NULL DEFAULT 0,
+    stderr_bytes  INTEGER NOT NULL DEFAULT 0,
+    truncated     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (invocation_id, name)
+) STRICT;
+"#;
+
+fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Database { what, source }
+}
+
+const DOC_COLS: &str = "d.name, d.version, d.content, d.format, d.description, d.created_at, \
+     h.default_version = d.version, h.latest_version";
+
+fn doc_row(r: &Row<'_>) -> rusqlite::Result<DocumentVersion> {
+    Ok(DocumentVersion {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        content: r.get(2)?,
+        format: r.get(3)?,
+        description: r.get(4)?,
+        created_at: r.get(5)?,
+        is_default: r.get(6)?,
+        latest_version: r.get(7)?,
+    })
+}
+
+pub(crate) fn get_document(
+    c: &Connection,
+    name: &str,
+    version: Option<i64>,
+) -> Result<Option<DocumentVersion>, StoreError> {
+    let sql = format!(
+        "SELECT {DOC_COLS} FROM documents d JOIN document_heads h ON h.name = d.name \
+         WHERE d.name = ?1 AND d.version = COALESCE(?2, h.default_version)"
+    );
+    c.query_row(&sql, params![name, version], doc_row)
+        .optional()
+        .map_err(db("read a document"))
+}
+
+pub(crate) fn create_document(
+    c: &mut Connection,
+    d: &DocumentVersion,
+) -> Result<DocumentVersion, StoreError> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("create a document"))?;
+    let exists: bool = tx
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM document_heads WHERE name = ?1",
+            [&d.name],
+            |r| r.get(0),
+        )
+        .map_err(db("create a document"))?;
+    if exists {
+        return Err(StoreError::Conflict(format!(
+            "document {:?} exists: update it to add a version",
+            d.name
+        )));
+    }
+    tx.execute(
+        "INSERT INTO documents (name, version, content, format, description, created_at) VALUES (?1, 1, ?2, ?3, ?4, ?5)",
+        params![d.name, d.content, d.format, d.description, d.created_at],
+    )
+    .map_err(db("create a document"))?;
+    tx.execute(
+        "INSERT INTO document_heads (name, default_version, latest_version) VALUES (?1, 1, 1)",
+        [&d.name],
+    )
+    .map_err(db("create a document"))?;
+    let out = get_document(&tx, &d.name, Some(1))?
+        .ok_or_else(|| StoreError::NotFound(format!("document {}", d.name)))?;
+    tx.commit().map_err(db("create a document"))?;
+    Ok(out)
+}
+
+pub(crate) fn update_document(
+    c: &mut Connection,
+    name: &str,
+    content: &str,
+    format: &str,
+    description: &str,
+    at: i64,
+) -> Result<DocumentVersion, StoreError> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("update a document"))?;
+    let latest: Option<i64> = tx
+        .query_row(
+            "SELECT latest_version FROM document_heads WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db("update a document"))?;
+    let Some(latest) = latest else {
+        return Err(StoreError::NotFound(format!("document {name:?}")));
+    };
+    let version = latest + 1;
+    tx.execute(
+        "INSERT INTO documents (name, version, content, format, description, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![name, version, content, format, description, at],
+    )
+    .map_err(db("update a document"))?;
+    tx.execute(
+        "UPDATE document_heads SET latest_version = ?2 WHERE name = ?1",
+        params![name, version],
+    )
+    .map_err(db("update a document"))?;
+    let out = get_document(&tx, name, Some(version))?
+        .ok_or_else(|| StoreError::NotFound(format!("document {name}")))?;
+    tx.commit().map_err(db("update a document"))?;
+    Ok(out)
+}
+
+pub(crate) fn list_documents(c: &Connection) -> Result<Vec<DocumentVersion>, StoreError> {
+    let sql = format!(
+        "SELECT {DOC_COLS} FROM documents d JOIN document_heads h ON h.name = d.name \
+         WHERE d.version = h.default_version ORDER BY d.name"
+    );
+    let mut st = c.prepare(&sql).map_err(db("list documents"))?;
+    let rows = st
+        .query_map([], doc_row)
+        .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+        .map_err(db("list documents"))?;
+    Ok(rows)
+}
+
+pub(crate) fn document_versions(
+    c: &Connection,
+    name: &str,
+) -> Result<Vec<DocumentVersion>, StoreError> {
+    let sql = format!(
+        "SELECT {DOC_COLS} FROM documents d JOIN document_heads h ON h.name = d.name \
+         WHERE d.name = ?1 ORDER BY d.version"
+    );
+    let mut st = c.prepare(&sql).map_err(db("list document versions"))?;
+    let rows = st
+        .query_map([name], doc_row)
+        .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+        .map_err(db("list document versions"))?;
+    if rows.is_empty() {
+        return Err(StoreError::NotFound(format!("document {name:?}")));
+    }
+    Ok(rows)
+}
+
+pub(crate) fn set_default_version(
+    c: &mut Connection,
+    name: &str,
+    version: i64,
+) -> Result<DocumentVersion, StoreError> {
+    let tx = c.transaction().map_err(db("set a default version"))?;
+    if get_document(&tx, name, Some(version))?.is_none() {
+        return Err(StoreError::NotFound(format!(
+            "version {version} of document {name:?}"
+        )));
+    }
+    tx.execute(
+        "UPDATE document_heads SET default_version = ?2 WHERE name = ?1",
+        params![name, version],
+    )
+    .map_err(db("set a default version"))?;
+    let out = get_document(&tx, name, None)?
+        .ok_or_else(|| StoreError::NotFound(format!("document {name:?}")))?;
+    tx.commit().map_err(db("set a default version"))?;
+    Ok(out)
+}
+
+pub(crate) fn delete_document(c: &mut Connection, name: &str) -> Result<(), StoreError> {
+    let tx = c.transaction().map_err(db("delete a document"))?;
+    let n = tx
+        .execute("DELETE FROM document_heads WHERE name = ?1", [name])
+        .map_err(db("delete a document"))?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("document {name:?}")));
+    }
+    tx.execute("DELETE FROM documents WHERE name = ?1", [name])
+        .map_err(db("delete a document"))?;
+    tx.commit().map_err(db("delete a document"))
+}
+
+const CMD_COLS: &str =
+    "id, document_name, document_version, parameters, targets, max_concurrency, \
+     max_errors, delivery_timeout_secs, execution_timeout_secs, output_limit, comment, created_at, \
+     status, payload, cancel_requested";
+
+fn cmd_row(r: &Row<'_>) -> rusqlite::Result<Command> {
+    let targets: String = r.get(4)?;
+    Ok(Command {
+        id: r.get(0)?,
+        document_name: r.get(1)?,
+        document_version: r.get(2)?,
+        parameters: r.get(3)?,
+        targets: serde_json::from_str(&targets).unwrap_or_default(),
+        max_concurrency: r.get(5)?,
+        max_errors: r.get(6)?,
+        delivery_timeout_secs: r.get(7)?,
+        execution_timeout_secs: r.get(8)?,
+        output_limit: r.get(9)?,
+        comment: r.get(10)?,
+        created_at: r.get(11)?,
+        status: r.get(12)?,
+        payload: r.get(13)?,
+        cancel_requested: r.get(14)?,
+    })
+}
+
+pub(crate) fn create_command(
+    c: &mut Connection,
+    cmd: &Command,
+    invs: &[Invocation],
+) -> Result<(), StoreError> {
+    let tx = c.transaction().map_err(db("create a command"))?;
+    tx.execute(
+        &format!("INSERT INTO commands ({CMD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+        params![
+            cmd.id, cmd.document_name, cmd.document_version, cmd.parameters,
+            serde_json::to_string(&cmd.targets).unwrap_or_default(), cmd.max_concurrency,
+            cmd.max_errors, cmd.delivery_timeout_secs, cmd.execution_timeout_secs, cmd.output_limit,
+            cmd.comment, cmd.created_at, cmd.status, cmd.payload, cmd.cancel_requested
+        ],
+    )
+    .map_err(db("create a command"))?;
+    {
+        let mut st = tx
+            .prepare_cached(
+                "INSERT INTO invocations (id, command_id, node_id, node_name, status, status_detail, exit_code, requested_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(db("create a command"))?;
+        for i in invs {
+            st.execute(params![
+                i.id,
+                i.command_id,
+                i.node_id,
+                i.node_name,
+                i.status,
+                i.status_detail,
+                i.exit_code,
+                i.requested_at
+            ])
+            .map_err(db("create a command"))?;
+        }
+    }
+    tx.commit().map_err(db("create a command"))
+}
+
+pub(crate) fn get_command(c: &Connection, id: &str) -> Result<Option<Command>, StoreError> {
+    c.query_row(
+        &format!("SELECT {CMD_COLS} FROM commands WHERE id = ?1"),
+        [id],
+        cmd_row,
+    )
+    .optional()
+    .map_err(db("read a command"))
+}
+
+pub(crate) fn list_commands(
+    c: &Connection,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Command>, StoreError> {
+    let sql = format!(
+        "SELECT {CMD_COLS} FROM commands WHERE (?1 IS NULL OR (created_at, id) < \
+         (SELECT created_at, id FROM commands WHERE id = ?1)) ORDER BY created_at DESC, id DESC LIMIT ?2"
+    );
+    let mut st = c.prepare(&sql).map_err(db("list commands"))?;
+    let rows = st
+        .query_map(params![before, limit as i64], cmd_row)
+        .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+        .map_err(db("list commands"))?;
+    Ok(rows)
+}
+
+pub(crate) fn set_command_status(
+    c: &Connection,
+    id: &str,
+    status: &str,
+    cancel: bool,
+) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE commands SET status = ?2, cancel_requested = MAX(cancel_requested, ?3) WHERE id = ?1",
+        params![id, status, cancel],
+    )
+    .map_err(db("update a command"))?;
+    Ok(())
+}
+
+pub(crate) fn unfinished_commands(c: &Connection) -> Result<Vec<Command>, StoreError> {
+    let mut st = c
+        .prepare(&format!(
+            "SELECT {CMD_COLS} FROM commands WHERE status IN ('Pending', 'InProgress', 'Cancelling') ORDER BY created_at"
+        ))
+        .map_err(db("list unfinished commands"))?;
+    let rows = st
+        .query_map([], cmd_row)
+        .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+        .map_err(db("list unfinished commands"))?;
+    Ok(rows)
+}
+
+pub(crate) fn status_counts(c: &Connection, command_id: &str) -> Result<StatusCounts, StoreError> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT status, COUNT(*) FROM invocations WHERE command_id = ?1 GROUP BY status",
+        )
+        .map_err(db("count invocations"))?;
+    let rows = st
+        .query_map([command_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .and_then(|r| r.collect::<Result<StatusCounts, _>>())
+        .map_err(db("count invocations"))?;
+    Ok(rows)
+}
+
+fn inv_row(r: &Row<'_>) -> rusqlite::Result<Invocation> {
+    Ok(Invocation {
+        id: r.get(0)?,
+        command_id: r.get(1)?,
+        node_id: r.get(2)?,
+        node_name: r.get(3)?,
+        status: r.get(4)?,
+        status_detail: r.get(5)?,
+        exit_code: r.get(6)?,
+        requested_at: r.get(7)?,
+        started_at: r.get(8)?,
+        finished_at: r.get(9)?,
+        steps: Vec::new(),
+    })
+}
+
+pub(crate) fn list_invocations(
+    c: &Connection,
+    q: &InvocationQuery,
+) -> Result<Vec<Invocation>, StoreError> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT id, command_id, node_id, node_name, status, status_detail, exit_code, requested_at, started_at, finished_at \
+             FROM invocations WHERE (?1 IS NULL OR command_id = ?1) AND (?2 IS NULL OR node_id = ?2) \
+             AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR id > ?4) ORDER BY id LIMIT ?5",
+        )
+        .map_err(db("list invocations"))?;
+    let mut rows = st
+        .query_map(
+            params![
+                q.command_id,
+                q.node_id,
+                q.status,
+                q.after,
+                q.limit.max(1) as i64
+            ],
+            inv_row,
+        )
+        .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+        .map_err(db("list invocations"))?;
+    if q.with_steps {
+        let mut steps = c
+            .prepare_cached(
+                "SELECT name, status, exit_code, stdout, stderr, stdout_bytes, stderr_bytes, truncated \
+                 FROM invocation_steps WHERE invocation_id = ?1 ORDER BY position",
+            )
+            .map_err(db("list invocation steps"))?;
+        for inv in &mut rows {
+            inv.steps = steps
+                .query_map([&inv.id], |r| {
+                    Ok(StepResult {
+                        name: r.get(0)?,
+                        status: r.get(1)?,
+                        exit_code: r.get(2)?,
+                        stdout: r.get(3)?,
+                        stderr: r.get(4)?,
+                        stdout_bytes: r.get(5)?,
+                        stderr_bytes: r.get(6)?,
+                        truncated: r.get(7)?,
+                    })
+                })
+                .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+                .map_err(db("list invocation steps"))?;
+        }
+    }
+    Ok(rows)
+}
+
+/// Terminal invocation statuses never change again (a late replay cannot undo a cancel).
+const TERMINAL: &str = "('Success', 'Failed', 'TimedOut', 'Cancelled')";
+
+pub(crate) fn apply_invocation_updates(
+    c: &mut Connection,
+    updates: &[InvocationUpdate],
+) -> Result<(), StoreError> {
+    let tx = c.transaction().map_err(db("record invocation progress"))?;
+    for u in updates {
+        match u {
+            InvocationUpdate::Status {
+                invocation_id,
+                status,
+                detail,
+                exit_code,
+                at,
+            } => {
+                let terminal = matches!(
+                    status.as_str(),
+                    "Success" | "Failed" | "TimedOut" | "Cancelled"
+                );
+                tx.prepare_cached(&format!(
+                    "UPDATE invocations SET status = ?2, status_detail = ?3, exit_code = COALESCE(?4, exit_code), \
+                     started_at = CASE WHEN ?2 = 'InProgress' THEN COALESCE(started_at, ?5) ELSE started_at END, \
+                     finished_at = CASE WHEN ?6 THEN ?5 ELSE finished_at END \
+                     WHERE id = ?1 AND status NOT IN {TERMINAL}"
+                ))
+                .and_then(|mut st| st.execute(params![invocation_id, status, detail, exit_code, at, terminal]))
+                .map_err(db("record invocation status"))?;
+            }
+            InvocationUpdate::StepStarted {
+                invocation_id,
+                step,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO invocation_steps (invocation_id, position, name, status) \
+                     VALUES (?1, (SELECT COUNT(*) FROM invocation_steps WHERE invocation_id = ?1), ?2, 'InProgress') \
+                     ON CONFLICT (invocation_id, name) DO NOTHING",
+                )
+                .and_then(|mut st| st.execute(params![invocation_id, step]))
+                .map_err(db("record a step"))?;
+            }
+            InvocationUpdate::Output {
+                invocation_id,
+                step,
+                stderr,
+                offset,
+                len,
+                data,
+            } => {
+                // Only an exact continuation is appended: a replay of what is stored is skipped.
+                let sql = if *stderr {
+                    "UPDATE invocation_steps SET stderr = stderr || ?3, stderr_bytes = stderr_bytes + ?5 \
+                     WHERE invocation_id = ?1 AND name = ?2 AND stderr_bytes = ?4"
+                } else {
+                    "UPDATE invocation_steps SET stdout = stdout || ?3, stdout_bytes = stdout_bytes + ?5 \
+                     WHERE invocation_id = ?1 AND name = ?2 AND stdout_bytes = ?4"
+                };
+                tx.prepare_cached(sql)
+                    .and_then(|mut st| st.execute(params![invocation_id, step, data, offset, len]))
+                    .map_err(db("record output"))?;
+            }
+            InvocationUpdate::StepFinished {
+                invocation_id,
+                step,
+                status,
+                exit_code,
+                truncated,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO invocation_steps (invocation_id, position, name, status, exit_code, truncated) \
+                     VALUES (?1, (SELECT COUNT(*) FROM invocation_steps WHERE invocation_id = ?1), ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (invocation_id, name) DO UPDATE SET status = excluded.status, \
+                     exit_code = excluded.exit_code, truncated = excluded.truncated",
+                )
+                .and_then(|mut st| st.execute(params![invocation_id, step, status, exit_code, truncated]))
+                .map_err(db("record a step result"))?;
+            }
+        }
+    }
+    tx.commit().map_err(db("record invocation progress"))
+}
