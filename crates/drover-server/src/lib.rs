@@ -7,6 +7,7 @@
 
 pub mod agents;
 mod api;
+mod commands;
 pub mod authz;
 mod config;
 mod datadir;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub ca: drover_pki::CertificateAuthority,
     pub registry: Registry,
     pub metrics: metrics::Metrics,
+    pub commands: commands::Commands,
 }
 
 /// A server whose data directory is ready; [`Server::serve`] runs it.
@@ -40,6 +42,7 @@ pub struct Server {
     state: Arc<AppState>,
     tls: Arc<rustls::ServerConfig>,
     presence: registry::PresenceWriter,
+    updates: commands::UpdateWriter,
     data: DataDir,
 }
 
@@ -59,17 +62,22 @@ impl Server {
         let metrics = metrics::Metrics::new();
         let (registry, presence) = Registry::new(data.store.clone(), metrics.clone());
         let tls = listener::tls_config(&config, &data)?;
+        let (commands, updates) =
+            commands::Commands::new(data.store.clone(), registry.clone(), metrics.clone());
+        commands.resume().await?;
         let state = Arc::new(AppState {
             config,
             store: data.store.clone(),
             ca: data.load_ca()?,
             registry,
             metrics,
+            commands,
         });
         Ok(Self {
             state,
             tls,
             presence,
+            updates,
             data,
         })
     }
@@ -94,9 +102,12 @@ impl Server {
             state,
             tls,
             presence,
+            updates,
             ..
         } = self;
         listener::serve(state.clone(), tls, listener, shutdown).await;
+        state.commands.shutdown(state.config.shutdown_grace).await;
+        updates.finish().await;
         state.registry.close_all();
         presence.finish().await;
         let now = secrets::now();

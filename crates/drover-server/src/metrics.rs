@@ -24,6 +24,8 @@ struct Inner {
     pub agent_refused: Family<Vec<(&'static str, String)>, Counter>,
     pub frames: Family<Direction, Counter>,
     pub bytes: Family<Direction, Counter>,
+    pub commands: Counter,
+    pub invocations: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Metrics {
@@ -65,8 +67,18 @@ impl Metrics {
             "Bytes on agent tunnels (TLS plaintext, all streams), by direction",
             bytes.clone(),
         );
+        let commands = Counter::default();
+        let invocations = Family::default();
+        registry.register("commands_sent", "Commands sent", commands.clone());
+        registry.register(
+            "invocations",
+            "Invocations ended, by final status (Success, Failed, TimedOut, DeliveryTimedOut, Cancelled)",
+            invocations.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                commands,
+                invocations,
                 registry,
                 agents_connected,
                 agent_connects,
@@ -124,6 +136,17 @@ impl Metrics {
             .get_or_create(&vec![("direction", "out")])
             .clone();
         (bytes_in, bytes_out)
+    }
+
+    pub fn command_sent(&self) {
+        self.inner.commands.inc();
+    }
+
+    pub fn invocation_finished(&self, status: &str) {
+        self.inner
+            .invocations
+            .get_or_create(&vec![("status", status.to_string())])
+            .inc();
     }
 
     pub fn encode(&self) -> String {

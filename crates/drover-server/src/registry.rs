@@ -33,6 +33,8 @@ struct Entry {
 #[derive(Clone)]
 pub struct Registry {
     agents: Arc<Mutex<HashMap<NodeId, Entry>>>,
+    /// Woken when the node connects: deliveries waiting for an offline node.
+    waiters: Arc<Mutex<HashMap<NodeId, Arc<tokio::sync::Notify>>>>,
     next_conn: Arc<AtomicU64>,
     presence: mpsc::Sender<Presence>,
     metrics: Metrics,
@@ -63,6 +65,7 @@ impl Registry {
         (
             Self {
                 agents: Arc::new(Mutex::new(HashMap::new())),
+                waiters: Arc::new(Mutex::new(HashMap::new())),
                 next_conn: Arc::new(AtomicU64::new(1)),
                 presence: tx,
                 metrics,
@@ -95,6 +98,9 @@ impl Registry {
         }
         self.metrics.connected();
         self.send_presence(node, true);
+        if let Some(n) = self.waiters.lock().unwrap_or_else(|e| e.into_inner()).get(node) {
+            n.notify_waiters();
+        }
         (
             Registration {
                 registry: self.clone(),
@@ -141,6 +147,17 @@ impl Registry {
     /// The node's tunnel, to open a stream to it.
     pub fn tunnel(&self, node: &NodeId) -> Option<Tunnel> {
         self.lock().get(node).map(|e| e.tunnel.clone())
+    }
+
+    /// Notified whenever `node` connects. Enable the `notified()` future before checking
+    /// [`Registry::tunnel`], so that a connect in between is not missed.
+    pub fn connect_notify(&self, node: &NodeId) -> Arc<tokio::sync::Notify> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node.clone())
+            .or_default()
+            .clone()
     }
 
     pub fn connected_count(&self) -> usize {

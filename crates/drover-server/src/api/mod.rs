@@ -187,6 +187,12 @@ async fn metrics(
         .into_response())
 }
 
+/// Checks a tag filter's key and value (for targets).
+pub fn validate_tag(k: &str, v: &str) -> Result<(), ApiError> {
+    validate::tag_key(k)?;
+    validate::tag_value(k, v)
+}
+
 /// Formats Unix seconds as RFC 3339.
 pub fn rfc3339(ts: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(ts)

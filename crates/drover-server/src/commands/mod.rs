@@ -1,0 +1,347 @@
+//! Run Command on the server: sending a command (resolving its document, parameters and
+//! targets), running it with rate control, cancelling it, and resuming unfinished commands after
+//! a restart. Progress reaches the store through one batching writer.
+
+pub mod resolve;
+mod run;
+pub mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_store::{Command, Invocation, NodeId, NodeQuery, NodeStatus, Store};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::ApiError;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::secrets;
+pub use writer::{UpdateWriter, Updates};
+
+/// A command as the API asks for it.
+pub struct SendRequest {
+    pub document: String,
+    pub parameters: BTreeMap<String, Value>,
+    pub targets: Vec<String>,
+    pub max_concurrency: String,
+    pub max_errors: String,
+    pub delivery_timeout: Duration,
+    pub execution_timeout: Duration,
+    pub comment: String,
+    pub output_limit: u64,
+}
+
+pub struct Commands {
+    ctx: Arc<run::Ctx>,
+    active: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    tracker: TaskTracker,
+}
+
+/// `50` or `10%` of `n`: concurrency rounds up (at least 1), errors round down.
+pub fn rate(what: &str, s: &str, n: usize, at_least_one: bool) -> Result<usize, ApiError> {
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "invalid {what} {s:?}: a number, or a percentage of the targets like 10%"
+        ))
+    };
+    let s = s.trim();
+    let v = if let Some(p) = s.strip_suffix('%') {
+        let pct: usize = p.trim().parse().map_err(|_| bad())?;
+        if pct > 100 {
+            return Err(bad());
+        }
+        if at_least_one {
+            (n * pct).div_ceil(100)
+        } else {
+            n * pct / 100
+        }
+    } else {
+        s.parse().map_err(|_| bad())?
+    };
+    Ok(if at_least_one { v.max(1) } else { v })
+}
+
+impl Commands {
+    pub fn new(store: Arc<dyn Store>, registry: Registry, metrics: Metrics) -> (Self, UpdateWriter) {
+        let (updates, writer) = Updates::new(store.clone());
+        (
+            Self {
+                ctx: Arc::new(run::Ctx {
+                    store,
+                    registry,
+                    updates,
+                    metrics,
+                    stop: CancellationToken::new(),
+                }),
+                active: Arc::new(Mutex::new(HashMap::new())),
+                tracker: TaskTracker::new(),
+            },
+            writer,
+        )
+    }
+
+    pub fn updates(&self) -> &Updates {
+        &self.ctx.updates
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves the targets: `all`, node IDs, `name:N`, and `tag:K=V` filters (all of which must
+    /// match). IDs and names add nodes; tag filters select among the registered nodes.
+    async fn resolve_targets(&self, targets: &[String]) -> Result<Vec<drover_store::Node>, ApiError> {
+        let store = &self.ctx.store;
+        let mut tags = Vec::new();
+        let mut all = false;
+        let mut picked: BTreeMap<NodeId, drover_store::Node> = BTreeMap::new();
+        for t in targets.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+            if t == "all" {
+                all = true;
+            } else if let Some(tag) = t.strip_prefix("tag:") {
+                let (k, v) = tag.split_once('=').ok_or_else(|| {
+                    ApiError::BadRequest(format!("invalid target {t:?}: a tag target is tag:KEY=VALUE"))
+                })?;
+                crate::api::validate_tag(k, v)?;
+                tags.push((k.to_string(), v.to_string()));
+            } else if let Some(id) = NodeId::parse(t) {
+                let node = store
+                    .get_node(&id)
+                    .await?
+                    .ok_or_else(|| ApiError::BadRequest(format!("target {t}: no such node")))?;
+                picked.insert(id, node);
+            } else {
+                let name = t.strip_prefix("name:").unwrap_or(t);
+                let page = store
+                    .list_nodes(&NodeQuery { name: Some(name.to_string()), limit: 2, ..NodeQuery::default() })
+                    .await?;
+                match page.nodes.as_slice() {
+                    [one] => {
+                        picked.insert(one.id.clone(), one.clone());
+                    }
+                    [] => {
+                        return Err(ApiError::BadRequest(format!(
+                            "invalid target {t:?}: use all, a node ID, a node name, or tag:KEY=VALUE"
+                        )))
+                    }
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "target {t:?}: several nodes have this name; use node IDs"
+                        )))
+                    }
+                }
+            }
+        }
+        if all || !tags.is_empty() {
+            let mut q = NodeQuery { tags, limit: 5000, ..NodeQuery::default() };
+            loop {
+                let page = store.list_nodes(&q).await?;
+                for n in page.nodes {
+                    if n.status != NodeStatus::Inactive {
+                        picked.insert(n.id.clone(), n);
+                    }
+                }
+                match page.next {
+                    Some(next) => q.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(picked.into_values().collect())
+    }
+
+    /// Sends a command: validates everything first (nothing runs on bad input), records it and
+    /// its invocations, and starts it.
+    pub async fn send(&self, req: SendRequest) -> Result<Command, ApiError> {
+        if req.targets.is_empty() {
+            return Err(ApiError::BadRequest(
+                "no targets: give node IDs, names, tag:KEY=VALUE or all".into(),
+            ));
+        }
+        let payload = resolve::payload(
+            &*self.ctx.store,
+            &req.document,
+            &req.parameters,
+            req.execution_timeout.as_secs(),
+            req.output_limit,
+        )
+        .await?;
+        let nodes = self.resolve_targets(&req.targets).await?;
+        if nodes.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "the targets {:?} match no node",
+                req.targets
+            )));
+        }
+        let n = nodes.len();
+        let max_concurrency = rate("max concurrency", &req.max_concurrency, n, true)?;
+        let max_errors = rate("max errors", &req.max_errors, n, false)?;
+        let now = secrets::now();
+        let id = format!("cmd-{}", secrets::random_hex(10));
+        let invocations: Vec<Invocation> = nodes
+            .iter()
+            .map(|node| {
+                let gone = node.status == NodeStatus::Inactive;
+                Invocation {
+                    id: format!("inv-{}", secrets::random_hex(12)),
+                    command_id: id.clone(),
+                    node_id: node.id.to_string(),
+                    node_name: node.name.clone(),
+                    status: if gone { "Failed" } else { "Pending" }.into(),
+                    status_detail: if gone { "Undeliverable" } else { "" }.into(),
+                    exit_code: None,
+                    requested_at: now,
+                    started_at: None,
+                    finished_at: gone.then_some(now),
+                    steps: Vec::new(),
+                }
+            })
+            .collect();
+        let command = Command {
+            id: id.clone(),
+            document_name: payload.document.name.clone(),
+            document_version: payload.document.version.to_string(),
+            parameters: serde_json::to_string(&req.parameters).unwrap_or_default(),
+            targets: req.targets.clone(),
+            max_concurrency: req.max_concurrency.clone(),
+            max_errors: req.max_errors.clone(),
+            delivery_timeout_secs: req.delivery_timeout.as_secs() as i64,
+            execution_timeout_secs: req.execution_timeout.as_secs() as i64,
+            output_limit: req.output_limit as i64,
+            comment: req.comment.clone(),
+            created_at: now,
+            status: "Pending".into(),
+            payload: serde_json::to_string(&payload.invoke).unwrap_or_default(),
+            cancel_requested: false,
+        };
+        self.ctx.store.create_command(&command, &invocations).await?;
+        self.ctx.metrics.command_sent();
+        let pending = invocations
+            .iter()
+            .filter_map(|i| {
+                NodeId::parse(&i.node_id).map(|node| run::Pending {
+                    invocation_id: i.id.clone(),
+                    node,
+                    status: i.status.clone(),
+                })
+            })
+            .collect();
+        self.start(run::Run {
+            command_id: id,
+            invocations: pending,
+            max_concurrency,
+            max_errors,
+            delivery_timeout: req.delivery_timeout,
+            execution_timeout: req.execution_timeout,
+            invoke: payload.invoke,
+            cancel: CancellationToken::new(),
+        })
+        .await;
+        Ok(command)
+    }
+
+    async fn start(&self, run: run::Run) {
+        let id = run.command_id.clone();
+        self.active().insert(id.clone(), run.cancel.clone());
+        let _ = self.ctx.store.set_command_status(&id, "InProgress", false).await;
+        let ctx = self.ctx.clone();
+        let active = self.active.clone();
+        self.tracker.spawn(async move {
+            let cancelled = run.cancel.clone();
+            if let Some(status) = run::run(ctx.clone(), run).await {
+                // Everything queued for this command is stored before its final status.
+                let _ = ctx.store.set_command_status(&id, &status, cancelled.is_cancelled()).await;
+                tracing::info!(command = %id, %status, "command finished");
+            }
+            active.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        });
+    }
+
+    /// Cancels a command: Pending invocations never start, InProgress ones are killed.
+    pub async fn cancel(&self, id: &str) -> Result<Command, ApiError> {
+        let command = self
+            .ctx
+            .store
+            .get_command(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("command {id} not found")))?;
+        let token = self.active().get(id).cloned();
+        match token {
+            Some(t) => {
+                self.ctx.store.set_command_status(id, "Cancelling", true).await?;
+                t.cancel();
+            }
+            None => {
+                return Err(ApiError::Conflict(format!(
+                    "command {id} has already finished ({})",
+                    command.status
+                )))
+            }
+        }
+        Ok(self.ctx.store.get_command(id).await?.unwrap_or(command))
+    }
+
+    /// Resumes the commands a previous run of the server left unfinished.
+    pub async fn resume(&self) -> Result<(), drover_store::StoreError> {
+        for command in self.ctx.store.unfinished_commands().await? {
+            let invoke = match serde_json::from_str(&command.payload) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!(command = %command.id, error = %e, "cannot resume: corrupt payload");
+                    continue;
+                }
+            };
+            let mut pending = Vec::new();
+            let mut after = None;
+            loop {
+                let page = self
+                    .ctx
+                    .store
+                    .list_invocations(&drover_store::InvocationQuery {
+                        command_id: Some(command.id.clone()),
+                        after: after.clone(),
+                        limit: 5000,
+                        ..Default::default()
+                    })
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id.clone());
+                pending.extend(page.into_iter().filter_map(|i| {
+                    NodeId::parse(&i.node_id).map(|node| run::Pending {
+                        invocation_id: i.id,
+                        node,
+                        status: i.status,
+                    })
+                }));
+            }
+            let n = pending.len();
+            let cancel = CancellationToken::new();
+            if command.cancel_requested {
+                cancel.cancel();
+            }
+            tracing::info!(command = %command.id, invocations = n, "resuming a command");
+            self.start(run::Run {
+                command_id: command.id.clone(),
+                invocations: pending,
+                max_concurrency: rate("", &command.max_concurrency, n, true).unwrap_or(50),
+                max_errors: rate("", &command.max_errors, n, false).unwrap_or(0),
+                delivery_timeout: Duration::from_secs(command.delivery_timeout_secs.max(1) as u64),
+                execution_timeout: Duration::from_secs(command.execution_timeout_secs.max(1) as u64),
+                invoke,
+                cancel,
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Server shutdown: stop delivering (the next start resumes) and wait for the tasks.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.ctx.stop.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
+    }
+}

@@ -1,0 +1,317 @@
+//! Running one command: rate control (at most `max_concurrency` invocations in flight, no new
+//! ones once more than `max_errors` failed), and the delivery of each invocation over a stream
+//! of its node's tunnel: wait for the node (up to the delivery timeout), send, record progress,
+//! confirm the final result, and start over after a lost connection (the agent replays).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::{Invoke, Message, OutputStream, Progress, StreamKind, StreamOpen};
+use drover_store::{InvocationQuery, InvocationUpdate, NodeId, Store};
+use drover_tunnel::{FrameCodec, Tunnel};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::writer::Updates;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::secrets;
+
+/// How long after the execution timeout the server waits for the agent's own timeout report.
+const GRACE: Duration = Duration::from_secs(30);
+
+pub struct Ctx {
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub updates: Updates,
+    pub metrics: Metrics,
+    /// Server shutdown: stop delivering, leave everything to resume at the next start.
+    pub stop: CancellationToken,
+}
+
+pub struct Pending {
+    pub invocation_id: String,
+    pub node: NodeId,
+    pub status: String,
+}
+
+pub struct Run {
+    pub command_id: String,
+    pub invocations: Vec<Pending>,
+    pub max_concurrency: usize,
+    pub max_errors: usize,
+    pub delivery_timeout: Duration,
+    pub execution_timeout: Duration,
+    pub invoke: Invoke,
+    pub cancel: CancellationToken,
+}
+
+fn is_error(status: &str) -> bool {
+    matches!(status, "Failed" | "TimedOut")
+}
+
+fn is_terminal(status: &str) -> bool {
+    matches!(status, "Success" | "Failed" | "TimedOut" | "Cancelled")
+}
+
+async fn finish(ctx: &Ctx, invocation_id: &str, status: &str, detail: &str, exit_code: Option<i64>) {
+    ctx.updates
+        .push(InvocationUpdate::Status {
+            invocation_id: invocation_id.to_string(),
+            status: status.to_string(),
+            detail: detail.to_string(),
+            exit_code,
+            at: secs(),
+        })
+        .await;
+    ctx.metrics.invocation_finished(if detail == "DeliveryTimedOut" { detail } else { status });
+}
+
+fn secs() -> i64 {
+    secrets::now()
+}
+
+/// Runs the command to its end (or until the server stops); returns its final status.
+pub async fn run(ctx: Arc<Ctx>, run: Run) -> Option<String> {
+    let run = Arc::new(run);
+    let sem = Arc::new(Semaphore::new(run.max_concurrency.max(1)));
+    let mut tasks: JoinSet<String> = JoinSet::new();
+    let mut errors = run.invocations.iter().filter(|p| is_error(&p.status)).count();
+    let mut terminated = false;
+    let reap = |tasks: &mut JoinSet<String>, errors: &mut usize| {
+        while let Some(done) = tasks.try_join_next() {
+            if done.as_deref().is_ok_and(is_error) {
+                *errors += 1;
+            }
+        }
+    };
+    for p in run.invocations.iter().filter(|p| !is_terminal(&p.status)) {
+        reap(&mut tasks, &mut errors);
+        let permit = if terminated || run.cancel.is_cancelled() {
+            None
+        } else {
+            tokio::select! {
+                p = sem.clone().acquire_owned() => p.ok(),
+                _ = run.cancel.cancelled() => None,
+                _ = ctx.stop.cancelled() => return None,
+            }
+        };
+        reap(&mut tasks, &mut errors);
+        if errors > run.max_errors {
+            terminated = true;
+        }
+        let Some(permit) = permit.filter(|_| !terminated && !run.cancel.is_cancelled()) else {
+            // Never started: after too many errors (Terminated) or a cancel.
+            let detail = if terminated { "Terminated" } else { "Cancelled" };
+            finish(&ctx, &p.invocation_id, "Cancelled", detail, None).await;
+            continue;
+        };
+        let (ctx2, run2) = (ctx.clone(), run.clone());
+        let (id, node, resumed) = (p.invocation_id.clone(), p.node.clone(), p.status == "InProgress");
+        tasks.spawn(async move {
+            let status = deliver(&ctx2, &run2, &id, &node, resumed).await;
+            drop(permit);
+            status
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        if done.as_deref().is_ok_and(is_error) {
+            errors += 1;
+        }
+    }
+    if ctx.stop.is_cancelled() {
+        return None;
+    }
+    let counts = ctx.store.status_counts(&run.command_id).await.unwrap_or_default();
+    let total: i64 = counts.values().sum();
+    let succeeded = counts.get("Success").copied().unwrap_or(0);
+    let status = if run.cancel.is_cancelled() {
+        "Cancelled"
+    } else if errors > run.max_errors {
+        "Failed"
+    } else if succeeded == total {
+        "Success"
+    } else {
+        "Incomplete"
+    };
+    Some(status.to_string())
+}
+
+/// Delivers one invocation until it has a final status; "" when the server is stopping.
+async fn deliver(ctx: &Ctx, run: &Run, id: &str, node: &NodeId, resumed: bool) -> String {
+    let delivery_deadline = Instant::now() + run.delivery_timeout;
+    let mut exec_deadline = resumed.then(|| Instant::now() + run.execution_timeout);
+    loop {
+        // Wait for the node's tunnel.
+        let tunnel = loop {
+            let notify = ctx.registry.connect_notify(node);
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(t) = ctx.registry.tunnel(node) {
+                break t;
+            }
+            let (deadline, detail) = match exec_deadline {
+                Some(d) => (d + GRACE, "ExecutionTimedOut"),
+                None => (delivery_deadline, "DeliveryTimedOut"),
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    finish(ctx, id, "TimedOut", detail, None).await;
+                    return "TimedOut".into();
+                }
+                _ = run.cancel.cancelled() => {
+                    finish(ctx, id, "Cancelled", "Cancelled", None).await;
+                    return "Cancelled".into();
+                }
+                _ = ctx.stop.cancelled() => return String::new(),
+            }
+        };
+        match stream(ctx, run, id, node, &tunnel, &mut exec_deadline).await {
+            Some(status) => return status,
+            None if ctx.stop.is_cancelled() => return String::new(),
+            // The connection was lost: wait for the node to come back; the agent replays.
+            None => continue,
+        }
+    }
+}
+
+/// What the store already has of the invocation's output, so the agent replays from there.
+async fn received(ctx: &Ctx, run: &Run, id: &str, node: &NodeId) -> BTreeMap<String, [u64; 2]> {
+    let q = InvocationQuery {
+        command_id: Some(run.command_id.clone()),
+        node_id: Some(node.to_string()),
+        limit: 1,
+        with_steps: true,
+        ..InvocationQuery::default()
+    };
+    match ctx.store.list_invocations(&q).await {
+        Ok(invs) => invs
+            .into_iter()
+            .filter(|i| i.id == id)
+            .flat_map(|i| i.steps)
+            .map(|s| (s.name, [s.stdout_bytes.max(0) as u64, s.stderr_bytes.max(0) as u64]))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+/// One delivery over one stream. `Some(final status)`, or `None` when the connection was lost.
+async fn stream(
+    ctx: &Ctx,
+    run: &Run,
+    id: &str,
+    node: &NodeId,
+    tunnel: &Tunnel,
+    exec_deadline: &mut Option<Instant>,
+) -> Option<String> {
+    let first = exec_deadline.is_none();
+    // A barrier: every update queued before is stored once this one is, so what we read next
+    // is complete.
+    let started = ctx
+        .updates
+        .push_stored(InvocationUpdate::Status {
+            invocation_id: id.to_string(),
+            status: "InProgress".into(),
+            detail: String::new(),
+            exit_code: None,
+            at: secs(),
+        })
+        .await;
+    if !started {
+        return None;
+    }
+    if first {
+        *exec_deadline = Some(Instant::now() + run.execution_timeout);
+    }
+    let deadline = exec_deadline.unwrap_or_else(|| Instant::now() + run.execution_timeout) + GRACE;
+    let mut invoke = run.invoke.clone();
+    invoke.invocation_id = id.to_string();
+    invoke.command_id = run.command_id.clone();
+    if !first {
+        invoke.received = received(ctx, run, id, node).await;
+    }
+    let s = tunnel.open().await.ok()?;
+    let mut framed = FrameCodec::framed(s);
+    framed.feed(Message::Open(StreamOpen { kind: StreamKind::Invocation })).await.ok()?;
+    framed.send(Message::Invoke(invoke)).await.ok()?;
+    let mut cancel_sent = false;
+    loop {
+        tokio::select! {
+            msg = framed.next() => {
+                let p = match msg {
+                    Some(Ok(Message::Progress(p))) => p,
+                    Some(Ok(Message::Error { code, message })) => {
+                        finish(ctx, id, "Failed", &format!("{code}: {message}"), None).await;
+                        return Some("Failed".into());
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return None,
+                };
+                let inv = id.to_string();
+                match p {
+                    Progress::StepStarted { step } => ctx.updates.push(InvocationUpdate::StepStarted { invocation_id: inv, step }).await,
+                    Progress::Output { step, stream, offset, len, data } => {
+                        ctx.updates.push(InvocationUpdate::Output {
+                            invocation_id: inv,
+                            step,
+                            stderr: stream == OutputStream::Stderr,
+                            offset: i64::try_from(offset).unwrap_or(i64::MAX),
+                            len: i64::try_from(len).unwrap_or(0),
+                            data,
+                        }).await
+                    }
+                    Progress::StepFinished { step, status, exit_code, truncated } => {
+                        ctx.updates.push(InvocationUpdate::StepFinished { invocation_id: inv, step, status, exit_code: i64::from(exit_code), truncated }).await
+                    }
+                    Progress::Rebooting => {
+                        ctx.updates.push(InvocationUpdate::Status { invocation_id: inv, status: "InProgress".into(), detail: "Rebooting".into(), exit_code: None, at: secs() }).await
+                    }
+                    Progress::Finished { status, exit_code } => {
+                        let status = match status.as_str() {
+                            "Success" | "Failed" | "TimedOut" | "Cancelled" => status,
+                            _ => "Failed".to_string(),
+                        };
+                        let detail = match status.as_str() {
+                            "TimedOut" => "ExecutionTimedOut",
+                            "Cancelled" => "Cancelled",
+                            _ => "",
+                        };
+                        let stored = ctx.updates.push_stored(InvocationUpdate::Status {
+                            invocation_id: inv,
+                            status: status.clone(),
+                            detail: detail.into(),
+                            exit_code: Some(i64::from(exit_code)),
+                            at: secs(),
+                        }).await;
+                        if !stored {
+                            return None;
+                        }
+                        ctx.metrics.invocation_finished(&status);
+                        // Only now may the agent forget the result.
+                        let _ = framed.send(Message::Delivered).await;
+                        return Some(status);
+                    }
+                }
+            }
+            _ = run.cancel.cancelled(), if !cancel_sent => {
+                cancel_sent = true;
+                ctx.updates.push(InvocationUpdate::Status { invocation_id: id.to_string(), status: "Cancelling".into(), detail: String::new(), exit_code: None, at: secs() }).await;
+                if framed.send(Message::Cancel).await.is_err() {
+                    return None;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let _ = framed.send(Message::Cancel).await;
+                finish(ctx, id, "TimedOut", "ExecutionTimedOut", Some(137)).await;
+                return Some("TimedOut".into());
+            }
+            _ = ctx.stop.cancelled() => return None,
+        }
+    }
+}
