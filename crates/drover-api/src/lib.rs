@@ -155,3 +155,148 @@ pub struct RegisterResponse {
     pub ca_pem: String,
     pub not_after: String,
 }
+
+/// A command document (one version).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DocumentView {
+    pub name: String,
+    pub version: i64,
+    pub latest_version: i64,
+    pub is_default: bool,
+    /// Versioned with the binary; cannot be changed.
+    pub builtin: bool,
+    /// `YAML` or `JSON`.
+    pub format: String,
+    pub description: String,
+    pub created_at: String,
+    /// Absent in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DocumentList {
+    pub documents: Vec<DocumentView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateDocument {
+    pub name: String,
+    /// The document, YAML or JSON.
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateDocument {
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SetDefaultVersion {
+    pub version: i64,
+}
+
+/// Send a command.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct SendCommand {
+    /// `NAME` or `NAME:VERSION`.
+    pub document: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    /// `all`, node IDs, node names, `tag:KEY=VALUE` (tag filters must all match).
+    pub targets: Vec<String>,
+    /// A number or a percentage of the targets (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<String>,
+    /// A number or a percentage (default 0: stop after the first error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<String>,
+    /// How long an offline node may stay Pending (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_timeout_secs: Option<u64>,
+    /// How long an invocation may run (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub comment: String,
+    /// Output kept per step and stream, bytes (default 16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommandView {
+    pub id: String,
+    pub document: String,
+    pub document_version: String,
+    #[schema(value_type = Object)]
+    pub parameters: serde_json::Value,
+    pub targets: Vec<String>,
+    pub max_concurrency: String,
+    pub max_errors: String,
+    pub delivery_timeout_secs: i64,
+    pub execution_timeout_secs: i64,
+    pub comment: String,
+    pub created_at: String,
+    /// `Pending`, `InProgress`, `Success`, `Failed`, `Incomplete`, `Cancelling`, `Cancelled`.
+    pub status: String,
+    pub target_count: i64,
+    /// Invocations by status.
+    pub counts: BTreeMap<String, i64>,
+    /// True once the status is final.
+    pub done: bool,
+    /// Changes whenever progress is stored; pass as `seen` to `wait`.
+    #[serde(default)]
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommandList {
+    pub commands: Vec<CommandView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    pub name: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The agent kept only the first output_limit bytes.
+    pub truncated: bool,
+    /// This response shortened the output (ask for the full output).
+    #[serde(default)]
+    pub output_cut: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvocationView {
+    pub id: String,
+    pub command_id: String,
+    pub node_id: String,
+    pub node_name: String,
+    /// `Pending`, `InProgress`, `Delayed`, `Success`, `Cancelled`, `Failed`, `TimedOut`, `Cancelling`.
+    pub status: String,
+    /// `DeliveryTimedOut`, `ExecutionTimedOut`, `Undeliverable`, `Terminated`, ...
+    pub status_detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    pub requested_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvocationList {
+    pub invocations: Vec<InvocationView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}

@@ -41,6 +41,11 @@ pub enum Action {
     CreateActivation,
     ListActivations,
     ReadMetrics,
+    ReadDocument,
+    WriteDocument,
+    SendCommand,
+    ReadCommand,
+    CancelCommand,
 }
 
 impl Action {
@@ -52,12 +57,22 @@ impl Action {
         Action::CreateActivation,
         Action::ListActivations,
         Action::ReadMetrics,
+        Action::ReadDocument,
+        Action::WriteDocument,
+        Action::SendCommand,
+        Action::ReadCommand,
+        Action::CancelCommand,
     ];
 
     fn is_read_only(self) -> bool {
         matches!(
             self,
-            Action::ListNodes | Action::ReadNode | Action::ListActivations | Action::ReadMetrics
+            Action::ListNodes
+                | Action::ReadNode
+                | Action::ListActivations
+                | Action::ReadMetrics
+                | Action::ReadDocument
+                | Action::ReadCommand
         )
     }
 }
@@ -112,6 +127,11 @@ Admin DeregisterNode allow
 Admin CreateActivation allow
 Admin ListActivations allow
 Admin ReadMetrics allow
+Admin ReadDocument allow
+Admin WriteDocument allow
+Admin SendCommand allow
+Admin ReadCommand allow
+Admin CancelCommand allow
 Viewer ListNodes allow
 Viewer ReadNode allow
 Viewer TagNode deny
@@ -119,6 +139,11 @@ Viewer DeregisterNode deny
 Viewer CreateActivation deny
 Viewer ListActivations allow
 Viewer ReadMetrics allow
+Viewer ReadDocument allow
+Viewer WriteDocument deny
+Viewer SendCommand deny
+Viewer ReadCommand allow
+Viewer CancelCommand deny
 Unknown ListNodes deny
 Unknown ReadNode deny
 Unknown TagNode deny
@@ -126,6 +151,11 @@ Unknown DeregisterNode deny
 Unknown CreateActivation deny
 Unknown ListActivations deny
 Unknown ReadMetrics deny
+Unknown ReadDocument deny
+Unknown WriteDocument deny
+Unknown SendCommand deny
+Unknown ReadCommand deny
+Unknown CancelCommand deny
 ";
         assert_eq!(table, expected);
     }

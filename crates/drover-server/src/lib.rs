@@ -7,8 +7,8 @@
 
 pub mod agents;
 mod api;
-mod commands;
 pub mod authz;
+mod commands;
 mod config;
 mod datadir;
 mod error;

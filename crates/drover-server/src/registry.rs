@@ -98,7 +98,12 @@ impl Registry {
         }
         self.metrics.connected();
         self.send_presence(node, true);
-        if let Some(n) = self.waiters.lock().unwrap_or_else(|e| e.into_inner()).get(node) {
+        if let Some(n) = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+        {
             n.notify_waiters();
         }
         (

@@ -2,6 +2,8 @@
 //! place ([`ApiError`]); every handler takes a [`Principal`] and calls `authz::authorize` first.
 
 mod activations;
+mod commands;
+mod documents;
 mod nodes;
 mod openapi;
 mod register;
@@ -13,7 +15,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use drover_api::{ErrorBody, ErrorDetail, Health};
 
@@ -34,6 +36,36 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(activations::create).get(activations::list),
         )
         .route("/api/v1/register", post(register::register))
+        .route(
+            "/api/v1/documents",
+            post(documents::create).get(documents::list),
+        )
+        .route(
+            "/api/v1/documents/{name}",
+            get(documents::get)
+                .put(documents::update)
+                .delete(documents::delete),
+        )
+        .route(
+            "/api/v1/documents/{name}/versions",
+            get(documents::versions),
+        )
+        .route(
+            "/api/v1/documents/{name}/default",
+            put(documents::set_default),
+        )
+        .route("/api/v1/commands", post(commands::send).get(commands::list))
+        .route("/api/v1/commands/{id}", get(commands::show))
+        .route("/api/v1/commands/{id}/wait", get(commands::wait))
+        .route("/api/v1/commands/{id}/cancel", post(commands::cancel))
+        .route(
+            "/api/v1/commands/{id}/invocations",
+            get(commands::invocations),
+        )
+        .route(
+            "/api/v1/commands/{id}/invocations/{node}",
+            get(commands::invocation),
+        )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }

@@ -65,7 +65,11 @@ pub fn rate(what: &str, s: &str, n: usize, at_least_one: bool) -> Result<usize, 
 }
 
 impl Commands {
-    pub fn new(store: Arc<dyn Store>, registry: Registry, metrics: Metrics) -> (Self, UpdateWriter) {
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        metrics: Metrics,
+    ) -> (Self, UpdateWriter) {
         let (updates, writer) = Updates::new(store.clone());
         (
             Self {
@@ -93,7 +97,10 @@ impl Commands {
 
     /// Resolves the targets: `all`, node IDs, `name:N`, and `tag:K=V` filters (all of which must
     /// match). IDs and names add nodes; tag filters select among the registered nodes.
-    async fn resolve_targets(&self, targets: &[String]) -> Result<Vec<drover_store::Node>, ApiError> {
+    async fn resolve_targets(
+        &self,
+        targets: &[String],
+    ) -> Result<Vec<drover_store::Node>, ApiError> {
         let store = &self.ctx.store;
         let mut tags = Vec::new();
         let mut all = false;
@@ -103,7 +110,9 @@ impl Commands {
                 all = true;
             } else if let Some(tag) = t.strip_prefix("tag:") {
                 let (k, v) = tag.split_once('=').ok_or_else(|| {
-                    ApiError::BadRequest(format!("invalid target {t:?}: a tag target is tag:KEY=VALUE"))
+                    ApiError::BadRequest(format!(
+                        "invalid target {t:?}: a tag target is tag:KEY=VALUE"
+                    ))
                 })?;
                 crate::api::validate_tag(k, v)?;
                 tags.push((k.to_string(), v.to_string()));
@@ -116,17 +125,19 @@ impl Commands {
             } else {
                 let name = t.strip_prefix("name:").unwrap_or(t);
                 let page = store
-                    .list_nodes(&NodeQuery { name: Some(name.to_string()), limit: 2, ..NodeQuery::default() })
+                    .list_nodes(&NodeQuery {
+                        name: Some(name.to_string()),
+                        limit: 2,
+                        ..NodeQuery::default()
+                    })
                     .await?;
                 match page.nodes.as_slice() {
                     [one] => {
                         picked.insert(one.id.clone(), one.clone());
                     }
-                    [] => {
-                        return Err(ApiError::BadRequest(format!(
-                            "invalid target {t:?}: use all, a node ID, a node name, or tag:KEY=VALUE"
-                        )))
-                    }
+                    [] => return Err(ApiError::BadRequest(format!(
+                        "invalid target {t:?}: use all, a node ID, a node name, or tag:KEY=VALUE"
+                    ))),
                     _ => {
                         return Err(ApiError::BadRequest(format!(
                             "target {t:?}: several nodes have this name; use node IDs"
@@ -136,7 +147,11 @@ impl Commands {
             }
         }
         if all || !tags.is_empty() {
-            let mut q = NodeQuery { tags, limit: 5000, ..NodeQuery::default() };
+            let mut q = NodeQuery {
+                tags,
+                limit: 5000,
+                ..NodeQuery::default()
+            };
             loop {
                 let page = store.list_nodes(&q).await?;
                 for n in page.nodes {
@@ -217,7 +232,10 @@ impl Commands {
             payload: serde_json::to_string(&payload.invoke).unwrap_or_default(),
             cancel_requested: false,
         };
-        self.ctx.store.create_command(&command, &invocations).await?;
+        self.ctx
+            .store
+            .create_command(&command, &invocations)
+            .await?;
         self.ctx.metrics.command_sent();
         let pending = invocations
             .iter()
@@ -246,14 +264,21 @@ impl Commands {
     async fn start(&self, run: run::Run) {
         let id = run.command_id.clone();
         self.active().insert(id.clone(), run.cancel.clone());
-        let _ = self.ctx.store.set_command_status(&id, "InProgress", false).await;
+        let _ = self
+            .ctx
+            .store
+            .set_command_status(&id, "InProgress", false)
+            .await;
         let ctx = self.ctx.clone();
         let active = self.active.clone();
         self.tracker.spawn(async move {
             let cancelled = run.cancel.clone();
             if let Some(status) = run::run(ctx.clone(), run).await {
                 // Everything queued for this command is stored before its final status.
-                let _ = ctx.store.set_command_status(&id, &status, cancelled.is_cancelled()).await;
+                let _ = ctx
+                    .store
+                    .set_command_status(&id, &status, cancelled.is_cancelled())
+                    .await;
                 tracing::info!(command = %id, %status, "command finished");
             }
             active.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
@@ -271,7 +296,10 @@ impl Commands {
         let token = self.active().get(id).cloned();
         match token {
             Some(t) => {
-                self.ctx.store.set_command_status(id, "Cancelling", true).await?;
+                self.ctx
+                    .store
+                    .set_command_status(id, "Cancelling", true)
+                    .await?;
                 t.cancel();
             }
             None => {

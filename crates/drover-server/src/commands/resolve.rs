@@ -13,22 +13,33 @@ use crate::api::ApiError;
 
 /// Built-in documents: name and YAML. Their names are reserved.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("RunShellScript", include_str!("builtin/RunShellScript.yaml")),
+    (
+        "RunShellScript",
+        include_str!("builtin/RunShellScript.yaml"),
+    ),
     ("RunDocument", include_str!("builtin/RunDocument.yaml")),
-    ("ApplyAnsiblePlaybooks", include_str!("builtin/ApplyAnsiblePlaybooks.yaml")),
+    (
+        "ApplyAnsiblePlaybooks",
+        include_str!("builtin/ApplyAnsiblePlaybooks.yaml"),
+    ),
 ];
 
 /// Built-in documents carry the server's version as their version.
 pub const BUILTIN_VERSION: i64 = 1;
 
 pub fn is_builtin(name: &str) -> bool {
-    BUILTIN.iter().any(|(n, _)| *n == name) || name.starts_with("AWS-") || name.starts_with("Drover-")
+    BUILTIN.iter().any(|(n, _)| *n == name)
+        || name.starts_with("AWS-")
+        || name.starts_with("Drover-")
 }
 
 /// Accepts the SSM names of the built-ins too (`AWS-RunShellScript`).
 fn builtin(name: &str) -> Option<&'static str> {
     let bare = name.strip_prefix("AWS-").unwrap_or(name);
-    BUILTIN.iter().find(|(n, _)| *n == bare).map(|(_, text)| *text)
+    BUILTIN
+        .iter()
+        .find(|(n, _)| *n == bare)
+        .map(|(_, text)| *text)
 }
 
 pub fn builtin_versions(created_at: i64) -> Vec<DocumentVersion> {
@@ -39,7 +50,9 @@ pub fn builtin_versions(created_at: i64) -> Vec<DocumentVersion> {
             version: BUILTIN_VERSION,
             content: text.to_string(),
             format: "YAML".into(),
-            description: drover_docs::parse(text).map(|d| d.description).unwrap_or_default(),
+            description: drover_docs::parse(text)
+                .map(|d| d.description)
+                .unwrap_or_default(),
             created_at,
             is_default: true,
             latest_version: BUILTIN_VERSION,
@@ -152,7 +165,8 @@ async fn gather(
     for step in &resolution.steps {
         match step.action {
             drover_docs::Action::RunDocument
-                if step.inputs.get("documentType").and_then(Value::as_str) == Some("SSMDocument") =>
+                if step.inputs.get("documentType").and_then(Value::as_str)
+                    == Some("SSMDocument") =>
             {
                 if depth >= 3 {
                     return Err(ApiError::BadRequest(
@@ -169,17 +183,28 @@ async fn gather(
                     continue;
                 }
                 let record = find(store, &path).await.map_err(|e| {
-                    ApiError::BadRequest(format!("step {:?} runs document {path:?}: {e}", step.name))
+                    ApiError::BadRequest(format!(
+                        "step {:?} runs document {path:?}: {e}",
+                        step.name
+                    ))
                 })?;
                 let doc = parse(&record)?;
                 let params: BTreeMap<String, Value> = match step.inputs.get("documentParameters") {
                     Some(Value::Object(m)) => m.clone().into_iter().collect(),
                     Some(Value::String(s)) if !s.trim().is_empty() => serde_json::from_str(s)
-                        .map_err(|e| ApiError::BadRequest(format!("step {:?}: documentParameters is not a JSON map: {e}", step.name)))?,
+                        .map_err(|e| {
+                            ApiError::BadRequest(format!(
+                                "step {:?}: documentParameters is not a JSON map: {e}",
+                                step.name
+                            ))
+                        })?,
                     _ => BTreeMap::new(),
                 };
                 let values = drover_docs::validate_values(&doc, &params).map_err(|e| {
-                    ApiError::BadRequest(format!("step {:?} runs {path}: invalid parameters: {e}", step.name))
+                    ApiError::BadRequest(format!(
+                        "step {:?} runs {path}: invalid parameters: {e}",
+                        step.name
+                    ))
                 })?;
                 let nested = drover_docs::resolve(&doc, &values);
                 Box::pin(gather(store, &nested, documents, contents, depth + 1)).await?;
@@ -195,7 +220,11 @@ async fn gather(
                     Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_default(),
                     _ => serde_json::Map::new(),
                 };
-                let name = info.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                let name = info
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 if name.is_empty() {
                     return Err(ApiError::BadRequest(format!(
                         "step {:?}: sourceInfo.name is required for SSMDocument",
@@ -203,7 +232,10 @@ async fn gather(
                     )));
                 }
                 let record = find(store, &name).await.map_err(|e| {
-                    ApiError::BadRequest(format!("step {:?} downloads document {name:?}: {e}", step.name))
+                    ApiError::BadRequest(format!(
+                        "step {:?} downloads document {name:?}: {e}",
+                        step.name
+                    ))
                 })?;
                 contents.insert(name, record.content);
             }
@@ -221,7 +253,9 @@ mod tests {
     #[test]
     fn builtin_documents_parse() {
         for (name, text) in BUILTIN {
-            drover_docs::parse(text).map_err(|e| format!("{name}: {e}")).unwrap();
+            drover_docs::parse(text)
+                .map_err(|e| format!("{name}: {e}"))
+                .unwrap();
         }
     }
 

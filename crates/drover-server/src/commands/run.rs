@@ -58,7 +58,13 @@ fn is_terminal(status: &str) -> bool {
     matches!(status, "Success" | "Failed" | "TimedOut" | "Cancelled")
 }
 
-async fn finish(ctx: &Ctx, invocation_id: &str, status: &str, detail: &str, exit_code: Option<i64>) {
+async fn finish(
+    ctx: &Ctx,
+    invocation_id: &str,
+    status: &str,
+    detail: &str,
+    exit_code: Option<i64>,
+) {
     ctx.updates
         .push(InvocationUpdate::Status {
             invocation_id: invocation_id.to_string(),
@@ -68,7 +74,12 @@ async fn finish(ctx: &Ctx, invocation_id: &str, status: &str, detail: &str, exit
             at: secs(),
         })
         .await;
-    ctx.metrics.invocation_finished(if detail == "DeliveryTimedOut" { detail } else { status });
+    ctx.metrics
+        .invocation_finished(if detail == "DeliveryTimedOut" {
+            detail
+        } else {
+            status
+        });
 }
 
 fn secs() -> i64 {
@@ -80,7 +91,11 @@ pub async fn run(ctx: Arc<Ctx>, run: Run) -> Option<String> {
     let run = Arc::new(run);
     let sem = Arc::new(Semaphore::new(run.max_concurrency.max(1)));
     let mut tasks: JoinSet<String> = JoinSet::new();
-    let mut errors = run.invocations.iter().filter(|p| is_error(&p.status)).count();
+    let mut errors = run
+        .invocations
+        .iter()
+        .filter(|p| is_error(&p.status))
+        .count();
     let mut terminated = false;
     let reap = |tasks: &mut JoinSet<String>, errors: &mut usize| {
         while let Some(done) = tasks.try_join_next() {
@@ -106,12 +121,20 @@ pub async fn run(ctx: Arc<Ctx>, run: Run) -> Option<String> {
         }
         let Some(permit) = permit.filter(|_| !terminated && !run.cancel.is_cancelled()) else {
             // Never started: after too many errors (Terminated) or a cancel.
-            let detail = if terminated { "Terminated" } else { "Cancelled" };
+            let detail = if terminated {
+                "Terminated"
+            } else {
+                "Cancelled"
+            };
             finish(&ctx, &p.invocation_id, "Cancelled", detail, None).await;
             continue;
         };
         let (ctx2, run2) = (ctx.clone(), run.clone());
-        let (id, node, resumed) = (p.invocation_id.clone(), p.node.clone(), p.status == "InProgress");
+        let (id, node, resumed) = (
+            p.invocation_id.clone(),
+            p.node.clone(),
+            p.status == "InProgress",
+        );
         tasks.spawn(async move {
             let status = deliver(&ctx2, &run2, &id, &node, resumed).await;
             drop(permit);
@@ -126,7 +149,11 @@ pub async fn run(ctx: Arc<Ctx>, run: Run) -> Option<String> {
     if ctx.stop.is_cancelled() {
         return None;
     }
-    let counts = ctx.store.status_counts(&run.command_id).await.unwrap_or_default();
+    let counts = ctx
+        .store
+        .status_counts(&run.command_id)
+        .await
+        .unwrap_or_default();
     let total: i64 = counts.values().sum();
     let succeeded = counts.get("Success").copied().unwrap_or(0);
     let status = if run.cancel.is_cancelled() {
@@ -195,7 +222,12 @@ async fn received(ctx: &Ctx, run: &Run, id: &str, node: &NodeId) -> BTreeMap<Str
             .into_iter()
             .filter(|i| i.id == id)
             .flat_map(|i| i.steps)
-            .map(|s| (s.name, [s.stdout_bytes.max(0) as u64, s.stderr_bytes.max(0) as u64]))
+            .map(|s| {
+                (
+                    s.name,
+                    [s.stdout_bytes.max(0) as u64, s.stderr_bytes.max(0) as u64],
+                )
+            })
             .collect(),
         Err(_) => BTreeMap::new(),
     }
@@ -238,7 +270,12 @@ async fn stream(
     }
     let s = tunnel.open().await.ok()?;
     let mut framed = FrameCodec::framed(s);
-    framed.feed(Message::Open(StreamOpen { kind: StreamKind::Invocation })).await.ok()?;
+    framed
+        .feed(Message::Open(StreamOpen {
+            kind: StreamKind::Invocation,
+        }))
+        .await
+        .ok()?;
     framed.send(Message::Invoke(invoke)).await.ok()?;
     let mut cancel_sent = false;
     loop {

@@ -1,0 +1,329 @@
+//! `/api/v1/commands`: Run Command.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use drover_api::{CommandList, CommandView, InvocationList, InvocationView, SendCommand, StepView};
+use drover_store::{Command, Invocation, InvocationQuery};
+use serde::Deserialize;
+
+use super::{rfc3339, validate, ApiError, Body};
+use crate::authz::{authorize, Action, Principal};
+use crate::commands::SendRequest;
+use crate::AppState;
+
+const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
+/// Output shown per step and stream in listings; the output endpoint gives all of it.
+const SUMMARY_CHARS: usize = 24_000;
+
+async fn view(state: &AppState, c: Command) -> Result<CommandView, ApiError> {
+    let counts = state.store.status_counts(&c.id).await?;
+    let target_count = counts.values().sum();
+    let done = matches!(
+        c.status.as_str(),
+        "Success" | "Failed" | "Incomplete" | "Cancelled"
+    );
+    Ok(CommandView {
+        document: c.document_name,
+        document_version: c.document_version,
+        parameters: serde_json::from_str(&c.parameters).unwrap_or_default(),
+        targets: c.targets,
+        max_concurrency: c.max_concurrency,
+        max_errors: c.max_errors,
+        delivery_timeout_secs: c.delivery_timeout_secs,
+        execution_timeout_secs: c.execution_timeout_secs,
+        comment: c.comment,
+        created_at: rfc3339(c.created_at),
+        status: c.status,
+        target_count,
+        counts,
+        done,
+        version: *state.commands.updates().changed().borrow(),
+        id: c.id,
+    })
+}
+
+fn cut(s: String, full: bool) -> (String, bool) {
+    if full || s.len() <= SUMMARY_CHARS {
+        return (s, false);
+    }
+    let mut end = SUMMARY_CHARS;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (s.get(..end).unwrap_or_default().to_string(), true)
+}
+
+fn invocation_view(i: Invocation, full: bool) -> InvocationView {
+    InvocationView {
+        id: i.id,
+        command_id: i.command_id,
+        node_id: i.node_id,
+        node_name: i.node_name,
+        status: i.status,
+        status_detail: i.status_detail,
+        exit_code: i.exit_code,
+        requested_at: rfc3339(i.requested_at),
+        started_at: i.started_at.map(rfc3339),
+        finished_at: i.finished_at.map(rfc3339),
+        steps: i
+            .steps
+            .into_iter()
+            .map(|s| {
+                let (stdout, a) = cut(s.stdout, full);
+                let (stderr, b) = cut(s.stderr, full);
+                StepView {
+                    name: s.name,
+                    status: s.status,
+                    exit_code: s.exit_code,
+                    stdout,
+                    stderr,
+                    truncated: s.truncated,
+                    output_cut: a || b,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn command_id(id: &str) -> Result<(), ApiError> {
+    let ok = id.len() <= 64
+        && id.starts_with("cmd-")
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!("invalid command ID {id:?}")))
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/commands", request_body = SendCommand,
+    responses((status = 201, body = CommandView), (status = 400, body = drover_api::ErrorBody)), security(("bearer" = [])))]
+pub async fn send(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Body(req): Body<SendCommand>,
+) -> Result<(StatusCode, Json<CommandView>), ApiError> {
+    authorize(&who, Action::SendCommand)?;
+    validate::text("comment", &req.comment, 1024)?;
+    if req.targets.len() > 10_000 {
+        return Err(ApiError::BadRequest(
+            "at most 10,000 targets per command; use tag targets".into(),
+        ));
+    }
+    let secs = |v: Option<u64>, default: u64, what: &str| -> Result<Duration, ApiError> {
+        let v = v.unwrap_or(default);
+        if (1..=172_800).contains(&v) {
+            Ok(Duration::from_secs(v))
+        } else {
+            Err(ApiError::BadRequest(format!(
+                "invalid {what} of {v} seconds: from 1 to 172800 (48 hours)"
+            )))
+        }
+    };
+    let command = state
+        .commands
+        .send(SendRequest {
+            document: req.document,
+            parameters: req.parameters,
+            targets: req.targets,
+            max_concurrency: req.max_concurrency.unwrap_or_else(|| "50".into()),
+            max_errors: req.max_errors.unwrap_or_else(|| "0".into()),
+            delivery_timeout: secs(req.delivery_timeout_secs, 600, "delivery timeout")?,
+            execution_timeout: secs(req.execution_timeout_secs, 3600, "execution timeout")?,
+            comment: req.comment,
+            output_limit: req
+                .output_limit
+                .unwrap_or(DEFAULT_OUTPUT_LIMIT)
+                .clamp(1024, 1 << 30),
+        })
+        .await?;
+    tracing::info!(command = %command.id, by = %who.token_id, document = %command.document_name, "command sent");
+    Ok((StatusCode::CREATED, Json(view(&state, command).await?)))
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/commands", params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = CommandList)), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Query(p): Query<Page>,
+) -> Result<Json<CommandList>, ApiError> {
+    authorize(&who, Action::ReadCommand)?;
+    let limit = p.limit.unwrap_or(50).clamp(1, 1000);
+    if let Some(c) = &p.cursor {
+        command_id(c)?;
+    }
+    let rows = state
+        .store
+        .list_commands(p.cursor.as_deref(), limit + 1)
+        .await?;
+    let more = rows.len() > limit;
+    let mut commands = Vec::new();
+    for c in rows.into_iter().take(limit) {
+        commands.push(view(&state, c).await?);
+    }
+    let next_cursor = if more {
+        commands.last().map(|c| c.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(CommandList {
+        commands,
+        next_cursor,
+    }))
+}
+
+async fn load(state: &AppState, id: &str) -> Result<Command, ApiError> {
+    command_id(id)?;
+    state
+        .store
+        .get_command(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("command {id} not found")))
+}
+
+#[utoipa::path(get, path = "/api/v1/commands/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = CommandView), (status = 404, body = drover_api::ErrorBody)), security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<CommandView>, ApiError> {
+    authorize(&who, Action::ReadCommand)?;
+    let c = load(&state, &id).await?;
+    Ok(Json(view(&state, c).await?))
+}
+
+#[derive(Deserialize)]
+pub struct WaitQuery {
+    seen: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+/// Long poll: answers once progress newer than `seen` is stored, the command is done, or the
+/// timeout (at most 30 s) passes.
+#[utoipa::path(get, path = "/api/v1/commands/{id}/wait", params(("id" = String, Path), ("seen" = Option<u64>, Query), ("timeout_ms" = Option<u64>, Query)),
+    responses((status = 200, body = CommandView)), security(("bearer" = [])))]
+pub async fn wait(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<CommandView>, ApiError> {
+    authorize(&who, Action::ReadCommand)?;
+    let mut changed = state.commands.updates().changed();
+    let c = load(&state, &id).await?;
+    let v = view(&state, c).await?;
+    if v.done || q.seen.is_none_or(|s| s < v.version) {
+        return Ok(Json(v));
+    }
+    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000).min(30_000));
+    let _ = tokio::time::timeout(timeout, changed.changed()).await;
+    let c = load(&state, &id).await?;
+    Ok(Json(view(&state, c).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/commands/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = CommandView), (status = 409, body = drover_api::ErrorBody)), security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<CommandView>, ApiError> {
+    authorize(&who, Action::CancelCommand)?;
+    command_id(&id)?;
+    let c = state.commands.cancel(&id).await?;
+    tracing::info!(command = %id, by = %who.token_id, "cancel requested");
+    Ok(Json(view(&state, c).await?))
+}
+
+#[derive(Deserialize)]
+pub struct InvocationsQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    status: Option<String>,
+    node: Option<String>,
+    /// Include step results and output (shortened to 24,000 characters per stream).
+    output: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/api/v1/commands/{id}/invocations",
+    params(("id" = String, Path), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query), ("status" = Option<String>, Query), ("node" = Option<String>, Query), ("output" = Option<bool>, Query)),
+    responses((status = 200, body = InvocationList)), security(("bearer" = [])))]
+pub async fn invocations(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+    Query(q): Query<InvocationsQuery>,
+) -> Result<Json<InvocationList>, ApiError> {
+    authorize(&who, Action::ReadCommand)?;
+    load(&state, &id).await?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    if let Some(n) = &q.node {
+        validate::node_id(n)?;
+    }
+    let rows = state
+        .store
+        .list_invocations(&InvocationQuery {
+            command_id: Some(id),
+            node_id: q.node,
+            status: q.status,
+            after: q.cursor,
+            limit: limit + 1,
+            with_steps: q.output.unwrap_or(false),
+        })
+        .await?;
+    let more = rows.len() > limit;
+    let invocations: Vec<InvocationView> = rows
+        .into_iter()
+        .take(limit)
+        .map(|i| invocation_view(i, false))
+        .collect();
+    let next_cursor = if more {
+        invocations.last().map(|i| i.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(InvocationList {
+        invocations,
+        next_cursor,
+    }))
+}
+
+/// The full output of one node's invocation.
+#[utoipa::path(get, path = "/api/v1/commands/{id}/invocations/{node}",
+    params(("id" = String, Path), ("node" = String, Path)),
+    responses((status = 200, body = InvocationView), (status = 404, body = drover_api::ErrorBody)), security(("bearer" = [])))]
+pub async fn invocation(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path((id, node)): Path<(String, String)>,
+) -> Result<Json<InvocationView>, ApiError> {
+    authorize(&who, Action::ReadCommand)?;
+    load(&state, &id).await?;
+    validate::node_id(&node)?;
+    let rows = state
+        .store
+        .list_invocations(&InvocationQuery {
+            command_id: Some(id.clone()),
+            node_id: Some(node.clone()),
+            limit: 1,
+            with_steps: true,
+            ..InvocationQuery::default()
+        })
+        .await?;
+    let inv = rows.into_iter().next().ok_or_else(|| {
+        ApiError::NotFound(format!("command {id} has no invocation on node {node}"))
+    })?;
+    Ok(Json(invocation_view(inv, true)))
+}

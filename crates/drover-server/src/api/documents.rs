@@ -1,0 +1,202 @@
+//! `/api/v1/documents`: command documents with versions.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use drover_api::{CreateDocument, DocumentList, DocumentView, SetDefaultVersion, UpdateDocument};
+use drover_store::DocumentVersion;
+use serde::Deserialize;
+
+use super::{rfc3339, ApiError, Body};
+use crate::authz::{authorize, Action, Principal};
+use crate::commands::resolve::{self, builtin_versions, is_builtin};
+use crate::{secrets, AppState};
+
+fn view(d: DocumentVersion, builtin: bool, with_content: bool) -> DocumentView {
+    DocumentView {
+        name: d.name,
+        version: d.version,
+        latest_version: d.latest_version,
+        is_default: d.is_default,
+        builtin,
+        format: d.format,
+        description: d.description,
+        created_at: rfc3339(d.created_at),
+        content: with_content.then_some(d.content),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = (3..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        return Err(ApiError::BadRequest(format!(
+            "invalid document name {name:?}: 3 to 128 letters, digits, '_', '.' or '-'"
+        )));
+    }
+    if is_builtin(name) {
+        return Err(ApiError::Conflict(format!(
+            "{name:?} is a built-in document name (names starting with AWS- or Drover- are reserved)"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses and validates a document; a refusal says line, column and reason.
+fn check_content(content: &str) -> Result<(String, String), ApiError> {
+    let doc = drover_docs::parse(content)
+        .map_err(|e| ApiError::BadRequest(format!("invalid document: {e}")))?;
+    let format = if content.trim_start().starts_with('{') {
+        "JSON"
+    } else {
+        "YAML"
+    };
+    Ok((format.to_string(), doc.description))
+}
+
+#[utoipa::path(post, path = "/api/v1/documents", request_body = CreateDocument,
+    responses((status = 201, body = DocumentView), (status = 400, body = drover_api::ErrorBody), (status = 409, body = drover_api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Body(req): Body<CreateDocument>,
+) -> Result<(StatusCode, Json<DocumentView>), ApiError> {
+    authorize(&who, Action::WriteDocument)?;
+    check_name(&req.name)?;
+    let (format, description) = check_content(&req.content)?;
+    let d = state
+        .store
+        .create_document(&DocumentVersion {
+            name: req.name,
+            version: 1,
+            content: req.content,
+            format,
+            description,
+            created_at: secrets::now(),
+            is_default: true,
+            latest_version: 1,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(view(d, false, true))))
+}
+
+#[utoipa::path(put, path = "/api/v1/documents/{name}", request_body = UpdateDocument,
+    params(("name" = String, Path)),
+    responses((status = 200, body = DocumentView), (status = 400, body = drover_api::ErrorBody), (status = 404, body = drover_api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(name): Path<String>,
+    Body(req): Body<UpdateDocument>,
+) -> Result<Json<DocumentView>, ApiError> {
+    authorize(&who, Action::WriteDocument)?;
+    check_name(&name)?;
+    let (format, description) = check_content(&req.content)?;
+    let d = state
+        .store
+        .update_document(&name, &req.content, &format, &description, secrets::now())
+        .await?;
+    Ok(Json(view(d, false, true)))
+}
+
+#[derive(Deserialize)]
+pub struct VersionQuery {
+    version: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/documents/{name}", params(("name" = String, Path), ("version" = Option<i64>, Query)),
+    responses((status = 200, body = DocumentView), (status = 404, body = drover_api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<DocumentView>, ApiError> {
+    authorize(&who, Action::ReadDocument)?;
+    let reference = match q.version {
+        Some(v) => format!("{name}:{v}"),
+        None => name.clone(),
+    };
+    let d = resolve::find(&*state.store, &reference).await?;
+    let builtin = is_builtin(&d.name);
+    Ok(Json(view(d, builtin, true)))
+}
+
+#[utoipa::path(get, path = "/api/v1/documents", responses((status = 200, body = DocumentList)), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+) -> Result<Json<DocumentList>, ApiError> {
+    authorize(&who, Action::ReadDocument)?;
+    let mut documents: Vec<DocumentView> = builtin_versions(0)
+        .into_iter()
+        .map(|d| view(d, true, false))
+        .collect();
+    documents.extend(
+        state
+            .store
+            .list_documents()
+            .await?
+            .into_iter()
+            .map(|d| view(d, false, false)),
+    );
+    Ok(Json(DocumentList { documents }))
+}
+
+#[utoipa::path(get, path = "/api/v1/documents/{name}/versions", params(("name" = String, Path)),
+    responses((status = 200, body = DocumentList), (status = 404, body = drover_api::ErrorBody)), security(("bearer" = [])))]
+pub async fn versions(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<DocumentList>, ApiError> {
+    authorize(&who, Action::ReadDocument)?;
+    if is_builtin(&name) {
+        let d = resolve::find(&*state.store, &name).await?;
+        return Ok(Json(DocumentList {
+            documents: vec![view(d, true, false)],
+        }));
+    }
+    let documents = state
+        .store
+        .document_versions(&name)
+        .await?
+        .into_iter()
+        .map(|d| view(d, false, false))
+        .collect();
+    Ok(Json(DocumentList { documents }))
+}
+
+#[utoipa::path(put, path = "/api/v1/documents/{name}/default", request_body = SetDefaultVersion, params(("name" = String, Path)),
+    responses((status = 200, body = DocumentView), (status = 404, body = drover_api::ErrorBody)), security(("bearer" = [])))]
+pub async fn set_default(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(name): Path<String>,
+    Body(req): Body<SetDefaultVersion>,
+) -> Result<Json<DocumentView>, ApiError> {
+    authorize(&who, Action::WriteDocument)?;
+    check_name(&name)?;
+    let d = state.store.set_default_version(&name, req.version).await?;
+    Ok(Json(view(d, false, false)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/documents/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = drover_api::ErrorBody)), security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&who, Action::WriteDocument)?;
+    check_name(&name)?;
+    state.store.delete_document(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
