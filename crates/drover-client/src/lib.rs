@@ -274,6 +274,212 @@ impl Client {
     }
 }
 
+impl Client {
+    pub async fn create_document(
+        &self,
+        name: &str,
+        content: &str,
+    ) -> Result<DocumentView, ClientError> {
+        let body = CreateDocument {
+            name: name.to_string(),
+            content: content.to_string(),
+        };
+        self.call(Method::POST, "/api/v1/documents", Some(&body))
+            .await
+    }
+
+    pub async fn update_document(
+        &self,
+        name: &str,
+        content: &str,
+    ) -> Result<DocumentView, ClientError> {
+        let body = UpdateDocument {
+            content: content.to_string(),
+        };
+        self.call(
+            Method::PUT,
+            &format!("/api/v1/documents/{}", escape(name)),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn get_document(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<DocumentView, ClientError> {
+        let q = version.map(|v| format!("?version={v}")).unwrap_or_default();
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/api/v1/documents/{}{q}", escape(name)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn list_documents(&self) -> Result<DocumentList, ClientError> {
+        self.call::<(), _>(Method::GET, "/api/v1/documents", None)
+            .await
+    }
+
+    pub async fn document_versions(&self, name: &str) -> Result<DocumentList, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/api/v1/documents/{}/versions", escape(name)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn set_default_version(
+        &self,
+        name: &str,
+        version: i64,
+    ) -> Result<DocumentView, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/api/v1/documents/{}/default", escape(name)),
+            Some(&SetDefaultVersion { version }),
+        )
+        .await
+    }
+
+    pub async fn delete_document(&self, name: &str) -> Result<(), ClientError> {
+        let url = format!("{}/api/v1/documents/{}", self.base, escape(name));
+        let mut req = self.http.delete(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            detail: chain(&e),
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => ClientError::Api {
+                status: status.as_u16(),
+                code: b.error.code,
+                message: b.error.message,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: "error".into(),
+                message: String::from_utf8_lossy(&bytes).into(),
+            },
+        })
+    }
+
+    pub async fn send_command(&self, req: &SendCommand) -> Result<CommandView, ClientError> {
+        self.call(Method::POST, "/api/v1/commands", Some(req)).await
+    }
+
+    pub async fn get_command(&self, id: &str) -> Result<CommandView, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/api/v1/commands/{}", escape(id)),
+            None,
+        )
+        .await
+    }
+
+    /// Long poll: returns once progress newer than `seen` is stored or the command is done.
+    pub async fn wait_command(
+        &self,
+        id: &str,
+        seen: u64,
+        timeout_ms: u64,
+    ) -> Result<CommandView, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!(
+                "/api/v1/commands/{}/wait?seen={seen}&timeout_ms={timeout_ms}",
+                escape(id)
+            ),
+            None,
+        )
+        .await
+    }
+
+    pub async fn cancel_command(&self, id: &str) -> Result<CommandView, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/commands/{}/cancel", escape(id)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn list_commands(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<CommandList, ClientError> {
+        let mut q = form_query();
+        q.append_pair("limit", &limit.to_string());
+        if let Some(c) = cursor {
+            q.append_pair("cursor", c);
+        }
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/api/v1/commands?{}", q.finish()),
+            None,
+        )
+        .await
+    }
+
+    /// Every invocation of a command (following pages), with output summaries if `output`.
+    pub async fn list_invocations(
+        &self,
+        id: &str,
+        output: bool,
+    ) -> Result<Vec<InvocationView>, ClientError> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = form_query();
+            q.append_pair("limit", "5000");
+            q.append_pair("output", if output { "true" } else { "false" });
+            if let Some(c) = &cursor {
+                q.append_pair("cursor", c);
+            }
+            let page: InvocationList = self
+                .call::<(), _>(
+                    Method::GET,
+                    &format!("/api/v1/commands/{}/invocations?{}", escape(id), q.finish()),
+                    None,
+                )
+                .await?;
+            all.extend(page.invocations);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    pub async fn get_invocation(
+        &self,
+        id: &str,
+        node: &str,
+    ) -> Result<InvocationView, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!(
+                "/api/v1/commands/{}/invocations/{}",
+                escape(id),
+                escape(node)
+            ),
+            None,
+        )
+        .await
+    }
+}
+
 fn form_query() -> form_urlencoded::Serializer<'static, String> {
     form_urlencoded::Serializer::new(String::new())
 }

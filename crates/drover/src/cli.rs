@@ -36,6 +36,141 @@ pub enum Command {
     Nodes(NodesCommand),
     /// Save the server URL, its CA fingerprint and an API token for the other verbs.
     Login(LoginArgs),
+    /// Run a command document on nodes (Run Command).
+    Run(RunArgs),
+    /// Command documents: create, update, get, list, delete, versions, set-default.
+    #[command(subcommand)]
+    Docs(DocsCommand),
+    /// Commands sent: list, show, cancel.
+    #[command(subcommand)]
+    Commands(CommandsCommand),
+    /// Invocations (one node's part of a command): list, output.
+    #[command(subcommand)]
+    Invocations(InvocationsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Document to run, NAME or NAME:VERSION (default RunShellScript with the command after --).
+    #[arg(long = "doc")]
+    pub document: Option<String>,
+    /// Parameter as NAME=VALUE (repeat a name to build a list).
+    #[arg(long = "param")]
+    pub params: Vec<String>,
+    /// Targets: all, node IDs, node names, tag:KEY=VALUE (repeatable, or comma-separated).
+    #[arg(long = "targets", value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// File with one node ID or name a line.
+    #[arg(long)]
+    pub targets_file: Option<PathBuf>,
+    /// Invocations running at once: a number or a percentage of the targets.
+    #[arg(long, default_value = "50")]
+    pub max_concurrency: String,
+    /// Failed invocations tolerated before the rest are not started: a number or a percentage.
+    #[arg(long, default_value = "0")]
+    pub max_errors: String,
+    /// How long an offline node may stay Pending.
+    #[arg(long, default_value = "10m")]
+    pub delivery_timeout: String,
+    /// How long an invocation may run.
+    #[arg(long, default_value = "1h")]
+    pub execution_timeout: String,
+    #[arg(long, default_value = "")]
+    pub comment: String,
+    /// Print output as it arrives.
+    #[arg(long)]
+    pub follow: bool,
+    /// A table of every node instead of results folded by identical output.
+    #[arg(long)]
+    pub per_node: bool,
+    /// Print the command ID and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// table (folded results), json, or text (every node's stdout, concatenated).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = RunFormat::Table)]
+    pub format: RunFormat,
+    /// The shell command to run (RunShellScript), after --.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RunFormat {
+    Table,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DocsCommand {
+    /// Create a document from a YAML or JSON file.
+    Create {
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Add a new version of a document.
+    Update {
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Print a document (NAME or NAME:VERSION).
+    Get { name: String },
+    /// List documents (built-in and stored).
+    List(OutputArgs),
+    /// Delete a document and all its versions.
+    Delete { name: String },
+    /// List a document's versions.
+    Versions {
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Choose the version that runs when none is named.
+    SetDefault { name: String, version: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommandsCommand {
+    /// Recent commands, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// One command, with its invocations' results folded.
+    Show {
+        id: String,
+        #[arg(long)]
+        per_node: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = RunFormat::Table)]
+        format: RunFormat,
+    },
+    /// Cancel a command: Pending invocations never start, running ones are killed.
+    Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InvocationsCommand {
+    /// A command's invocations.
+    List {
+        #[arg(long)]
+        command: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// The full output of one node's invocation.
+    Output {
+        /// The command ID.
+        id: String,
+        #[arg(long)]
+        node: String,
+        /// Only this step.
+        #[arg(long)]
+        step: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +256,16 @@ pub struct RegisterArgs {
 pub struct AgentRunArgs {
     #[arg(long, env = "DROVER_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// What a script's exit code 194 does: reboot the machine, or only restart the agent (exit
+    /// with code 194 for its supervisor to start it again; for containers and tests).
+    #[arg(long, value_enum, default_value_t = RebootModeArg::Machine)]
+    pub reboot_mode: RebootModeArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RebootModeArg {
+    Machine,
+    RestartAgent,
 }
 
 #[derive(Debug, Args)]
@@ -229,5 +374,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Activation(cmd) => crate::cmd_activation::run(cmd).await,
         Command::Nodes(cmd) => crate::cmd_nodes::run(cmd).await,
         Command::Login(args) => crate::client_config::login(args).await,
+        Command::Run(args) => crate::cmd_run::run(args).await,
+        Command::Docs(cmd) => crate::cmd_docs::run(cmd).await,
+        Command::Commands(cmd) => crate::cmd_run::commands(cmd).await,
+        Command::Invocations(cmd) => crate::cmd_run::invocations(cmd).await,
     }
 }

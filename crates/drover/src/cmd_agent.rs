@@ -94,6 +94,10 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
             let identity = drover_agent::Identity::load(&state_dir)?;
             let mut config = AgentConfig::new(state_dir);
             config.proxy = proxy_for(&identity.state.server)?;
+            config.reboot = match args.reboot_mode {
+                crate::cli::RebootModeArg::Machine => drover_agent::RebootMode::Machine,
+                crate::cli::RebootModeArg::RestartAgent => drover_agent::RebootMode::RestartAgent,
+            };
             if let Some(p) = &config.proxy {
                 tracing::info!(proxy = %format!("{}:{}", p.host, p.port), "connecting through an HTTPS proxy");
             }
@@ -103,9 +107,16 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
                 crate::cmd_server::shutdown_signal().await;
                 stop.cancel();
             });
-            let result = drover_agent::run(config, shutdown, None).await;
+            let (events_tx, mut events) = tokio::sync::mpsc::channel(64);
+            let result = drover_agent::run(config, shutdown, Some(events_tx)).await;
             signals.abort();
             result?;
+            while let Ok(e) = events.try_recv() {
+                if e == drover_agent::AgentEvent::RebootRequested {
+                    // The supervisor (systemd, a test) starts the agent again; it resumes.
+                    return Ok(ExitCode::from(drover_agent::REBOOT_EXIT_CODE as u8));
+                }
+            }
         }
         AgentCommand::InstallService(args) => {
             let state_dir = args.state_dir.unwrap_or_else(default_state_dir);

@@ -1,0 +1,400 @@
+//! `drover run`, `drover commands`, `drover invocations`: send a command, follow it with a
+//! progress bar, and show results folded (identical results once, with how many nodes).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use drover_api::{CommandView, InvocationView, SendCommand};
+use drover_client::Client;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::cli::{CommandsCommand, InvocationsCommand, RunArgs, RunFormat};
+use crate::client_config::client;
+use crate::cmd_server::parse_duration;
+use crate::UsageError;
+
+/// `NAME=VALUE` pairs; a name given twice builds a list.
+fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, Value>, UsageError> {
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .ok_or_else(|| UsageError(format!("invalid --param {p:?}: expected NAME=VALUE")))?;
+        let v = Value::String(v.to_string());
+        match out.remove(k) {
+            None => {
+                out.insert(k.to_string(), v);
+            }
+            Some(Value::Array(mut items)) => {
+                items.push(v);
+                out.insert(k.to_string(), Value::Array(items));
+            }
+            Some(first) => {
+                out.insert(k.to_string(), Value::Array(vec![first, v]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut params = parse_params(&args.params)?;
+    let document = match (&args.document, args.command.is_empty()) {
+        (Some(d), true) => d.clone(),
+        (None, false) => {
+            params.insert("commands".into(), Value::Array(vec![Value::String(args.command.join(" "))]));
+            "RunShellScript".into()
+        }
+        (Some(_), false) => {
+            return Err(UsageError("give either --doc or a command after --, not both".into()).into())
+        }
+        (None, true) => {
+            return Err(UsageError("nothing to run: give --doc NAME or a command after --, e.g. drover run --targets all -- uptime".into()).into())
+        }
+    };
+    let mut targets = args.targets.clone();
+    if let Some(f) = &args.targets_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        targets.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    if targets.is_empty() {
+        return Err(UsageError(
+            "no targets: give --targets (all, node IDs or names, tag:KEY=VALUE) or --targets-file"
+                .into(),
+        )
+        .into());
+    }
+    let delivery = parse_duration("delivery timeout", &args.delivery_timeout)?;
+    let execution = parse_duration("execution timeout", &args.execution_timeout)?;
+    let c = client()?;
+    let cmd = c
+        .send_command(&SendCommand {
+            document,
+            parameters: params,
+            targets,
+            max_concurrency: Some(args.max_concurrency.clone()),
+            max_errors: Some(args.max_errors.clone()),
+            delivery_timeout_secs: Some(delivery.as_secs()),
+            execution_timeout_secs: Some(execution.as_secs()),
+            comment: args.comment.clone(),
+            output_limit: None,
+        })
+        .await?;
+    if args.no_wait {
+        println!("{}", cmd.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = follow(&c, cmd, args.follow).await?;
+    report(&c, &done, args.per_node, args.format).await
+}
+
+/// Waits for the command to finish, showing a progress bar (on a terminal) and, with
+/// `--follow`, output as it arrives.
+async fn follow(c: &Client, cmd: CommandView, print_output: bool) -> anyhow::Result<CommandView> {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(cmd.target_count.max(0) as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {pos}/{len} done [{bar:30}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Some(bar)
+    } else {
+        None
+    };
+    let mut seen_output: HashMap<(String, String), (usize, usize)> = HashMap::new();
+    let mut current = cmd;
+    loop {
+        if let Some(bar) = &bar {
+            let finished: i64 = ["Success", "Failed", "TimedOut", "Cancelled"]
+                .iter()
+                .map(|s| current.counts.get(*s).copied().unwrap_or(0))
+                .sum();
+            bar.set_position(finished.max(0) as u64);
+            bar.set_message(
+                current
+                    .counts
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+        }
+        if print_output {
+            print_new_output(c, &current.id, &mut seen_output, bar.as_ref()).await?;
+        }
+        if current.done {
+            break;
+        }
+        current = c.wait_command(&current.id, current.version, 2000).await?;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(current)
+}
+
+async fn print_new_output(
+    c: &Client,
+    id: &str,
+    seen: &mut HashMap<(String, String), (usize, usize)>,
+    bar: Option<&ProgressBar>,
+) -> anyhow::Result<()> {
+    for inv in c.list_invocations(id, true).await? {
+        for step in &inv.steps {
+            let key = (inv.node_name.clone(), step.name.clone());
+            let (o, e) = seen.entry(key).or_default();
+            for (text, at, err) in [
+                (&step.stdout, &mut *o, false),
+                (&step.stderr, &mut *e, true),
+            ] {
+                if let Some(new) = text.get(*at..).filter(|s| !s.is_empty()) {
+                    for line in new.lines() {
+                        let line =
+                            format!("[{}] {}{line}", inv.node_name, if err { "! " } else { "" });
+                        match bar {
+                            Some(b) => b.println(line),
+                            None => println!("{line}"),
+                        }
+                    }
+                    *at = text.len();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn failed(cmd: &CommandView) -> bool {
+    cmd.counts.iter().any(|(k, v)| k != "Success" && *v > 0)
+}
+
+/// Prints the results: folded, per node, JSON, or every node's stdout.
+async fn report(
+    c: &Client,
+    cmd: &CommandView,
+    per_node: bool,
+    format: RunFormat,
+) -> anyhow::Result<ExitCode> {
+    let invocations = c.list_invocations(&cmd.id, true).await?;
+    match format {
+        RunFormat::Json => {
+            let v = serde_json::json!({ "command": cmd, "invocations": invocations });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        RunFormat::Text => {
+            for inv in &invocations {
+                for s in &inv.steps {
+                    print!("{}", s.stdout);
+                }
+            }
+        }
+        RunFormat::Table if per_node => {
+            println!(
+                "{:<20} {:<16} {:<12} {:>5} {:>9}",
+                "NODE", "NAME", "STATUS", "EXIT", "SECONDS"
+            );
+            for inv in &invocations {
+                println!(
+                    "{:<20} {:<16} {:<12} {:>5} {:>9}",
+                    inv.node_id,
+                    inv.node_name,
+                    status_text(inv),
+                    inv.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                    duration(inv).map(|d| format!("{d:.2}")).unwrap_or_default()
+                );
+            }
+        }
+        RunFormat::Table => print_folded(cmd, &invocations),
+    }
+    Ok(if failed(cmd) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn status_text(inv: &InvocationView) -> String {
+    if inv.status_detail.is_empty() || inv.status_detail == inv.status {
+        inv.status.clone()
+    } else {
+        format!("{} ({})", inv.status, inv.status_detail)
+    }
+}
+
+fn duration(inv: &InvocationView) -> Option<f64> {
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+    };
+    let a = parse(inv.started_at.as_deref()?)?;
+    let b = parse(inv.finished_at.as_deref()?)?;
+    Some((b - a).as_seconds_f64())
+}
+
+/// Identical results (status, exit code, output) once, with how many nodes and which.
+fn print_folded(cmd: &CommandView, invocations: &[InvocationView]) {
+    let mut groups: BTreeMap<(String, String, String), Vec<&InvocationView>> = BTreeMap::new();
+    for inv in invocations {
+        let mut output = String::new();
+        for s in &inv.steps {
+            output.push_str(&s.stdout);
+            if !s.stderr.is_empty() {
+                output.push_str(&s.stderr);
+            }
+        }
+        let exit = inv
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into());
+        groups
+            .entry((status_text(inv), exit, output))
+            .or_default()
+            .push(inv);
+    }
+    // Failures first: they are what an operator looks for.
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_key(|((status, _, _), nodes)| (status.starts_with("Success"), nodes.len()));
+    for ((status, exit, output), nodes) in groups {
+        let names: Vec<&str> = nodes.iter().map(|i| i.node_name.as_str()).collect();
+        let shown = names.iter().take(8).copied().collect::<Vec<_>>().join(", ");
+        let more = if names.len() > 8 {
+            format!(" and {} more", names.len() - 8)
+        } else {
+            String::new()
+        };
+        println!(
+            "{} node{}: {status}, exit {exit}: {shown}{more}",
+            nodes.len(),
+            if nodes.len() == 1 { "" } else { "s" }
+        );
+        for line in output.lines() {
+            println!("    {line}");
+        }
+    }
+    println!(
+        "command {} {}: {}",
+        cmd.id,
+        cmd.status,
+        cmd.counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+pub async fn commands(cmd: CommandsCommand) -> anyhow::Result<ExitCode> {
+    let c = client()?;
+    match cmd {
+        CommandsCommand::List { limit, output } => {
+            let list = c.list_commands(limit.clamp(1, 1000), None).await?;
+            let rows = list
+                .commands
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.id.clone(),
+                        format!("{}:{}", x.document, x.document_version),
+                        x.status.clone(),
+                        x.target_count.to_string(),
+                        x.created_at.clone(),
+                        x.comment.clone(),
+                    ]
+                })
+                .collect();
+            crate::output::print(
+                output.format,
+                &["ID", "DOCUMENT", "STATUS", "TARGETS", "CREATED", "COMMENT"],
+                rows,
+                &list.commands,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CommandsCommand::Show {
+            id,
+            per_node,
+            format,
+        } => {
+            let cmd = c.get_command(&id).await?;
+            report(&c, &cmd, per_node, format).await
+        }
+        CommandsCommand::Cancel { id } => {
+            let cmd = c.cancel_command(&id).await?;
+            println!("cancelling {}: {}", cmd.id, cmd.status);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn invocations(cmd: InvocationsCommand) -> anyhow::Result<ExitCode> {
+    let c = client()?;
+    match cmd {
+        InvocationsCommand::List { command, output } => {
+            let list = c.list_invocations(&command, false).await?;
+            let rows = list
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.node_id.clone(),
+                        i.node_name.clone(),
+                        status_text(i),
+                        i.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            crate::output::print(
+                output.format,
+                &["NODE", "NAME", "STATUS", "EXIT"],
+                rows,
+                &list,
+            )?;
+        }
+        InvocationsCommand::Output { id, node, step } => {
+            let node_id = if node.starts_with("n-") {
+                node.clone()
+            } else {
+                c.get_node(&node).await?.id
+            };
+            let inv = c.get_invocation(&id, &node_id).await?;
+            let mut found = false;
+            for s in inv
+                .steps
+                .iter()
+                .filter(|s| step.as_ref().is_none_or(|want| *want == s.name))
+            {
+                found = true;
+                if step.is_none() {
+                    eprintln!(
+                        "--- step {} ({}, exit {})",
+                        s.name,
+                        s.status,
+                        s.exit_code.map(|c| c.to_string()).unwrap_or_default()
+                    );
+                }
+                print!("{}", s.stdout);
+                eprint!("{}", s.stderr);
+                if s.truncated {
+                    eprintln!("(output truncated by the agent at the output limit)");
+                }
+            }
+            if !found {
+                if let Some(want) = step {
+                    return Err(UsageError(format!("no step {want:?} in this invocation")).into());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
