@@ -105,7 +105,7 @@ enum Outcome {
 
 /// Runs the agent until `shutdown` is cancelled or the server refuses it for good.
 pub async fn run(
-    config: AgentConfig,
+    mut config: AgentConfig,
     shutdown: CancellationToken,
     events: Option<mpsc::Sender<AgentEvent>>,
 ) -> Result<(), AgentError> {
@@ -115,6 +115,9 @@ pub async fn run(
             let _ = tx.try_send(e);
         }
     };
+    // Scripts run in their own directories: every journal path must be absolute.
+    config.state_dir = std::path::absolute(&config.state_dir)
+        .map_err(AgentError::io("resolve", &config.state_dir))?;
     let identity = Identity::load(&config.state_dir)?;
     let (reboot_tx, mut reboot_rx) = mpsc::channel(4);
     let runner = Runner::new(ExecCtx {
@@ -220,7 +223,7 @@ async fn connect_once(
         Err(e) => return lost(chain(&e)),
     };
     let (tunnel, mut incoming, driver) = Tunnel::start(tls, Role::Agent, &config.tunnel);
-    let driver = tokio::spawn(driver);
+    let mut driver = tokio::spawn(driver);
     let outcome = session(
         config,
         &mut identity,
@@ -232,11 +235,12 @@ async fn connect_once(
     )
     .await;
     tunnel.close();
-    if tokio::time::timeout(Duration::from_secs(2), driver)
+    if tokio::time::timeout(Duration::from_secs(2), &mut driver)
         .await
         .is_err()
     {
         tracing::debug!("tunnel driver did not finish in time");
+        driver.abort();
     }
     outcome
 }

@@ -101,7 +101,10 @@ pub async fn execute(
                 0,
             )
             .await?;
-            if outcome.0 == StepStatus::Success && outcome.1 == REBOOT_EXIT_CODE {
+            if outcome.0 == StepStatus::Failed
+                && outcome.1 == REBOOT_EXIT_CODE
+                && step.action == Action::RunShellScript
+            {
                 set(
                     entry,
                     &mut st,

@@ -302,9 +302,11 @@ fn check_inputs(step: &Step) -> Result<(), String> {
         Action::DownloadContent => {
             match get("sourceType").and_then(Value::as_str) {
                 Some("HTTP") | Some("Git") | Some("GitHub") | Some("SSMDocument") => {}
-                Some(other) => return Err(format!(
+                Some(other) => {
+                    return Err(format!(
                     "sourceType {other:?} is not supported: use HTTP, Git, GitHub or SSMDocument"
-                )),
+                ))
+                }
                 None => return Err("sourceType is required".into()),
             }
             match get("sourceInfo") {

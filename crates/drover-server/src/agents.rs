@@ -44,18 +44,19 @@ pub async fn serve_agent(
         bytes_out,
     };
     let (tunnel, mut incoming, driver) = Tunnel::start(io, Role::Server, &TunnelConfig::default());
-    let driver = tokio::spawn(driver);
+    let mut driver = tokio::spawn(driver);
     match session(&state, &node_id, &tunnel, &mut incoming, stop).await {
         Ok(()) => tracing::debug!(node = %node_id, %peer, "agent connection closed"),
         Err(why) => tracing::info!(node = %node_id, %peer, reason = %why, "agent connection ended"),
     }
     tunnel.close();
     // Give the driver a moment to flush the last frames (a Refused or Goodbye) and close.
-    if tokio::time::timeout(Duration::from_secs(2), driver)
+    if tokio::time::timeout(Duration::from_secs(2), &mut driver)
         .await
         .is_err()
     {
         tracing::debug!(node = %node_id, "tunnel driver did not finish in time");
+        driver.abort();
     }
 }
 

@@ -332,9 +332,20 @@ impl Env {
 
     /// Starts `drover agent run` for a registered state directory.
     pub fn run_agent(&self, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        self.run_agent_with(name, &[], env)
+    }
+
+    /// Starts `drover agent run` with extra arguments.
+    pub fn run_agent_with(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let mut cmd = self.command();
         cmd.args(["agent", "run", "--state-dir"])
-            .arg(self.path(name));
+            .arg(self.path(name))
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -118,12 +118,20 @@ impl Tunnel {
 
     /// Opens a new stream to the peer.
     pub async fn open(&self) -> Result<Stream, TunnelError> {
+        if self.shutdown.is_cancelled() || self.closed.is_cancelled() {
+            return Err(TunnelError::Closed);
+        }
         let (tx, rx) = oneshot::channel();
         self.open.send(tx).await.map_err(|_| TunnelError::Closed)?;
-        match rx.await {
-            Ok(Ok(stream)) => Ok(stream.compat()),
-            Ok(Err(e)) => Err(TunnelError::Open(e)),
-            Err(_) => Err(TunnelError::Closed),
+        // A tunnel that is closing answers no more opens: don't wait for it.
+        tokio::select! {
+            r = rx => match r {
+                Ok(Ok(stream)) => Ok(stream.compat()),
+                Ok(Err(e)) => Err(TunnelError::Open(e)),
+                Err(_) => Err(TunnelError::Closed),
+            },
+            _ = self.shutdown.cancelled() => Err(TunnelError::Closed),
+            _ = self.closed.cancelled() => Err(TunnelError::Closed),
         }
     }
 

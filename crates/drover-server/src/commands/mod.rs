@@ -135,9 +135,11 @@ impl Commands {
                     [one] => {
                         picked.insert(one.id.clone(), one.clone());
                     }
-                    [] => return Err(ApiError::BadRequest(format!(
+                    [] => {
+                        return Err(ApiError::BadRequest(format!(
                         "invalid target {t:?}: use all, a node ID, a node name, or tag:KEY=VALUE"
-                    ))),
+                    )))
+                    }
                     _ => {
                         return Err(ApiError::BadRequest(format!(
                             "target {t:?}: several nodes have this name; use node IDs"

@@ -149,6 +149,8 @@ pub async fn run(ctx: Arc<Ctx>, run: Run) -> Option<String> {
     if ctx.stop.is_cancelled() {
         return None;
     }
+    // Every invocation's last update is stored before the command's final status.
+    ctx.updates.flush().await;
     let counts = ctx
         .store
         .status_counts(&run.command_id)

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 const QUEUE: usize = 65_536;
 const BATCH: usize = 4_096;
 
-type Item = (InvocationUpdate, Option<oneshot::Sender<bool>>);
+/// An update (or none: a barrier), and who waits for it to be stored.
+type Item = (Option<InvocationUpdate>, Option<oneshot::Sender<bool>>);
 
 #[derive(Clone)]
 pub struct Updates {
@@ -36,13 +37,22 @@ impl Updates {
 
     /// Queues an update (waits only when the queue is full).
     pub async fn push(&self, u: InvocationUpdate) {
-        let _ = self.tx.send((u, None)).await;
+        let _ = self.tx.send((Some(u), None)).await;
     }
 
     /// Queues an update and waits until it is stored; false if storing failed.
     pub async fn push_stored(&self, u: InvocationUpdate) -> bool {
         let (ack, done) = oneshot::channel();
-        if self.tx.send((u, Some(ack))).await.is_err() {
+        if self.tx.send((Some(u), Some(ack))).await.is_err() {
+            return false;
+        }
+        done.await.unwrap_or(false)
+    }
+
+    /// Waits until everything queued before is stored.
+    pub async fn flush(&self) -> bool {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send((None, Some(ack))).await.is_err() {
             return false;
         }
         done.await.unwrap_or(false)
@@ -92,7 +102,7 @@ async fn flush(store: &dyn Store, batch: &mut Vec<Item>, changed: &watch::Sender
     if batch.is_empty() {
         return;
     }
-    let updates: Vec<InvocationUpdate> = batch.iter().map(|(u, _)| u.clone()).collect();
+    let updates: Vec<InvocationUpdate> = batch.iter().filter_map(|(u, _)| u.clone()).collect();
     let ok = match store.apply_invocation_updates(&updates).await {
         Ok(()) => true,
         Err(e) => {
