@@ -222,6 +222,13 @@ fn validate(text: &str, doc: &Document) -> Result<(), DocError> {
     Ok(())
 }
 
+/// A value that is exactly one `{{ parameter }}`: checked once the parameter is known.
+fn is_reference(s: &str) -> bool {
+    REFERENCE
+        .find(s)
+        .is_some_and(|m| m.start() == 0 && m.end() == s.len())
+}
+
 fn is_str_or_ref(v: &Value) -> bool {
     v.is_string()
 }
@@ -283,6 +290,7 @@ fn check_inputs(step: &Step) -> Result<(), String> {
         Action::RunDocument => {
             match get("documentType").and_then(Value::as_str) {
                 Some("SSMDocument") | Some("LocalPath") => {}
+                Some(r) if is_reference(r) => {}
                 Some(other) => {
                     return Err(format!(
                         "documentType {other:?} is not supported: use SSMDocument or LocalPath"
@@ -302,6 +310,7 @@ fn check_inputs(step: &Step) -> Result<(), String> {
         Action::DownloadContent => {
             match get("sourceType").and_then(Value::as_str) {
                 Some("HTTP") | Some("Git") | Some("GitHub") | Some("SSMDocument") => {}
+                Some(r) if is_reference(r) => {}
                 Some(other) => {
                     return Err(format!(
                     "sourceType {other:?} is not supported: use HTTP, Git, GitHub or SSMDocument"

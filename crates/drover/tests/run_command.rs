@@ -308,6 +308,34 @@ async fn tag_targeting_rate_control_and_max_errors() -> anyhow::Result<()> {
     assert!(text.starts_with("5 nodes: Success, exit 0:"), "{text}");
     assert_eq!(text.matches("same").count(), 1, "{text}");
 
+    // --follow prints output as it arrives, each line with its node; --per-node a table.
+    let out = env.cli(&[
+        "run",
+        "--follow",
+        "--targets",
+        "d1",
+        "--",
+        "echo first; echo second >&2",
+    ])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[d1] first") && text.contains("[d1] ! second"),
+        "{text}"
+    );
+    let out = env.cli_ok(&[
+        "run",
+        "--per-node",
+        "--targets",
+        "tag:role=web",
+        "--",
+        "true",
+    ])?;
+    assert_eq!(
+        out.lines().filter(|l| l.contains("Success")).count(),
+        4,
+        "{out}"
+    );
+
     // Metrics count invocations by final status.
     let metrics = _server.client()?.get_text("/metrics").await?;
     assert!(
@@ -523,11 +551,26 @@ async fn server_and_agent_restarts_mid_script_run_each_step_once_with_full_outpu
     // The server dies and comes back while the script runs.
     server.kill_and_restart(&env)?;
     wait_status(&server, std::slice::from_ref(&id), "Online").await?;
-    // The agent dies and comes back while the script runs.
+    // The agent dies and comes back while the script runs: it adopts the running script.
     agent.kill9();
     let _agent = env.run_agent("survivor", &[])?;
     wait_status(&server, std::slice::from_ref(&id), "Online").await?;
+    // The server is unreachable when the script finishes: the result waits in the journal.
+    let port = server.port()?;
+    server.proc.kill9();
     write(&gate, "");
+    let journal = env.state_dir("survivor").join("journal");
+    wait_until("the script to finish", DEADLINE, || {
+        let journal = journal.clone();
+        async move {
+            let done = std::fs::read_dir(&journal)?
+                .filter_map(Result::ok)
+                .any(|d| d.path().join("steps/0.exit").exists());
+            Ok(done.then_some(()))
+        }
+    })
+    .await?;
+    server = env.start_server(port, &[])?;
 
     let client = server.client()?;
     let done = wait_until("the command to end", DEADLINE, || {
