@@ -51,8 +51,13 @@ pub fn create_private_dir(dir: &Path) -> Result<(), AgentError> {
         .map_err(AgentError::io("restrict permissions of", dir))
 }
 
-/// Writes a file readable by the owner only, atomically.
+/// Writes a file readable by the owner only, atomically, and flushed to disk.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), AgentError> {
+    write_atomic(path, contents, true)
+}
+
+/// Writes a file readable by the owner only, atomically; `sync` flushes it to disk first.
+pub fn write_atomic(path: &Path, contents: &[u8], sync: bool) -> Result<(), AgentError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -64,7 +69,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), AgentError> {
         .open(&tmp)
         .map_err(AgentError::io("create", &tmp))?;
     f.write_all(contents)
-        .and_then(|_| f.sync_all())
+        .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
         .map_err(AgentError::io("write", &tmp))?;
     std::fs::rename(&tmp, path).map_err(AgentError::io("rename into place", path))
 }

@@ -21,6 +21,8 @@ use crate::journal::{Entry, StepStatus};
 
 /// Largest output chunk per message (JSON escaping can grow it, within the 1 MiB frame limit).
 const CHUNK: usize = 64 * 1024;
+/// Tombstones of delivered invocations are kept this long against repeated deliveries.
+const TOMBSTONE_DAYS: u64 = 7;
 /// How often output is tailed while a step runs.
 const TAIL: Duration = Duration::from_millis(50);
 
@@ -53,6 +55,7 @@ impl Runner {
     pub fn recover(self: &Arc<Self>) {
         for (id, entry) in Entry::all(&self.ctx.state_dir) {
             if entry.is_delivered() {
+                entry.prune_if_older_than(TOMBSTONE_DAYS);
                 continue;
             }
             match entry.load() {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use drover_proto::{Invoke, OutputStream};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::write_private;
+use crate::identity::write_atomic;
 use crate::AgentError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +131,7 @@ impl Entry {
             path: self.dir.display().to_string(),
             detail: e.to_string(),
         })?;
-        write_private(&self.dir.join("invoke.json"), &json)?;
+        write_atomic(&self.dir.join("invoke.json"), &json, false)?;
         self.save(&InvocationState {
             steps: step_names
                 .iter()
@@ -168,13 +168,16 @@ impl Entry {
         })
     }
 
-    /// Saves the state atomically (write, fsync, rename).
+    /// Saves the state atomically (write, rename). It is flushed to disk only when a reboot is
+    /// pending, the one state that must survive the machine going down: an agent process that
+    /// dies loses nothing the kernel has, and a machine that crashes mid-step is recognised by
+    /// its new boot ID and never re-runs the step.
     pub fn save(&self, state: &InvocationState) -> Result<(), AgentError> {
         let json = serde_json::to_vec(state).map_err(|e| AgentError::Corrupt {
             path: self.dir.display().to_string(),
             detail: e.to_string(),
         })?;
-        write_private(&self.dir.join("state.json"), &json)
+        write_atomic(&self.dir.join("state.json"), &json, state.rebooting)
     }
 
     pub fn work_dir(&self) -> PathBuf {
@@ -193,11 +196,23 @@ impl Entry {
     /// repeated delivery is answered, never run again.
     pub fn mark_delivered(&self) -> Result<(), AgentError> {
         let tomb = self.dir.join("delivered");
-        write_private(&tomb, b"")?;
+        write_atomic(&tomb, b"", false)?;
         for sub in ["steps", "work"] {
             let _ = std::fs::remove_dir_all(self.dir.join(sub));
         }
         Ok(())
+    }
+
+    /// Removes a delivered invocation's tombstone once it is `days` old.
+    pub fn prune_if_older_than(&self, days: u64) {
+        let old = std::fs::metadata(self.dir.join("delivered"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > days * 86400);
+        if old {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 
     /// Every invocation in the journal.

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use crate::journal::StepStatus;
 use crate::AgentError;
 
-/// Runs `$1` with sh and records its exit code in `$2` atomically.
-const WRAPPER: &str = r#"sh "$1"; code=$?; echo "$code" > "$2.tmp" && mv "$2.tmp" "$2""#;
+/// Runs `$1` with sh and records its exit code in `$2` (one small write, with the shell's
+/// builtin echo: no process beyond the script's own).
+const WRAPPER: &str = r#"sh "$1"; echo $? > "$2""#;
 
 /// Exit code reported for a script killed on timeout or cancel (like a shell's 128 + SIGKILL).
 pub const KILLED: i32 = 137;
