@@ -1,0 +1,341 @@
+//! Tests of the SQLite store against a real database file.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use super::*;
+
+fn new_node(hex: &str, tags: &[(&str, &str)]) -> NewNode {
+    NewNode {
+        id: NodeId::random(hex).unwrap(),
+        name: String::new(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        registered_at: 100,
+        inventory: NodeInventory {
+            hostname: format!("host-{hex}"),
+            platform: "linux".into(),
+            ..NodeInventory::default()
+        },
+    }
+}
+
+fn activation(limit: i64) -> Activation {
+    Activation {
+        id: "act-1".into(),
+        code_hash: "h".into(),
+        description: String::new(),
+        default_name: String::new(),
+        tags: [("env".to_string(), "dev".to_string())].into(),
+        registration_limit: limit,
+        registrations: 0,
+        expires_at: 1000,
+        created_at: 0,
+    }
+}
+
+async fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+    (dir, s)
+}
+
+#[tokio::test]
+async fn activation_limits_are_enforced() {
+    let (_d, s) = store().await;
+    s.create_activation(&activation(1)).await.unwrap();
+    let n = s
+        .redeem_activation(
+            "act-1",
+            "h",
+            10,
+            new_node("00000000000000001", &[("role", "web")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n.tags.get("env").map(String::as_str), Some("dev"));
+    assert_eq!(n.name, "host-00000000000000001");
+    let used = s
+        .redeem_activation("act-1", "h", 10, new_node("00000000000000002", &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(used, RedeemError::UsedUp { .. }), "{used}");
+    let wrong = s
+        .redeem_activation("act-1", "x", 10, new_node("00000000000000003", &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, RedeemError::WrongCode(_)));
+    let unknown = s
+        .redeem_activation("nope", "h", 10, new_node("00000000000000003", &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, RedeemError::UnknownActivation(_)));
+}
+
+#[tokio::test]
+async fn expired_activation_is_refused() {
+    let (_d, s) = store().await;
+    s.create_activation(&activation(5)).await.unwrap();
+    let err = s
+        .redeem_activation("act-1", "h", 1000, new_node("00000000000000001", &[]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages() {
+    let (_d, s) = store().await;
+    s.create_activation(&activation(100)).await.unwrap();
+    for i in 0..25 {
+        let role = if i % 2 == 0 { "web" } else { "db" };
+        s.redeem_activation(
+            "act-1",
+            "h",
+            1,
+            new_node(&format!("{i:017x}"), &[("role", role)]),
+        )
+        .await
+        .unwrap();
+    }
+    let mut q = NodeQuery {
+        tags: vec![("role".into(), "web".into())],
+        limit: 5,
+        ..NodeQuery::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = s.list_nodes(&q).await.unwrap();
+        seen.extend(page.nodes.iter().map(|n| n.id.clone()));
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 13);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted);
+
+    let first = seen[0].clone();
+    s.record_presence(&[Presence {
+        id: first.clone(),
+        online: true,
+        at: 50,
+    }])
+    .await
+    .unwrap();
+    let online = s
+        .list_nodes(&NodeQuery {
+            status: Some(NodeStatus::Online),
+            limit: 100,
+            ..NodeQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(online.nodes.len(), 1);
+    assert_eq!(online.nodes[0].last_seen_at, 50);
+
+    // Deregistered stays Inactive even if a late disconnect event arrives.
+    s.deregister_node(&first, 60).await.unwrap();
+    s.record_presence(&[Presence {
+        id: first.clone(),
+        online: false,
+        at: 70,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_node(&first).await.unwrap().unwrap().status,
+        NodeStatus::Inactive
+    );
+}
+
+#[tokio::test]
+async fn tags_are_set_and_removed() {
+    let (_d, s) = store().await;
+    s.create_activation(&activation(1)).await.unwrap();
+    let n = s
+        .redeem_activation("act-1", "h", 1, new_node("00000000000000001", &[]))
+        .await
+        .unwrap();
+    let set = [("team".to_string(), "amber".to_string())].into();
+    let after = s
+        .update_tags(&n.id, &set, &["env".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(after.tags, set);
+    let found = s
+        .list_nodes(&NodeQuery {
+            tags: vec![("team".into(), "amber".into())],
+            limit: 10,
+            ..NodeQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.nodes.len(), 1);
+    let gone = s
+        .list_nodes(&NodeQuery {
+            tags: vec![("env".into(), "dev".into())],
+            limit: 10,
+            ..NodeQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(gone.nodes.is_empty());
+}
+
+#[test]
+fn reopening_keeps_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    drop(SqliteStore::open(&path).unwrap());
+    SqliteStore::open(&path).unwrap();
+}
+
+fn command(id: &str) -> Command {
+    Command {
+        id: id.into(),
+        document_name: "RunShellScript".into(),
+        document_version: "1".into(),
+        parameters: "{}".into(),
+        targets: vec!["all".into()],
+        max_concurrency: "50".into(),
+        max_errors: "0".into(),
+        delivery_timeout_secs: 600,
+        execution_timeout_secs: 3600,
+        output_limit: 1 << 20,
+        comment: String::new(),
+        created_at: 1,
+        status: "Pending".into(),
+        payload: "{}".into(),
+        cancel_requested: false,
+    }
+}
+
+fn invocation(id: &str) -> Invocation {
+    Invocation {
+        id: id.into(),
+        command_id: "cmd-1".into(),
+        node_id: "n-00000000000000001".into(),
+        node_name: "a".into(),
+        status: "Pending".into(),
+        status_detail: String::new(),
+        exit_code: None,
+        requested_at: 1,
+        started_at: None,
+        finished_at: None,
+        steps: Vec::new(),
+    }
+}
+
+fn output(offset: i64, data: &str) -> InvocationUpdate {
+    InvocationUpdate::Output {
+        invocation_id: "inv-1".into(),
+        step: "s".into(),
+        stderr: false,
+        offset,
+        len: data.len() as i64,
+        data: data.into(),
+    }
+}
+
+#[tokio::test]
+async fn replayed_output_is_stored_once_and_final_statuses_stay_final() {
+    let (_d, s) = store().await;
+    s.create_command(&command("cmd-1"), &[invocation("inv-1")])
+        .await
+        .unwrap();
+    let status = |st: &str| InvocationUpdate::Status {
+        invocation_id: "inv-1".into(),
+        status: st.into(),
+        detail: String::new(),
+        exit_code: Some(0),
+        at: 5,
+    };
+    s.apply_invocation_updates(&[
+        status("InProgress"),
+        InvocationUpdate::StepStarted {
+            invocation_id: "inv-1".into(),
+            step: "s".into(),
+        },
+        output(0, "hello "),
+        output(6, "world\n"),
+        // A replay after a reconnect: already stored, skipped.
+        output(0, "hello "),
+        output(6, "world\n"),
+        output(12, "again\n"),
+        InvocationUpdate::StepFinished {
+            invocation_id: "inv-1".into(),
+            step: "s".into(),
+            status: "Success".into(),
+            exit_code: 0,
+            truncated: false,
+        },
+        status("Success"),
+        // Late news from a stale delivery cannot undo a final status.
+        status("InProgress"),
+    ])
+    .await
+    .unwrap();
+    let q = InvocationQuery {
+        command_id: Some("cmd-1".into()),
+        limit: 10,
+        with_steps: true,
+        ..InvocationQuery::default()
+    };
+    let inv = &s.list_invocations(&q).await.unwrap()[0];
+    assert_eq!(inv.status, "Success");
+    assert_eq!(inv.steps[0].stdout, "hello world\nagain\n");
+    assert_eq!(inv.steps[0].stdout_bytes, 18);
+    assert_eq!(
+        s.status_counts("cmd-1").await.unwrap().get("Success"),
+        Some(&1)
+    );
+}
+
+#[tokio::test]
+async fn documents_keep_versions_and_a_default() {
+    let (_d, s) = store().await;
+    let v1 = DocumentVersion {
+        name: "Deploy".into(),
+        version: 1,
+        content: "one".into(),
+        format: "YAML".into(),
+        description: String::new(),
+        created_at: 1,
+        is_default: true,
+        latest_version: 1,
+    };
+    s.create_document(&v1).await.unwrap();
+    assert!(matches!(
+        s.create_document(&v1).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let v2 = s
+        .update_document("Deploy", "two", "YAML", "", 2)
+        .await
+        .unwrap();
+    assert_eq!((v2.version, v2.is_default), (2, false));
+    assert_eq!(
+        s.get_document("Deploy", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .content,
+        "one"
+    );
+    s.set_default_version("Deploy", 2).await.unwrap();
+    assert_eq!(
+        s.get_document("Deploy", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .content,
+        "two"
+    );
+    assert!(s.set_default_version("Deploy", 9).await.is_err());
+    assert_eq!(s.document_versions("Deploy").await.unwrap().len(), 2);
+    s.delete_document("Deploy").await.unwrap();
+    assert!(s.get_document("Deploy", None).await.unwrap().is_none());
+}
