@@ -1,1 +1,657 @@
-fn main() {}
+//! `cargo xtask`: project automation. Kept light (std and anyhow only) because CI builds it.
+//!
+//! ```text
+//! cargo xtask test                       run the workspace tests
+//! cargo xtask bench tunnel [ARGS]        tunnel throughput (ARGS go to tunnel-bench)
+//! cargo xtask bench agents --count N     N simulated agents against a real server
+//! cargo xtask bench peers-forward        `ssh -L` throughput (../shared/peers/forward.sh)
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test                              run the workspace tests (cargo nextest run --workspace)
+  bench tunnel [ARGS...]            build release and run tunnel-bench ARGS
+                                    (e.g. --split-send-size 16K,64K,256K --runs 3)
+  bench agents --count N [--idle-secs S] [--timeout-secs S]
+                                    start a release server and drover-sim with N agents; measure
+                                    time to all Online, server RSS and idle CPU, and time to all
+                                    Online again after a SIGKILL and restart of the server.
+                                    State is kept in target/bench-sim/N (reused by reruns).
+  bench peers-forward [--no-drover] run ../shared/peers/forward.sh (or $DROVER_PEERS_DIR) (ssh -L throughput; its FORWARD_*
+                                    variables apply), with Drover's tunnel as an extra contender
+                                    (tunnel-bench --forward-listen) unless --no-drover
+
+  bench ... --no-build              use the release binaries already built";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => ("", &[][..]),
+    };
+    let result = match cmd {
+        "test" => test(rest),
+        "bench" => bench(rest),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace tests.
+fn test(args: &[String]) -> Result<()> {
+    run(cargo()
+        .current_dir(root())
+        .args(["nextest", "run", "--workspace"])
+        .args(args))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    // `--no-build` anywhere: use the release binaries as they are.
+    let build = !args.iter().any(|a| a == "--no-build");
+    let args: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--no-build")
+        .cloned()
+        .collect();
+    let (what, rest) = match args.split_first() {
+        Some((w, r)) => (w.as_str(), r),
+        None => bail!("{USAGE}"),
+    };
+    match what {
+        "tunnel" => bench_tunnel(rest, build),
+        "agents" => bench_agents(rest, build),
+        "peers-forward" => bench_peers_forward(rest, build),
+        other => bail!("unknown benchmark {other:?}\n\n{USAGE}"),
+    }
+}
+
+// ------------------------------------------------------------------------------------ helpers
+
+fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => root().join("target"),
+    }
+}
+
+fn release_bin(name: &str) -> PathBuf {
+    target_dir().join("release").join(name)
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build_release(bins: &[(&str, &str)]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.current_dir(root()).args(["build", "--release"]);
+    for (package, bin) in bins {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    run(&mut cmd)
+}
+
+fn log(msg: &str) {
+    eprintln!("[xtask {}] {msg}", clock());
+}
+
+/// Wall-clock time of day (UTC), for logs.
+fn clock() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// Busy and total jiffies of the whole machine (first line of /proc/stat).
+fn machine_jiffies() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().unwrap_or_default();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// Waits (up to `XTASK_IDLE_WAIT` seconds, default 900) until the machine has been idle (under
+/// 10 % busy) for 3 s in a row, so that a compile elsewhere does not skew the figures.
+fn wait_idle() -> Result<()> {
+    let max = std::env::var("XTASK_IDLE_WAIT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(900);
+    let deadline = Instant::now() + Duration::from_secs(max);
+    let mut quiet = 0;
+    let mut said = false;
+    let mut prev = machine_jiffies()?;
+    while quiet < 3 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = machine_jiffies()?;
+        let busy = (now.0 - prev.0) as f64 / (now.1 - prev.1).max(1) as f64 * 100.0;
+        prev = now;
+        if busy < 10.0 {
+            quiet += 1;
+        } else {
+            quiet = 0;
+            if !said {
+                log(&format!(
+                    "machine busy ({busy:.0} %): waiting until it is idle"
+                ));
+                said = true;
+            }
+        }
+        if Instant::now() > deadline {
+            log(&format!(
+                "machine still busy after {max} s: going ahead anyway"
+            ));
+            return Ok(());
+        }
+    }
+    log("machine idle");
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------ tunnel
+
+fn bench_tunnel(args: &[String], build: bool) -> Result<()> {
+    if build {
+        build_release(&[("drover-bench", "tunnel-bench")])?;
+    }
+    wait_idle()?;
+    run(Command::new(release_bin("tunnel-bench")).args(args))
+}
+
+// ------------------------------------------------------------------------------------ peers
+
+fn bench_peers_forward(args: &[String], build: bool) -> Result<()> {
+    // DROVER_PEERS_DIR: where the peers harness lives (default ../shared/peers).
+    let peers = std::env::var_os("DROVER_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/peers"));
+    let script = peers.join("forward.sh");
+    if !script.exists() {
+        bail!("{} not found", script.display());
+    }
+    let with_drover = !args.iter().any(|a| a == "--no-drover");
+    let args: Vec<&String> = args.iter().filter(|a| *a != "--no-drover").collect();
+    let mut cmd = Command::new("bash");
+    cmd.arg(script).args(args);
+    // Drover's tunnel side by side, measured by the harness like `ssh -L`: tunnel-bench in
+    // forward mode listens on $LPORT (the server side) and the agent side connects to the sink.
+    if with_drover && std::env::var_os("FORWARD_EXTRA_CMD").is_none() {
+        if build {
+            build_release(&[("drover-bench", "tunnel-bench")])?;
+        }
+        let bin = release_bin("tunnel-bench");
+        cmd.env(
+            "FORWARD_EXTRA_CMD",
+            format!(
+                "exec '{}' --forward-listen 127.0.0.1:$LPORT --forward-to 127.0.0.1:$SINK_PORT",
+                bin.display()
+            ),
+        );
+        if std::env::var_os("FORWARD_EXTRA_NAME").is_none() {
+            cmd.env("FORWARD_EXTRA_NAME", "drover_tunnel");
+        }
+    }
+    wait_idle()?;
+    run(&mut cmd)
+}
+
+// ------------------------------------------------------------------------------------ agents
+
+/// A child process whose stdout lines arrive, timestamped, on a channel (and are copied to a
+/// log file); killed with SIGKILL if still running when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    lines: mpsc::Receiver<(Instant, String)>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cmd: &mut Command, log_path: &Path) -> Result<Self> {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut stdout_log = stderr.try_clone()?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("could not start {cmd:?}"))?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(stdout_log, "STDOUT {line}");
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            name,
+            child,
+            lines: rx,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stdout line starting with `prefix` (after trimming), up to `timeout`.
+    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Result<(Instant, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((t, line)) if line.trim_start().starts_with(prefix) => {
+                    return Ok((t, line.trim().to_string()))
+                }
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("{}: no line {prefix:?} within {timeout:?}", self.name)
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("{}: exited before printing {prefix:?}", self.name)
+                }
+            }
+        }
+    }
+
+    /// Lines printed so far that start with `prefix`.
+    fn drain_matching(&mut self, prefix: &str) -> Vec<(Instant, String)> {
+        self.lines
+            .try_iter()
+            .filter(|(_, l)| l.starts_with(prefix))
+            .collect()
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        run(Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string()))
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn stop(&mut self, grace: Duration) -> Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        self.signal("TERM")?;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        log(&format!("{} did not stop in {grace:?}: SIGKILL", self.name));
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `VmRSS` and `VmHWM` of a process, in KiB.
+fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("reading /proc/PID/stat")
+    };
+    // utime is field 14, stime field 15 (1-based); here index 11 and 12.
+    Ok(get(11)? + get(12)?)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0)
+}
+
+struct AgentsArgs {
+    count: usize,
+    idle_secs: u64,
+    timeout_secs: u64,
+}
+
+fn parse_agents_args(args: &[String]) -> Result<AgentsArgs> {
+    let mut out = AgentsArgs {
+        count: 0,
+        idle_secs: 30,
+        timeout_secs: 900,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .with_context(|| format!("{flag} needs a value"))
+                .map(String::as_str)
+        };
+        match a.as_str() {
+            "--count" => out.count = value("--count")?.parse().context("--count")?,
+            "--idle-secs" => {
+                out.idle_secs = value("--idle-secs")?.parse().context("--idle-secs")?
+            }
+            "--timeout-secs" => {
+                out.timeout_secs = value("--timeout-secs")?.parse().context("--timeout-secs")?
+            }
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    if out.count == 0 {
+        bail!("--count N is required\n\n{USAGE}");
+    }
+    Ok(out)
+}
+
+fn start_server(data: &Path, listen: &str, log_path: &Path) -> Result<(Proc, String, String)> {
+    let mut cmd = Command::new(release_bin("drover"));
+    cmd.arg("server")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--listen")
+        .arg(listen);
+    let mut server = Proc::spawn("server", &mut cmd, log_path)?;
+    let (_, line) = server.wait_line("drover server listening on", Duration::from_secs(60))?;
+    let url = line
+        .rsplit(' ')
+        .next()
+        .context("no URL in the listening line")?
+        .to_string();
+    let (_, fp) = server.wait_line("CA fingerprint:", Duration::from_secs(10))?;
+    let fp = fp.rsplit(' ').next().context("no fingerprint")?.to_string();
+    Ok((server, url, fp))
+}
+
+/// Nodes the API reports Online (through the CLI), or `None` if the query failed.
+fn online_count(cli_config: &Path) -> Option<usize> {
+    let out = Command::new(release_bin("drover"))
+        .env("DROVER_CONFIG", cli_config)
+        .args(["nodes", "list", "--filter", "status=online", "-o", "csv"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .count()
+            .saturating_sub(1),
+    )
+}
+
+/// Polls until `n` nodes are Online; returns when the poll first saw them all.
+fn wait_online(cli_config: &Path, n: usize, timeout: Duration, what: &str) -> Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    let mut last_report = Instant::now();
+    let mut last = None;
+    loop {
+        let count = online_count(cli_config);
+        let seen = Instant::now();
+        if count.is_some_and(|c| c >= n) {
+            return Ok(seen);
+        }
+        if count != last || last_report.elapsed() > Duration::from_secs(10) {
+            log(&format!(
+                "{what}: online {}/{n}",
+                count.map_or("?".to_string(), |c| c.to_string())
+            ));
+            last = count;
+            last_report = Instant::now();
+        }
+        if seen > deadline {
+            bail!("{what}: not all {n} nodes Online within {timeout:?} (last count {count:?})");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn bench_agents(args: &[String], build: bool) -> Result<()> {
+    let a = parse_agents_args(args)?;
+    let n = a.count;
+    let timeout = Duration::from_secs(a.timeout_secs);
+    if build {
+        build_release(&[("drover", "drover"), ("drover-bench", "drover-sim")])?;
+    }
+    let base = target_dir().join("bench-sim").join(n.to_string());
+    let data = base.join("server");
+    let agents_dir = base.join("agents");
+    let cli_config = base.join("cli.toml");
+    std::fs::create_dir_all(&data)?;
+    let server_log = base.join("server.log");
+    let sim_log = base.join("sim.log");
+    for p in [&server_log, &sim_log] {
+        let _ = std::fs::remove_file(p);
+    }
+    let hz = clock_ticks_per_sec();
+    let mut results = Vec::new();
+    wait_idle()?;
+    let name = format!("agents.n{n}");
+
+    // 1. The server, on a port the kernel picks.
+    let (mut server, url, fp) = start_server(&data, "127.0.0.1:0", &server_log)?;
+    let listen = url.trim_start_matches("https://").to_string();
+    log(&format!("server pid {} at {url}, CA {fp}", server.pid()));
+    let token_file = data.join("admin.token");
+    run(Command::new(release_bin("drover"))
+        .env("DROVER_CONFIG", &cli_config)
+        .arg("login")
+        .arg("--server")
+        .arg(&url)
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--ca-fingerprint")
+        .arg(&fp)
+        .stdout(Stdio::null()))?;
+
+    // 2. The simulator: registers what is missing, then starts all agents.
+    let mut sim_cmd = Command::new(release_bin("drover-sim"));
+    sim_cmd
+        .arg("--server")
+        .arg(&url)
+        .arg("--ca-fingerprint")
+        .arg(&fp)
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--count")
+        .arg(n.to_string())
+        .arg("--dir")
+        .arg(&agents_dir);
+    let mut sim = Proc::spawn("drover-sim", &mut sim_cmd, &sim_log)?;
+    log(&format!(
+        "drover-sim pid {} ({n} agents; registering any missing identities, log {})",
+        sim.pid(),
+        sim_log.display()
+    ));
+    let server_cpu_before = cpu_ticks(server.pid())?;
+    let (t_start, _) = sim.wait_line("STARTED", Duration::from_secs(3600))?;
+    let server_cpu_start = cpu_ticks(server.pid())?;
+    log("agents started; waiting until all are Online");
+    let t_online = wait_online(&cli_config, n, timeout, "connect")?;
+    let connect_s = t_online.duration_since(t_start).as_secs_f64();
+    let server_cpu_connect = (cpu_ticks(server.pid())? - server_cpu_start) as f64 / hz;
+    let sim_all = sim.wait_line("ALL_CONNECTED", Duration::from_secs(30))?;
+    log(&format!(
+        "all {n} Online after {connect_s:.1} s (simulator: {})",
+        sim_all.1
+    ));
+    results.push(format!(
+        "RESULT {name}.all_online_s={connect_s:.1} unit=s from=agents_started sim_line=\"{}\" server_cpu_s={server_cpu_connect:.1} registration_server_cpu_s={:.1}",
+        sim_all.1,
+        (server_cpu_start - server_cpu_before) as f64 / hz
+    ));
+
+    // 3. Memory and idle CPU.
+    std::thread::sleep(Duration::from_secs(5));
+    let (rss, hwm) = memory_kib(server.pid())?;
+    let (sim_rss, _) = memory_kib(sim.pid())?;
+    log(&format!(
+        "server RSS {} MiB (peak {} MiB); simulator RSS {} MiB; idling {} s",
+        rss / 1024,
+        hwm / 1024,
+        sim_rss / 1024,
+        a.idle_secs
+    ));
+    let (s0, m0, j0, w0) = (
+        cpu_ticks(server.pid())?,
+        cpu_ticks(sim.pid())?,
+        machine_jiffies()?,
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(a.idle_secs));
+    let (s1, m1, j1, wall) = (
+        cpu_ticks(server.pid())?,
+        cpu_ticks(sim.pid())?,
+        machine_jiffies()?,
+        w0.elapsed().as_secs_f64(),
+    );
+    let server_idle = (s1 - s0) as f64 / hz / wall * 100.0;
+    let sim_idle = (m1 - m0) as f64 / hz / wall * 100.0;
+    let others =
+        ((j1.0 - j0.0) as f64 - (s1 - s0) as f64 - (m1 - m0) as f64).max(0.0) / hz / wall * 100.0;
+    let (rss_after, _) = memory_kib(server.pid())?;
+    results.push(format!(
+        "RESULT {name}.server_rss_mib={:.1} unit=MiB peak_mib={:.1} after_idle_mib={:.1} sim_rss_mib={:.1} per_agent_kib={:.1}",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        sim_rss as f64 / 1024.0,
+        rss as f64 / n as f64
+    ));
+    results.push(format!(
+        "RESULT {name}.server_idle_cpu_pct={server_idle:.2} unit=%_of_one_core window_s={wall:.0} sim_idle_cpu_pct={sim_idle:.2} other_processes_cpu_pct={others:.1}"
+    ));
+    log(&format!(
+        "idle CPU over {wall:.0} s: server {server_idle:.2} %, simulator {sim_idle:.2} %"
+    ));
+
+    // 4. SIGKILL the server, restart it on the same port with the same data, wait for all.
+    let _ = sim.drain_matching("ALL_RECONNECTED");
+    log("SIGKILL the server");
+    let t_kill = Instant::now();
+    server.child.kill()?;
+    server.child.wait()?;
+    let (server2, url2, _) = start_server(&data, &listen, &server_log)?;
+    let t_listening = Instant::now();
+    server = server2;
+    log(&format!(
+        "server restarted (pid {}) at {url2} after {:.2} s",
+        server.pid(),
+        t_listening.duration_since(t_kill).as_secs_f64()
+    ));
+    let cpu_restart0 = cpu_ticks(server.pid())?;
+    let t_back = wait_online(&cli_config, n, timeout, "reconnect")?;
+    let from_kill = t_back.duration_since(t_kill).as_secs_f64();
+    let from_listen = t_back.duration_since(t_listening).as_secs_f64();
+    let reconnect_cpu = (cpu_ticks(server.pid())? - cpu_restart0) as f64 / hz;
+    let sim_back = sim
+        .wait_line("ALL_RECONNECTED", Duration::from_secs(30))
+        .map(|(_, l)| l)
+        .unwrap_or_else(|e| format!("none ({e})"));
+    let (rss2, hwm2) = memory_kib(server.pid())?;
+    log(&format!(
+        "all {n} Online again {from_kill:.1} s after the kill ({from_listen:.1} s after the restart; simulator: {sim_back})"
+    ));
+    results.push(format!(
+        "RESULT {name}.restart_all_online_s={from_kill:.1} unit=s from=sigkill from_listening_s={from_listen:.1} sim_line=\"{sim_back}\" server_cpu_s={reconnect_cpu:.1} rss_mib={:.1} peak_mib={:.1}",
+        rss2 as f64 / 1024.0,
+        hwm2 as f64 / 1024.0
+    ));
+
+    // 5. Stop everything.
+    sim.stop(Duration::from_secs(20))?;
+    server.stop(Duration::from_secs(20))?;
+    for line in &results {
+        println!("{line}");
+    }
+    Ok(())
+}

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use drover_agent::{AgentConfig, AgentEvent, AgentState, Identity, InventorySource, RegisterOptions};
+use drover_agent::{
+    AgentConfig, AgentEvent, AgentState, Identity, InventorySource, RebootMode, RegisterOptions,
+};
 use drover_api::CreateActivation;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -97,7 +99,12 @@ fn inventory(base: &drover_proto::Inventory, hostname: String) -> drover_proto::
     }
 }
 
-async fn register_missing(args: &Args, server: &str, fingerprint: &str, base: &drover_proto::Inventory) -> Result<()> {
+async fn register_missing(
+    args: &Args,
+    server: &str,
+    fingerprint: &str,
+    base: &drover_proto::Inventory,
+) -> Result<()> {
     let mut missing = Vec::new();
     for i in 1..=args.count {
         let dir = args.dir.join(name(&args.prefix, i));
@@ -112,7 +119,10 @@ async fn register_missing(args: &Args, server: &str, fingerprint: &str, base: &d
         }
     }
     if missing.is_empty() {
-        eprintln!("drover-sim: all {} identities already registered", args.count);
+        eprintln!(
+            "drover-sim: all {} identities already registered",
+            args.count
+        );
         return Ok(());
     }
     eprintln!("drover-sim: registering {} node(s)", missing.len());
@@ -123,6 +133,7 @@ async fn register_missing(args: &Args, server: &str, fingerprint: &str, base: &d
     let admin = drover_client::Client::new(server, fingerprint, Some(token))?;
     let started = Instant::now();
     let mut done = 0usize;
+    let mut next_report = 500usize;
     for chunk in missing.chunks(100_000) {
         let activation = admin
             .create_activation(&CreateActivation {
@@ -159,7 +170,8 @@ async fn register_missing(args: &Args, server: &str, fingerprint: &str, base: &d
         while let Some(res) = results.next().await {
             res?;
             done += 1;
-            if done % 500 == 0 || done == missing.len() {
+            if done >= next_report || done == missing.len() {
+                next_report = done + 500;
                 eprintln!(
                     "drover-sim: registered {done}/{} ({:.1} s)",
                     missing.len(),
@@ -205,11 +217,15 @@ async fn main() -> Result<()> {
     }
     let nofile = raise_nofile()?;
     if (nofile as usize) < args.count + 256 {
-        eprintln!("drover-sim: warning: only {nofile} file descriptors for {} agents", args.count);
+        eprintln!(
+            "drover-sim: warning: only {nofile} file descriptors for {} agents",
+            args.count
+        );
     }
     let server = args.server.trim_end_matches('/').to_string();
     let fingerprint = drover_pki::normalize_fingerprint(&args.ca_fingerprint)?;
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let base = drover_agent::inventory::collect();
     register_missing(&args, &server, &fingerprint, &base).await?;
     if args.register_only {
@@ -220,32 +236,42 @@ async fn main() -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
     let mut agents = tokio::task::JoinSet::new();
     let started = Instant::now();
+    println!("STARTED n={}", args.count);
     for i in 1..=args.count {
         let node = name(&args.prefix, i);
         let mut config = AgentConfig::new(args.dir.join(&node));
         config.inventory = InventorySource::Fixed(inventory(&base, node));
+        // Never the machine: a simulated node "reboots" by restarting its agent (below).
+        config.reboot = RebootMode::RestartAgent;
         let (cancel, tx) = (root.child_token(), tx.clone());
         agents.spawn(async move {
-            let (ev_tx, mut ev_rx) = mpsc::channel(16);
-            let run = drover_agent::run(config, cancel, Some(ev_tx));
-            tokio::pin!(run);
+            // Like a service supervisor: an agent that ends on its own (a reboot that a
+            // script asked for) is started again; one that the server refused stays down.
             loop {
-                tokio::select! {
-                    res = &mut run => {
-                        let why = match res {
-                            Ok(()) => "stopped".to_string(),
-                            Err(e) => format!("{e:#}"),
-                        };
-                        while let Ok(ev) = ev_rx.try_recv() {
+                let (ev_tx, mut ev_rx) = mpsc::channel(16);
+                let run = drover_agent::run(config.clone(), cancel.clone(), Some(ev_tx));
+                tokio::pin!(run);
+                let res = loop {
+                    tokio::select! {
+                        res = &mut run => break res,
+                        Some(ev) = ev_rx.recv() => {
                             let _ = tx.send(Report::Event(i, ev));
                         }
-                        let _ = tx.send(Report::Exited(i, why));
-                        return;
                     }
-                    Some(ev) = ev_rx.recv() => {
-                        let _ = tx.send(Report::Event(i, ev));
+                };
+                while let Ok(ev) = ev_rx.try_recv() {
+                    let _ = tx.send(Report::Event(i, ev));
+                }
+                match res {
+                    Ok(()) if !cancel.is_cancelled() => continue,
+                    Ok(()) => {
+                        let _ = tx.send(Report::Exited(i, "stopped".into()));
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Report::Exited(i, format!("{e:#}")));
                     }
                 }
+                return;
             }
         });
     }
@@ -254,7 +280,8 @@ async fn main() -> Result<()> {
 
     let n = args.count;
     let mut up = vec![false; n + 1];
-    let (mut connected, mut ever_count, mut disconnects, mut exits) = (0usize, 0usize, 0u64, 0usize);
+    let (mut connected, mut ever_count, mut disconnects, mut exits) =
+        (0usize, 0usize, 0u64, 0usize);
     let mut ever = vec![false; n + 1];
     let mut all_once = false;
     let mut first_loss: Option<Instant> = None;
@@ -306,7 +333,7 @@ async fn main() -> Result<()> {
                             eprintln!("drover-sim: {} disconnected: {reason}", name(&args.prefix, i));
                         }
                     }
-                    Report::Event(_, AgentEvent::Renewed { .. }) => {}
+                    Report::Event(_, _) => {}
                     Report::Exited(i, why) => {
                         exits += 1;
                         if let Some(u) = up.get_mut(i) {
@@ -338,9 +365,15 @@ async fn main() -> Result<()> {
     })
     .await;
     if drained.is_err() {
-        eprintln!("drover-sim: {} agents still running after 15 s; exiting", agents.len());
+        eprintln!(
+            "drover-sim: {} agents still running after 15 s; exiting",
+            agents.len()
+        );
         agents.abort_all();
     }
-    eprintln!("drover-sim: stopped in {:.1} s", stop.elapsed().as_secs_f64());
+    eprintln!(
+        "drover-sim: stopped in {:.1} s",
+        stop.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -52,6 +52,25 @@ struct Args {
     /// Which tests: single, multi (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "single,multi")]
     tests: Vec<String>,
+    /// A run during which other processes used more CPU than this (% of one core) is thrown
+    /// away and repeated (at most --max-discards times in all), so that a compile elsewhere
+    /// does not skew the figures.
+    #[arg(long, default_value_t = 20.0)]
+    max_other_cpu: f64,
+    #[arg(long, default_value_t = 30)]
+    max_discards: usize,
+    /// Restrict the server to one TLS 1.3 cipher suite (aes128, aes256 or chacha20), to compare
+    /// them; by default both ends use drover_pki::crypto_provider() as it is.
+    #[arg(long)]
+    server_cipher: Option<String>,
+    /// Instead of measuring, forward TCP through the tunnel until killed: accept on this address
+    /// (the server side), open a stream per connection, and connect from the agent side to
+    /// --forward-to. For ../shared/peers/forward.sh (FORWARD_EXTRA_CMD), beside `ssh -L`.
+    #[arg(long, requires = "forward_to")]
+    forward_listen: Option<String>,
+    /// Where the agent side connects each forwarded stream.
+    #[arg(long, requires = "forward_listen")]
+    forward_to: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -67,9 +86,9 @@ fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 fn human_size(n: usize) -> String {
-    if n % (1024 * 1024) == 0 {
+    if n > 0 && n.trailing_zeros() >= 20 {
         format!("{}M", n / (1024 * 1024))
-    } else if n % 1024 == 0 {
+    } else if n > 0 && n.trailing_zeros() >= 10 {
         format!("{}K", n / 1024)
     } else {
         n.to_string()
@@ -78,6 +97,15 @@ fn human_size(n: usize) -> String {
 
 /// The agent side parks the next stream it accepts here instead of reading it.
 type Park = Arc<Mutex<Option<oneshot::Sender<Stream>>>>;
+
+/// What the agent side does with the streams it accepts.
+#[derive(Clone)]
+enum AgentMode {
+    /// Count and answer (the measurements), parking one on request.
+    Sink(Park),
+    /// Connect to this address and copy both ways (forward mode).
+    Forward(String),
+}
 
 /// Both ends of one tunnel connection.
 struct Pair {
@@ -88,7 +116,28 @@ struct Pair {
     _server_incoming: Incoming,
 }
 
-async fn connect(cfg: &TunnelConfig) -> Result<Pair> {
+/// The server's crypto provider, restricted to one cipher suite if asked.
+fn server_provider(cipher: Option<&str>) -> Result<Arc<rustls::crypto::CryptoProvider>> {
+    let provider = drover_pki::crypto_provider();
+    let Some(cipher) = cipher else {
+        return Ok(provider);
+    };
+    let wanted = match cipher {
+        "aes128" => rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        "aes256" => rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "chacha20" => rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+        other => bail!("unknown cipher {other:?}: aes128, aes256 or chacha20"),
+    };
+    let mut p = (*provider).clone();
+    p.cipher_suites.retain(|s| s.suite() == wanted);
+    Ok(Arc::new(p))
+}
+
+async fn connect(
+    cfg: &TunnelConfig,
+    forward_to: Option<String>,
+    cipher: Option<&str>,
+) -> Result<Pair> {
     let lifetime = Duration::from_secs(86400);
     let ca = CertificateAuthority::generate("tunnel-bench CA")?;
     let issued = ca.issue_server(&["127.0.0.1".to_string()], lifetime)?;
@@ -96,14 +145,16 @@ async fn connect(cfg: &TunnelConfig) -> Result<Pair> {
     let (node_cert, _) = ca.sign_node_csr(&node.csr_pem, "n-0123456789abcdef0", lifetime)?;
 
     // The server: client certificates required, chaining to the CA; the agent ALPN.
-    let provider = drover_pki::crypto_provider();
+    let provider = server_provider(cipher)?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in drover_pki::certs_from_pem(ca.cert_pem())? {
         roots.add(cert)?;
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
     // The chain includes the CA, which the agent pins by fingerprint.
     let chain = drover_pki::certs_from_pem(&format!("{}{}", issued.cert_pem, ca.cert_pem()))?;
     let mut server_cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -156,11 +207,15 @@ async fn connect(cfg: &TunnelConfig) -> Result<Pair> {
         .unwrap_or_default();
 
     let (server, server_incoming, server_driver) = Tunnel::start(server_tls, Role::Server, cfg);
-    tokio::spawn(server_driver);
+    tokio::spawn(report_end("server", server_driver));
     let (agent, agent_incoming, agent_driver) = Tunnel::start(agent_tls, Role::Agent, cfg);
-    tokio::spawn(agent_driver);
+    tokio::spawn(report_end("agent", agent_driver));
     let park: Park = Arc::new(Mutex::new(None));
-    tokio::spawn(agent_accept_loop(agent_incoming, park.clone()));
+    let mode = match forward_to {
+        Some(to) => AgentMode::Forward(to),
+        None => AgentMode::Sink(park.clone()),
+    };
+    tokio::spawn(agent_accept_loop(agent_incoming, mode));
     Ok(Pair {
         server,
         agent,
@@ -170,10 +225,33 @@ async fn connect(cfg: &TunnelConfig) -> Result<Pair> {
     })
 }
 
+/// Runs a tunnel driver and says how it ended, if it ends with an error.
+async fn report_end(
+    side: &'static str,
+    driver: impl std::future::Future<Output = Result<(), drover_tunnel::TunnelError>>,
+) {
+    match driver.await {
+        Err(e) => eprintln!("{side} side: the tunnel ended: {:#}", anyhow::Error::new(e)),
+        Ok(()) => tracing::debug!("{side} side: the tunnel ended"),
+    }
+}
+
 /// The agent side: every stream is read to EOF and answered with its byte count, except one
 /// asked to be parked, which is handed over unread.
-async fn agent_accept_loop(mut incoming: Incoming, park: Park) {
+async fn agent_accept_loop(mut incoming: Incoming, mode: AgentMode) {
     while let Some(stream) = incoming.accept().await {
+        let park = match &mode {
+            AgentMode::Sink(park) => park,
+            AgentMode::Forward(to) => {
+                let to = to.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = forward_out(stream, &to).await {
+                        eprintln!("agent side: forward to {to} failed: {e:#}");
+                    }
+                });
+                continue;
+            }
+        };
         let parked = park.lock().map(|mut p| p.take()).unwrap_or(None);
         match parked {
             Some(tx) => {
@@ -187,6 +265,51 @@ async fn agent_accept_loop(mut incoming: Incoming, park: Park) {
                 });
             }
         }
+    }
+}
+
+/// Copy buffer of the forwarder, each way.
+const FORWARD_BUF: usize = 256 * 1024;
+
+async fn forward_out(mut stream: Stream, to: &str) -> Result<()> {
+    let mut tcp = tokio::net::TcpStream::connect(to).await?;
+    tcp.set_nodelay(true)?;
+    tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut tcp, FORWARD_BUF, FORWARD_BUF)
+        .await?;
+    Ok(())
+}
+
+/// Forward mode, the server side: every TCP connection accepted on `listen` becomes a stream.
+async fn forward(cfg: &TunnelConfig, listen: &str, to: &str, cipher: Option<&str>) -> Result<()> {
+    let pair = connect(cfg, Some(to.to_string()), cipher).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    eprintln!(
+        "tunnel-bench: forwarding {listen} -> tunnel ({}, split {}) -> {to}",
+        pair.cipher,
+        human_size(cfg.split_send_size)
+    );
+    loop {
+        let (mut tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let tunnel = pair.server.clone();
+        tokio::spawn(async move {
+            let res = async {
+                let mut stream = tunnel.open().await?;
+                tokio::io::copy_bidirectional_with_sizes(
+                    &mut tcp,
+                    &mut stream,
+                    FORWARD_BUF,
+                    FORWARD_BUF,
+                )
+                .await?;
+                anyhow::Ok(())
+            };
+            if let Err(e) = res.await {
+                eprintln!("server side: forwarding failed: {e:#}");
+            }
+        });
     }
 }
 
@@ -213,7 +336,9 @@ async fn send_counted(tunnel: &Tunnel, bytes: u64, buf: &[u8]) -> Result<Duratio
     let mut left = bytes;
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
-        stream.write_all(buf.get(..n).context("write size")?).await?;
+        stream
+            .write_all(buf.get(..n).context("write size")?)
+            .await?;
         left -= n as u64;
     }
     stream.shutdown().await?;
@@ -223,6 +348,77 @@ async fn send_counted(tunnel: &Tunnel, bytes: u64, buf: &[u8]) -> Result<Duratio
     let got = u64::from_be_bytes(count);
     ensure!(got == bytes, "the agent counted {got} bytes of {bytes}");
     Ok(elapsed)
+}
+
+/// CPU time (ticks of 1/100 s) used by the whole machine and by this process so far, to tell
+/// whether something else ran during a measurement.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    at: Instant,
+    machine: u64,
+    own: u64,
+}
+
+fn cpu_mark() -> CpuMark {
+    let machine = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_string();
+            // cpu user nice system idle iowait irq softirq steal: busy = all but idle, iowait
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let at = |i: usize| v.get(i).copied().unwrap_or(0);
+            Some(at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
+        })
+        .unwrap_or(0);
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(") ")?.1.to_string();
+            let f: Vec<u64> = after
+                .split_whitespace()
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            Some(f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    CpuMark {
+        at: Instant::now(),
+        machine,
+        own,
+    }
+}
+
+/// CPU used by this process and by everything else since `from`, in % of one core.
+fn cpu_since(from: CpuMark) -> (f64, f64) {
+    let now = cpu_mark();
+    let secs = now.at.duration_since(from.at).as_secs_f64().max(1e-3);
+    let own = now.own.saturating_sub(from.own) as f64;
+    let machine = now.machine.saturating_sub(from.machine) as f64;
+    (own / secs, (machine - own).max(0.0) / secs)
+}
+
+/// Whether to throw a run away because other processes were busy during it; waits for quiet.
+async fn discard(args: &Args, foreign: f64, discarded: &mut usize) -> bool {
+    if foreign <= args.max_other_cpu || *discarded >= args.max_discards {
+        return false;
+    }
+    *discarded += 1;
+    eprintln!(
+        "    (run discarded: other processes used {foreign:.0} % CPU; waiting for quiet, {} of {} discards)",
+        discarded, args.max_discards
+    );
+    for _ in 0..60 {
+        let mark = cpu_mark();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if cpu_since(mark).1 < 10.0 {
+            break;
+        }
+    }
+    true
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -310,7 +506,7 @@ async fn multi_once(pair: &Pair, args: &Args, buf: Arc<Vec<u8>>) -> Result<Multi
     drop(parked);
     if !failures.is_empty() {
         bail!(
-            "{} of {streams} streams failed, first: {}",
+            "{} of {streams} streams failed (a reset stream reads \"connection is closed\"), first: {}",
             failures.len(),
             failures.first().cloned().unwrap_or_default()
         );
@@ -329,7 +525,7 @@ async fn multi_once(pair: &Pair, args: &Args, buf: Arc<Vec<u8>>) -> Result<Multi
 }
 
 async fn bench_one(args: &Args, cfg: &TunnelConfig) -> Result<Vec<String>> {
-    let pair = connect(cfg).await?;
+    let pair = connect(cfg, None, args.server_cipher.as_deref()).await?;
     let split = human_size(cfg.split_send_size);
     eprintln!(
         "split_send_size={split}: connected ({}), {} run(s) of {} MiB",
@@ -337,75 +533,111 @@ async fn bench_one(args: &Args, cfg: &TunnelConfig) -> Result<Vec<String>> {
     );
     let buf = Arc::new(vec![0x5au8; args.write_kib.max(1) * 1024]);
     let detail = format!(
-        "split={split} mib={} write_kib={} cipher={}",
-        args.mib, args.write_kib, pair.cipher
+        "split={split} accept_backlog={} mib={} write_kib={} cipher={}",
+        cfg.accept_backlog, args.mib, args.write_kib, pair.cipher
     );
     let mut results = Vec::new();
+    let mut discarded = 0usize;
 
     if args.tests.iter().any(|t| t == "single") {
         // One untimed warm-up of 64 MiB, so that yamux has measured the round-trip time.
         send_counted(&pair.server, 64 * MIB, &buf).await?;
-        let mut rates = Vec::new();
-        for run in 1..=args.runs {
+        let (mut rates, mut own_cpu, mut foreign_cpu) = (vec![], vec![], vec![]);
+        let mut run = 1;
+        while run <= args.runs {
+            let mark = cpu_mark();
             let d = send_counted(&pair.server, args.mib * MIB, &buf).await?;
+            let (own, foreign) = cpu_since(mark);
             let rate = (args.mib * MIB) as f64 / d.as_secs_f64() / 1e6;
             eprintln!(
-                "  single run {run}: {rate:.1} MB/s ({:.3} s)",
+                "  single run {run}: {rate:.1} MB/s ({:.3} s; CPU: this process {own:.0} %, others {foreign:.0} %)",
                 d.as_secs_f64()
             );
+            if discard(args, foreign, &mut discarded).await {
+                continue;
+            }
+            run += 1;
             rates.push(rate);
+            own_cpu.push(own);
+            foreign_cpu.push(foreign);
         }
         results.push(format!(
-            "RESULT tunnel.single={:.1} unit=MB/s stat=median runs={} {detail} all={}",
+            "RESULT tunnel.single={:.1} unit=MB/s stat=median runs={} {detail} all={} cpu_pct={} other_cpu_pct={} discarded_busy={discarded}",
             median(&rates),
             args.runs,
-            list(&rates, 1)
+            list(&rates, 1),
+            list(&own_cpu, 0),
+            list(&foreign_cpu, 0)
         ));
     }
 
     if args.tests.iter().any(|t| t == "multi") {
         let name = format!("tunnel.multi{}", args.streams);
         let (mut rates, mut means, mut slows, mut ratios) = (vec![], vec![], vec![], vec![]);
-        let mut failed = None;
-        for run in 1..=args.runs {
+        let (mut own_cpu, mut foreign_cpu) = (vec![], vec![]);
+        let mut failures: Vec<String> = Vec::new();
+        let mut run = 0;
+        while run < args.runs {
+            run += 1;
+            let mark = cpu_mark();
             match multi_once(&pair, args, buf.clone()).await {
                 Ok(r) => {
+                    let (own, foreign) = cpu_since(mark);
                     let ratio = r.slowest_s / r.mean_s;
                     eprintln!(
-                        "  multi run {run}: {:.1} MB/s, mean {:.3} s, slowest {:.3} s (ratio {ratio:.2}); never-read stream took {} KiB",
+                        "  multi run {run}: {:.1} MB/s, mean {:.3} s, slowest {:.3} s (ratio {ratio:.2}); never-read stream took {} KiB; CPU: this process {own:.0} %, others {foreign:.0} %",
                         r.rate,
                         r.mean_s,
                         r.slowest_s,
                         r.stalled_written / 1024
                     );
+                    if discard(args, foreign, &mut discarded).await {
+                        run -= 1;
+                        continue;
+                    }
+                    own_cpu.push(own);
+                    foreign_cpu.push(foreign);
                     rates.push(r.rate);
                     means.push(r.mean_s);
                     slows.push(r.slowest_s);
                     ratios.push(ratio);
                 }
                 Err(e) => {
-                    eprintln!("  multi run {run}: FAILED: {e:#}");
-                    failed = Some(format!("{e:#}"));
-                    break;
+                    // A failed run does not count; the next one runs on the same connection if
+                    // it is still up (a stream reset leaves the tunnel open).
+                    let alive = !pair.server.is_closed() && !pair.agent.is_closed();
+                    eprintln!("  multi run {run}: FAILED: {e:#} (tunnel still open: {alive})");
+                    failures.push(format!("{e:#}"));
+                    if !alive {
+                        break;
+                    }
                 }
             }
         }
-        results.push(match failed {
-            Some(why) => format!(
-                "RESULT {name}=NA unit=MB/s reason={:?} {detail}",
-                why.replace(' ', "_")
-            ),
-            None => format!(
-                "RESULT {name}={:.1} unit=MB/s stat=median runs={} streams={} slowest_s={:.3} mean_s={:.3} ratio={:.2} stalled_stream=yes {detail} all={} ratios={}",
+        let failed_runs = format!("failed_runs={}/{}", failures.len(), args.runs);
+        results.push(if rates.is_empty() {
+            format!(
+                "RESULT {name}=NA unit=MB/s reason={:?} {failed_runs} {detail}",
+                failures
+                    .first()
+                    .cloned()
+                    .unwrap_or_default()
+                    .replace(' ', "_")
+            )
+        } else {
+            format!(
+                "RESULT {name}={:.1} unit=MB/s stat=median runs={} {failed_runs} streams={} slowest_s={:.3} mean_s={:.3} ratio={:.2} stalled_stream=yes {detail} all={} ratios={} cpu_pct={} other_cpu_pct={} discarded_busy={discarded}",
                 median(&rates),
-                args.runs,
+                rates.len(),
                 args.streams,
                 median(&slows),
                 median(&means),
                 median(&ratios),
                 list(&rates, 1),
-                list(&ratios, 2)
-            ),
+                list(&ratios, 2),
+                list(&own_cpu, 0),
+                list(&foreign_cpu, 0)
+            )
         });
     }
     pair.server.close();
@@ -416,13 +648,31 @@ async fn bench_one(args: &Args, cfg: &TunnelConfig) -> Result<Vec<String>> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.runs > 0 && args.mib > 0, "--runs and --mib must be positive");
+    // yamux logs through `log`; errors there say why a connection was torn down.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TUNNEL_BENCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    ensure!(
+        args.runs > 0 && args.mib > 0,
+        "--runs and --mib must be positive"
+    );
     let defaults = TunnelConfig::default();
     let sizes = if args.split_send_size.is_empty() {
         vec![defaults.split_send_size]
     } else {
         args.split_send_size.clone()
     };
+    if let (Some(listen), Some(to)) = (&args.forward_listen, &args.forward_to) {
+        let cfg = TunnelConfig {
+            split_send_size: sizes.first().copied().unwrap_or(defaults.split_send_size),
+            accept_backlog: args.accept_backlog.unwrap_or(defaults.accept_backlog),
+            ..defaults.clone()
+        };
+        return forward(&cfg, listen, to, args.server_cipher.as_deref()).await;
+    }
     let mut results = Vec::new();
     for size in sizes {
         let cfg = TunnelConfig {

@@ -39,7 +39,7 @@ impl Default for TunnelConfig {
         Self {
             max_streams: 1024,
             split_send_size: 64 * 1024,
-            accept_backlog: 64,
+            accept_backlog: 1024,
         }
     }
 }
