@@ -430,11 +430,20 @@ async fn delivery_and_execution_timeouts_and_cancel() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether any process's command line contains `pattern` (like `pgrep -f`, without procps).
 fn pgrep(pattern: &str) -> bool {
-    std::process::Command::new("pgrep")
-        .args(["-f", pattern])
-        .output()
-        .map(|o| o.status.success())
+    std::fs::read_dir("/proc")
+        .map(|dirs| {
+            dirs.filter_map(Result::ok).any(|d| {
+                std::fs::read(d.path().join("cmdline"))
+                    .map(|c| {
+                        String::from_utf8_lossy(&c)
+                            .replace('\0', " ")
+                            .contains(pattern)
+                    })
+                    .unwrap_or(false)
+            })
+        })
         .unwrap_or(false)
 }
 
