@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod bench_run;
+
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
@@ -26,9 +28,15 @@ commands:
                                     time to all Online, server RSS and idle CPU, and time to all
                                     Online again after a SIGKILL and restart of the server.
                                     State is kept in target/bench-sim/N (reused by reruns).
-  bench peers-forward [--no-drover] run ../shared/peers/forward.sh (or $DROVER_PEERS_DIR) (ssh -L throughput; its FORWARD_*
-                                    variables apply), with Drover's tunnel as an extra contender
-                                    (tunnel-bench --forward-listen) unless --no-drover
+  bench peers-forward [--no-drover] ssh -L throughput: ../shared/peers/forward.sh (or the one in
+                                    $DROVER_PEERS_DIR; its FORWARD_* variables apply), with Drover's
+                                    tunnel as an extra contender (tunnel-bench --forward-listen)
+
+  bench run [--count N]... [--runs R]
+                                    Run Command: `drover run -- echo ok` on N simulated agents
+                                    (default 100, 1000, 10000), from send to CLI exit, median of R
+  bench fanout [N ...]              ../shared/peers/fanout.sh (parallel-ssh, Ansible) with Drover
+                                    as the extra contender on simulated nodes node0001..
 
   bench ... --no-build              use the release binaries already built";
 
@@ -59,11 +67,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// The workspace tests.
+/// The workspace tests, installing what they need that is missing: cargo-nextest (a fresh
+/// machine of this kind has it, but not every machine does). The tests need nothing else: no
+/// Debian or npm package, no network beyond loopback.
 fn test(args: &[String]) -> Result<()> {
+    let has_nextest = cargo()
+        .args(["nextest", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_nextest {
+        log("cargo-nextest is missing: installing it from crates.io");
+        run(cargo().args(["install", "cargo-nextest", "--locked"]))?;
+    }
     run(cargo()
         .current_dir(root())
-        .args(["nextest", "run", "--workspace"])
+        .args(["nextest", "run", "--workspace", "--no-fail-fast"])
         .args(args))
 }
 
@@ -83,6 +103,8 @@ fn bench(args: &[String]) -> Result<()> {
         "tunnel" => bench_tunnel(rest, build),
         "agents" => bench_agents(rest, build),
         "peers-forward" => bench_peers_forward(rest, build),
+        "run" => bench_run::bench_run(rest, build),
+        "fanout" => bench_run::bench_fanout(rest, build),
         other => bail!("unknown benchmark {other:?}\n\n{USAGE}"),
     }
 }

@@ -1,0 +1,200 @@
+//! `cargo xtask bench run` and `cargo xtask bench fanout`: Run Command at scale. A release
+//! server and `drover-sim` with N agents (each spawning a real process per invocation), then
+//! `drover run ... -- echo ok` timed from send until every result is stored and the CLI exited;
+//! and the same side by side with parallel-ssh and Ansible through ../shared/peers/fanout.sh.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    build_release, log, memory_kib, release_bin, root, run, start_server, target_dir, wait_online,
+    Proc,
+};
+
+struct Fleet {
+    server: Proc,
+    sim: Proc,
+    cli_config: PathBuf,
+}
+
+/// A release server and `n` simulated agents, all Online.
+fn fleet(n: usize) -> Result<Fleet> {
+    let base = target_dir().join("bench-sim").join(n.to_string());
+    let data = base.join("server");
+    let cli_config = base.join("cli.toml");
+    std::fs::create_dir_all(&data)?;
+    let server_log = base.join("server-run.log");
+    let sim_log = base.join("sim-run.log");
+    let (server, url, fp) = start_server(&data, "127.0.0.1:0", &server_log)?;
+    let token_file = data.join("admin.token");
+    run(Command::new(release_bin("drover"))
+        .env("DROVER_CONFIG", &cli_config)
+        .args(["login", "--server", &url, "--ca-fingerprint", &fp])
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdout(Stdio::null()))?;
+    let mut sim_cmd = Command::new(release_bin("drover-sim"));
+    sim_cmd
+        .args([
+            "--server",
+            &url,
+            "--ca-fingerprint",
+            &fp,
+            "--count",
+            &n.to_string(),
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--dir")
+        .arg(base.join("agents"));
+    let mut sim = Proc::spawn("drover-sim", &mut sim_cmd, &sim_log)?;
+    sim.wait_line("STARTED", Duration::from_secs(3600))?;
+    wait_online(&cli_config, n, Duration::from_secs(900), "connect")?;
+    Ok(Fleet {
+        server,
+        sim,
+        cli_config,
+    })
+}
+
+/// Runs `drover run` once; returns the wall time and how many `ok` lines came back.
+fn run_once(cli_config: &Path, targets: &[&str]) -> Result<(Duration, usize)> {
+    let t0 = Instant::now();
+    let out = Command::new(release_bin("drover"))
+        .env("DROVER_CONFIG", cli_config)
+        .arg("run")
+        .args(targets)
+        .args(["--max-concurrency", "100%", "-o", "text", "--", "echo ok"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running drover run")?;
+    let elapsed = t0.elapsed();
+    let oks = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| *l == "ok")
+        .count();
+    if !out.status.success() {
+        bail!(
+            "drover run failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((elapsed, oks))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn parse_counts(args: &[String]) -> Result<(Vec<usize>, usize)> {
+    let mut counts = Vec::new();
+    let mut runs = 3;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--count" => counts.push(it.next().context("--count N")?.parse().context("--count")?),
+            "--runs" => runs = it.next().context("--runs N")?.parse().context("--runs")?,
+            other => bail!("unknown argument {other:?}: use --count N (repeatable) and --runs R"),
+        }
+    }
+    if counts.is_empty() {
+        counts = vec![100, 1000, 10_000];
+    }
+    Ok((counts, runs))
+}
+
+/// `bench run [--count N]... [--runs R]`
+pub fn bench_run(args: &[String], build: bool) -> Result<()> {
+    let (counts, runs) = parse_counts(args)?;
+    if build {
+        build_release(&[("drover", "drover"), ("drover-bench", "drover-sim")])?;
+    }
+    let mut results = Vec::new();
+    for n in counts {
+        let mut f = fleet(n)?;
+        log(&format!("{n} agents Online; warm-up run"));
+        let (_, oks) = run_once(&f.cli_config, &["--targets", "all"])?;
+        if oks != n {
+            bail!("warm-up: {oks}/{n} nodes answered ok");
+        }
+        let mut times = Vec::new();
+        for r in 1..=runs {
+            let (t, oks) = run_once(&f.cli_config, &["--targets", "all"])?;
+            if oks != n {
+                bail!("run {r}: {oks}/{n} nodes answered ok");
+            }
+            log(&format!(
+                "N={n} run {r}: {:.0} ms",
+                t.as_secs_f64() * 1000.0
+            ));
+            times.push(t.as_secs_f64() * 1000.0);
+        }
+        let (rss, hwm) = memory_kib(f.server.pid())?;
+        let all = times
+            .iter()
+            .map(|t| format!("{t:.0}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        results.push(format!(
+            "RESULT run.echo_ok.n{n}={:.0} unit=ms stat=median runs={runs} all={all} server_rss_mib={:.0} server_peak_rss_mib={:.0}",
+            median(times),
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ));
+        f.sim.stop(Duration::from_secs(30))?;
+        f.server.stop(Duration::from_secs(30))?;
+    }
+    for line in &results {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// `bench fanout [N ...]`: fanout.sh with Drover as the extra contender, on 200 simulated nodes.
+pub fn bench_fanout(args: &[String], build: bool) -> Result<()> {
+    if build {
+        build_release(&[("drover", "drover"), ("drover-bench", "drover-sim")])?;
+    }
+    let ns: Vec<String> = if args.is_empty() {
+        ["10", "50", "100", "200"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        args.to_vec()
+    };
+    let max = ns
+        .iter()
+        .filter_map(|n| n.parse::<usize>().ok())
+        .max()
+        .unwrap_or(200);
+    let mut f = fleet(max)?;
+    let script = root()
+        .join("..")
+        .join("shared")
+        .join("peers")
+        .join("fanout.sh");
+    let extra = format!(
+        "DROVER_CONFIG={} {} run --targets-file \"$HOSTS_FILE\" --max-concurrency 100% -o text -- echo ok",
+        f.cli_config.display(),
+        release_bin("drover").display()
+    );
+    let status = Command::new("bash")
+        .arg(&script)
+        .args(&ns)
+        .env("FANOUT_EXTRA_CMD", extra)
+        .env("FANOUT_EXTRA_NAME", "drover")
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    f.sim.stop(Duration::from_secs(30))?;
+    f.server.stop(Duration::from_secs(30))?;
+    if !status.success() {
+        bail!("fanout.sh failed: {status}");
+    }
+    Ok(())
+}
