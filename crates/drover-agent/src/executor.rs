@@ -211,10 +211,8 @@ fn step_timeout(step: &ResolvedStep, deadline: tokio::time::Instant) -> Duration
 }
 
 fn slot(entry: &Entry, i: usize, sub: &str) -> Slot {
-    let steps = entry.dir.join("steps");
     Slot {
-        script: steps.join(format!("{i}{sub}.sh")),
-        exit: steps.join(format!("{i}{sub}.exit")),
+        exit: entry.dir.join(format!("{i}{sub}.exit")),
         stdout: entry.output(i, OutputStream::Stdout),
         stderr: entry.output(i, OutputStream::Stderr),
     }

@@ -4,21 +4,22 @@
 //! ```text
 //! STATE/journal/<invocation id>/
 //!   invoke.json       what the server asked for
-//!   state.json        per-step status, exit code, pid; reboot and final status
+//!   state.log         the invocation's state after each change, one JSON line each; the last
+//!                     whole line is the state (a line torn by a crash is ignored)
 //!   work/             the command's own directory (relative download paths land here)
-//!   steps/N.sh        step N's script;  N.out, N.err  its output;  N.exit  its exit code
-//!   delivered         present once the server stored the final result (the rest is removed)
+//!   N.out, N.err      step N's output;  N.exit  its exit code
 //! ```
 //!
 //! A step's process writes its output and exit code straight to these files, so it survives
 //! the agent: a restarted agent finds the step still running (or finished) and picks it up.
+//! Few files, appended rather than replaced: creating and deleting inodes is what an invocation
+//! costs the filesystem, and a node may run thousands.
 
 use std::path::{Path, PathBuf};
 
 use drover_proto::{Invoke, OutputStream};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::write_atomic;
 use crate::AgentError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +76,10 @@ pub struct InvocationState {
     pub finished: Option<(String, i32)>,
     /// Unix seconds; the execution timeout counts from here.
     pub started_at: i64,
+    /// The server stored the final result; the output is gone, this record stays a while so a
+    /// repeated delivery is answered, never run.
+    #[serde(default)]
+    pub delivered: bool,
 }
 
 /// One invocation's directory.
@@ -113,25 +118,30 @@ impl Entry {
         })
     }
 
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("state.log")
+    }
+
+    /// Recorded: the state log exists (it is written after the request).
     pub fn exists(&self) -> bool {
-        self.dir.join("invoke.json").exists()
+        self.log_path().exists()
     }
 
     pub fn is_delivered(&self) -> bool {
-        self.dir.join("delivered").exists()
+        self.load().is_ok_and(|s| s.delivered)
     }
 
     /// Records a new invocation with every step Pending.
     pub fn create(&self, invoke: &Invoke, step_names: &[String]) -> Result<(), AgentError> {
-        for sub in ["steps", "work"] {
-            let d = self.dir.join(sub);
-            std::fs::create_dir_all(&d).map_err(io("create", &d))?;
-        }
+        let work = self.work_dir();
+        std::fs::create_dir_all(&work).map_err(io("create", &work))?;
         let json = serde_json::to_vec(invoke).map_err(|e| AgentError::Corrupt {
             path: self.dir.display().to_string(),
             detail: e.to_string(),
         })?;
-        write_atomic(&self.dir.join("invoke.json"), &json, false)?;
+        // No rename needed: the invocation counts as recorded only once its state log exists.
+        let path = self.dir.join("invoke.json");
+        std::fs::write(&path, &json).map_err(io("write", &path))?;
         self.save(&InvocationState {
             steps: step_names
                 .iter()
@@ -147,6 +157,7 @@ impl Entry {
             boot_id: boot_id(),
             finished: None,
             started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+            delivered: false,
         })
     }
 
@@ -159,25 +170,45 @@ impl Entry {
         })
     }
 
+    /// The last whole state in the log.
     pub fn load(&self) -> Result<InvocationState, AgentError> {
-        let path = self.dir.join("state.json");
+        let path = self.log_path();
         let bytes = std::fs::read(&path).map_err(io("read", &path))?;
-        serde_json::from_slice(&bytes).map_err(|e| AgentError::Corrupt {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })
+        bytes
+            .split(|b| *b == b'\n')
+            .rev()
+            .find_map(|line| serde_json::from_slice(line).ok())
+            .ok_or_else(|| AgentError::Corrupt {
+                path: path.display().to_string(),
+                detail: "no whole state line".into(),
+            })
     }
 
-    /// Saves the state atomically (write, rename). It is flushed to disk only when a reboot is
-    /// pending, the one state that must survive the machine going down: an agent process that
-    /// dies loses nothing the kernel has, and a machine that crashes mid-step is recognised by
-    /// its new boot ID and never re-runs the step.
+    /// Appends the state as one line. It is flushed to disk only when a reboot is pending, the
+    /// one state that must survive the machine going down: an agent process that dies loses
+    /// nothing the kernel has, and a machine that crashes mid-step is recognised by its new boot
+    /// ID and never re-runs the step.
     pub fn save(&self, state: &InvocationState) -> Result<(), AgentError> {
-        let json = serde_json::to_vec(state).map_err(|e| AgentError::Corrupt {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut line = serde_json::to_vec(state).map_err(|e| AgentError::Corrupt {
             path: self.dir.display().to_string(),
             detail: e.to_string(),
         })?;
-        write_atomic(&self.dir.join("state.json"), &json, state.rebooting)
+        line.push(b'\n');
+        let path = self.log_path();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        // One write call per line: a crash leaves at most a torn last line, which load skips.
+        f.write_all(&line).map_err(io("append to", &path))?;
+        if state.rebooting {
+            f.sync_all().map_err(io("flush", &path))?;
+        }
+        Ok(())
     }
 
     pub fn work_dir(&self) -> PathBuf {
@@ -189,23 +220,35 @@ impl Entry {
             OutputStream::Stdout => "out",
             OutputStream::Stderr => "err",
         };
-        self.dir.join("steps").join(format!("{step}.{ext}"))
+        self.dir.join(format!("{step}.{ext}"))
     }
 
-    /// The server has the final result: drop the output and keep a tombstone, so that a
-    /// repeated delivery is answered, never run again.
+    /// The server has the final result: drop the output and keep the state, marked delivered,
+    /// so that a repeated delivery is answered, never run again.
     pub fn mark_delivered(&self) -> Result<(), AgentError> {
-        let tomb = self.dir.join("delivered");
-        write_atomic(&tomb, b"", false)?;
-        for sub in ["steps", "work"] {
-            let _ = std::fs::remove_dir_all(self.dir.join(sub));
+        let mut st = self.load()?;
+        st.delivered = true;
+        // The log restarts with just the final state.
+        let path = self.log_path();
+        let _ = std::fs::remove_file(&path);
+        self.save(&st)?;
+        let _ = std::fs::remove_dir_all(self.work_dir());
+        let _ = std::fs::remove_file(self.dir.join("invoke.json"));
+        if let Ok(files) = std::fs::read_dir(&self.dir) {
+            for f in files.filter_map(Result::ok) {
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                if name.ends_with(".out") || name.ends_with(".err") || name.ends_with(".exit") {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
         }
         Ok(())
     }
 
-    /// Removes a delivered invocation's tombstone once it is `days` old.
+    /// Removes a delivered invocation once its record is `days` old.
     pub fn prune_if_older_than(&self, days: u64) {
-        let old = std::fs::metadata(self.dir.join("delivered"))
+        let old = std::fs::metadata(self.log_path())
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())

@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::journal::StepStatus;
 use crate::AgentError;
 
-/// Runs `$1` with sh and records its exit code in `$2` (one small write, with the shell's
-/// builtin echo: no process beyond the script's own).
-const WRAPPER: &str = r#"sh "$1"; echo $? > "$2""#;
+/// Runs the script `$1` with sh and records its exit code in `$2` (one small write, with the
+/// shell's builtin echo: no process beyond the script's own). The script travels as an argument,
+/// so it costs no file.
+const WRAPPER: &str = r#"sh -c "$1" drover-script; echo $? > "$2""#;
 
 /// Exit code reported for a script killed on timeout or cancel (like a shell's 128 + SIGKILL).
 pub const KILLED: i32 = 137;
@@ -24,7 +25,6 @@ pub const LOST: i32 = -1;
 /// Where one script's files are.
 #[derive(Debug, Clone)]
 pub struct Slot {
-    pub script: PathBuf,
     pub exit: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
@@ -63,16 +63,12 @@ pub fn alive(pid: i32) -> bool {
 
 /// Starts the script; returns the child (the group leader) and its pid.
 pub fn start(slot: &Slot, spec: &Spec<'_>) -> Result<(tokio::process::Child, i32), AgentError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(&slot.script, spec.script).map_err(AgentError::io("write", &slot.script))?;
-    std::fs::set_permissions(&slot.script, std::fs::Permissions::from_mode(0o700))
-        .map_err(AgentError::io("chmod", &slot.script))?;
     std::fs::create_dir_all(spec.dir).map_err(AgentError::io("create", spec.dir))?;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(WRAPPER)
         .arg("drover-step")
-        .arg(&slot.script)
+        .arg(spec.script)
         .arg(&slot.exit)
         .current_dir(spec.dir)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -84,12 +80,12 @@ pub fn start(slot: &Slot, spec: &Spec<'_>) -> Result<(tokio::process::Child, i32
         .kill_on_drop(false);
     let child = cmd
         .spawn()
-        .map_err(AgentError::io("start /bin/sh for", &slot.script))?;
+        .map_err(AgentError::io("start /bin/sh for", &slot.exit))?;
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
         .ok_or_else(|| AgentError::Corrupt {
-            path: slot.script.display().to_string(),
+            path: slot.exit.display().to_string(),
             detail: "the step's process has no pid".into(),
         })?;
     Ok((child, pid))

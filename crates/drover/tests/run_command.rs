@@ -574,7 +574,7 @@ async fn server_and_agent_restarts_mid_script_run_each_step_once_with_full_outpu
         async move {
             let done = std::fs::read_dir(&journal)?
                 .filter_map(Result::ok)
-                .any(|d| d.path().join("steps/0.exit").exists());
+                .any(|d| d.path().join("0.exit").exists());
             Ok(done.then_some(()))
         }
     })
