@@ -640,7 +640,10 @@ async fn bench_one(args: &Args, cfg: &TunnelConfig) -> Result<Vec<String>> {
             )
         });
     }
+    // Close from the server side and let the agent side see it end, so that neither side
+    // reports a broken pipe.
     pair.server.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), pair.agent.closed()).await;
     pair.agent.close();
     Ok(results)
 }
