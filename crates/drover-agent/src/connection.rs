@@ -220,7 +220,7 @@ async fn connect_once(
     };
     let tls = match dialled {
         Ok(t) => t,
-        Err(e) => return lost(chain(&e)),
+        Err(e) => return lost(crate::error_chain(&e)),
     };
     let (tunnel, mut incoming, driver) = Tunnel::start(tls, Role::Agent, &config.tunnel);
     let mut driver = tokio::spawn(driver);
@@ -245,17 +245,6 @@ async fn connect_once(
     outcome
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
-}
-
 async fn session(
     config: &AgentConfig,
     identity: &mut Identity,
@@ -271,7 +260,7 @@ async fn session(
     };
     let stream = match tunnel.open().await {
         Ok(s) => s,
-        Err(e) => return lost(chain(&e)),
+        Err(e) => return lost(crate::error_chain(&e)),
     };
     let mut framed = FrameCodec::framed(stream);
     let mut inv = config.inventory.read();
@@ -354,7 +343,7 @@ async fn session(
                                 emit(AgentEvent::Renewed { not_after: next.not_after });
                                 *identity = next;
                             }
-                            Err(e) => tracing::error!(error = %chain(&e), "could not save the renewed certificate"),
+                            Err(e) => tracing::error!(error = %crate::error_chain(&e), "could not save the renewed certificate"),
                         },
                         None => tracing::warn!("ignored a certificate that was not asked for"),
                     },
@@ -392,7 +381,14 @@ async fn session(
                 Some(s) => {
                     streams.spawn(serve_stream(runner.clone(), s));
                 }
-                None => return up("the tunnel closed".into()),
+                None => {
+                    // The server may have said why just before closing: read what is buffered.
+                    return match tokio::time::timeout(Duration::from_millis(500), framed.next()).await {
+                        Ok(Some(Ok(Message::Refused(r)))) => refused(r),
+                        Ok(Some(Ok(Message::Goodbye { reason }))) => up(format!("server said goodbye: {reason}")),
+                        _ => up("the tunnel closed".into()),
+                    };
+                }
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             _ = shutdown.cancelled() => {

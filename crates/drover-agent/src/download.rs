@@ -62,14 +62,14 @@ pub async fn run(
                 .get(&url)
                 .send()
                 .await
-                .map_err(|e| format!("download of {url} failed: {}", chain(&e)))?;
+                .map_err(|e| format!("download of {url} failed: {}", crate::error_chain(&e)))?;
             if !resp.status().is_success() {
                 return Err(format!("download of {url} failed: HTTP {}", resp.status()));
             }
             let body = resp
                 .bytes()
                 .await
-                .map_err(|e| format!("download of {url} failed: {}", chain(&e)))?;
+                .map_err(|e| format!("download of {url} failed: {}", crate::error_chain(&e)))?;
             write(&dest.join(&name), &body)
         }
         "Git" | "GitHub" => {
@@ -152,17 +152,6 @@ async fn git_clone(repo: &str, options: &str, dest: &std::path::Path) -> Result<
         }
     }
     Ok(())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
 
 /// The HTTP client for downloads, made on first use and shared by the whole process (reading the

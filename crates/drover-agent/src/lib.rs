@@ -56,3 +56,15 @@ impl AgentError {
         move |source| AgentError::Io { what, path, source }
     }
 }
+
+/// An error with its whole chain of causes, for logs and for the output of a failed step.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_api::*;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -122,12 +122,13 @@ impl Client {
         &self.base
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    /// Sends a request and returns the body of a successful answer, or the server's error.
+    async fn send<B: Serialize>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
-    ) -> Result<T, ClientError> {
+    ) -> Result<bytes::Bytes, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -136,59 +137,47 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Transport {
+        let transport = |e: reqwest::Error| ClientError::Transport {
             url: self.base.clone(),
             detail: chain(&e),
-        })?;
+        };
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
-            url: self.base.clone(),
-            detail: chain(&e),
-        })?;
-        if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: body.error.code,
-                    message: body.error.message,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: status
-                        .canonical_reason()
-                        .unwrap_or("error")
-                        .to_ascii_lowercase(),
-                    message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                },
-            });
+        let bytes = resp.bytes().await.map_err(transport)?;
+        if status.is_success() {
+            return Ok(bytes);
         }
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => ClientError::Api {
+                status: status.as_u16(),
+                code: body.error.code,
+                message: body.error.message,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_ascii_lowercase(),
+                message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+            },
+        })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let bytes = self.send(method, path, body).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("{path}: {e}")))
     }
 
     /// GETs a path and returns the body as text (for `/metrics`).
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.get(&url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| ClientError::Transport {
-            url: self.base.clone(),
-            detail: chain(&e),
-        })?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| ClientError::Transport {
-            url: self.base.clone(),
-            detail: chain(&e),
-        })?;
-        if status != StatusCode::OK {
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                code: "error".into(),
-                message: text.chars().take(200).collect(),
-            });
-        }
-        Ok(text)
+        let bytes = self.send::<()>(Method::GET, path, None).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     pub async fn health(&self) -> Result<Health, ClientError> {
@@ -346,32 +335,13 @@ impl Client {
     }
 
     pub async fn delete_document(&self, name: &str) -> Result<(), ClientError> {
-        let url = format!("{}/api/v1/documents/{}", self.base, escape(name));
-        let mut req = self.http.delete(&url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| ClientError::Transport {
-            url: self.base.clone(),
-            detail: chain(&e),
-        })?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let bytes = resp.bytes().await.unwrap_or_default();
-        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => ClientError::Api {
-                status: status.as_u16(),
-                code: b.error.code,
-                message: b.error.message,
-            },
-            Err(_) => ClientError::Api {
-                status: status.as_u16(),
-                code: "error".into(),
-                message: String::from_utf8_lossy(&bytes).into(),
-            },
-        })
+        self.send::<()>(
+            Method::DELETE,
+            &format!("/api/v1/documents/{}", escape(name)),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn send_command(&self, req: &SendCommand) -> Result<CommandView, ClientError> {

@@ -74,6 +74,18 @@ fn stdout_of(v: &Value, node: usize) -> String {
         .collect()
 }
 
+/// Waits until the command has a final status.
+async fn wait_done(
+    client: &drover_client::Client,
+    id: &str,
+) -> anyhow::Result<drover_api::CommandView> {
+    wait_until("the command to end", DEADLINE, || {
+        let (c, id) = (client.clone(), id.to_string());
+        async move { Ok(Some(c.get_command(&id).await?).filter(|c| c.done)) }
+    })
+    .await
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
@@ -417,11 +429,7 @@ async fn delivery_and_execution_timeouts_and_cancel() -> anyhow::Result<()> {
     })
     .await?;
     env.cli_ok(&["commands", "cancel", &id])?;
-    let cmd = wait_until("the command to end", DEADLINE, || {
-        let (c, id) = (client.clone(), id.clone());
-        async move { Ok(Some(c.get_command(&id).await?).filter(|c| c.done)) }
-    })
-    .await?;
+    let cmd = wait_done(&client, &id).await?;
     assert_eq!(cmd.status, "Cancelled");
     let inv = client.list_invocations(&id, false).await?;
     assert_eq!(inv[0].status, "Cancelled");
@@ -486,11 +494,7 @@ mainSteps:
     assert_eq!(status.code(), Some(194));
     let _agent = env.run_agent_with("rebooter", &["--reboot-mode", "restart-agent"], &[])?;
     let client = server.client()?;
-    let done = wait_until("the command to end", DEADLINE, || {
-        let (c, cmd) = (client.clone(), cmd.clone());
-        async move { Ok(Some(c.get_command(&cmd).await?).filter(|c| c.done)) }
-    })
-    .await?;
+    let done = wait_done(&client, &cmd).await?;
     assert_eq!(done.status, "Success");
     let inv = client.get_invocation(&cmd, &id).await?;
     assert_eq!(inv.status, "Success");
@@ -582,11 +586,7 @@ async fn server_and_agent_restarts_mid_script_run_each_step_once_with_full_outpu
     server = env.start_server(port, &[])?;
 
     let client = server.client()?;
-    let done = wait_until("the command to end", DEADLINE, || {
-        let (c, cmd) = (client.clone(), cmd.clone());
-        async move { Ok(Some(c.get_command(&cmd).await?).filter(|c| c.done)) }
-    })
-    .await?;
+    let done = wait_done(&client, &cmd).await?;
     assert_eq!(done.status, "Success");
     let inv = client.get_invocation(&cmd, &id).await?;
     assert_eq!(inv.steps.len(), 1);
