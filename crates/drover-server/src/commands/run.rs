@@ -236,7 +236,23 @@ async fn received(ctx: &Ctx, run: &Run, id: &str, node: &NodeId) -> BTreeMap<Str
 }
 
 /// One delivery over one stream. `Some(final status)`, or `None` when the connection was lost.
+/// A stream of a tunnel whose connection died may never be woken again, so the tunnel's end
+/// ends the delivery too.
 async fn stream(
+    ctx: &Ctx,
+    run: &Run,
+    id: &str,
+    node: &NodeId,
+    tunnel: &Tunnel,
+    exec_deadline: &mut Option<Instant>,
+) -> Option<String> {
+    tokio::select! {
+        r = stream_once(ctx, run, id, node, tunnel, exec_deadline) => r,
+        _ = tunnel.closed() => None,
+    }
+}
+
+async fn stream_once(
     ctx: &Ctx,
     run: &Run,
     id: &str,
