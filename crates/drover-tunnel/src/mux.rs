@@ -199,7 +199,7 @@ where
                     // A full backlog refuses the stream (dropping resets it) rather than
                     // buffering without bound for an application that is not accepting.
                     if let Err(e) = in_tx.try_send(stream) {
-                        tracing::debug!(error = %e, "refused inbound stream: backlog full");
+                        tracing::warn!(error = %e, "refused an inbound stream: the accept backlog is full");
                     }
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(TunnelError::Connection(e))),

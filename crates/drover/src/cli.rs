@@ -77,6 +77,9 @@ pub struct RunArgs {
     pub execution_timeout: String,
     #[arg(long, default_value = "")]
     pub comment: String,
+    /// Output kept per step and stream, in bytes (default 16 MiB; at least 1 KiB).
+    #[arg(long)]
+    pub output_limit: Option<u64>,
     /// Print output as it arrives.
     #[arg(long)]
     pub follow: bool,
@@ -170,6 +173,9 @@ pub enum InvocationsCommand {
         /// Only this step.
         #[arg(long)]
         step: Option<String>,
+        /// Keep printing new output until the invocation ends.
+        #[arg(long)]
+        follow: bool,
     },
 }
 

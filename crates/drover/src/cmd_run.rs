@@ -88,7 +88,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             delivery_timeout_secs: Some(delivery.as_secs()),
             execution_timeout_secs: Some(execution.as_secs()),
             comment: args.comment.clone(),
-            output_limit: None,
+            output_limit: args.output_limit,
         })
         .await?;
     if args.no_wait {
@@ -361,38 +361,74 @@ pub async fn invocations(cmd: InvocationsCommand) -> anyhow::Result<ExitCode> {
                 &list,
             )?;
         }
-        InvocationsCommand::Output { id, node, step } => {
+        InvocationsCommand::Output {
+            id,
+            node,
+            step,
+            follow,
+        } => {
             let node_id = if node.starts_with("n-") {
                 node.clone()
             } else {
                 c.get_node(&node).await?.id
             };
-            let inv = c.get_invocation(&id, &node_id).await?;
-            let mut found = false;
-            for s in inv
-                .steps
-                .iter()
-                .filter(|s| step.as_ref().is_none_or(|want| *want == s.name))
-            {
-                found = true;
-                if step.is_none() {
-                    eprintln!(
-                        "--- step {} ({}, exit {})",
-                        s.name,
-                        s.status,
-                        s.exit_code.map(|c| c.to_string()).unwrap_or_default()
-                    );
+            let mut printed: HashMap<String, (usize, usize)> = HashMap::new();
+            loop {
+                let inv = c.get_invocation(&id, &node_id).await?;
+                let mut found = false;
+                for s in inv
+                    .steps
+                    .iter()
+                    .filter(|s| step.as_ref().is_none_or(|want| *want == s.name))
+                {
+                    found = true;
+                    let (o, e) = printed.entry(s.name.clone()).or_default();
+                    if *o == 0 && *e == 0 && step.is_none() && !s.status.is_empty() {
+                        eprintln!("--- step {}", s.name);
+                    }
+                    if let Some(new) = s.stdout.get(*o..) {
+                        print!("{new}");
+                        *o = s.stdout.len();
+                    }
+                    if let Some(new) = s.stderr.get(*e..) {
+                        eprint!("{new}");
+                        *e = s.stderr.len();
+                    }
                 }
-                print!("{}", s.stdout);
-                eprint!("{}", s.stderr);
-                if s.truncated {
-                    eprintln!("(output truncated by the agent at the output limit)");
+                let done = matches!(
+                    inv.status.as_str(),
+                    "Success" | "Failed" | "TimedOut" | "Cancelled"
+                );
+                if done || !follow {
+                    for s in inv
+                        .steps
+                        .iter()
+                        .filter(|s| step.as_ref().is_none_or(|want| *want == s.name))
+                    {
+                        eprintln!(
+                            "--- step {}: {}, exit {}{}",
+                            s.name,
+                            s.status,
+                            s.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                            if s.truncated {
+                                " (output truncated by the agent at the output limit)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    if !found {
+                        if let Some(want) = &step {
+                            return Err(
+                                UsageError(format!("no step {want:?} in this invocation")).into()
+                            );
+                        }
+                    }
+                    break;
                 }
-            }
-            if !found {
-                if let Some(want) = step {
-                    return Err(UsageError(format!("no step {want:?} in this invocation")).into());
-                }
+                // Following: wait for stored progress instead of polling on a timer.
+                let cmd = c.get_command(&id).await?;
+                c.wait_command(&id, cmd.version, 2000).await?;
             }
         }
     }
