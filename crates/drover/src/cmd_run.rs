@@ -373,6 +373,7 @@ pub async fn invocations(cmd: InvocationsCommand) -> anyhow::Result<ExitCode> {
                 c.get_node(&node).await?.id
             };
             let mut printed: HashMap<String, (usize, usize)> = HashMap::new();
+            let mut headed = std::collections::HashSet::new();
             loop {
                 let inv = c.get_invocation(&id, &node_id).await?;
                 let mut found = false;
@@ -382,10 +383,10 @@ pub async fn invocations(cmd: InvocationsCommand) -> anyhow::Result<ExitCode> {
                     .filter(|s| step.as_ref().is_none_or(|want| *want == s.name))
                 {
                     found = true;
-                    let (o, e) = printed.entry(s.name.clone()).or_default();
-                    if *o == 0 && *e == 0 && step.is_none() && !s.status.is_empty() {
+                    if step.is_none() && headed.insert(s.name.clone()) {
                         eprintln!("--- step {}", s.name);
                     }
+                    let (o, e) = printed.entry(s.name.clone()).or_default();
                     if let Some(new) = s.stdout.get(*o..) {
                         print!("{new}");
                         *o = s.stdout.len();

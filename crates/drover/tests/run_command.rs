@@ -348,6 +348,23 @@ async fn tag_targeting_rate_control_and_max_errors() -> anyhow::Result<()> {
         "{out}"
     );
 
+    // One node's output, followed until the invocation ends; the invocation list.
+    let id = env
+        .cli_ok(&[
+            "run",
+            "--no-wait",
+            "--targets",
+            "d1",
+            "--",
+            "echo listed; sleep 0.2; echo done",
+        ])?
+        .trim()
+        .to_string();
+    let out = env.cli_ok(&["invocations", "output", &id, "--node", "d1", "--follow"])?;
+    assert_eq!(out, "listed\ndone\n");
+    let list = env.cli_ok(&["invocations", "list", "--command", &id, "-o", "csv"])?;
+    assert!(list.contains(",d1,Success,0"), "{list}");
+
     // Metrics count invocations by final status.
     let metrics = _server.client()?.get_text("/metrics").await?;
     assert!(
