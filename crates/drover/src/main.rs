@@ -67,7 +67,7 @@ fn init_tracing(verbose: u8) {
     };
     let filter = EnvFilter::try_from_env("DROVER_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{default},hyper=warn,h2=warn,rustls=warn,yamux=warn,reqwest=warn"
+            "{default},hyper=warn,h2=warn,rustls=warn,yamux=error,reqwest=warn"
         ))
     });
     tracing_subscriber::fmt()
