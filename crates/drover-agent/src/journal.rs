@@ -228,9 +228,6 @@ impl Entry {
     pub fn mark_delivered(&self) -> Result<(), AgentError> {
         let mut st = self.load()?;
         st.delivered = true;
-        // The log restarts with just the final state.
-        let path = self.log_path();
-        let _ = std::fs::remove_file(&path);
         self.save(&st)?;
         let _ = std::fs::remove_dir_all(self.work_dir());
         let _ = std::fs::remove_file(self.dir.join("invoke.json"));
