@@ -74,6 +74,22 @@ fn stdout_of(v: &Value, node: usize) -> String {
         .collect()
 }
 
+/// Waits until the command's (only) invocation has printed "started".
+async fn wait_started(client: &drover_client::Client, id: &str) -> anyhow::Result<()> {
+    wait_until("the script to start", DEADLINE, || {
+        let (c, id) = (client.clone(), id.to_string());
+        async move {
+            let invs = c.list_invocations(&id, true).await?;
+            let started = invs
+                .first()
+                .and_then(|i| i.steps.first())
+                .is_some_and(|s| s.stdout.contains("started"));
+            Ok(started.then_some(()))
+        }
+    })
+    .await
+}
+
 /// Waits until the command has a final status.
 async fn wait_done(
     client: &drover_client::Client,
@@ -430,21 +446,7 @@ async fn delivery_and_execution_timeouts_and_cancel() -> anyhow::Result<()> {
         .trim()
         .to_string();
     let client = server.client()?;
-    wait_until("the script to start", DEADLINE, || {
-        let (c, id) = (client.clone(), id.clone());
-        async move {
-            Ok(c.list_invocations(&id, true)
-                .await?
-                .first()
-                .filter(|i| {
-                    i.steps
-                        .first()
-                        .is_some_and(|s| s.stdout.contains("started"))
-                })
-                .map(|_| ()))
-        }
-    })
-    .await?;
+    wait_started(&client, &id).await?;
     env.cli_ok(&["commands", "cancel", &id])?;
     let cmd = wait_done(&client, &id).await?;
     assert_eq!(cmd.status, "Cancelled");
@@ -555,28 +557,7 @@ async fn server_and_agent_restarts_mid_script_run_each_step_once_with_full_outpu
         .cli_ok(&["run", "--no-wait", "--targets", &id, "--", &script])?
         .trim()
         .to_string();
-    let started = || {
-        let client = server.client().unwrap();
-        let cmd = cmd.clone();
-        async move {
-            wait_until("the script to start", DEADLINE, || {
-                let (c, cmd) = (client.clone(), cmd.clone());
-                async move {
-                    Ok(c.list_invocations(&cmd, true)
-                        .await?
-                        .first()
-                        .filter(|i| {
-                            i.steps
-                                .first()
-                                .is_some_and(|s| s.stdout.contains("started"))
-                        })
-                        .map(|_| ()))
-                }
-            })
-            .await
-        }
-    };
-    started().await?;
+    wait_started(&server.client()?, &cmd).await?;
 
     // The server dies and comes back while the script runs.
     server.kill_and_restart(&env)?;
