@@ -94,6 +94,16 @@ pub enum AgentEvent {
     RebootRequested,
 }
 
+impl Outcome {
+    /// Lost before the server welcomed us.
+    fn lost(reason: String) -> Self {
+        Outcome::Lost {
+            reason,
+            was_up: false,
+        }
+    }
+}
+
 enum Outcome {
     /// Told to stop.
     Stopped,
@@ -195,10 +205,7 @@ async fn connect_once(
     emit: &impl Fn(AgentEvent),
     runner: &Arc<Runner>,
 ) -> Outcome {
-    let lost = |reason: String| Outcome::Lost {
-        reason,
-        was_up: false,
-    };
+    let lost = Outcome::lost;
     let target = match Endpoint::parse(&identity.state.server, 443) {
         Ok(t) => t,
         Err(e) => return Outcome::Refused(e.to_string()),
@@ -254,10 +261,7 @@ async fn session(
     emit: &impl Fn(AgentEvent),
     runner: &Arc<Runner>,
 ) -> Outcome {
-    let lost = |reason: String| Outcome::Lost {
-        reason,
-        was_up: false,
-    };
+    let lost = Outcome::lost;
     let stream = match tunnel.open().await {
         Ok(s) => s,
         Err(e) => return lost(crate::error_chain(&e)),

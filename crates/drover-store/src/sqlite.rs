@@ -5,69 +5,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::sqlite_commands as sc;
 use crate::*;
-
-/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran. Never edit
-/// a released migration: add a new one.
-const MIGRATIONS: &[&str] = &[
-    MIGRATION_NODES,
-    crate::sqlite_commands::MIGRATION_COMMANDS,
-    // Counting a command's invocations by status, on every progress poll, reads this index
-    // instead of sorting the invocations.
-    "CREATE INDEX invocations_command_status ON invocations(command_id, status);",
-];
-
-const MIGRATION_NODES: &str = r#"
-CREATE TABLE nodes (
-    id             TEXT PRIMARY KEY,
-    name           TEXT NOT NULL,
-    tags           TEXT NOT NULL DEFAULT '{}',
-    status         TEXT NOT NULL,
-    last_seen_at   INTEGER NOT NULL DEFAULT 0,
-    registered_at  INTEGER NOT NULL,
-    activation_id  TEXT NOT NULL,
-    hostname       TEXT NOT NULL DEFAULT '',
-    platform       TEXT NOT NULL DEFAULT '',
-    os_name        TEXT NOT NULL DEFAULT '',
-    os_version     TEXT NOT NULL DEFAULT '',
-    kernel         TEXT NOT NULL DEFAULT '',
-    arch           TEXT NOT NULL DEFAULT '',
-    agent_version  TEXT NOT NULL DEFAULT '',
-    ip_addresses   TEXT NOT NULL DEFAULT '[]',
-    boot_time      INTEGER NOT NULL DEFAULT 0
-) STRICT;
-CREATE INDEX nodes_status ON nodes(status);
-CREATE INDEX nodes_name ON nodes(name);
--- Tags are kept twice: as JSON in nodes (read with the row) and here (to filter by).
-CREATE TABLE node_tags (
-    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
-    key     TEXT NOT NULL,
-    value   TEXT NOT NULL,
-    PRIMARY KEY (node_id, key)
-) STRICT, WITHOUT ROWID;
-CREATE INDEX node_tags_kv ON node_tags(key, value);
-CREATE TABLE activations (
-    id                 TEXT PRIMARY KEY,
-    code_hash          TEXT NOT NULL,
-    description        TEXT NOT NULL,
-    default_name       TEXT NOT NULL,
-    tags               TEXT NOT NULL,
-    registration_limit INTEGER NOT NULL,
-    registrations      INTEGER NOT NULL,
-    expires_at         INTEGER NOT NULL,
-    created_at         INTEGER NOT NULL
-) STRICT;
-CREATE TABLE api_tokens (
-    id         TEXT PRIMARY KEY,
-    name       TEXT NOT NULL,
-    hash       TEXT NOT NULL UNIQUE,
-    role       TEXT NOT NULL,
-    created_at INTEGER NOT NULL
-) STRICT;
-"#;
+use rows::{activation_from_row, get_node_tx, json, node_from_row, rfc3339, status_str};
+use schema::migrate;
 
 const NODE_COLUMNS: &str = "id, name, tags, status, last_seen_at, registered_at, activation_id, \
      hostname, platform, os_name, os_version, kernel, arch, agent_version, ip_addresses, boot_time";
@@ -124,110 +67,6 @@ impl SqliteStore {
         .await
         .map_err(|_| StoreError::WorkerGone)?
     }
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let current: usize = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(db("read the schema version"))?;
-    if current > MIGRATIONS.len() {
-        return Err(StoreError::TooNew {
-            found: current,
-            known: MIGRATIONS.len(),
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        let version = i + 1;
-        let mig = |source| StoreError::Migration { version, source };
-        let tx = conn.transaction().map_err(mig)?;
-        tx.execute_batch(sql).map_err(mig)?;
-        tx.pragma_update(None, "user_version", version)
-            .map_err(mig)?;
-        tx.commit().map_err(mig)?;
-        tracing::info!(version, "applied schema migration");
-    }
-    Ok(())
-}
-
-fn status_str(s: NodeStatus) -> &'static str {
-    match s {
-        NodeStatus::Online => "online",
-        NodeStatus::ConnectionLost => "connection_lost",
-        NodeStatus::Inactive => "inactive",
-    }
-}
-
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
-}
-
-fn node_from_row(row: &Row<'_>) -> rusqlite::Result<Node> {
-    let id: String = row.get(0)?;
-    let tags: String = row.get(2)?;
-    let status: String = row.get(3)?;
-    let ips: String = row.get(14)?;
-    let bad = |i, e: serde_json::Error| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
-    };
-    Ok(Node {
-        id: NodeId::parse(&id).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                0,
-                rusqlite::types::Type::Text,
-                format!("bad node id {id:?}").into(),
-            )
-        })?,
-        name: row.get(1)?,
-        tags: serde_json::from_str(&tags).map_err(|e| bad(2, e))?,
-        status: NodeStatus::parse(&status).unwrap_or(NodeStatus::ConnectionLost),
-        last_seen_at: row.get(4)?,
-        registered_at: row.get(5)?,
-        activation_id: row.get(6)?,
-        inventory: NodeInventory {
-            hostname: row.get(7)?,
-            platform: row.get(8)?,
-            os_name: row.get(9)?,
-            os_version: row.get(10)?,
-            kernel: row.get(11)?,
-            arch: row.get(12)?,
-            agent_version: row.get(13)?,
-            ip_addresses: serde_json::from_str(&ips).map_err(|e| bad(14, e))?,
-            boot_time: row.get(15)?,
-        },
-    })
-}
-
-fn get_node_tx(conn: &Connection, id: &str) -> Result<Option<Node>, StoreError> {
-    conn.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"))
-        .and_then(|mut st| st.query_row([id], node_from_row).optional())
-        .map_err(db("read a node"))
-}
-
-fn activation_from_row(row: &Row<'_>) -> rusqlite::Result<Activation> {
-    let tags: String = row.get(4)?;
-    Ok(Activation {
-        id: row.get(0)?,
-        code_hash: row.get(1)?,
-        description: row.get(2)?,
-        default_name: row.get(3)?,
-        tags: serde_json::from_str(&tags).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
-        })?,
-        registration_limit: row.get(5)?,
-        registrations: row.get(6)?,
-        expires_at: row.get(7)?,
-        created_at: row.get(8)?,
-    })
-}
-
-fn rfc3339(ts: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ts.to_string())
 }
 
 #[async_trait::async_trait]
@@ -707,5 +546,7 @@ impl Store for SqliteStore {
     }
 }
 
+mod rows;
+mod schema;
 #[cfg(test)]
 mod tests;
