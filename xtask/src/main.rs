@@ -68,8 +68,8 @@ fn main() -> ExitCode {
 }
 
 /// The workspace tests, installing what they need that is missing: cargo-nextest (a fresh
-/// machine of this kind has it, but not every machine does). The tests need nothing else: no
-/// Debian or npm package, no network beyond loopback.
+/// machine of this kind has it, but not every machine does) and the Debian packages the tests
+/// run. No network beyond loopback and the package registries.
 fn test(args: &[String]) -> Result<()> {
     let has_nextest = cargo()
         .args(["nextest", "--version"])
@@ -81,10 +81,38 @@ fn test(args: &[String]) -> Result<()> {
         log("cargo-nextest is missing: installing it from crates.io");
         run(cargo().args(["install", "cargo-nextest", "--locked"]))?;
     }
+    // Debian packages the tests run: strace watches the agent's system calls (the journal's
+    // durability test).
+    ensure_debian_packages(&[("strace", "strace")])?;
     run(cargo()
         .current_dir(root())
         .args(["nextest", "run", "--workspace", "--no-fail-fast"])
         .args(args))
+}
+
+/// Installs with apt-get the `(command, package)` pairs whose command is not on the PATH.
+fn ensure_debian_packages(needed: &[(&str, &str)]) -> Result<()> {
+    let on_path = |cmd: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+    };
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    log(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn bench(args: &[String]) -> Result<()> {

@@ -139,6 +139,7 @@ pub async fn run(
             "Linux"
         },
         reboot: reboot_tx,
+        restart_is_reboot: config.reboot == RebootMode::RestartAgent,
     });
     runner.recover();
     loop {

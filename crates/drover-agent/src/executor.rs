@@ -1,7 +1,12 @@
 //! Runs an invocation's steps in order, recording everything in the journal: step controls
 //! (onFailure, onSuccess, finallyStep, maxAttempts), preconditions, timeouts, cancel, reboot
-//! (exit code 194) and nested documents. Each step runs at most once: a step found running after
-//! a restart is adopted, never started again.
+//! (exit code 194) and nested documents.
+//!
+//! Every attempt of every step, at any nesting depth, is a *unit* with its own journal record,
+//! keyed by its path (see `journal`). The walk is the same on a first run and after a restart:
+//! a unit whose record says it finished gives its recorded result, a unit recorded as running
+//! is adopted, and only a unit with no record starts. So resuming an invocation is running it
+//! again, and exactly-once holds for plain steps, retries and nested documents alike.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,10 +16,12 @@ use drover_docs::{Action, OnFailure, OnSuccess, Resolution, ResolvedStep};
 use drover_proto::{Invoke, OutputStream};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{boot_id, Entry, StepStatus};
-use crate::shell::{self, Slot, Spec};
+use crate::crash;
+use crate::journal::{boot_id, now_ms, Entry, InvocationState, StepStatus, Sync, UnitState};
+use crate::shell::{self, Adopted, Slot, Spec};
 use crate::AgentError;
 
 /// Exit code by which a script asks for a reboot and a resume at the next step.
@@ -31,6 +38,32 @@ pub struct ExecCtx {
     pub platform_type: &'static str,
     /// Asked once a step exited 194 and the journal says so.
     pub reboot: mpsc::Sender<()>,
+    /// A restart of the agent is the reboot (`RebootMode::RestartAgent`): no need to check
+    /// that the machine rebooted before resuming.
+    pub restart_is_reboot: bool,
+}
+
+/// How a unit (or a step, or a nested document) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outcome {
+    status: StepStatus,
+    code: i32,
+    /// It exited 194 just now: the node reboots, and the walk resumes after it.
+    reboot: bool,
+}
+
+impl Outcome {
+    fn new(status: StepStatus, code: i32) -> Self {
+        Self {
+            status,
+            code,
+            reboot: false,
+        }
+    }
+
+    fn failed() -> Self {
+        Self::new(StepStatus::Failed, 1)
+    }
 }
 
 fn corrupt(entry: &Entry, detail: String) -> AgentError {
@@ -38,6 +71,17 @@ fn corrupt(entry: &Entry, detail: String) -> AgentError {
         path: entry.dir.display().to_string(),
         detail,
     }
+}
+
+/// One invocation being run (or resumed).
+struct Exec<'a> {
+    ctx: &'a ExecCtx,
+    entry: &'a Entry,
+    cancel: &'a CancellationToken,
+    changed: &'a watch::Sender<u64>,
+    st: InvocationState,
+    /// The execution timeout, counted from when the invocation was recorded.
+    deadline: Instant,
 }
 
 /// Runs (or resumes) the invocation in `entry` until it finishes or asks for a reboot.
@@ -54,15 +98,23 @@ pub async fn execute(
     if st.finished.is_some() {
         return Ok(());
     }
-    let same_boot = st.boot_id == boot_id();
-    if st.rebooting {
-        st.rebooting = false;
-        st.boot_id = boot_id();
-        entry.save(&st)?;
+    if st.rebooting && !ctx.restart_is_reboot && st.reboot_asked_in == boot_id() {
+        // The agent died between asking for the reboot and the reboot: ask again.
+        let _ = ctx.reboot.send(()).await;
+        return Ok(());
     }
-    let notify = || changed.send_modify(|v| *v += 1);
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_secs(invoke.execution_timeout_secs).saturating_sub(elapsed(st.started_at));
+    st.rebooting = false;
+    let spent = Duration::from_millis(u64::try_from(now_ms() - st.started_ms).unwrap_or(0));
+    let deadline =
+        Instant::now() + Duration::from_secs(invoke.execution_timeout_secs).saturating_sub(spent);
+    let mut x = Exec {
+        ctx,
+        entry,
+        cancel,
+        changed,
+        st,
+        deadline,
+    };
 
     let mut failed = false;
     let mut succeed_anyway = false;
@@ -71,7 +123,7 @@ pub async fn execute(
     let mut timed_out = false;
     let mut exit_code = 0;
     for (i, step) in steps.iter().enumerate() {
-        let Some(state) = st.steps.get(i).cloned() else {
+        let Some(state) = x.st.steps.get(i).cloned() else {
             return Err(corrupt(entry, format!("no state for step {i}")));
         };
         let (status, code) = if state.status.is_done() {
@@ -82,46 +134,35 @@ pub async fn execute(
             } else {
                 StepStatus::Skipped
             };
-            set(entry, &mut st, i, status, 0, None)?;
-            notify();
+            x.set_step(i, status, 0)?;
             continue;
         } else if !precondition_holds(step, ctx.platform_type) {
-            set(entry, &mut st, i, StepStatus::Skipped, 0, None)?;
-            notify();
+            x.set_step(i, StepStatus::Skipped, 0)?;
             continue;
         } else {
-            let adopt = state.status == StepStatus::Running;
-            if !adopt {
-                set(entry, &mut st, i, StepStatus::Running, 0, None)?;
-                notify();
+            if let Some(s) = x.st.steps.get_mut(i) {
+                // Saved with the step's first unit record.
+                s.status = StepStatus::Running;
             }
-            let timeout = step_timeout(step, deadline);
-            let outcome = run_step(
-                ctx, entry, &invoke, i, step, &mut st, adopt, same_boot, timeout, cancel, changed,
-                0,
-            )
-            .await?;
-            if outcome.0 == StepStatus::Failed
-                && outcome.1 == REBOOT_EXIT_CODE
-                && step.action == Action::RunShellScript
-            {
-                set(
-                    entry,
-                    &mut st,
-                    i,
-                    StepStatus::Success,
-                    REBOOT_EXIT_CODE,
-                    None,
-                )?;
-                st.rebooting = true;
-                entry.save(&st)?;
-                notify();
+            let o = x.step(&invoke, i, &i.to_string(), step, 0).await?;
+            if o.reboot {
+                if step.action == Action::RunShellScript {
+                    // The step itself asked: it is done. A nested step's document goes on after
+                    // the reboot, so its top-level step stays running.
+                    if let Some(s) = x.st.steps.get_mut(i) {
+                        s.status = StepStatus::Success;
+                        s.exit_code = REBOOT_EXIT_CODE;
+                    }
+                }
+                // The unit's record already asked for the reboot, durably.
+                x.save(Sync::Lazy)?;
+                crash::point("rebooting");
                 let _ = ctx.reboot.send(()).await;
                 return Ok(());
             }
-            set(entry, &mut st, i, outcome.0, outcome.1, None)?;
-            notify();
-            outcome
+            x.set_step(i, o.status, o.code)?;
+            crash::point("step-done");
+            (o.status, o.code)
         };
         match status {
             StepStatus::Success | StepStatus::Skipped => {
@@ -135,7 +176,7 @@ pub async fn execute(
             }
             StepStatus::Failed | StepStatus::TimedOut => {
                 exit_code = code;
-                if status == StepStatus::TimedOut && tokio::time::Instant::now() >= deadline {
+                if status == StepStatus::TimedOut && Instant::now() >= x.deadline {
                     timed_out = true;
                 }
                 match step.on_failure {
@@ -163,33 +204,268 @@ pub async fn execute(
         "Success"
     };
     let exit_code = if status == "Success" { 0 } else { exit_code };
-    st.finished = Some((status.to_string(), exit_code));
-    entry.save(&st)?;
-    notify();
+    x.st.finished = Some((status.to_string(), exit_code));
+    // Durable before the result is reported: a result the server stored is never replaced by
+    // one the journal forgot.
+    entry.save(&x.st, Sync::Durable)?;
+    x.notify();
+    crash::point("finished");
     Ok(())
 }
 
-fn elapsed(started_at: i64) -> Duration {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    Duration::from_secs(u64::try_from(now - started_at).unwrap_or(0))
-}
+impl Exec<'_> {
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
 
-fn set(
-    entry: &Entry,
-    st: &mut crate::journal::InvocationState,
-    i: usize,
-    status: StepStatus,
-    code: i32,
-    pid: Option<i32>,
-) -> Result<(), AgentError> {
-    if let Some(s) = st.steps.get_mut(i) {
-        s.status = status;
-        s.exit_code = code;
-        if pid.is_some() || status.is_done() {
-            s.pid = pid;
+    fn save(&self, sync: Sync) -> Result<(), AgentError> {
+        self.entry.save(&self.st, sync)?;
+        self.notify();
+        Ok(())
+    }
+
+    fn set_step(&mut self, i: usize, status: StepStatus, code: i32) -> Result<(), AgentError> {
+        if let Some(s) = self.st.steps.get_mut(i) {
+            s.status = status;
+            s.exit_code = code;
+        }
+        self.save(Sync::Lazy)
+    }
+
+    /// Records a unit's result. A lazy save: a later durable one (the next unit's start, the
+    /// final result) flushes it, and if a machine crash loses it the unit reads as lost.
+    fn unit_done(&mut self, key: &str, o: Outcome) -> Result<Outcome, AgentError> {
+        self.record_unit(key, o, Sync::Lazy)
+    }
+
+    fn record_unit(&mut self, key: &str, o: Outcome, sync: Sync) -> Result<Outcome, AgentError> {
+        let unit = self.st.units.entry(key.to_string()).or_insert(UnitState {
+            status: o.status,
+            exit_code: o.code,
+            pid: None,
+            start_time: None,
+            boot_id: String::new(),
+            started_ms: now_ms(),
+        });
+        unit.status = o.status;
+        unit.exit_code = o.code;
+        self.save(sync)?;
+        crash::point("unit-done");
+        Ok(o)
+    }
+
+    /// Runs one step (top level or nested) with its attempts; `out` is the top-level step
+    /// whose output files it writes to, `path` its key prefix.
+    async fn step(
+        &mut self,
+        invoke: &Invoke,
+        out: usize,
+        path: &str,
+        step: &ResolvedStep,
+        depth: usize,
+    ) -> Result<Outcome, AgentError> {
+        let mut result = Outcome::failed();
+        for attempt in 1..=step.max_attempts.max(1) {
+            let key = format!("{path}.{attempt}");
+            result = match self.st.units.get(&key) {
+                Some(u) if u.status.is_done() => Outcome::new(u.status, u.exit_code),
+                _ => match step.action {
+                    Action::RunShellScript => self.script(invoke, out, &key, step, attempt).await?,
+                    Action::DownloadContent => self.download(invoke, out, &key, step).await?,
+                    Action::RunDocument => {
+                        let o = Box::pin(self.document(invoke, out, &key, step, depth)).await?;
+                        if o.reboot {
+                            // Not done: the walk comes back into it after the reboot.
+                            return Ok(o);
+                        }
+                        self.unit_done(&key, o)?
+                    }
+                },
+            };
+            if result.reboot
+                || matches!(
+                    result.status,
+                    StepStatus::Success | StepStatus::Cancelled | StepStatus::TimedOut
+                )
+            {
+                break;
+            }
+        }
+        Ok(result)
+    }
+
+    fn slot(&self, out: usize, key: &str) -> Slot {
+        Slot {
+            script: self.entry.unit_script(key),
+            exit: self.entry.unit_exit(key),
+            stdout: self.entry.output(out, OutputStream::Stdout),
+            stderr: self.entry.output(out, OutputStream::Stderr),
         }
     }
-    entry.save(st)
+
+    /// A script unit: adopted if its record says it started, else started, gated until its
+    /// record is on disk.
+    async fn script(
+        &mut self,
+        invoke: &Invoke,
+        out: usize,
+        key: &str,
+        step: &ResolvedStep,
+        attempt: u32,
+    ) -> Result<Outcome, AgentError> {
+        let slot = self.slot(out, key);
+        let timeout = step_timeout(step, self.deadline);
+        if let Some(u) = self.st.units.get(key).cloned() {
+            let spent = Duration::from_millis(u64::try_from(now_ms() - u.started_ms).unwrap_or(0));
+            let adopted = shell::adopt(
+                &slot,
+                u.pid,
+                u.start_time,
+                u.boot_id == boot_id(),
+                timeout.saturating_sub(spent),
+                self.cancel,
+            )
+            .await;
+            match adopted {
+                Adopted::Done(status, code) => {
+                    if code == shell::LOST {
+                        note(
+                            self.entry,
+                            out,
+                            "drover: the script ended without an exit code while the agent was \
+                             down (the machine restarted, or it was killed); it is not run again",
+                        );
+                    }
+                    return self.script_done(key, status, code);
+                }
+                // The agent died before opening the gate: the script never ran.
+                Adopted::NotRun => {}
+            }
+        }
+        if self.cancel.is_cancelled() {
+            return self.unit_done(key, Outcome::new(StepStatus::Cancelled, shell::KILLED));
+        }
+        let spec = Spec {
+            script: &script_text(step),
+            dir: &working_dir(self.entry, step),
+            env: env_for(self.ctx, invoke, step, attempt),
+        };
+        let mut started = match shell::start(&slot, &spec) {
+            Ok(s) => s,
+            Err(e) => {
+                note(self.entry, out, &format!("could not start the script: {e}"));
+                return self.unit_done(key, Outcome::failed());
+            }
+        };
+        self.st.units.insert(
+            key.to_string(),
+            UnitState {
+                status: StepStatus::Running,
+                exit_code: 0,
+                pid: Some(started.pid),
+                start_time: started.start_time,
+                boot_id: boot_id(),
+                started_ms: now_ms(),
+            },
+        );
+        // The record that says "never start this again" reaches the disk before the script
+        // may run.
+        self.save(Sync::Durable)?;
+        crash::point("unit-recorded");
+        started.open_gate().await;
+        crash::point("unit-started");
+        let (status, code) = shell::wait(&slot, started, timeout, self.cancel).await;
+        crash::point("unit-exited");
+        self.script_done(key, status, code)
+    }
+
+    fn script_done(
+        &mut self,
+        key: &str,
+        status: StepStatus,
+        code: i32,
+    ) -> Result<Outcome, AgentError> {
+        if status == StepStatus::Failed && code == REBOOT_EXIT_CODE {
+            // Done, and the reboot asked for, in one durable record: the walk after the reboot
+            // goes on past this unit, and an agent that dies before rebooting reboots when it
+            // comes back (see `execute`).
+            self.st.rebooting = true;
+            self.st.reboot_asked_in = boot_id();
+            let mut o =
+                self.record_unit(key, Outcome::new(StepStatus::Success, code), Sync::Durable)?;
+            o.reboot = true;
+            return Ok(o);
+        }
+        self.unit_done(key, Outcome::new(status, code))
+    }
+
+    /// A download unit. It runs no script of the user's: after a crash mid-download it
+    /// downloads again, which is safe.
+    async fn download(
+        &mut self,
+        invoke: &Invoke,
+        out: usize,
+        key: &str,
+        step: &ResolvedStep,
+    ) -> Result<Outcome, AgentError> {
+        self.save(Sync::Lazy)?;
+        let o = match crate::download::run(self.ctx, self.entry, invoke, step).await {
+            Ok(()) => Outcome::new(StepStatus::Success, 0),
+            Err(msg) => {
+                note(self.entry, out, &msg);
+                Outcome::failed()
+            }
+        };
+        self.unit_done(key, o)
+    }
+
+    /// A runDocument unit: the nested document's steps, each a unit under `key`.
+    async fn document(
+        &mut self,
+        invoke: &Invoke,
+        out: usize,
+        key: &str,
+        step: &ResolvedStep,
+        depth: usize,
+    ) -> Result<Outcome, AgentError> {
+        if depth >= MAX_NESTING {
+            note(
+                self.entry,
+                out,
+                "runDocument nested too deeply (at most 3 levels)",
+            );
+            return Ok(Outcome::failed());
+        }
+        let resolution = match nested(self.entry, invoke, step) {
+            Ok(r) => r,
+            Err(msg) => {
+                note(self.entry, out, &msg);
+                return Ok(Outcome::failed());
+            }
+        };
+        let mut inner = invoke.clone();
+        inner.env.extend(resolution.env.clone());
+        let mut outcome = Outcome::new(StepStatus::Success, 0);
+        for (j, nested_step) in resolution.steps.iter().enumerate() {
+            if !precondition_holds(nested_step, self.ctx.platform_type) {
+                continue;
+            }
+            let path = format!("{key}-{j}");
+            let r = self
+                .step(&inner, out, &path, nested_step, depth + 1)
+                .await?;
+            if r.reboot {
+                return Ok(r);
+            }
+            if r.status != StepStatus::Success {
+                outcome = r;
+                if nested_step.on_failure != OnFailure::Continue {
+                    break;
+                }
+            }
+        }
+        Ok(outcome)
+    }
 }
 
 fn precondition_holds(step: &ResolvedStep, platform: &str) -> bool {
@@ -200,22 +476,14 @@ fn precondition_holds(step: &ResolvedStep, platform: &str) -> bool {
     }
 }
 
-fn step_timeout(step: &ResolvedStep, deadline: tokio::time::Instant) -> Duration {
+fn step_timeout(step: &ResolvedStep, deadline: Instant) -> Duration {
     let secs = match step.inputs.get("timeoutSeconds") {
         Some(Value::Number(n)) => n.as_u64(),
         Some(Value::String(s)) => s.trim().parse().ok(),
         _ => None,
     }
     .unwrap_or(DEFAULT_STEP_TIMEOUT);
-    Duration::from_secs(secs).min(deadline.saturating_duration_since(tokio::time::Instant::now()))
-}
-
-fn slot(entry: &Entry, i: usize, sub: &str) -> Slot {
-    Slot {
-        exit: entry.dir.join(format!("{i}{sub}.exit")),
-        stdout: entry.output(i, OutputStream::Stdout),
-        stderr: entry.output(i, OutputStream::Stderr),
-    }
+    Duration::from_secs(secs).min(deadline.saturating_duration_since(Instant::now()))
 }
 
 /// Appends a line to the step's stderr (for errors the agent itself reports).
@@ -228,149 +496,6 @@ fn note(entry: &Entry, i: usize, msg: &str) {
     {
         let _ = writeln!(f, "{msg}");
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_step(
-    ctx: &ExecCtx,
-    entry: &Entry,
-    invoke: &Invoke,
-    i: usize,
-    step: &ResolvedStep,
-    st: &mut crate::journal::InvocationState,
-    adopt: bool,
-    same_boot: bool,
-    timeout: Duration,
-    cancel: &CancellationToken,
-    changed: &watch::Sender<u64>,
-    depth: usize,
-) -> Result<(StepStatus, i32), AgentError> {
-    let mut result = (StepStatus::Failed, 1);
-    for attempt in 1..=step.max_attempts.max(1) {
-        let sub = if depth == 0 && attempt == 1 {
-            String::new()
-        } else {
-            format!("-{depth}-{attempt}")
-        };
-        result = match step.action {
-            Action::RunShellScript => {
-                let slot = slot(entry, i, &sub);
-                if adopt && attempt == 1 {
-                    let pid = st.steps.get(i).and_then(|s| s.pid);
-                    shell::adopt(&slot, pid, same_boot, timeout, cancel).await
-                } else {
-                    let spec = Spec {
-                        script: &script_text(step),
-                        dir: &working_dir(entry, step),
-                        env: env_for(ctx, invoke, step),
-                    };
-                    match shell::start(&slot, &spec) {
-                        Ok((child, pid)) => {
-                            if depth == 0 {
-                                set(entry, st, i, StepStatus::Running, 0, Some(pid))?;
-                                changed.send_modify(|v| *v += 1);
-                            }
-                            shell::wait(&slot, child, pid, timeout, cancel).await
-                        }
-                        Err(e) => {
-                            note(entry, i, &format!("could not start the script: {e}"));
-                            (StepStatus::Failed, 1)
-                        }
-                    }
-                }
-            }
-            Action::DownloadContent => match crate::download::run(ctx, entry, invoke, step).await {
-                Ok(()) => (StepStatus::Success, 0),
-                Err(msg) => {
-                    note(entry, i, &msg);
-                    (StepStatus::Failed, 1)
-                }
-            },
-            Action::RunDocument => {
-                if depth >= MAX_NESTING {
-                    note(entry, i, "runDocument nested too deeply (at most 3 levels)");
-                    (StepStatus::Failed, 1)
-                } else {
-                    match nested(entry, invoke, step) {
-                        Ok(resolution) => {
-                            Box::pin(run_nested(
-                                ctx,
-                                entry,
-                                invoke,
-                                i,
-                                &resolution,
-                                st,
-                                timeout,
-                                cancel,
-                                changed,
-                                depth + 1,
-                            ))
-                            .await?
-                        }
-                        Err(msg) => {
-                            note(entry, i, &msg);
-                            (StepStatus::Failed, 1)
-                        }
-                    }
-                }
-            }
-        };
-        if matches!(
-            result.0,
-            StepStatus::Success | StepStatus::Cancelled | StepStatus::TimedOut
-        ) {
-            break;
-        }
-    }
-    Ok(result)
-}
-
-/// Runs a nested document's steps inside step `i`: their output is step `i`'s output.
-#[allow(clippy::too_many_arguments)]
-async fn run_nested(
-    ctx: &ExecCtx,
-    entry: &Entry,
-    invoke: &Invoke,
-    i: usize,
-    resolution: &Resolution,
-    st: &mut crate::journal::InvocationState,
-    timeout: Duration,
-    cancel: &CancellationToken,
-    changed: &watch::Sender<u64>,
-    depth: usize,
-) -> Result<(StepStatus, i32), AgentError> {
-    let mut inner = invoke.clone();
-    inner.env.extend(resolution.env.clone());
-    let mut outcome = (StepStatus::Success, 0);
-    for (j, step) in resolution.steps.iter().enumerate() {
-        if !precondition_holds(step, ctx.platform_type) {
-            continue;
-        }
-        let mut nested_step = step.clone();
-        nested_step.name = format!("{}.{j}", step.name);
-        let r = Box::pin(run_step(
-            ctx,
-            entry,
-            &inner,
-            i,
-            &nested_step,
-            st,
-            false,
-            true,
-            timeout,
-            cancel,
-            changed,
-            depth,
-        ))
-        .await?;
-        if r.0 != StepStatus::Success {
-            outcome = r;
-            if step.on_failure != OnFailure::Continue {
-                break;
-            }
-        }
-    }
-    Ok(outcome)
 }
 
 /// The document a runDocument step runs, resolved with its parameters.
@@ -430,11 +555,18 @@ fn working_dir(entry: &Entry, step: &ResolvedStep) -> PathBuf {
     }
 }
 
-fn env_for(ctx: &ExecCtx, invoke: &Invoke, step: &ResolvedStep) -> Vec<(String, String)> {
+fn env_for(
+    ctx: &ExecCtx,
+    invoke: &Invoke,
+    step: &ResolvedStep,
+    attempt: u32,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = invoke.env.clone().into_iter().collect();
     env.push(("DROVER_NODE_ID".into(), ctx.node_id.clone()));
     env.push(("DROVER_COMMAND_ID".into(), invoke.command_id.clone()));
     env.push(("DROVER_INVOCATION_ID".into(), invoke.invocation_id.clone()));
+    // A retried script can tell it is a retry (and clean up after the attempt before).
+    env.push(("DROVER_STEP_ATTEMPT".into(), attempt.to_string()));
     if let Some(Value::Object(m)) = step.inputs.get("env") {
         env.extend(
             m.iter()

@@ -16,8 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::crash;
 use crate::executor::{execute, ExecCtx};
-use crate::journal::{Entry, StepStatus};
+use crate::journal::{Entry, StepStatus, Sync};
 
 /// Largest output chunk per message (JSON escaping can grow it, within the 1 MiB frame limit).
 const CHUNK: usize = 64 * 1024;
@@ -53,6 +54,7 @@ impl Runner {
 
     /// Resumes every unfinished invocation in the journal (after a restart or a reboot).
     pub fn recover(self: &Arc<Self>) {
+        let mut running = self.running();
         for (id, entry) in Entry::all(&self.ctx.state_dir) {
             if entry.is_delivered() {
                 entry.prune_if_older_than(TOMBSTONE_DAYS);
@@ -61,7 +63,7 @@ impl Runner {
             match entry.load() {
                 Ok(st) if st.finished.is_none() => {
                     tracing::info!(invocation = %id, "resuming an invocation from the journal");
-                    self.spawn(id, entry);
+                    self.spawn(&mut running, id, entry);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(invocation = %id, error = %e, "unreadable journal entry"),
@@ -69,14 +71,17 @@ impl Runner {
         }
     }
 
+    /// Starts the executor task of `entry`. The caller holds the `running` lock from its check
+    /// that no task runs it to this insert, so no invocation ever has two.
     fn spawn(
         self: &Arc<Self>,
+        running: &mut HashMap<String, Running>,
         id: String,
         entry: Entry,
     ) -> (watch::Receiver<u64>, CancellationToken) {
         let (tx, rx) = watch::channel(0u64);
         let cancel = CancellationToken::new();
-        self.running().insert(
+        running.insert(
             id.clone(),
             Running {
                 cancel: cancel.clone(),
@@ -92,7 +97,7 @@ impl Runner {
                 tracing::error!(invocation = %id, error = %e, "invocation failed in the agent");
                 if let Ok(mut st) = entry.load() {
                     st.finished = Some(("Failed".into(), 1));
-                    let _ = entry.save(&st);
+                    let _ = entry.save(&st, Sync::Durable);
                 }
             }
             me.running().remove(&id);
@@ -101,14 +106,17 @@ impl Runner {
         (rx, cancel)
     }
 
-    /// Starts `invoke`, or attaches to it if it is already running or done.
+    /// Starts `invoke`, or attaches to it if it is already running or done. Check and start
+    /// are one step under the `running` lock: two deliveries of the same invocation at the same
+    /// moment start it once.
     fn start_or_attach(
         self: &Arc<Self>,
         invoke: &Invoke,
     ) -> Result<(Entry, watch::Receiver<u64>, CancellationToken), String> {
         let entry = Entry::open(&self.ctx.state_dir, &invoke.invocation_id)
             .ok_or_else(|| format!("invalid invocation ID {:?}", invoke.invocation_id))?;
-        if let Some(r) = self.running().get(&invoke.invocation_id) {
+        let mut running = self.running();
+        if let Some(r) = running.get(&invoke.invocation_id) {
             return Ok((entry, r.changed.clone(), r.cancel.clone()));
         }
         if !entry.exists() {
@@ -116,6 +124,7 @@ impl Runner {
                 .map_err(|e| format!("invalid steps: {e}"))?;
             let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
             entry.create(invoke, &names).map_err(|e| e.to_string())?;
+            crash::point("invocation-recorded");
         }
         let st = entry.load().map_err(|e| e.to_string())?;
         if st.finished.is_some() || st.rebooting {
@@ -123,7 +132,7 @@ impl Runner {
             let (_tx, rx) = watch::channel(0);
             return Ok((entry, rx, CancellationToken::new()));
         }
-        let (rx, cancel) = self.spawn(invoke.invocation_id.clone(), entry.clone());
+        let (rx, cancel) = self.spawn(&mut running, invoke.invocation_id.clone(), entry.clone());
         Ok((entry, rx, cancel))
     }
 }
@@ -306,9 +315,11 @@ pub async fn serve(runner: Arc<Runner>, mut framed: Framed<Stream>, invoke: Invo
             }
         };
         if finished.is_some() {
+            crash::point("result-sent");
             // Wait for the server to say it stored the result.
             match tokio::time::timeout(Duration::from_secs(60), framed.next()).await {
                 Ok(Some(Ok(Message::Delivered))) => {
+                    crash::point("delivered-received");
                     if let Err(e) = entry.mark_delivered() {
                         tracing::warn!(error = %e, "could not clean up a delivered invocation");
                     }
@@ -335,5 +346,94 @@ pub async fn serve(runner: Arc<Runner>, mut framed: Framed<Stream>, invoke: Invo
                 Some(Err(_)) | None => return,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::sync::Barrier;
+
+    use super::*;
+
+    fn invoke(id: &str, script: &str) -> Invoke {
+        let doc = drover_docs::parse(&format!(
+            "schemaVersion: '2.2'\nmainSteps:\n  - action: aws:runShellScript\n    name: s\n    inputs:\n      runCommand: [{script:?}]\n"
+        ))
+        .unwrap();
+        let values = drover_docs::validate_values(&doc, &Default::default()).unwrap();
+        let resolution = drover_docs::resolve(&doc, &values);
+        Invoke {
+            invocation_id: id.into(),
+            command_id: "cmd-1".into(),
+            steps: serde_json::to_value(&resolution.steps).unwrap(),
+            env: resolution.env,
+            documents: Default::default(),
+            contents: Default::default(),
+            execution_timeout_secs: 60,
+            output_limit: 1 << 20,
+            received: Default::default(),
+        }
+    }
+
+    #[test]
+    fn deliveries_of_one_invocation_at_the_same_moment_start_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("runs");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (reboot, _reboots) = tokio::sync::mpsc::channel(1);
+        let runner = Runner::new(ExecCtx {
+            state_dir: dir.path().join("state"),
+            node_id: "n-1".into(),
+            platform_type: "Linux",
+            reboot,
+            restart_is_reboot: true,
+        });
+        const ROUNDS: usize = 20;
+        const AT_ONCE: usize = 4;
+        let mut watches = Vec::new();
+        for round in 0..ROUNDS {
+            let inv = invoke(
+                &format!("inv-{round}"),
+                &format!("echo {round} >> {}", marker.display()),
+            );
+            let barrier = Arc::new(Barrier::new(AT_ONCE));
+            let threads: Vec<_> = (0..AT_ONCE)
+                .map(|_| {
+                    let (runner, inv, barrier) = (runner.clone(), inv.clone(), barrier.clone());
+                    let handle = rt.handle().clone();
+                    std::thread::spawn(move || {
+                        let _in_runtime = handle.enter();
+                        barrier.wait();
+                        runner.start_or_attach(&inv).map(|(_, changed, _)| changed)
+                    })
+                })
+                .collect();
+            for t in threads {
+                watches.push(t.join().unwrap().unwrap());
+            }
+        }
+        // Each watch ends when the task that runs its invocation ends.
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                for mut w in watches {
+                    while w.changed().await.is_ok() {}
+                }
+            })
+            .await
+            .expect("the invocations did not finish");
+        });
+        let runs = std::fs::read_to_string(&marker).unwrap();
+        let mut lines: Vec<&str> = runs.lines().collect();
+        lines.sort();
+        assert_eq!(
+            lines.len(),
+            ROUNDS,
+            "an invocation ran more than once: {runs}"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! The agent's journal of invocations: everything needed to run each step at most once and to
-//! deliver its full result later, across lost connections, agent restarts and reboots.
+//! The agent's journal of invocations: everything needed to run each step exactly once and to
+//! deliver its full result later, across lost connections, agent restarts, reboots and crashes.
 //!
 //! ```text
 //! STATE/journal/<invocation id>/
@@ -7,14 +7,23 @@
 //!   state.log         the invocation's state after each change, one JSON line each; the last
 //!                     whole line is the state (a line torn by a crash is ignored)
 //!   work/             the command's own directory (relative download paths land here)
-//!   N.out, N.err      step N's output;  N.exit  its exit code
+//!   N.out, N.err      top-level step N's output (its nested steps and attempts write here too)
+//!   UNIT.sh           the script a unit runs (mode 0700: never on a command line)
+//!   UNIT.exit         its exit code, written by the wrapper shell
 //! ```
 //!
-//! A step's process writes its output and exit code straight to these files, so it survives
-//! the agent: a restarted agent finds the step still running (or finished) and picks it up.
+//! A **unit** is one thing that runs: one attempt of one step at any nesting depth. Its key is
+//! its path, `STEP.ATTEMPT` joined by `-` per level: `0.1` is the first attempt of step 0, `0.2`
+//! its retry, `1.1-0.1` the first step of the document that step 1 runs. Each unit has its own
+//! record in the state, written to disk (fsync) before its process may run, and looked up by
+//! that key after a restart: a unit recorded as running is adopted, never started again.
+//!
+//! A unit's process writes its output and exit code straight to these files, so it survives
+//! the agent: a restarted agent finds the unit still running (or finished) and picks it up.
 //! Few files, appended rather than replaced: creating and deleting inodes is what an invocation
 //! costs the filesystem, and a node may run thousands.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use drover_proto::{Invoke, OutputStream};
@@ -51,35 +60,69 @@ impl StepStatus {
     }
 }
 
+/// A top-level step, as the server sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepState {
     pub name: String,
     pub status: StepStatus,
     pub exit_code: i32,
-    /// The process group leader of a running step.
-    #[serde(default)]
-    pub pid: Option<i32>,
     #[serde(default)]
     pub truncated: bool,
+}
+
+/// One unit (an attempt of a step at any depth): how to find its process, and its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitState {
+    pub status: StepStatus,
+    #[serde(default)]
+    pub exit_code: i32,
+    /// The process group leader (the wrapper shell), for a unit that runs a script.
+    #[serde(default)]
+    pub pid: Option<i32>,
+    /// The leader's start time (clock ticks since boot), so that a reused pid is not taken
+    /// for it.
+    #[serde(default)]
+    pub start_time: Option<u64>,
+    /// The kernel boot the unit started in: after another boot its process is gone.
+    #[serde(default)]
+    pub boot_id: String,
+    /// Unix milliseconds; the step's timeout counts from here, also after a restart.
+    #[serde(default)]
+    pub started_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvocationState {
     pub steps: Vec<StepState>,
+    /// Every unit that started, by key (see the module documentation).
+    #[serde(default)]
+    pub units: BTreeMap<String, UnitState>,
     /// A step exited 194: reboot, then go on after it.
     #[serde(default)]
     pub rebooting: bool,
-    /// The kernel boot this state was written in; a different one means the machine rebooted.
-    pub boot_id: String,
+    /// The boot in which the reboot was asked for: still this one means it has not happened.
+    #[serde(default)]
+    pub reboot_asked_in: String,
     /// Final `(status, exit code)`.
     #[serde(default)]
     pub finished: Option<(String, i32)>,
-    /// Unix seconds; the execution timeout counts from here.
-    pub started_at: i64,
+    /// Unix milliseconds; the execution timeout counts from here.
+    pub started_ms: i64,
     /// The server stored the final result; the output is gone, this record stays a while so a
     /// repeated delivery is answered, never run.
     #[serde(default)]
     pub delivered: bool,
+}
+
+/// Whether a save must reach the disk before the caller goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// The record decides whether something may run (a unit about to start, a reboot about to
+    /// happen) or is a result about to be reported: flushed to disk before `save` returns.
+    Durable,
+    /// Everything else: a later durable save flushes it, and losing it in a machine crash
+    /// costs a result (reported as lost), never a second run.
+    Lazy,
 }
 
 /// One invocation's directory.
@@ -88,10 +131,20 @@ pub struct Entry {
     pub dir: PathBuf,
 }
 
+/// This machine's current boot, as the kernel names it.
 pub fn boot_id() -> String {
+    #[cfg(feature = "crash-points")]
+    if let Ok(id) = std::env::var("DROVER_TEST_BOOT_ID") {
+        return id;
+    }
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+pub fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX)
 }
 
 /// Invocation IDs come from the server; only a safe alphabet may become a directory name.
@@ -105,6 +158,13 @@ pub fn valid_id(id: &str) -> bool {
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentError {
     AgentError::io(what, path)
+}
+
+/// Flushes a directory, so that the names created in it survive a machine crash.
+fn sync_dir(dir: &Path) -> Result<(), AgentError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("flush", dir))
 }
 
 impl Entry {
@@ -131,8 +191,16 @@ impl Entry {
         self.load().is_ok_and(|s| s.delivered)
     }
 
-    /// Records a new invocation with every step Pending.
+    /// Records a new invocation with every step Pending, durably: once it returns, a machine
+    /// crash cannot make the invocation look new again.
     pub fn create(&self, invoke: &Invoke, step_names: &[String]) -> Result<(), AgentError> {
+        use std::io::Write;
+        let root = self.dir.parent().unwrap_or(Path::new("/"));
+        if !root.exists() {
+            // The journal's own name must survive a crash too (once, on the first invocation).
+            std::fs::create_dir_all(root).map_err(io("create", root))?;
+            sync_dir(root.parent().unwrap_or(Path::new("/")))?;
+        }
         let work = self.work_dir();
         std::fs::create_dir_all(&work).map_err(io("create", &work))?;
         let json = serde_json::to_vec(invoke).map_err(|e| AgentError::Corrupt {
@@ -141,24 +209,31 @@ impl Entry {
         })?;
         // No rename needed: the invocation counts as recorded only once its state log exists.
         let path = self.dir.join("invoke.json");
-        std::fs::write(&path, &json).map_err(io("write", &path))?;
-        self.save(&InvocationState {
-            steps: step_names
-                .iter()
-                .map(|n| StepState {
-                    name: n.clone(),
-                    status: StepStatus::Pending,
-                    exit_code: 0,
-                    pid: None,
-                    truncated: false,
-                })
-                .collect(),
-            rebooting: false,
-            boot_id: boot_id(),
-            finished: None,
-            started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
-            delivered: false,
-        })
+        let mut f = std::fs::File::create(&path).map_err(io("create", &path))?;
+        f.write_all(&json).map_err(io("write", &path))?;
+        f.sync_data().map_err(io("flush", &path))?;
+        self.save(
+            &InvocationState {
+                steps: step_names
+                    .iter()
+                    .map(|n| StepState {
+                        name: n.clone(),
+                        status: StepStatus::Pending,
+                        exit_code: 0,
+                        truncated: false,
+                    })
+                    .collect(),
+                units: BTreeMap::new(),
+                rebooting: false,
+                reboot_asked_in: String::new(),
+                finished: None,
+                started_ms: now_ms(),
+                delivered: false,
+            },
+            Sync::Durable,
+        )?;
+        sync_dir(&self.dir)?;
+        sync_dir(root)
     }
 
     pub fn invoke(&self) -> Result<Invoke, AgentError> {
@@ -184,11 +259,8 @@ impl Entry {
             })
     }
 
-    /// Appends the state as one line. It is flushed to disk only when a reboot is pending, the
-    /// one state that must survive the machine going down: an agent process that dies loses
-    /// nothing the kernel has, and a machine that crashes mid-step is recognised by its new boot
-    /// ID and never re-runs the step.
-    pub fn save(&self, state: &InvocationState) -> Result<(), AgentError> {
+    /// Appends the state as one line; a [`Sync::Durable`] save returns once it is on disk.
+    pub fn save(&self, state: &InvocationState, sync: Sync) -> Result<(), AgentError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let mut line = serde_json::to_vec(state).map_err(|e| AgentError::Corrupt {
@@ -205,8 +277,10 @@ impl Entry {
             .map_err(io("open", &path))?;
         // One write call per line: a crash leaves at most a torn last line, which load skips.
         f.write_all(&line).map_err(io("append to", &path))?;
-        if state.rebooting {
-            f.sync_all().map_err(io("flush", &path))?;
+        if sync == Sync::Durable {
+            // fdatasync also flushes the file's size, which an append changes; and every line
+            // appended before this one with it.
+            f.sync_data().map_err(io("flush", &path))?;
         }
         Ok(())
     }
@@ -223,19 +297,34 @@ impl Entry {
         self.dir.join(format!("{step}.{ext}"))
     }
 
+    /// The exit code file of a unit.
+    pub fn unit_exit(&self, unit: &str) -> PathBuf {
+        self.dir.join(format!("{unit}.exit"))
+    }
+
+    /// The script file of a unit.
+    pub fn unit_script(&self, unit: &str) -> PathBuf {
+        self.dir.join(format!("{unit}.sh"))
+    }
+
     /// The server has the final result: drop the output and keep the state, marked delivered,
     /// so that a repeated delivery is answered, never run again.
     pub fn mark_delivered(&self) -> Result<(), AgentError> {
         let mut st = self.load()?;
         st.delivered = true;
-        self.save(&st)?;
+        // Lazy: a delivered mark lost in a crash only means the result is offered again, and
+        // the server answers that it has it.
+        self.save(&st, Sync::Lazy)?;
         let _ = std::fs::remove_dir_all(self.work_dir());
         let _ = std::fs::remove_file(self.dir.join("invoke.json"));
         if let Ok(files) = std::fs::read_dir(&self.dir) {
             for f in files.filter_map(Result::ok) {
                 let name = f.file_name();
                 let name = name.to_string_lossy();
-                if name.ends_with(".out") || name.ends_with(".err") || name.ends_with(".exit") {
+                if [".out", ".err", ".exit", ".sh"]
+                    .iter()
+                    .any(|ext| name.ends_with(ext))
+                {
                     let _ = std::fs::remove_file(f.path());
                 }
             }
@@ -282,5 +371,31 @@ mod tests {
             assert!(!valid_id(bad), "{bad}");
         }
         assert!(Entry::open(Path::new("/tmp"), "../etc").is_none());
+    }
+
+    #[test]
+    fn a_torn_last_line_leaves_the_state_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = Entry::open(dir.path(), "inv-1").unwrap();
+        std::fs::create_dir_all(&entry.dir).unwrap();
+        let mut st = InvocationState {
+            steps: Vec::new(),
+            units: BTreeMap::new(),
+            rebooting: false,
+            reboot_asked_in: String::new(),
+            finished: None,
+            started_ms: 1,
+            delivered: false,
+        };
+        entry.save(&st, Sync::Durable).unwrap();
+        st.started_ms = 2;
+        entry.save(&st, Sync::Lazy).unwrap();
+        // A crash mid-append leaves half a line.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(entry.log_path())
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"{\"steps\":[],\"units\":{\"0.1\":").unwrap();
+        assert_eq!(entry.load().unwrap().started_ms, 2);
     }
 }

@@ -6,6 +6,7 @@
 
 mod backoff;
 mod connection;
+mod crash;
 mod download;
 mod executor;
 mod identity;

@@ -1,20 +1,28 @@
-//! Running one script: a wrapper shell in its own process group writes the script's output
-//! and exit code straight to files, so the result survives the agent; the agent waits for it,
-//! or adopts it after a restart, and kills the whole group on timeout or cancel.
+//! Running one script: a wrapper shell in its own process group runs the script from its file
+//! and writes the exit code straight to a file, so the result survives the agent; the agent
+//! waits for it, or adopts it after a restart, and kills the whole group on timeout or cancel.
+//!
+//! The wrapper starts **gated**: it waits for one line on its stdin before it runs the script.
+//! The agent records the wrapper's pid durably and only then opens the gate, so a script never
+//! runs without a record that identifies it. An agent that dies before opening the gate closes
+//! the pipe; the wrapper then writes `notrun` instead of an exit code, and the unit may start.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::StepStatus;
 use crate::AgentError;
 
-/// Runs the script `$1` with sh and records its exit code in `$2` (one small write, with the
-/// shell's builtin echo: no process beyond the script's own). The script travels as an argument,
-/// so it costs no file.
-const WRAPPER: &str = r#"sh -c "$1" drover-script; echo $? > "$2""#;
+/// `$1` is the script file, `$2` the exit code file. The exit code is one small write with the
+/// shell's builtin echo: no process beyond the script's own.
+const WRAPPER: &str = r#"IFS= read -r go || { echo notrun > "$2"; exit 0; }
+exec </dev/null
+/bin/sh "$1"
+echo $? > "$2""#;
 
 /// Exit code reported for a script killed on timeout or cancel (like a shell's 128 + SIGKILL).
 pub const KILLED: i32 = 137;
@@ -22,9 +30,10 @@ pub const KILLED: i32 = 137;
 /// rebooted under it, or it was killed from outside).
 pub const LOST: i32 = -1;
 
-/// Where one script's files are.
+/// Where one unit's files are.
 #[derive(Debug, Clone)]
 pub struct Slot {
+    pub script: PathBuf,
     pub exit: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
@@ -36,6 +45,29 @@ pub struct Spec<'a> {
     pub env: Vec<(String, String)>,
 }
 
+/// What the wrapper wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Code(i32),
+    /// The gate closed before it opened: the script never ran.
+    NotRun,
+}
+
+/// A wrapper started and waiting at its gate.
+pub struct Started {
+    pub child: tokio::process::Child,
+    pub pid: i32,
+    pub start_time: Option<u64>,
+}
+
+/// How an adopted unit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopted {
+    Done(StepStatus, i32),
+    /// Its gate never opened: it may start now.
+    NotRun,
+}
+
 fn append(path: &Path) -> Result<std::fs::File, AgentError> {
     std::fs::OpenOptions::new()
         .create(true)
@@ -44,10 +76,21 @@ fn append(path: &Path) -> Result<std::fs::File, AgentError> {
         .map_err(AgentError::io("open", path))
 }
 
-fn read_exit(slot: &Slot) -> Option<i32> {
-    std::fs::read_to_string(&slot.exit)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
+fn read_exit(slot: &Slot) -> Option<Exit> {
+    let text = std::fs::read_to_string(&slot.exit).ok()?;
+    let text = text.trim();
+    if text == "notrun" {
+        return Some(Exit::NotRun);
+    }
+    text.parse().ok().map(Exit::Code)
+}
+
+fn status_of(code: i32) -> StepStatus {
+    if code == 0 {
+        StepStatus::Success
+    } else {
+        StepStatus::Failed
+    }
 }
 
 fn kill_group(pid: i32) {
@@ -56,23 +99,56 @@ fn kill_group(pid: i32) {
     }
 }
 
-pub fn alive(pid: i32) -> bool {
+fn alive(pid: i32) -> bool {
     rustix::process::Pid::from_raw(pid)
         .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
 }
 
-/// Starts the script; returns the child (the group leader) and its pid.
-pub fn start(slot: &Slot, spec: &Spec<'_>) -> Result<(tokio::process::Child, i32), AgentError> {
+/// When the process started, in clock ticks after boot (Linux; `None` elsewhere).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that was recorded (a pid can be reused after it died).
+fn is_recorded_process(pid: i32, recorded_start: Option<u64>) -> bool {
+    alive(pid)
+        && match (recorded_start, start_time(pid)) {
+            (Some(recorded), Some(now)) => recorded == now,
+            // No /proc (macOS): the pid is all there is.
+            _ => true,
+        }
+}
+
+/// Writes the script to its file (mode 0700, never on a command line, where every local user
+/// would see it) and starts the wrapper at its gate.
+pub fn start(slot: &Slot, spec: &Spec<'_>) -> Result<Started, AgentError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(spec.dir).map_err(AgentError::io("create", spec.dir))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o700)
+        .open(&slot.script)
+        .map_err(AgentError::io("create", &slot.script))?;
+    f.write_all(spec.script.as_bytes())
+        .map_err(AgentError::io("write", &slot.script))?;
+    drop(f);
+    // An earlier `notrun` must not be read as this run's result.
+    let _ = std::fs::remove_file(&slot.exit);
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(WRAPPER)
         .arg("drover-step")
-        .arg(spec.script)
+        .arg(&slot.script)
         .arg(&slot.exit)
         .current_dir(spec.dir)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(append(&slot.stdout)?)
         .stderr(append(&slot.stderr)?)
         // Its own process group: killed as a whole, and not killed with the agent.
@@ -80,7 +156,7 @@ pub fn start(slot: &Slot, spec: &Spec<'_>) -> Result<(tokio::process::Child, i32
         .kill_on_drop(false);
     let child = cmd
         .spawn()
-        .map_err(AgentError::io("start /bin/sh for", &slot.exit))?;
+        .map_err(AgentError::io("start /bin/sh for", &slot.script))?;
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
@@ -88,22 +164,38 @@ pub fn start(slot: &Slot, spec: &Spec<'_>) -> Result<(tokio::process::Child, i32
             path: slot.exit.display().to_string(),
             detail: "the step's process has no pid".into(),
         })?;
-    Ok((child, pid))
+    // Our child, not yet waited for: its pid cannot have been reused.
+    let start_time = start_time(pid);
+    Ok(Started {
+        child,
+        pid,
+        start_time,
+    })
 }
 
-/// Waits for a child this agent started.
+impl Started {
+    /// Lets the script run. Call only once the unit's record is durable.
+    pub async fn open_gate(&mut self) {
+        if let Some(mut gate) = self.child.stdin.take() {
+            // A failed write means the wrapper is gone; waiting for it reports that.
+            let _ = gate.write_all(b"go\n").await;
+        }
+    }
+}
+
+/// Waits for a wrapper this agent started.
 pub async fn wait(
     slot: &Slot,
-    mut child: tokio::process::Child,
-    pid: i32,
+    started: Started,
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> (StepStatus, i32) {
+    let Started { mut child, pid, .. } = started;
     tokio::select! {
         status = child.wait() => {
             match read_exit(slot) {
-                Some(code) => (if code == 0 { StepStatus::Success } else { StepStatus::Failed }, code),
-                None => {
+                Some(Exit::Code(code)) => (status_of(code), code),
+                Some(Exit::NotRun) | None => {
                     let code = status.ok().and_then(|s| s.code()).unwrap_or(LOST);
                     (StepStatus::Failed, if code == 0 { LOST } else { code })
                 }
@@ -122,57 +214,131 @@ pub async fn wait(
     }
 }
 
-/// Waits for a step that an earlier agent process started (it is not our child): polls its
-/// exit file and whether its process group leader lives.
+/// Waits for a unit that an earlier agent process started (it is not our child): polls its
+/// exit file and whether its process group leader is still the recorded process.
 pub async fn adopt(
     slot: &Slot,
     pid: Option<i32>,
+    recorded_start: Option<u64>,
     same_boot: bool,
     timeout: Duration,
     cancel: &CancellationToken,
-) -> (StepStatus, i32) {
+) -> Adopted {
     let deadline = tokio::time::Instant::now() + timeout;
+    let ours = |p: &i32| same_boot && is_recorded_process(*p, recorded_start);
     loop {
-        if let Some(code) = read_exit(slot) {
-            return (
-                if code == 0 {
-                    StepStatus::Success
-                } else {
-                    StepStatus::Failed
-                },
-                code,
-            );
+        match read_exit(slot) {
+            Some(Exit::Code(code)) => return Adopted::Done(status_of(code), code),
+            Some(Exit::NotRun) => return Adopted::NotRun,
+            None => {}
         }
-        let running = same_boot && pid.is_some_and(alive);
-        if !running {
+        if !pid.as_ref().is_some_and(ours) {
             // One last look: it may have finished between the two checks.
             return match read_exit(slot) {
-                Some(code) => (
-                    if code == 0 {
-                        StepStatus::Success
-                    } else {
-                        StepStatus::Failed
-                    },
-                    code,
-                ),
-                None => (StepStatus::Failed, LOST),
+                Some(Exit::Code(code)) => Adopted::Done(status_of(code), code),
+                Some(Exit::NotRun) => Adopted::NotRun,
+                None => Adopted::Done(StepStatus::Failed, LOST),
             };
         }
         if tokio::time::Instant::now() >= deadline {
-            if let Some(p) = pid {
+            if let Some(p) = pid.filter(ours) {
                 kill_group(p);
             }
-            return (StepStatus::TimedOut, KILLED);
+            return Adopted::Done(StepStatus::TimedOut, KILLED);
         }
         tokio::select! {
             // Not our child, so there is no exit to wait on: poll with a short interval.
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             _ = cancel.cancelled() => {
-                if let Some(p) = pid {
+                if let Some(p) = pid.filter(ours) {
                     kill_group(p);
                 }
-                return (StepStatus::Cancelled, KILLED);
+                return Adopted::Done(StepStatus::Cancelled, KILLED);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn slot(dir: &Path) -> Slot {
+        Slot {
+            script: dir.join("0.1.sh"),
+            exit: dir.join("0.1.exit"),
+            stdout: dir.join("0.out"),
+            stderr: dir.join("0.err"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gate_closed_unopened_never_runs_the_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = slot(dir.path());
+        let marker = dir.path().join("ran");
+        let script = format!("echo ran > {}", marker.display());
+        let spec = Spec {
+            script: &script,
+            dir: dir.path(),
+            env: Vec::new(),
+        };
+        let mut started = start(&slot, &spec).unwrap();
+        // The agent dies before opening the gate: its end of the pipe closes.
+        drop(started.child.stdin.take());
+        let (pid, st) = (started.pid, started.start_time);
+        let _ = started.child.wait().await;
+        let adopted = adopt(
+            &slot,
+            Some(pid),
+            st,
+            true,
+            Duration::from_secs(5),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(adopted, Adopted::NotRun);
+        assert!(!marker.exists(), "the script ran without its gate opening");
+    }
+
+    #[tokio::test]
+    async fn a_script_runs_from_its_file_not_from_argv() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = slot(dir.path());
+        // Over Linux's 128 KiB limit for one argument.
+        let script = format!("# {}\necho \"$0\"; exit 3\n", "x".repeat(200 * 1024));
+        let spec = Spec {
+            script: &script,
+            dir: dir.path(),
+            env: Vec::new(),
+        };
+        let mut started = start(&slot, &spec).unwrap();
+        started.open_gate().await;
+        let r = wait(
+            &slot,
+            started,
+            Duration::from_secs(10),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(r, (StepStatus::Failed, 3));
+        let out = std::fs::read_to_string(&slot.stdout).unwrap();
+        assert_eq!(out.trim(), slot.script.display().to_string());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&slot.script)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_recorded_process() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let start = start_time(me);
+        assert!(start.is_some());
+        assert!(is_recorded_process(me, start));
+        assert!(!is_recorded_process(me, start.map(|s| s + 1)));
     }
 }

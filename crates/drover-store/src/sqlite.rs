@@ -39,8 +39,11 @@ impl SqliteStore {
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
+        // FULL: in WAL mode every commit is flushed to disk before it returns. The server tells
+        // an agent it may forget a result once that result is committed, so a commit must
+        // survive a power loss (NORMAL keeps only what the last checkpoint wrote).
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
         )
         .map_err(open_err)?;

@@ -136,6 +136,13 @@ impl Proc {
         }
     }
 
+    /// The exit status, if the process has exited (reaps it); `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -354,6 +361,64 @@ impl Env {
 
     pub fn state_dir(&self, name: &str) -> PathBuf {
         self.path(name)
+    }
+
+    /// Starts `drover agent run` for `name` under a [`Supervised`] handle.
+    pub fn supervise_agent(
+        &self,
+        name: &str,
+        args: &[&str],
+        first_env: &[(&str, &str)],
+    ) -> anyhow::Result<Supervised> {
+        Ok(Supervised {
+            name: name.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: first_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            proc: self.run_agent_with(name, args, first_env)?,
+            exits: Vec::new(),
+        })
+    }
+}
+
+/// An agent kept running as systemd keeps it: when it exits it is started again with its
+/// arguments. The environment it was first given stays until a run of it is killed by SIGKILL
+/// (so a crash point fires once, also after a restart that a reboot asked for).
+pub struct Supervised {
+    pub name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    pub proc: Proc,
+    /// How each earlier run ended.
+    pub exits: Vec<std::process::ExitStatus>,
+}
+
+impl Supervised {
+    /// Starts the agent again if it has exited; true if it did.
+    pub fn tend(&mut self, env: &Env) -> anyhow::Result<bool> {
+        let Some(status) = self.proc.exited() else {
+            return Ok(false);
+        };
+        self.exits.push(status);
+        if self.was_killed() {
+            self.env.clear();
+        }
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let vars: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.proc = env.run_agent_with(&self.name, &args, &vars)?;
+        Ok(true)
+    }
+
+    /// Whether an earlier run was killed by SIGKILL.
+    pub fn was_killed(&self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        self.exits.iter().any(|s| s.signal() == Some(9))
     }
 }
 

@@ -51,21 +51,41 @@ fn control() -> Message {
     })
 }
 
+/// How an exchange ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The server closed the stream or the connection: it has said all it will.
+    Closed,
+    /// Nothing more came within the deadline: proves nothing about what the server would say.
+    Silent,
+}
+
 /// Sends `raw` on a new stream and returns what the server answers until it closes.
-async fn exchange(tunnel: &Tunnel, raw: &[u8]) -> Vec<Result<Message, String>> {
+async fn exchange(tunnel: &Tunnel, raw: &[u8]) -> (Vec<Result<Message, String>>, End) {
     // The server may already have closed the connection: then there is no answer at all.
     let Ok(mut stream) = tunnel.open().await else {
-        return Vec::new();
+        return (Vec::new(), End::Closed);
     };
     if stream.write_all(raw).await.is_err() || stream.flush().await.is_err() {
-        return Vec::new();
+        return (Vec::new(), End::Closed);
     }
     let mut framed = FrameCodec::framed(stream);
     let mut answers = Vec::new();
-    while let Ok(Some(next)) = tokio::time::timeout(DEADLINE, framed.next()).await {
-        answers.push(next.map_err(|e| e.to_string()));
+    loop {
+        match tokio::time::timeout(DEADLINE, framed.next()).await {
+            Err(_) => return (answers, End::Silent),
+            Ok(None) => return (answers, End::Closed),
+            Ok(Some(next)) => answers.push(next.map_err(|e| e.to_string())),
+        }
     }
-    answers
+}
+
+/// The server ended the exchange without a Welcome.
+fn refused_without_welcome((answers, end): &(Vec<Result<Message, String>>, End)) -> bool {
+    *end == End::Closed
+        && answers
+            .iter()
+            .all(|a| !matches!(a, Ok(Message::Welcome(_))))
 }
 
 fn encode(msgs: &[Message]) -> Vec<u8> {
@@ -98,13 +118,8 @@ async fn clients_without_a_node_certificate_from_this_ca_cannot_reach_the_agent_
 
     // No client certificate: TLS completes (the API needs none), the agent endpoint says nothing.
     let tunnel = connect(&server, None).await?;
-    let answers = exchange(&tunnel, &encode(&[control(), hello(1, 1)])).await;
-    assert!(
-        answers
-            .iter()
-            .all(|a| !matches!(a, Ok(Message::Welcome(_)))),
-        "{answers:?}"
-    );
+    let ex = exchange(&tunnel, &encode(&[control(), hello(1, 1)])).await;
+    assert!(refused_without_welcome(&ex), "{ex:?}");
     drover_testkit::wait_until("the refusal to be counted", DEADLINE, || async {
         Ok((refused_count(&server, "no_certificate").await? >= 1).then_some(()))
     })
@@ -119,16 +134,17 @@ async fn clients_without_a_node_certificate_from_this_ca_cannot_reach_the_agent_
         drover_pki::key_from_pem(&key.key_pem)?,
     );
     match connect(&server, Some(auth)).await {
-        Err(_) => {}
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("certificate") || e.contains("alert"),
+                "not a TLS refusal: {e}"
+            );
+        }
         Ok(tunnel) => {
             // TLS 1.3 reports a rejected client certificate on the first read.
-            let answers = exchange(&tunnel, &encode(&[control(), hello(1, 1)])).await;
-            assert!(
-                answers
-                    .iter()
-                    .all(|a| !matches!(a, Ok(Message::Welcome(_)))),
-                "{answers:?}"
-            );
+            let ex = exchange(&tunnel, &encode(&[control(), hello(1, 1)])).await;
+            assert!(refused_without_welcome(&ex), "{ex:?}");
         }
     }
     let node = server.client()?.get_node(&real).await?;
@@ -154,7 +170,7 @@ async fn malformed_oversize_and_unexpected_frames_are_refused_without_harming_ot
     let mut raw = encode(&[control()]);
     raw.extend_from_slice(&10u32.to_be_bytes());
     raw.extend_from_slice(b"not json!!");
-    let answers = exchange(&tunnel, &raw).await;
+    let (answers, _) = exchange(&tunnel, &raw).await;
     assert!(
         matches!(answers.first(), Some(Ok(Message::Error { code, .. })) if code == "bad_frame"),
         "{answers:?}"
@@ -165,7 +181,7 @@ async fn malformed_oversize_and_unexpected_frames_are_refused_without_harming_ot
     let mut raw = encode(&[control()]);
     raw.extend_from_slice(&u32::MAX.to_be_bytes());
     raw.extend_from_slice(&[0u8; 1024]);
-    let answers = exchange(&tunnel, &raw).await;
+    let (answers, _) = exchange(&tunnel, &raw).await;
     match answers.first() {
         Some(Ok(Message::Error { code, message })) => {
             assert_eq!(code, "bad_frame");
@@ -181,17 +197,12 @@ async fn malformed_oversize_and_unexpected_frames_are_refused_without_harming_ot
         node_id: attacker.clone(),
         heartbeat_secs: 1,
     });
-    let answers = exchange(&tunnel, &encode(&[control(), welcome])).await;
-    assert!(
-        answers
-            .iter()
-            .all(|a| !matches!(a, Ok(Message::Welcome(_)))),
-        "{answers:?}"
-    );
+    let ex = exchange(&tunnel, &encode(&[control(), welcome])).await;
+    assert!(refused_without_welcome(&ex), "{ex:?}");
 
     // No protocol version in common.
     let tunnel = connect(&server, Some(auth)).await?;
-    let answers = exchange(&tunnel, &encode(&[control(), hello(90, 99)])).await;
+    let (answers, _) = exchange(&tunnel, &encode(&[control(), hello(90, 99)])).await;
     match answers.first() {
         Some(Ok(Message::Refused(r))) => {
             assert_eq!(r.code, RefuseCode::Version);

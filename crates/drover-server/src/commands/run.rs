@@ -23,6 +23,9 @@ use crate::secrets;
 
 /// How long after the execution timeout the server waits for the agent's own timeout report.
 const GRACE: Duration = Duration::from_secs(30);
+/// First and longest pause before a delivery is tried again on a tunnel that is still up.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 pub struct Ctx {
     pub store: Arc<dyn Store>,
@@ -174,6 +177,7 @@ pub async fn run(ctx: Arc<Ctx>, run: Run) -> Option<String> {
 async fn deliver(ctx: &Ctx, run: &Run, id: &str, node: &NodeId, resumed: bool) -> String {
     let delivery_deadline = Instant::now() + run.delivery_timeout;
     let mut exec_deadline = resumed.then(|| Instant::now() + run.execution_timeout);
+    let mut retries = 0u32;
     loop {
         // Wait for the node's tunnel.
         let tunnel = loop {
@@ -204,8 +208,23 @@ async fn deliver(ctx: &Ctx, run: &Run, id: &str, node: &NodeId, resumed: bool) -
         match stream(ctx, run, id, node, &tunnel, &mut exec_deadline).await {
             Some(status) => return status,
             None if ctx.stop.is_cancelled() => return String::new(),
-            // The connection was lost: wait for the node to come back; the agent replays.
-            None => continue,
+            // The connection was lost, or the store refused part of the result: wait for the
+            // node, and the agent replays. A failure with the tunnel still up was not the
+            // connection's, so back off rather than spin on it.
+            None => {
+                if ctx.registry.tunnel(node).is_none() {
+                    retries = 0;
+                    continue;
+                }
+                retries = retries.saturating_add(1);
+                let pause = RETRY_FIRST
+                    .saturating_mul(2u32.saturating_pow(retries.min(16) - 1))
+                    .min(RETRY_MAX);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = ctx.stop.cancelled() => return String::new(),
+                }
+            }
         }
     }
 }

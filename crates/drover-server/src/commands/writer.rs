@@ -1,8 +1,14 @@
 //! One task writes invocation progress to the store, in batches: a thousand agents reporting at
 //! once cost a few transactions. A caller that must know its update is stored (before telling
 //! the agent it may forget the result) waits for the batch's acknowledgement.
+//!
+//! A batch that fails is applied again one update at a time, so one bad update fails only
+//! itself. An invocation with a failed update is marked: its final status is then refused (its
+//! acknowledgement is false), so the delivery starts over and the agent, which keeps everything
+//! until it hears `Delivered`, replays what the store lacks. Nothing is dropped silently.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_store::{InvocationUpdate, Store};
@@ -21,6 +27,9 @@ pub struct Updates {
     changed: watch::Receiver<u64>,
 }
 
+/// Invocations with an update that could not be stored since their delivery began.
+type Failed = Arc<Mutex<HashSet<String>>>;
+
 pub struct UpdateWriter {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -31,7 +40,13 @@ impl Updates {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (changed_tx, changed) = watch::channel(0);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(write(store, rx, changed_tx, stop.clone()));
+        let task = tokio::spawn(write(
+            store,
+            rx,
+            changed_tx,
+            stop.clone(),
+            Failed::default(),
+        ));
         (Self { tx, changed }, UpdateWriter { stop, task })
     }
 
@@ -69,6 +84,7 @@ async fn write(
     mut rx: mpsc::Receiver<Item>,
     changed: watch::Sender<u64>,
     stop: CancellationToken,
+    failed: Failed,
 ) {
     let mut batch: Vec<Item> = Vec::with_capacity(BATCH);
     loop {
@@ -85,34 +101,94 @@ async fn write(
                         Err(_) => break,
                     }
                 }
-                flush(&*store, &mut batch, &changed).await;
+                flush(&*store, &mut batch, &changed, &failed).await;
             }
             _ = stop.cancelled() => {
                 while let Ok(item) = rx.try_recv() {
                     batch.push(item);
                 }
-                flush(&*store, &mut batch, &changed).await;
+                flush(&*store, &mut batch, &changed, &failed).await;
                 return;
             }
         }
     }
 }
 
-async fn flush(store: &dyn Store, batch: &mut Vec<Item>, changed: &watch::Sender<u64>) {
+fn invocation_of(u: &InvocationUpdate) -> &str {
+    match u {
+        InvocationUpdate::Status { invocation_id, .. }
+        | InvocationUpdate::StepStarted { invocation_id, .. }
+        | InvocationUpdate::Output { invocation_id, .. }
+        | InvocationUpdate::StepFinished { invocation_id, .. } => invocation_id,
+    }
+}
+
+fn is_final(u: &InvocationUpdate) -> bool {
+    matches!(u, InvocationUpdate::Status { status, .. }
+        if matches!(status.as_str(), "Success" | "Failed" | "TimedOut" | "Cancelled"))
+}
+
+async fn flush(
+    store: &dyn Store,
+    batch: &mut Vec<Item>,
+    changed: &watch::Sender<u64>,
+    failed: &Failed,
+) {
     if batch.is_empty() {
         return;
     }
+    let marked = |id: &str| failed.lock().map(|f| f.contains(id)).unwrap_or(true);
+    let mut results = vec![true; batch.len()];
+    let whole = batch.iter().all(|(u, _)| {
+        u.as_ref()
+            .is_none_or(|u| !(is_final(u) && marked(invocation_of(u))))
+    });
     let updates: Vec<InvocationUpdate> = batch.iter().filter_map(|(u, _)| u.clone()).collect();
-    let ok = match store.apply_invocation_updates(&updates).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), count = updates.len(), "could not store invocation progress");
-            false
+    let stored_whole = whole
+        && match store.apply_invocation_updates(&updates).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), count = updates.len(), "a batch of invocation progress failed; storing its updates one by one");
+                false
+            }
+        };
+    if !stored_whole {
+        for (i, (u, _)) in batch.iter().enumerate() {
+            let Some(u) = u else { continue };
+            let id = invocation_of(u);
+            let ok = if is_final(u) && marked(id) {
+                // Its delivery starts over and the agent replays what is missing; the mark
+                // goes with this refusal.
+                if let Ok(mut f) = failed.lock() {
+                    f.remove(id);
+                }
+                false
+            } else {
+                match store
+                    .apply_invocation_updates(std::slice::from_ref(u))
+                    .await
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(invocation = %id, error = %format!("{e:#}"), "could not store invocation progress; the delivery will replay it");
+                        if let Ok(mut f) = failed.lock() {
+                            f.insert(id.to_string());
+                        }
+                        false
+                    }
+                }
+            };
+            if let Some(r) = results.get_mut(i) {
+                *r = ok;
+            }
         }
-    };
-    for (_, ack) in batch.drain(..) {
+    }
+    // A barrier acknowledges that everything before it was stored.
+    let mut all_ok = true;
+    for ((u, ack), ok) in batch.drain(..).zip(results) {
+        all_ok &= ok;
         if let Some(ack) = ack {
-            let _ = ack.send(ok);
+            let _ = ack.send(if u.is_some() { ok } else { all_ok });
         }
     }
     changed.send_modify(|v| *v += 1);
@@ -123,5 +199,143 @@ impl UpdateWriter {
     pub async fn finish(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use drover_store::{Command, Invocation, InvocationQuery, SqliteStore};
+
+    use super::*;
+
+    fn command() -> Command {
+        Command {
+            id: "cmd-1".into(),
+            document_name: "RunShellScript".into(),
+            document_version: "1".into(),
+            parameters: "{}".into(),
+            targets: vec!["all".into()],
+            max_concurrency: "50".into(),
+            max_errors: "0".into(),
+            delivery_timeout_secs: 600,
+            execution_timeout_secs: 3600,
+            output_limit: 1 << 20,
+            comment: String::new(),
+            created_at: 1,
+            status: "Pending".into(),
+            payload: "{}".into(),
+            cancel_requested: false,
+        }
+    }
+
+    fn invocation(id: &str, node: &str) -> Invocation {
+        Invocation {
+            id: id.into(),
+            command_id: "cmd-1".into(),
+            node_id: node.into(),
+            node_name: String::new(),
+            status: "Pending".into(),
+            status_detail: String::new(),
+            exit_code: None,
+            requested_at: 1,
+            started_at: None,
+            finished_at: None,
+            steps: Vec::new(),
+        }
+    }
+
+    fn output(inv: &str, offset: i64, data: &str) -> InvocationUpdate {
+        InvocationUpdate::Output {
+            invocation_id: inv.into(),
+            step: "s".into(),
+            stderr: false,
+            offset,
+            len: data.len() as i64,
+            data: data.into(),
+        }
+    }
+
+    fn status(inv: &str, status: &str) -> InvocationUpdate {
+        InvocationUpdate::Status {
+            invocation_id: inv.into(),
+            status: status.into(),
+            detail: String::new(),
+            exit_code: Some(0),
+            at: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_update_fails_only_its_invocation_and_refuses_its_final_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_command(
+                &command(),
+                &[
+                    invocation("inv-a", "n-0000000000000000a"),
+                    invocation("inv-b", "n-0000000000000000b"),
+                ],
+            )
+            .await
+            .unwrap();
+        // A real failure inside SQLite for one chunk, as a full disk or an I/O error would be.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE UPDATE OF stdout ON invocation_steps \
+                 WHEN NEW.stdout LIKE '%BOOM%' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;",
+            )
+            .unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let (updates, writer) = Updates::new(store.clone());
+        for inv in ["inv-a", "inv-b"] {
+            updates.push(status(inv, "InProgress")).await;
+            updates
+                .push(InvocationUpdate::StepStarted {
+                    invocation_id: inv.into(),
+                    step: "s".into(),
+                })
+                .await;
+        }
+        updates.push(output("inv-a", 0, "BOOM\n")).await;
+        updates.push(output("inv-a", 5, "after\n")).await;
+        updates.push(output("inv-b", 0, "fine\n")).await;
+        assert!(!updates.push_stored(status("inv-a", "Success")).await);
+        assert!(updates.push_stored(status("inv-b", "Success")).await);
+        writer.finish().await;
+
+        let get = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                let q = InvocationQuery {
+                    command_id: Some("cmd-1".into()),
+                    with_steps: true,
+                    limit: 10,
+                    ..InvocationQuery::default()
+                };
+                store
+                    .list_invocations(&q)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|i| i.id == id)
+                    .unwrap()
+            }
+        };
+        let b = get("inv-b").await;
+        assert_eq!(
+            (b.status.as_str(), b.steps[0].stdout.as_str()),
+            ("Success", "fine\n")
+        );
+        // A is not final, and its stored output ends where the replay will start.
+        let a = get("inv-a").await;
+        assert_eq!(a.status, "InProgress");
+        assert_eq!(
+            (a.steps[0].stdout.as_str(), a.steps[0].stdout_bytes),
+            ("", 0)
+        );
     }
 }

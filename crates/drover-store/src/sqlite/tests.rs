@@ -339,3 +339,17 @@ async fn documents_keep_versions_and_a_default() {
     s.delete_document("Deploy").await.unwrap();
     assert!(s.get_document("Deploy", None).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn commits_are_flushed_to_disk_before_they_return() {
+    let (_d, s) = store().await;
+    // 2 = FULL: with WAL, each commit syncs the log (NORMAL would wait for a checkpoint).
+    let level: i64 = s
+        .call(|c| {
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .map_err(db("read synchronous"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(level, 2);
+}
