@@ -104,9 +104,12 @@ pub async fn execute(
         return Ok(());
     }
     st.rebooting = false;
-    let spent = Duration::from_millis(u64::try_from(now_ms() - st.started_ms).unwrap_or(0));
-    let deadline =
-        Instant::now() + Duration::from_secs(invoke.execution_timeout_secs).saturating_sub(spent);
+    let deadline = Instant::now()
+        + remaining(
+            Duration::from_secs(invoke.execution_timeout_secs),
+            st.started_ms,
+            now_ms(),
+        );
     let mut x = Exec {
         ctx,
         entry,
@@ -316,13 +319,12 @@ impl Exec<'_> {
         let slot = self.slot(out, key);
         let timeout = step_timeout(step, self.deadline);
         if let Some(u) = self.st.units.get(key).cloned() {
-            let spent = Duration::from_millis(u64::try_from(now_ms() - u.started_ms).unwrap_or(0));
             let adopted = shell::adopt(
                 &slot,
                 u.pid,
                 u.start_time,
                 u.boot_id == boot_id(),
-                timeout.saturating_sub(spent),
+                remaining(timeout, u.started_ms, now_ms()),
                 self.cancel,
             )
             .await;
@@ -468,6 +470,13 @@ impl Exec<'_> {
     }
 }
 
+/// What is left of `timeout` that started at `started_ms` (Unix milliseconds), at `now_ms`.
+/// Milliseconds, not seconds: a 1 s timeout must not become 0 by rounding.
+fn remaining(timeout: Duration, started_ms: i64, now_ms: i64) -> Duration {
+    let spent = u64::try_from(now_ms.saturating_sub(started_ms)).unwrap_or(0);
+    timeout.saturating_sub(Duration::from_millis(spent))
+}
+
 fn precondition_holds(step: &ResolvedStep, platform: &str) -> bool {
     match &step.precondition {
         None => true,
@@ -574,4 +583,22 @@ fn env_for(
         );
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_count_milliseconds_not_whole_seconds() {
+        let second = Duration::from_secs(1);
+        // Started at 10.999 s, now 11.001 s: 2 ms spent (whole seconds would say 1 s).
+        assert_eq!(
+            remaining(second, 10_999, 11_001),
+            Duration::from_millis(998)
+        );
+        assert_eq!(remaining(second, 10_000, 12_000), Duration::ZERO);
+        // A clock that went back spends nothing.
+        assert_eq!(remaining(second, 11_000, 10_000), second);
+    }
 }

@@ -368,24 +368,22 @@ impl Env {
         &self,
         name: &str,
         args: &[&str],
-        first_env: &[(&str, &str)],
+        env_vars: &[(&str, &str)],
     ) -> anyhow::Result<Supervised> {
         Ok(Supervised {
             name: name.to_string(),
             args: args.iter().map(|a| a.to_string()).collect(),
-            env: first_env
+            env: env_vars
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            proc: self.run_agent_with(name, args, first_env)?,
+            proc: self.run_agent_with(name, args, env_vars)?,
             exits: Vec::new(),
         })
     }
 }
 
-/// An agent kept running as systemd keeps it: when it exits it is started again with its
-/// arguments. The environment it was first given stays until a run of it is killed by SIGKILL
-/// (so a crash point fires once, also after a restart that a reboot asked for).
+/// An agent kept running as systemd keeps it: when it exits it is started again, as it was.
 pub struct Supervised {
     pub name: String,
     args: Vec<String>,
@@ -402,9 +400,6 @@ impl Supervised {
             return Ok(false);
         };
         self.exits.push(status);
-        if self.was_killed() {
-            self.env.clear();
-        }
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         let vars: Vec<(&str, &str)> = self
             .env

@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// Parameter as NAME=VALUE (repeat a name to build a list).
     #[arg(long = "param")]
     pub params: Vec<String>,
+    /// Parameter as NAME=FILE: the value is the file's text (a long script, for example:
+    /// `--param-file commands=deploy.sh`).
+    #[arg(long = "param-file")]
+    pub param_files: Vec<String>,
     /// Targets: all, node IDs, node names, tag:KEY=VALUE (repeatable, or comma-separated).
     #[arg(long = "targets", value_delimiter = ',')]
     pub targets: Vec<String>,

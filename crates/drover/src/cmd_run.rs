@@ -17,25 +17,38 @@ use crate::client_config::client;
 use crate::cmd_server::parse_duration;
 use crate::UsageError;
 
-/// `NAME=VALUE` pairs; a name given twice builds a list.
-fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, Value>, UsageError> {
-    let mut out: BTreeMap<String, Value> = BTreeMap::new();
-    for p in pairs {
-        let (k, v) = p
-            .split_once('=')
+/// `NAME=VALUE` pairs, then `NAME=FILE` pairs whose value is the file's text; a name given
+/// twice builds a list.
+fn parse_params(pairs: &[String], files: &[String]) -> Result<BTreeMap<String, Value>, UsageError> {
+    let split = |p: &str, flag: &str, what: &str| {
+        p.split_once('=')
             .filter(|(k, _)| !k.trim().is_empty())
-            .ok_or_else(|| UsageError(format!("invalid --param {p:?}: expected NAME=VALUE")))?;
-        let v = Value::String(v.to_string());
-        match out.remove(k) {
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .ok_or_else(|| UsageError(format!("invalid {flag} {p:?}: expected NAME={what}")))
+    };
+    let mut values = Vec::new();
+    for p in pairs {
+        values.push(split(p, "--param", "VALUE")?);
+    }
+    for p in files {
+        let (k, file) = split(p, "--param-file", "FILE")?;
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| UsageError(format!("--param-file {k}: cannot read {file:?}: {e}")))?;
+        values.push((k, text));
+    }
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+    for (k, v) in values {
+        let v = Value::String(v);
+        match out.remove(&k) {
             None => {
-                out.insert(k.to_string(), v);
+                out.insert(k, v);
             }
             Some(Value::Array(mut items)) => {
                 items.push(v);
-                out.insert(k.to_string(), Value::Array(items));
+                out.insert(k, Value::Array(items));
             }
             Some(first) => {
-                out.insert(k.to_string(), Value::Array(vec![first, v]));
+                out.insert(k, Value::Array(vec![first, v]));
             }
         }
     }
@@ -43,7 +56,7 @@ fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, Value>, UsageError>
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut params = parse_params(&args.params)?;
+    let mut params = parse_params(&args.params, &args.param_files)?;
     let document = match (&args.document, args.command.is_empty()) {
         (Some(d), true) => d.clone(),
         (None, false) => {

@@ -22,18 +22,54 @@ fn env() -> Env {
 
 /// One agent's case: where it dies, and which unit (by label) it holds running meanwhile.
 struct Case {
-    point: &'static str,
-    hold: Option<&'static str>,
+    point: String,
+    hold: Option<String>,
 }
 
-const fn at(point: &'static str) -> Case {
-    Case { point, hold: None }
+/// What a kind of document is, what it runs, and what every node must end with.
+struct Kind {
+    /// `(name, yaml)` of stored documents, the last one is run.
+    docs: Vec<(&'static str, String)>,
+    /// The labels of its script units, in the order they start.
+    scripts: &'static [&'static str],
+    /// How many unit records are written (script units and runDocument units).
+    unit_records: usize,
+    /// How many steps end through the normal path (a step that asks for a reboot does not).
+    steps_done: usize,
+    reboots: bool,
 }
 
-const fn holding(point: &'static str, label: &'static str) -> Case {
-    Case {
-        point,
-        hold: Some(label),
+impl Kind {
+    fn expected(&self) -> String {
+        self.scripts.iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    /// Every crash point between "recorded" and "delivered", at each of its hits.
+    fn cases(&self) -> Vec<Case> {
+        let at = |p: String| Case {
+            point: p,
+            hold: None,
+        };
+        let mut cases = vec![at("invocation-recorded".into())];
+        for (k, label) in self.scripts.iter().enumerate() {
+            let k = k + 1;
+            cases.push(at(format!("unit-recorded:{k}")));
+            // Killed while its script runs: the script is held until the agent is back.
+            cases.push(Case {
+                point: format!("unit-started:{k}"),
+                hold: Some(label.to_string()),
+            });
+            cases.push(at(format!("unit-exited:{k}")));
+        }
+        cases.extend((1..=self.unit_records).map(|k| at(format!("unit-done:{k}"))));
+        cases.extend((1..=self.steps_done).map(|k| at(format!("step-done:{k}"))));
+        if self.reboots {
+            cases.push(at("rebooting".into()));
+        }
+        for p in ["finished", "result-sent", "delivered-received"] {
+            cases.push(at(p.into()));
+        }
+        cases
     }
 }
 
@@ -48,15 +84,9 @@ fn unit(marks: &Path, label: &str, then: &str) -> String {
     .unwrap()
 }
 
-/// What a kind of document is and what every node must end with.
-struct Kind {
-    /// `(name, yaml)` of stored documents, the last one is run.
-    docs: Vec<(&'static str, String)>,
-    expected: &'static str,
-    reboots: bool,
-}
-
-async fn crash_matrix(env: &Env, kind: Kind, cases: &[Case]) -> anyhow::Result<()> {
+async fn crash_matrix(env: &Env, kind: Kind) -> anyhow::Result<()> {
+    let cases = kind.cases();
+    let expected = kind.expected();
     let server = env.start_server(0, &[])?;
     let marks = env.path("marks");
     std::fs::create_dir_all(&marks)?;
@@ -65,10 +95,15 @@ async fn crash_matrix(env: &Env, kind: Kind, cases: &[Case]) -> anyhow::Result<(
     for (i, case) in cases.iter().enumerate() {
         let name = format!("c{i}");
         ids.push(env.register_agent(&server, &name, &[])?);
+        // The hits add up across restarts, so the point fires once, in whichever run gets there.
+        let counter = env.path(&format!("{name}.hits"));
         agents.push(env.supervise_agent(
             &name,
             &["--reboot-mode", "restart-agent"],
-            &[("DROVER_CRASH_AT", case.point)],
+            &[
+                ("DROVER_CRASH_AT", &case.point),
+                ("DROVER_CRASH_COUNTER", &counter.to_string_lossy()),
+            ],
         )?);
     }
     wait_status(&server, &ids, "Online").await?;
@@ -80,7 +115,11 @@ async fn crash_matrix(env: &Env, kind: Kind, cases: &[Case]) -> anyhow::Result<(
     let holds: Vec<Option<std::path::PathBuf>> = cases
         .iter()
         .zip(&ids)
-        .map(|(c, id)| c.hold.map(|l| marks.join(format!("{id}.hold-{l}"))))
+        .map(|(c, id)| {
+            c.hold
+                .as_ref()
+                .map(|l| marks.join(format!("{id}.hold-{l}")))
+        })
         .collect();
     for h in holds.iter().flatten() {
         std::fs::write(h, "")?;
@@ -128,14 +167,14 @@ async fn crash_matrix(env: &Env, kind: Kind, cases: &[Case]) -> anyhow::Result<(
         }
         // With --reboot-mode restart-agent a restart is the reboot: an agent killed after the
         // reboot was recorded has had it.
-        let rebooted_by_crash = ["unit-done", "rebooting"].contains(&case.point);
+        let rebooted_by_crash = ["unit-done:1", "rebooting"].contains(&case.point.as_str());
         if kind.reboots && !rebooted_by_crash && !agent.exits.iter().any(|s| s.code() == Some(194))
         {
             failures.push(format!("{what}: no reboot"));
         }
         let ran = std::fs::read_to_string(marks.join(id)).unwrap_or_default();
-        if ran != kind.expected {
-            failures.push(format!("{what}: ran {ran:?}, expected {:?}", kind.expected));
+        if ran != expected {
+            failures.push(format!("{what}: ran {ran:?}, expected {expected:?}"));
         }
         let inv = client.get_invocation(&cmd, id).await?;
         if inv.status != "Success" {
@@ -157,25 +196,12 @@ async fn a_plain_step_runs_once_whatever_point_the_agent_dies_at() -> anyhow::Re
     );
     let kind = Kind {
         docs: vec![("Plain", doc)],
-        expected: "p\n",
+        scripts: &["p"],
+        unit_records: 1,
+        steps_done: 1,
         reboots: false,
     };
-    crash_matrix(
-        &env,
-        kind,
-        &[
-            at("invocation-recorded"),
-            at("unit-recorded"),
-            holding("unit-started", "p"),
-            at("unit-exited"),
-            at("unit-done"),
-            at("step-done"),
-            at("finished"),
-            at("result-sent"),
-            at("delivered-received"),
-        ],
-    )
-    .await
+    crash_matrix(&env, kind).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,26 +220,12 @@ async fn each_attempt_of_a_retried_step_runs_once() -> anyhow::Result<()> {
     );
     let kind = Kind {
         docs: vec![("Retry", doc)],
-        expected: "a1\na2\n",
+        scripts: &["a1", "a2"],
+        unit_records: 2,
+        steps_done: 1,
         reboots: false,
     };
-    crash_matrix(
-        &env,
-        kind,
-        &[
-            at("unit-recorded:1"),
-            holding("unit-started:1", "a1"),
-            at("unit-exited:1"),
-            at("unit-done:1"),
-            at("unit-recorded:2"),
-            holding("unit-started:2", "a2"),
-            at("unit-exited:2"),
-            at("unit-done:2"),
-            at("step-done"),
-            at("finished"),
-        ],
-    )
-    .await
+    crash_matrix(&env, kind).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,29 +247,13 @@ async fn each_step_of_a_nested_document_runs_once() -> anyhow::Result<()> {
     );
     let kind = Kind {
         docs: vec![("Inner", inner), ("Outer", outer)],
-        expected: "n1\nn2\na\n",
+        scripts: &["n1", "n2", "a"],
+        // n1, n2, the runDocument unit itself, a.
+        unit_records: 4,
+        steps_done: 2,
         reboots: false,
     };
-    crash_matrix(
-        &env,
-        kind,
-        &[
-            at("invocation-recorded"),
-            holding("unit-started:1", "n1"),
-            at("unit-exited:1"),
-            at("unit-done:1"),
-            at("unit-recorded:2"),
-            holding("unit-started:2", "n2"),
-            at("unit-done:2"),
-            // The runDocument unit's own record.
-            at("unit-done:3"),
-            at("step-done:1"),
-            holding("unit-started:3", "a"),
-            at("finished"),
-            at("result-sent"),
-        ],
-    )
-    .await
+    crash_matrix(&env, kind).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,27 +269,13 @@ async fn a_reboot_step_and_the_step_after_it_run_once() -> anyhow::Result<()> {
     );
     let kind = Kind {
         docs: vec![("Reboot", doc)],
-        expected: "r1\nr2\n",
+        scripts: &["r1", "r2"],
+        unit_records: 2,
+        // The step that asks for the reboot ends through the reboot path.
+        steps_done: 1,
         reboots: true,
     };
-    // A restart that the reboot asked for keeps the crash point: the points after it fire in
-    // the agent that resumed.
-    crash_matrix(
-        &env,
-        kind,
-        &[
-            at("invocation-recorded"),
-            at("unit-recorded"),
-            holding("unit-started", "r1"),
-            at("unit-exited"),
-            at("unit-done"),
-            at("rebooting"),
-            at("step-done"),
-            at("finished"),
-            at("result-sent"),
-        ],
-    )
-    .await
+    crash_matrix(&env, kind).await
 }
 
 /// Every process whose command line mentions `needle` (like `pgrep -f`, without procps).
@@ -345,6 +327,12 @@ async fn a_step_running_when_the_machine_crashed_is_reported_lost_never_run_agai
         .trim()
         .to_string();
     agent.wait_exit(DEADLINE)?;
+    let ran = marks.join(&id);
+    wait_until("the step to run", DEADLINE, || {
+        let ran = ran.clone();
+        async move { Ok((std::fs::read_to_string(&ran).unwrap_or_default() == "p\n").then_some(())) }
+    })
+    .await?;
 
     // The machine goes down with the agent: the step's processes die, the next boot has a new ID.
     let journal = env.state_dir("m").join("journal");
@@ -451,7 +439,8 @@ async fn a_units_record_reaches_the_disk_before_its_script_may_run() -> anyhow::
             && l.contains(r#"\"0.1\":{\"status\":\"Running\""#)
     });
     let synced_log =
-        last(&|l| l.contains("fdatasync(") && l.contains("/state.log>") && l.ends_with("= 0"));
+        // (strace may split the call around another thread's line: `<unfinished ...>`.)
+        last(&|l| l.contains("fdatasync(") && l.contains("/state.log>") && !l.contains("= -1"));
     let gate = last(&|l| l.contains("write(") && l.contains("\"go\\n\""));
     let entry_dir =
         last(&|l| l.contains(" fsync(") && l.contains("/journal/inv-") && l.ends_with(">) = 0"));

@@ -629,3 +629,48 @@ async fn server_and_agent_restarts_mid_script_run_each_step_once_with_full_outpu
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_from_private_files_never_from_the_command_line() -> anyhow::Result<()> {
+    let env = env();
+    let (server, ids, _agents) = fleet(&env, &[("big", "role=web")]).await?;
+    let secret = format!("s3cr3t-{}", std::process::id());
+    let gate = env.path("gate");
+    // Over Linux's 128 KiB limit for one argument: it could not start as an argv string.
+    let filler = format!("# {}", "x".repeat(150 * 1024));
+    let lines = [
+        format!("TOKEN={secret}"),
+        filler,
+        "echo started".to_string(),
+        format!("while [ ! -e {} ]; do sleep 0.02; done", gate.display()),
+        "echo \"done ${#TOKEN}\"".to_string(),
+    ];
+    write(&env.path("big.sh"), &lines.join("\n"));
+    let param = format!("commands={}", env.path("big.sh").display());
+    let cmd = env
+        .cli_ok(&[
+            "run",
+            "--no-wait",
+            "--param-file",
+            &param,
+            "--doc",
+            "RunShellScript",
+            "--targets",
+            &ids[0],
+        ])?
+        .trim()
+        .to_string();
+    let client = server.client()?;
+    wait_started(&client, &cmd).await?;
+    // While it runs, no process shows the script (or the secret in it) to other local users.
+    assert!(!pgrep(&secret), "the script's text is on a command line");
+    write(&gate, "");
+    let done = wait_done(&client, &cmd).await?;
+    assert_eq!(done.status, "Success");
+    let inv = client.get_invocation(&cmd, &ids[0]).await?;
+    assert_eq!(
+        inv.steps[0].stdout,
+        format!("started\ndone {}\n", secret.len())
+    );
+    Ok(())
+}
