@@ -82,6 +82,8 @@ struct Exec<'a> {
     st: InvocationState,
     /// The execution timeout, counted from when the invocation was recorded.
     deadline: Instant,
+    /// The entry's files and directories are flushed (done with the first durable save).
+    names_flushed: bool,
 }
 
 /// Runs (or resumes) the invocation in `entry` until it finishes or asks for a reboot.
@@ -117,6 +119,7 @@ pub async fn execute(
         changed,
         st,
         deadline,
+        names_flushed: false,
     };
 
     let mut failed = false;
@@ -158,7 +161,7 @@ pub async fn execute(
                     }
                 }
                 // The unit's record already asked for the reboot, durably.
-                x.save(Sync::Lazy)?;
+                x.save()?;
                 crash::point("rebooting");
                 let _ = ctx.reboot.send(()).await;
                 return Ok(());
@@ -210,8 +213,7 @@ pub async fn execute(
     x.st.finished = Some((status.to_string(), exit_code));
     // Durable before the result is reported: a result the server stored is never replaced by
     // one the journal forgot.
-    entry.save(&x.st, Sync::Durable)?;
-    x.notify();
+    x.save_durable().await?;
     crash::point("finished");
     Ok(())
 }
@@ -221,8 +223,28 @@ impl Exec<'_> {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    fn save(&self, sync: Sync) -> Result<(), AgentError> {
-        self.entry.save(&self.st, sync)?;
+    fn save(&self) -> Result<(), AgentError> {
+        self.entry.save(&self.st, Sync::Lazy)?;
+        self.notify();
+        Ok(())
+    }
+
+    /// Saves and flushes to disk, on the blocking pool: a flush takes milliseconds, and an
+    /// agent (or a simulator of many) must not stall its connection for them. Concurrent
+    /// flushes of many invocations then share the filesystem's journal commits.
+    async fn save_durable(&mut self) -> Result<(), AgentError> {
+        let (entry, st, first) = (self.entry.clone(), self.st.clone(), !self.names_flushed);
+        let saved = tokio::task::spawn_blocking(move || {
+            entry.save(&st, Sync::Durable)?;
+            if first {
+                entry.flush_names()?;
+            }
+            Ok::<_, AgentError>(())
+        })
+        .await
+        .map_err(|e| corrupt(self.entry, format!("the journal writer failed: {e}")))?;
+        saved?;
+        self.names_flushed = true;
         self.notify();
         Ok(())
     }
@@ -232,16 +254,19 @@ impl Exec<'_> {
             s.status = status;
             s.exit_code = code;
         }
-        self.save(Sync::Lazy)
+        self.save()
     }
 
     /// Records a unit's result. A lazy save: a later durable one (the next unit's start, the
     /// final result) flushes it, and if a machine crash loses it the unit reads as lost.
     fn unit_done(&mut self, key: &str, o: Outcome) -> Result<Outcome, AgentError> {
-        self.record_unit(key, o, Sync::Lazy)
+        self.record_unit(key, o);
+        self.save()?;
+        crash::point("unit-done");
+        Ok(o)
     }
 
-    fn record_unit(&mut self, key: &str, o: Outcome, sync: Sync) -> Result<Outcome, AgentError> {
+    fn record_unit(&mut self, key: &str, o: Outcome) {
         let unit = self.st.units.entry(key.to_string()).or_insert(UnitState {
             status: o.status,
             exit_code: o.code,
@@ -252,9 +277,6 @@ impl Exec<'_> {
         });
         unit.status = o.status;
         unit.exit_code = o.code;
-        self.save(sync)?;
-        crash::point("unit-done");
-        Ok(o)
     }
 
     /// Runs one step (top level or nested) with its attempts; `out` is the top-level step
@@ -338,7 +360,7 @@ impl Exec<'_> {
                              down (the machine restarted, or it was killed); it is not run again",
                         );
                     }
-                    return self.script_done(key, status, code);
+                    return self.script_done(key, status, code).await;
                 }
                 // The agent died before opening the gate: the script never ran.
                 Adopted::NotRun => {}
@@ -372,16 +394,16 @@ impl Exec<'_> {
         );
         // The record that says "never start this again" reaches the disk before the script
         // may run.
-        self.save(Sync::Durable)?;
+        self.save_durable().await?;
         crash::point("unit-recorded");
         started.open_gate().await;
         crash::point("unit-started");
         let (status, code) = shell::wait(&slot, started, timeout, self.cancel).await;
         crash::point("unit-exited");
-        self.script_done(key, status, code)
+        self.script_done(key, status, code).await
     }
 
-    fn script_done(
+    async fn script_done(
         &mut self,
         key: &str,
         status: StepStatus,
@@ -393,9 +415,14 @@ impl Exec<'_> {
             // comes back (see `execute`).
             self.st.rebooting = true;
             self.st.reboot_asked_in = boot_id();
-            let mut o =
-                self.record_unit(key, Outcome::new(StepStatus::Success, code), Sync::Durable)?;
-            o.reboot = true;
+            let o = Outcome {
+                status: StepStatus::Success,
+                code,
+                reboot: true,
+            };
+            self.record_unit(key, o);
+            self.save_durable().await?;
+            crash::point("unit-done");
             return Ok(o);
         }
         self.unit_done(key, Outcome::new(status, code))
@@ -410,7 +437,7 @@ impl Exec<'_> {
         key: &str,
         step: &ResolvedStep,
     ) -> Result<Outcome, AgentError> {
-        self.save(Sync::Lazy)?;
+        self.save()?;
         let o = match crate::download::run(self.ctx, self.entry, invoke, step).await {
             Ok(()) => Outcome::new(StepStatus::Success, 0),
             Err(msg) => {

@@ -191,13 +191,14 @@ impl Entry {
         self.load().is_ok_and(|s| s.delivered)
     }
 
-    /// Records a new invocation with every step Pending, durably: once it returns, a machine
-    /// crash cannot make the invocation look new again.
+    /// Records a new invocation with every step Pending. Not flushed: until a unit is about
+    /// to start, losing the record in a machine crash only makes a repeated delivery start the
+    /// invocation afresh, which is right since nothing of it ran. [`Entry::flush_names`] makes
+    /// it durable, with the first unit's record.
     pub fn create(&self, invoke: &Invoke, step_names: &[String]) -> Result<(), AgentError> {
-        use std::io::Write;
         let root = self.dir.parent().unwrap_or(Path::new("/"));
         if !root.exists() {
-            // The journal's own name must survive a crash too (once, on the first invocation).
+            // The journal's own name must survive a crash too (once, with the first invocation).
             std::fs::create_dir_all(root).map_err(io("create", root))?;
             sync_dir(root.parent().unwrap_or(Path::new("/")))?;
         }
@@ -209,9 +210,7 @@ impl Entry {
         })?;
         // No rename needed: the invocation counts as recorded only once its state log exists.
         let path = self.dir.join("invoke.json");
-        let mut f = std::fs::File::create(&path).map_err(io("create", &path))?;
-        f.write_all(&json).map_err(io("write", &path))?;
-        f.sync_data().map_err(io("flush", &path))?;
+        std::fs::write(&path, &json).map_err(io("write", &path))?;
         self.save(
             &InvocationState {
                 steps: step_names
@@ -230,10 +229,19 @@ impl Entry {
                 started_ms: now_ms(),
                 delivered: false,
             },
-            Sync::Durable,
-        )?;
+            Sync::Lazy,
+        )
+    }
+
+    /// Flushes what [`Entry::create`] wrote that a resume needs: the request, and the names of
+    /// the entry and of its files in their directories (the state log flushes itself).
+    pub fn flush_names(&self) -> Result<(), AgentError> {
+        let path = self.dir.join("invoke.json");
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_data())
+            .map_err(io("flush", &path))?;
         sync_dir(&self.dir)?;
-        sync_dir(root)
+        sync_dir(self.dir.parent().unwrap_or(Path::new("/")))
     }
 
     pub fn invoke(&self) -> Result<Invoke, AgentError> {
