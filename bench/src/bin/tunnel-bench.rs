@@ -181,6 +181,7 @@ async fn connect(
         )),
     )?;
     let target = Endpoint {
+        credentials: None,
         host: "127.0.0.1".into(),
         port,
     };

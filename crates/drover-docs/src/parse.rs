@@ -72,6 +72,7 @@ pub fn parse(text: &str) -> Result<Document, DocError> {
             reason: strip_location(&e.to_string()),
         })?
     } else {
+        refuse_aliases(text)?;
         serde_yaml_ng::from_str(text).map_err(|e| {
             let loc = e.location();
             DocError {
@@ -83,6 +84,37 @@ pub fn parse(text: &str) -> Result<Document, DocError> {
     };
     validate(text, &doc)?;
     Ok(doc)
+}
+
+/// Refuses YAML anchors and aliases. An alias repeats what its anchor names, so nested aliases
+/// let a 64 KB document expand into gigabytes before anything is validated ("billion laughs"),
+/// on the server and on every agent that reads a local document; command documents do not need
+/// them. A text that does not scan is left to the deserializer, which reports it with its place.
+fn refuse_aliases(text: &str) -> Result<(), DocError> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        let (event, mark) = match parser.next_token() {
+            Ok(next) => next,
+            Err(_) => return Ok(()),
+        };
+        let anchored = match event {
+            Event::StreamEnd => return Ok(()),
+            Event::Alias(_) => true,
+            Event::Scalar(_, _, anchor, _)
+            | Event::SequenceStart(anchor, _)
+            | Event::MappingStart(anchor, _) => anchor != 0,
+            _ => false,
+        };
+        if anchored {
+            return Err(DocError {
+                line: Some(mark.line()),
+                column: Some(mark.col()),
+                reason: "YAML anchors and aliases (&name, *name) are not allowed in documents"
+                    .into(),
+            });
+        }
+    }
 }
 
 /// serde errors end with " at line L column C"; we report the location separately.
@@ -330,6 +362,38 @@ fn check_inputs(step: &Step) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod alias_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Ten levels of ten aliases each: 10^10 strings once expanded, from a few hundred bytes.
+    fn laughs() -> String {
+        let mut doc = String::from("schemaVersion: '2.2'\nl0: &l0 [\"lol\"]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*l{}", i - 1); 10].join(", ");
+            doc.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+        }
+        doc.push_str("mainSteps:\n  - action: aws:runShellScript\n    name: s\n    inputs:\n      runCommand: *l9\n");
+        doc
+    }
+
+    #[test]
+    fn anchors_and_aliases_are_refused_before_they_expand() {
+        let e = parse(&laughs()).unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.reason.contains("anchors and aliases"), "{e}");
+        let one = "schemaVersion: '2.2'\nmainSteps:\n  - action: aws:runShellScript\n    name: &n s\n    inputs: {runCommand: [echo]}\n";
+        assert!(parse(one).unwrap_err().reason.contains("anchors"));
+    }
+
+    #[test]
+    fn ampersands_and_stars_in_scripts_are_not_aliases() {
+        let doc = "schemaVersion: '2.2'\nmainSteps:\n  - action: aws:runShellScript\n    name: s\n    inputs:\n      runCommand: [\"ls *.log && echo &done\", 'a & b']\n";
+        parse(doc).unwrap();
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,16 @@ pub enum RedeemError {
     Expired(String, String),
     #[error("activation {id} is used up: its limit of {limit} registrations was reached")]
     UsedUp { id: String, limit: i64 },
+    #[error(
+        "tag {key}={asked} conflicts with activation {id}, which sets {key}={fixed}: an \
+         activation's tags are fixed; registration may add only keys the activation leaves open"
+    )]
+    TagConflict {
+        id: String,
+        key: String,
+        asked: String,
+        fixed: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -328,14 +328,30 @@ impl Store for SqliteStore {
                     limit: act.registration_limit,
                 });
             }
+            // The activation's tags are authoritative: whoever holds a code for env=dev nodes
+            // must not register an env=prod node (and receive env=prod commands). Registration
+            // may add keys the activation leaves open.
+            let mut tags = act.tags.clone();
+            for (k, v) in &node.tags {
+                match act.tags.get(k) {
+                    Some(fixed) if fixed != v => {
+                        return Err(RedeemError::TagConflict {
+                            id: aid,
+                            key: k.clone(),
+                            asked: v.clone(),
+                            fixed: fixed.clone(),
+                        })
+                    }
+                    _ => {
+                        tags.insert(k.clone(), v.clone());
+                    }
+                }
+            }
             tx.execute(
                 "UPDATE activations SET registrations = registrations + 1 WHERE id = ?1",
                 [&aid],
             )
             .map_err(db("redeem an activation"))?;
-            // Tags given at registration win over the activation's defaults.
-            let mut tags = act.tags.clone();
-            tags.extend(node.tags.clone());
             let name = if node.name.is_empty() {
                 if act.default_name.is_empty() {
                     node.inventory.hostname.clone()

@@ -9,18 +9,48 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-/// Where to dial: parsed from `https://host[:port]`.
+/// Where to dial: parsed from `https://host[:port]`, or a proxy's `http://[user:pass@]host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// A proxy's credentials from its URL, sent as Basic proxy authorization.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password; the password never appears in `Debug` output or in errors.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// The `Proxy-Authorization` header's value.
+    fn basic(&self) -> String {
+        use base64::Engine;
+        let pair = format!("{}:{}", self.user, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
 }
 
 impl Endpoint {
     /// Parses `https://host[:port][/]` (port 443 by default) or `http://` for a proxy.
     pub fn parse(url: &str, default_port: u16) -> Result<Self, DialError> {
         let bad = |why: &str| DialError::BadUrl {
-            url: url.to_string(),
+            url: redact(url),
             why: why.to_string(),
         };
         let rest = url
@@ -28,7 +58,26 @@ impl Endpoint {
             .or_else(|| url.strip_prefix("http://"))
             .ok_or_else(|| bad("it must start with https://"))?;
         let authority = rest.split('/').next().unwrap_or_default();
-        let authority = authority.rsplit('@').next().unwrap_or_default();
+        let (userinfo, authority) = match authority.rsplit_once('@') {
+            Some((u, a)) => (Some(u), a),
+            None => (None, authority),
+        };
+        let decode = |v: &str| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .map(|v| v.into_owned())
+                .map_err(|_| bad("the user name or password is not UTF-8 once decoded"))
+        };
+        let credentials = match userinfo {
+            Some(u) => {
+                let (user, password) = u.split_once(':').unwrap_or((u, ""));
+                Some(Credentials {
+                    user: decode(user)?,
+                    password: decode(password)?,
+                })
+            }
+            None => None,
+        };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
             (h.to_string(), after.strip_prefix(':'))
@@ -45,7 +94,11 @@ impl Endpoint {
             Some(p) => p.parse().map_err(|_| bad("the port is not a number"))?,
             None => default_port,
         };
-        Ok(Self { host, port })
+        Ok(Self {
+            host,
+            port,
+            credentials,
+        })
     }
 
     fn authority(&self) -> String {
@@ -54,6 +107,20 @@ impl Endpoint {
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+}
+
+/// `url` with the password of its user information, if any, replaced: for messages and logs.
+fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_string(),
     }
 }
 
@@ -176,7 +243,11 @@ async fn http_connect(
         source,
     };
     let auth = target.authority();
-    let request = format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n");
+    let proxy_auth = match &proxy.credentials {
+        Some(c) => format!("Proxy-Authorization: {}\r\n", c.basic()),
+        None => String::new(),
+    };
+    let request = format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n{proxy_auth}\r\n");
     tcp.write_all(request.as_bytes()).await.map_err(io_err)?;
     // Read byte by byte: the proxy's answer must not be over-read, since the TLS handshake
     // that follows belongs to the server.
@@ -218,6 +289,7 @@ mod tests {
         assert_eq!(
             Endpoint::parse("https://example.com", 443).unwrap(),
             Endpoint {
+                credentials: None,
                 host: "example.com".into(),
                 port: 443
             }
@@ -225,6 +297,7 @@ mod tests {
         assert_eq!(
             Endpoint::parse("https://[::1]:8443/", 443).unwrap(),
             Endpoint {
+                credentials: None,
                 host: "::1".into(),
                 port: 8443
             }
@@ -232,6 +305,22 @@ mod tests {
         assert!(Endpoint::parse("ftp://x", 443).is_err());
         assert!(Endpoint::parse("https://x:port", 443).is_err());
         assert!(Endpoint::parse("https://", 443).is_err());
+    }
+
+    #[test]
+    fn proxy_credentials_are_decoded_and_never_shown() {
+        let p = Endpoint::parse("http://svc%2Dagent:p%40ss%3Aword@proxy.corp:3128", 80).unwrap();
+        let c = p.credentials.clone().unwrap();
+        assert_eq!(
+            (c.user.as_str(), c.password.as_str()),
+            ("svc-agent", "p@ss:word")
+        );
+        assert_eq!(c.basic(), "Basic c3ZjLWFnZW50OnBAc3M6d29yZA==");
+        assert!(!format!("{p:?}").contains("p@ss"), "{p:?}");
+        assert_eq!((p.host.as_str(), p.port), ("proxy.corp", 3128));
+        let bad = Endpoint::parse("http://u:secret@proxy:notaport", 80).unwrap_err();
+        assert!(!bad.to_string().contains("secret"), "{bad}");
+        assert!(bad.to_string().contains("u:***@proxy"), "{bad}");
     }
 
     #[test]
@@ -247,6 +336,7 @@ mod tests {
         assert_eq!(
             proxy_from_env(&target, env("")).unwrap(),
             Some(Endpoint {
+                credentials: None,
                 host: "proxy".into(),
                 port: 3128
             })

@@ -15,8 +15,24 @@ pub struct Cli {
     /// More logging (-v debug, -vv trace). DROVER_LOG takes a full filter.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as text (coloured only on a terminal) or as one JSON object each, for log
+    /// shippers.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "DROVER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,6 +63,16 @@ pub enum Command {
     /// Invocations (one node's part of a command): list, output.
     #[command(subcommand)]
     Invocations(InvocationsCommand),
+    /// Print a shell completion script: `drover completions bash > /etc/bash_completion.d/drover`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (drover.1, drover-run.1, ...) into a directory.
+    Man {
+        #[arg(long, default_value = ".")]
+        out_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -388,5 +414,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Docs(cmd) => crate::cmd_docs::run(cmd).await,
         Command::Commands(cmd) => crate::cmd_run::commands(cmd).await,
         Command::Invocations(cmd) => crate::cmd_run::invocations(cmd).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "drover", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir } => {
+            std::fs::create_dir_all(&out_dir)?;
+            // One page per verb, generated from these definitions so they never drift.
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out_dir)
+                .map_err(|e| anyhow::anyhow!("writing man pages to {}: {e}", out_dir.display()))?;
+            println!("man pages written to {}", out_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

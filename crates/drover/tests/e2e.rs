@@ -114,9 +114,9 @@ async fn agent_connects_through_an_http_connect_proxy() -> anyhow::Result<()> {
     let env = env();
     let server = env.start_server(0, &[])?;
     let id = env.register_agent(&server, "proxied", &[])?;
-    let (proxy_url, seen) = connect_proxy().await?;
+    let (proxy_url, seen) = connect_proxy(None).await?;
     let _agent = env.run_agent("proxied", &[("HTTPS_PROXY", &proxy_url)])?;
-    wait_status(&server, &[id], "Online").await?;
+    wait_status(&server, std::slice::from_ref(&id), "Online").await?;
     let targets = seen.lock().unwrap().clone();
     assert_eq!(
         targets,
@@ -125,9 +125,37 @@ async fn agent_connects_through_an_http_connect_proxy() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A small HTTP CONNECT proxy: records each CONNECT target and splices the bytes.
-async fn connect_proxy() -> anyhow::Result<(String, std::sync::Arc<std::sync::Mutex<Vec<String>>>)>
-{
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_authenticates_to_a_proxy_with_the_credentials_in_its_url() -> anyhow::Result<()> {
+    let env = env();
+    let server = env.start_server(0, &[])?;
+    let id = env.register_agent(&server, "proxied", &[])?;
+    // "svc-agent:p@ss:word", as an operator writes it in a URL.
+    let (proxy_url, seen) = connect_proxy(Some("Basic c3ZjLWFnZW50OnBAc3M6d29yZA==")).await?;
+    let with_creds = proxy_url.replace("http://", "http://svc-agent:p%40ss%3Aword@");
+    // Wrong credentials: refused with 407, and the password is not in the log.
+    let wrong = proxy_url.replace("http://", "http://svc-agent:guess%21@");
+    let refused = env.run_agent("proxied", &[("HTTPS_PROXY", &wrong)])?;
+    refused.wait_for_line("407", DEADLINE)?;
+    drop(refused);
+    let agent = env.run_agent("proxied", &[("HTTPS_PROXY", &with_creds)])?;
+    wait_status(&server, std::slice::from_ref(&id), "Online").await?;
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the right credentials pass"
+    );
+    for secret in ["p@ss", "p%40ss", "guess"] {
+        assert!(!agent.output().contains(secret), "{}", agent.output());
+    }
+    Ok(())
+}
+
+/// A small HTTP CONNECT proxy: records each CONNECT target it lets through and splices the
+/// bytes; with `auth`, it answers 407 to a request without that `Proxy-Authorization`.
+async fn connect_proxy(
+    auth: Option<&'static str>,
+) -> anyhow::Result<(String, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -146,6 +174,19 @@ async fn connect_proxy() -> anyhow::Result<(String, std::sync::Arc<std::sync::Mu
                     head.push(byte[0]);
                 }
                 let head = String::from_utf8_lossy(&head).to_string();
+                if let Some(auth) = auth {
+                    let given = head.lines().find_map(|l| {
+                        l.strip_prefix("Proxy-Authorization: ")
+                            .map(str::trim)
+                            .map(str::to_string)
+                    });
+                    if given.as_deref() != Some(auth) {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                }
                 let target = head
                     .split_whitespace()
                     .nth(1)
@@ -357,6 +398,72 @@ async fn bad_config_exits_64_with_a_clear_message() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `bogus`"));
     let _ = Duration::ZERO;
+    Ok(())
+}
+
+/// Runs `drover server` with its output in a file, as `drover server > log` would, until it
+/// has logged `needle`; returns the log.
+async fn server_log_to_file(env: &Env, extra: &[&str], needle: &str) -> anyhow::Result<String> {
+    let log = env.path(&format!("server-{}.log", extra.len()));
+    let file = std::fs::File::create(&log)?;
+    let data = format!("logdata-{}", extra.len());
+    let mut child = env
+        .command()
+        .args(["server", "--data-dir", &data, "--listen", "127.0.0.1:0"])
+        .args(extra)
+        // As an operator's shell has it: no NO_COLOR.
+        .env_remove("NO_COLOR")
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()?;
+    let found = drover_testkit::wait_until("the server's log", DEADLINE, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log)?;
+            Ok(text.contains(needle).then_some(text))
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    found
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() -> anyhow::Result<()> {
+    let env = env();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.cli_ok(&["completions", shell])?;
+        assert!(script.contains("max-concurrency"), "{shell}: {script}");
+    }
+    let out = env.cli(&["completions", "tcsh-ish"])?;
+    assert_eq!(out.status.code(), Some(2));
+    env.cli_ok(&["man", "--out-dir", &env.path("man").to_string_lossy()])?;
+    let run = std::fs::read_to_string(env.path("man").join("drover-run.1"))?;
+    assert!(run.contains("max\\-concurrency"), "{run}");
+    assert!(env.path("man").join("drover.1").exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_to_a_file_are_plain_text_or_json_lines() -> anyhow::Result<()> {
+    let env = env();
+    let text = server_log_to_file(&env, &[], "listening on").await?;
+    assert!(text.contains("applied schema migration"), "{text}");
+    assert!(!text.contains('\x1b'), "colour escapes in a file: {text:?}");
+
+    let json = server_log_to_file(&env, &["--log-format", "json"], "listening on").await?;
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["level"] == "INFO" && e["fields"]["message"].is_string()),
+        "{json}"
+    );
     Ok(())
 }
 

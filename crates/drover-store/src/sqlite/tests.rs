@@ -353,3 +353,37 @@ async fn commits_are_flushed_to_disk_before_they_return() {
         .unwrap();
     assert_eq!(level, 2);
 }
+
+#[tokio::test]
+async fn an_activations_tags_cannot_be_overridden_at_registration() {
+    let (_d, s) = store().await;
+    s.create_activation(&activation(5)).await.unwrap();
+    // The activation sets env=dev: a node may not claim env=prod.
+    let refused = s
+        .redeem_activation(
+            "act-1",
+            "h",
+            10,
+            new_node("00000000000000003", &[("env", "prod")]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, RedeemError::TagConflict { key, .. } if key == "env"),
+        "{refused}"
+    );
+    // Nothing was used up by the refusal; an open key and the same value are fine.
+    let n = s
+        .redeem_activation(
+            "act-1",
+            "h",
+            10,
+            new_node("00000000000000004", &[("env", "dev"), ("role", "web")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n.tags.get("env").map(String::as_str), Some("dev"));
+    assert_eq!(n.tags.get("role").map(String::as_str), Some("web"));
+    let act = s.list_activations().await.unwrap();
+    assert_eq!(act[0].registrations, 1);
+}
