@@ -10,5 +10,5 @@ mod codec;
 pub mod dial;
 mod mux;
 
-pub use codec::{FrameCodec, Framed};
+pub use codec::{CodecError, FrameCodec, Framed};
 pub use mux::{Incoming, Role, Stream, Tunnel, TunnelConfig, TunnelError};

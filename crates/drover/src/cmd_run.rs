@@ -66,6 +66,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (Some(_), false) => {
             return Err(UsageError("give either --doc or a command after --, not both".into()).into())
         }
+        // `--param commands=...` or `--param-file commands=...` alone: a shell script.
+        (None, true) if params.contains_key("commands") => "RunShellScript".into(),
         (None, true) => {
             return Err(UsageError("nothing to run: give --doc NAME or a command after --, e.g. drover run --targets all -- uptime".into()).into())
         }

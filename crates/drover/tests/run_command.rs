@@ -674,3 +674,29 @@ async fn scripts_run_from_private_files_never_from_the_command_line() -> anyhow:
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_too_large_to_deliver_is_refused_when_sent_and_a_large_one_runs(
+) -> anyhow::Result<()> {
+    let env = env();
+    let (_server, ids, _agents) = fleet(&env, &[("l1", "role=web")]).await?;
+    // 1.2 MB: over the 1 MiB an agent accepts per command. Refused, naming the limit.
+    let comment = |kib: usize| format!("# {}\necho ran\n", "y".repeat(kib * 1024));
+    write(&env.path("huge.sh"), &comment(1200));
+    let param = format!("commands={}", env.path("huge.sh").display());
+    let out = env.cli(&["run", "--param-file", &param, "--targets", &ids[0]])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1048576 bytes (1 MiB)"), "{err}");
+    assert!(
+        !env.cli_ok(&["commands", "list"])?.contains("cmd-"),
+        "it was sent"
+    );
+    // 900 KB is large and legitimate: it runs.
+    write(&env.path("large.sh"), &comment(900));
+    let param = format!("commands={}", env.path("large.sh").display());
+    let (code, v) = run_json(&env, &["--param-file", &param, "--targets", &ids[0]])?;
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(stdout_of(&v, 0), "ran\n");
+    Ok(())
+}

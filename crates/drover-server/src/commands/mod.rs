@@ -186,6 +186,7 @@ impl Commands {
             req.output_limit,
         )
         .await?;
+        check_deliverable(&payload.invoke)?;
         let nodes = self.resolve_targets(&req.targets).await?;
         if nodes.is_empty() {
             return Err(ApiError::BadRequest(format!(
@@ -373,5 +374,37 @@ impl Commands {
         self.ctx.stop.cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
+    }
+}
+
+/// Refuses, at send time, a command whose `Invoke` could not reach an agent: every frame is at
+/// most `MAX_FRAME_LEN`. Measured on the largest form the message takes (IDs of full length,
+/// a replay offset for every step), so a command accepted here is never stuck in delivery.
+fn check_deliverable(invoke: &drover_proto::Invoke) -> Result<(), ApiError> {
+    let mut worst = invoke.clone();
+    worst.invocation_id = "i".repeat(64);
+    worst.command_id = "c".repeat(64);
+    if let Some(steps) = invoke.steps.as_array() {
+        for (i, step) in steps.iter().enumerate() {
+            let name = step
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map_or_else(|| i.to_string(), str::to_string);
+            worst.received.insert(name, [u64::MAX, u64::MAX]);
+        }
+    }
+    let mut buf = bytes::BytesMut::new();
+    let too_big = |size: String| {
+        ApiError::BadRequest(format!(
+            "the command is {size} bytes once its document is resolved; an agent accepts at \
+             most {} bytes (1 MiB) per command: have the command download a large script \
+             (aws:downloadContent) instead of carrying it",
+            drover_proto::MAX_FRAME_LEN
+        ))
+    };
+    match drover_proto::encode(&drover_proto::Message::Invoke(worst), &mut buf) {
+        Ok(()) => Ok(()),
+        Err(drover_proto::FrameError::Oversize { len, .. }) => Err(too_big(len.to_string())),
+        Err(e) => Err(too_big(format!("more than the limit ({e})"))),
     }
 }

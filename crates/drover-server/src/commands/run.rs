@@ -217,11 +217,26 @@ async fn deliver(ctx: &Ctx, run: &Run, id: &str, node: &NodeId, resumed: bool) -
                     continue;
                 }
                 retries = retries.saturating_add(1);
+                // Cancel and the deadlines win over a delivery that keeps failing. A cancel gets
+                // one more try first, so that an agent running the invocation hears it.
+                if run.cancel.is_cancelled() && retries > 1 {
+                    finish(ctx, id, "Cancelled", "Cancelled", None).await;
+                    return "Cancelled".into();
+                }
+                let (deadline, detail) = match exec_deadline {
+                    Some(d) => (d + GRACE, "ExecutionTimedOut"),
+                    None => (delivery_deadline, "DeliveryTimedOut"),
+                };
                 let pause = RETRY_FIRST
                     .saturating_mul(2u32.saturating_pow(retries.min(16) - 1))
                     .min(RETRY_MAX);
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        finish(ctx, id, "TimedOut", detail, None).await;
+                        return "TimedOut".into();
+                    }
+                    _ = run.cancel.cancelled(), if retries == 1 => {}
                     _ = ctx.stop.cancelled() => return String::new(),
                 }
             }
@@ -313,7 +328,14 @@ async fn stream_once(
         }))
         .await
         .ok()?;
-    framed.send(Message::Invoke(invoke)).await.ok()?;
+    if let Err(e) = framed.send(Message::Invoke(invoke)).await {
+        // A message that cannot be framed will never be: fail it, never retry it forever.
+        if let drover_tunnel::CodecError::Frame(why) = &e {
+            finish(ctx, id, "Failed", &format!("Undeliverable: {why}"), None).await;
+            return Some("Failed".into());
+        }
+        return None;
+    }
     let mut cancel_sent = false;
     loop {
         tokio::select! {
