@@ -54,7 +54,6 @@ impl Runner {
 
     /// Resumes every unfinished invocation in the journal (after a restart or a reboot).
     pub fn recover(self: &Arc<Self>) {
-        let mut running = self.running();
         for (id, entry) in Entry::all(&self.ctx.state_dir) {
             if entry.is_delivered() {
                 entry.prune_if_older_than(TOMBSTONE_DAYS);
@@ -63,7 +62,9 @@ impl Runner {
             match entry.load() {
                 Ok(st) if st.finished.is_none() => {
                     tracing::info!(invocation = %id, "resuming an invocation from the journal");
-                    self.spawn(&mut running, id, entry);
+                    if let Claim::New(tx, cancel) = self.claim(&id) {
+                        self.spawn(id, entry, tx, cancel);
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(invocation = %id, error = %e, "unreadable journal entry"),
@@ -71,29 +72,40 @@ impl Runner {
         }
     }
 
-    /// Starts the executor task of `entry`. The caller holds the `running` lock from its check
-    /// that no task runs it to this insert, so no invocation ever has two.
-    fn spawn(
-        self: &Arc<Self>,
-        running: &mut HashMap<String, Running>,
-        id: String,
-        entry: Entry,
-    ) -> (watch::Receiver<u64>, CancellationToken) {
+    /// Claims invocation `id` for one executor, in one step under the lock: the first caller
+    /// gets `New` and must start it (or release the claim); any other gets the running one's
+    /// handles. So two deliveries at the same moment never start an invocation twice, and the
+    /// slow part (the journal's files) happens outside the lock.
+    fn claim(&self, id: &str) -> Claim {
+        let mut running = self.running();
+        if let Some(r) = running.get(id) {
+            return Claim::Taken(r.changed.clone(), r.cancel.clone());
+        }
         let (tx, rx) = watch::channel(0u64);
         let cancel = CancellationToken::new();
         running.insert(
-            id.clone(),
+            id.to_string(),
             Running {
                 cancel: cancel.clone(),
-                changed: rx.clone(),
+                changed: rx,
             },
         );
+        Claim::New(tx, cancel)
+    }
+
+    /// Starts the executor task of a claimed invocation.
+    fn spawn(
+        self: &Arc<Self>,
+        id: String,
+        entry: Entry,
+        tx: watch::Sender<u64>,
+        cancel: CancellationToken,
+    ) {
         let me = self.clone();
-        let task_cancel = cancel.clone();
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            if let Err(e) = execute(&me.ctx, &entry, &task_cancel, &tx).await {
+            if let Err(e) = execute(&me.ctx, &entry, &cancel, &tx).await {
                 tracing::error!(invocation = %id, error = %e, "invocation failed in the agent");
                 if let Ok(mut st) = entry.load() {
                     st.finished = Some(("Failed".into(), 1));
@@ -103,38 +115,64 @@ impl Runner {
             me.running().remove(&id);
             tx.send_modify(|v| *v += 1);
         });
-        (rx, cancel)
     }
 
-    /// Starts `invoke`, or attaches to it if it is already running or done. Check and start
-    /// are one step under the `running` lock: two deliveries of the same invocation at the same
-    /// moment start it once.
-    fn start_or_attach(
+    /// Starts `invoke`, or attaches to it if it is already running or done.
+    async fn start_or_attach(
         self: &Arc<Self>,
         invoke: &Invoke,
     ) -> Result<(Entry, watch::Receiver<u64>, CancellationToken), String> {
-        let entry = Entry::open(&self.ctx.state_dir, &invoke.invocation_id)
-            .ok_or_else(|| format!("invalid invocation ID {:?}", invoke.invocation_id))?;
-        let mut running = self.running();
-        if let Some(r) = running.get(&invoke.invocation_id) {
-            return Ok((entry, r.changed.clone(), r.cancel.clone()));
+        let id = invoke.invocation_id.clone();
+        let entry = Entry::open(&self.ctx.state_dir, &id)
+            .ok_or_else(|| format!("invalid invocation ID {id:?}"))?;
+        let (tx, cancel) = match self.claim(&id) {
+            Claim::Taken(changed, cancel) => return Ok((entry, changed, cancel)),
+            Claim::New(tx, cancel) => (tx, cancel),
+        };
+        let changed = tx.subscribe();
+        // Creating files takes the filesystem's time: off the async workers.
+        let prepared = {
+            let (entry, invoke) = (entry.clone(), invoke.clone());
+            tokio::task::spawn_blocking(move || prepare(&entry, &invoke))
+                .await
+                .unwrap_or_else(|e| Err(format!("the journal writer failed: {e}")))
+        };
+        match prepared {
+            Ok(Some(_)) => {
+                self.spawn(id, entry.clone(), tx, cancel.clone());
+                Ok((entry, changed, cancel))
+            }
+            // Done (replay only), or waiting for the reboot that will resume it: no task. The
+            // claim goes, and whoever attached meanwhile sees the sender gone and replays.
+            Ok(None) => {
+                self.running().remove(&id);
+                Ok((entry, changed, cancel))
+            }
+            Err(e) => {
+                self.running().remove(&id);
+                Err(e)
+            }
         }
-        if !entry.exists() {
-            let steps: Vec<ResolvedStep> = serde_json::from_value(invoke.steps.clone())
-                .map_err(|e| format!("invalid steps: {e}"))?;
-            let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
-            entry.create(invoke, &names).map_err(|e| e.to_string())?;
-            crash::point("invocation-recorded");
-        }
-        let st = entry.load().map_err(|e| e.to_string())?;
-        if st.finished.is_some() || st.rebooting {
-            // Done (replay only), or waiting for the reboot that will resume it.
-            let (_tx, rx) = watch::channel(0);
-            return Ok((entry, rx, CancellationToken::new()));
-        }
-        let (rx, cancel) = self.spawn(&mut running, invoke.invocation_id.clone(), entry.clone());
-        Ok((entry, rx, cancel))
     }
+}
+
+/// The result of [`Runner::claim`].
+enum Claim {
+    New(watch::Sender<u64>, CancellationToken),
+    Taken(watch::Receiver<u64>, CancellationToken),
+}
+
+/// Records a new invocation (or finds it recorded); `Some` if it is to run now.
+fn prepare(entry: &Entry, invoke: &Invoke) -> Result<Option<()>, String> {
+    if !entry.exists() {
+        let steps: Vec<ResolvedStep> = serde_json::from_value(invoke.steps.clone())
+            .map_err(|e| format!("invalid steps: {e}"))?;
+        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+        entry.create(invoke, &names).map_err(|e| e.to_string())?;
+        crash::point("invocation-recorded");
+    }
+    let st = entry.load().map_err(|e| e.to_string())?;
+    Ok((st.finished.is_none() && !st.rebooting).then_some(()))
 }
 
 /// What this stream has sent so far.
@@ -286,7 +324,7 @@ async fn sync(
 
 /// Serves one invocation stream until the server has the final result or the stream ends.
 pub async fn serve(runner: Arc<Runner>, mut framed: Framed<Stream>, invoke: Invoke) {
-    let (entry, mut changed, cancel) = match runner.start_or_attach(&invoke) {
+    let (entry, mut changed, cancel) = match runner.start_or_attach(&invoke).await {
         Ok(v) => v,
         Err(message) => {
             let _ = framed
@@ -407,9 +445,10 @@ mod tests {
                     let (runner, inv, barrier) = (runner.clone(), inv.clone(), barrier.clone());
                     let handle = rt.handle().clone();
                     std::thread::spawn(move || {
-                        let _in_runtime = handle.enter();
                         barrier.wait();
-                        runner.start_or_attach(&inv).map(|(_, changed, _)| changed)
+                        handle
+                            .block_on(runner.start_or_attach(&inv))
+                            .map(|(_, changed, _)| changed)
                     })
                 })
                 .collect();
