@@ -57,6 +57,15 @@ fn name(prefix: &str, i: usize) -> String {
 
 fn raise_nofile() -> Result<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // As root, lift the hard limit too: N agents hold N sockets, and each unit waiting at its
+    // gate a pipe (up to 2N for N nodes running a command).
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(1 << 20),
+            maximum: Some(1 << 20),
+        },
+    );
     let limit = getrlimit(Resource::Nofile);
     if let Some(max) = limit.maximum {
         setrlimit(

@@ -100,7 +100,12 @@ pub async fn execute(
     if st.finished.is_some() {
         return Ok(());
     }
-    if st.rebooting && !ctx.restart_is_reboot && st.reboot_asked_in == boot_id() {
+    // (An unknown boot, "", proves nothing: then the restart is taken for the reboot.)
+    if st.rebooting
+        && !ctx.restart_is_reboot
+        && !st.reboot_asked_in.is_empty()
+        && st.reboot_asked_in == boot_id()
+    {
         // The agent died between asking for the reboot and the reboot: ask again.
         let _ = ctx.reboot.send(()).await;
         return Ok(());
@@ -369,6 +374,16 @@ impl Exec<'_> {
         if self.cancel.is_cancelled() {
             return self.unit_done(key, Outcome::new(StepStatus::Cancelled, shell::KILLED));
         }
+        if timeout.is_zero() {
+            // Resumed after its time ran out (a long outage, a slow reboot): never start a
+            // script only to kill it.
+            note(
+                self.entry,
+                out,
+                "drover: the step's time ran out before it could start; it was not started",
+            );
+            return self.unit_done(key, Outcome::new(StepStatus::TimedOut, shell::KILLED));
+        }
         let spec = Spec {
             script: &script_text(step),
             dir: &working_dir(self.entry, step),
@@ -465,13 +480,24 @@ impl Exec<'_> {
             );
             return Ok(Outcome::failed());
         }
-        let resolution = match nested(self.entry, invoke, step) {
+        let kept = self
+            .st
+            .nested
+            .get(key)
+            .and_then(|v| serde_json::from_value::<Resolution>(v.clone()).ok());
+        let resolution = match kept.map_or_else(|| nested(self.entry, invoke, step), Ok) {
             Ok(r) => r,
             Err(msg) => {
                 note(self.entry, out, &msg);
                 return Ok(Outcome::failed());
             }
         };
+        if !self.st.nested.contains_key(key) {
+            // Saved with the first nested unit's record, which is flushed before it runs.
+            if let Ok(v) = serde_json::to_value(&resolution) {
+                self.st.nested.insert(key.to_string(), v);
+            }
+        }
         let mut inner = invoke.clone();
         inner.env.extend(resolution.env.clone());
         let mut outcome = Outcome::new(StepStatus::Success, 0);

@@ -24,6 +24,9 @@ use crate::journal::{Entry, StepStatus, Sync};
 const CHUNK: usize = 64 * 1024;
 /// Tombstones of delivered invocations are kept this long against repeated deliveries.
 const TOMBSTONE_DAYS: u64 = 7;
+/// How many times an invocation whose journal failed with an I/O error is resumed (over about
+/// four minutes) before it is reported Failed.
+const EXECUTE_ATTEMPTS: u32 = 12;
 /// How often output is tailed while a step runs.
 const TAIL: Duration = Duration::from_millis(50);
 
@@ -105,12 +108,28 @@ impl Runner {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            if let Err(e) = execute(&me.ctx, &entry, &cancel, &tx).await {
-                tracing::error!(invocation = %id, error = %e, "invocation failed in the agent");
+            // Running an invocation again is resuming it (every unit is recorded), so an I/O
+            // error (no file descriptor or disk space left for a moment) is waited out, not
+            // made the invocation's result. A journal that does not parse is final.
+            let mut pause = Duration::from_millis(200);
+            for attempt in 1.. {
+                let Err(e) = execute(&me.ctx, &entry, &cancel, &tx).await else {
+                    break;
+                };
+                let chain = crate::error_chain(&e);
+                let transient = matches!(e, crate::AgentError::Io { .. });
+                if transient && attempt < EXECUTE_ATTEMPTS && !cancel.is_cancelled() {
+                    tracing::warn!(invocation = %id, error = %chain, retry_in = ?pause, "the journal failed; resuming the invocation");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+                tracing::error!(invocation = %id, error = %chain, "invocation failed in the agent");
                 if let Ok(mut st) = entry.load() {
                     st.finished = Some(("Failed".into(), 1));
                     let _ = entry.save(&st, Sync::Durable);
                 }
+                break;
             }
             me.running().remove(&id);
             tx.send_modify(|v| *v += 1);
@@ -121,13 +140,20 @@ impl Runner {
     async fn start_or_attach(
         self: &Arc<Self>,
         invoke: &Invoke,
-    ) -> Result<(Entry, watch::Receiver<u64>, CancellationToken), String> {
+    ) -> Result<(Entry, watch::Receiver<u64>, CancellationToken), Refusal> {
         let id = invoke.invocation_id.clone();
         let entry = Entry::open(&self.ctx.state_dir, &id)
-            .ok_or_else(|| format!("invalid invocation ID {id:?}"))?;
+            .ok_or_else(|| Refusal::Invalid(format!("invalid invocation ID {id:?}")))?;
         let (tx, cancel) = match self.claim(&id) {
             Claim::Taken(changed, cancel) => return Ok((entry, changed, cancel)),
             Claim::New(tx, cancel) => (tx, cancel),
+        };
+        // Released unless a task takes the invocation over: also when this future is dropped
+        // (its connection went away) while the entry is being made.
+        let mut claim = ClaimGuard {
+            runner: self,
+            id: &id,
+            held: true,
         };
         let changed = tx.subscribe();
         // Creating files takes the filesystem's time: off the async workers.
@@ -135,23 +161,33 @@ impl Runner {
             let (entry, invoke) = (entry.clone(), invoke.clone());
             tokio::task::spawn_blocking(move || prepare(&entry, &invoke))
                 .await
-                .unwrap_or_else(|e| Err(format!("the journal writer failed: {e}")))
+                .unwrap_or_else(|e| Err(Refusal::Busy(format!("the journal writer failed: {e}"))))
         };
         match prepared {
             Ok(Some(_)) => {
-                self.spawn(id, entry.clone(), tx, cancel.clone());
+                claim.held = false;
+                self.spawn(id.clone(), entry.clone(), tx, cancel.clone());
                 Ok((entry, changed, cancel))
             }
             // Done (replay only), or waiting for the reboot that will resume it: no task. The
             // claim goes, and whoever attached meanwhile sees the sender gone and replays.
-            Ok(None) => {
-                self.running().remove(&id);
-                Ok((entry, changed, cancel))
-            }
-            Err(e) => {
-                self.running().remove(&id);
-                Err(e)
-            }
+            Ok(None) => Ok((entry, changed, cancel)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Releases a claim that no task took over.
+struct ClaimGuard<'a> {
+    runner: &'a Runner,
+    id: &'a str,
+    held: bool,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.runner.running().remove(self.id);
         }
     }
 }
@@ -163,16 +199,30 @@ enum Claim {
 }
 
 /// Records a new invocation (or finds it recorded); `Some` if it is to run now.
-fn prepare(entry: &Entry, invoke: &Invoke) -> Result<Option<()>, String> {
+fn prepare(entry: &Entry, invoke: &Invoke) -> Result<Option<()>, Refusal> {
+    // An I/O error is the machine's moment (no descriptor or disk left), not the request's.
+    let journal = |e: crate::AgentError| match e {
+        crate::AgentError::Io { .. } => Refusal::Busy(crate::error_chain(&e)),
+        other => Refusal::Invalid(other.to_string()),
+    };
     if !entry.exists() {
         let steps: Vec<ResolvedStep> = serde_json::from_value(invoke.steps.clone())
-            .map_err(|e| format!("invalid steps: {e}"))?;
+            .map_err(|e| Refusal::Invalid(format!("invalid steps: {e}")))?;
         let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
-        entry.create(invoke, &names).map_err(|e| e.to_string())?;
+        entry.create(invoke, &names).map_err(journal)?;
         crash::point("invocation-recorded");
     }
-    let st = entry.load().map_err(|e| e.to_string())?;
+    let st = entry.load().map_err(journal)?;
     Ok((st.finished.is_none() && !st.rebooting).then_some(()))
+}
+
+/// Why an invocation was not taken.
+#[derive(Debug)]
+enum Refusal {
+    /// The request is wrong: it fails.
+    Invalid(String),
+    /// The agent could not record it now: the server delivers it again later.
+    Busy(String),
 }
 
 /// What this stream has sent so far.
@@ -326,13 +376,18 @@ async fn sync(
 pub async fn serve(runner: Arc<Runner>, mut framed: Framed<Stream>, invoke: Invoke) {
     let (entry, mut changed, cancel) = match runner.start_or_attach(&invoke).await {
         Ok(v) => v,
-        Err(message) => {
+        Err(Refusal::Invalid(message)) => {
             let _ = framed
                 .send(Message::Error {
                     code: "invalid_invocation".into(),
                     message,
                 })
                 .await;
+            return;
+        }
+        Err(Refusal::Busy(why)) => {
+            // Closing the stream without an answer: the server backs off and delivers again.
+            tracing::warn!(invocation = %invoke.invocation_id, error = %why, "could not record an invocation now; it will be delivered again");
             return;
         }
     };

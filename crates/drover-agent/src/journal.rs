@@ -97,6 +97,10 @@ pub struct InvocationState {
     /// Every unit that started, by key (see the module documentation).
     #[serde(default)]
     pub units: BTreeMap<String, UnitState>,
+    /// The document each runDocument unit runs, as first resolved: a resume walks the same
+    /// steps even if a step changed the file it came from.
+    #[serde(default)]
+    pub nested: BTreeMap<String, serde_json::Value>,
     /// A step exited 194: reboot, then go on after it.
     #[serde(default)]
     pub rebooting: bool,
@@ -131,15 +135,27 @@ pub struct Entry {
     pub dir: PathBuf,
 }
 
-/// This machine's current boot, as the kernel names it.
+/// This machine's current boot, as the kernel names it; empty where it cannot be known.
 pub fn boot_id() -> String {
     #[cfg(feature = "crash-points")]
     if let Ok(id) = std::env::var("DROVER_TEST_BOOT_ID") {
         return id;
     }
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| {
+        if let Ok(id) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+            return id.trim().to_string();
+        }
+        // macOS: a UUID per boot, from the kernel.
+        std::process::Command::new("/usr/sbin/sysctl")
+            .args(["-n", "kern.bootsessionuuid"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    })
+    .clone()
 }
 
 pub fn now_ms() -> i64 {
@@ -223,6 +239,7 @@ impl Entry {
                     })
                     .collect(),
                 units: BTreeMap::new(),
+                nested: BTreeMap::new(),
                 rebooting: false,
                 reboot_asked_in: String::new(),
                 finished: None,
@@ -271,7 +288,10 @@ impl Entry {
     pub fn save(&self, state: &InvocationState, sync: Sync) -> Result<(), AgentError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut line = serde_json::to_vec(state).map_err(|e| AgentError::Corrupt {
+        // A leading newline too: if a crash (or a full disk) left half a line at the end, this
+        // line must not be glued to it, or `load` would skip both and go back a state.
+        let mut line = vec![b'\n'];
+        serde_json::to_writer(&mut line, state).map_err(|e| AgentError::Corrupt {
             path: self.dir.display().to_string(),
             detail: e.to_string(),
         })?;
@@ -389,6 +409,7 @@ mod tests {
         let mut st = InvocationState {
             steps: Vec::new(),
             units: BTreeMap::new(),
+            nested: BTreeMap::new(),
             rebooting: false,
             reboot_asked_in: String::new(),
             finished: None,
@@ -405,5 +426,9 @@ mod tests {
             .unwrap();
         std::io::Write::write_all(&mut f, b"{\"steps\":[],\"units\":{\"0.1\":").unwrap();
         assert_eq!(entry.load().unwrap().started_ms, 2);
+        // The next save is not glued to the torn half, so it is what a restart reads.
+        st.started_ms = 3;
+        entry.save(&st, Sync::Lazy).unwrap();
+        assert_eq!(entry.load().unwrap().started_ms, 3);
     }
 }

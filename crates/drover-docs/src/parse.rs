@@ -89,14 +89,23 @@ pub fn parse(text: &str) -> Result<Document, DocError> {
 /// Refuses YAML anchors and aliases. An alias repeats what its anchor names, so nested aliases
 /// let a 64 KB document expand into gigabytes before anything is validated ("billion laughs"),
 /// on the server and on every agent that reads a local document; command documents do not need
-/// them. A text that does not scan is left to the deserializer, which reports it with its place.
+/// them. A text that does not scan is refused with the scanner's reason and place.
 fn refuse_aliases(text: &str) -> Result<(), DocError> {
     use yaml_rust2::parser::{Event, Parser};
     let mut parser = Parser::new_from_str(text);
     loop {
         let (event, mark) = match parser.next_token() {
             Ok(next) => next,
-            Err(_) => return Ok(()),
+            // Deny by default: what this scanner cannot read is not handed to another parser
+            // that might read aliases in it.
+            Err(e) => {
+                let m = e.marker();
+                return Err(DocError {
+                    line: Some(m.line()),
+                    column: Some(m.col()),
+                    reason: e.info().to_string(),
+                });
+            }
         };
         let anchored = match event {
             Event::StreamEnd => return Ok(()),

@@ -113,12 +113,11 @@ impl Endpoint {
 /// `url` with the password of its user information, if any, replaced: for messages and logs.
 fn redact(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    match authority.rsplit_once('@') {
+    // The last '@' anywhere: a password with an unescaped '/' or '@' is masked whole too.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{path}")
+            let user = userinfo.split([':', '/']).next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
         }
         None => url.to_string(),
     }
@@ -321,6 +320,9 @@ mod tests {
         let bad = Endpoint::parse("http://u:secret@proxy:notaport", 80).unwrap_err();
         assert!(!bad.to_string().contains("secret"), "{bad}");
         assert!(bad.to_string().contains("u:***@proxy"), "{bad}");
+        // A '/' the operator forgot to escape must not cut the password out of the mask.
+        let bad = Endpoint::parse("http://u:pa/ss@proxy:3128", 80).unwrap_err();
+        assert!(!bad.to_string().contains("ss@"), "{bad}");
     }
 
     #[test]

@@ -137,49 +137,68 @@ async fn flush(
     if batch.is_empty() {
         return;
     }
-    let marked = |id: &str| failed.lock().map(|f| f.contains(id)).unwrap_or(true);
-    let mut results = vec![true; batch.len()];
-    let whole = batch.iter().all(|(u, _)| {
-        u.as_ref()
-            .is_none_or(|u| !(is_final(u) && marked(invocation_of(u))))
-    });
-    let updates: Vec<InvocationUpdate> = batch.iter().filter_map(|(u, _)| u.clone()).collect();
-    let stored_whole = whole
-        && match store.apply_invocation_updates(&updates).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), count = updates.len(), "a batch of invocation progress failed; storing its updates one by one");
-                false
-            }
-        };
-    if !stored_whole {
-        for (i, (u, _)) in batch.iter().enumerate() {
-            let Some(u) = u else { continue };
-            let id = invocation_of(u);
-            let ok = if is_final(u) && marked(id) {
-                // Its delivery starts over and the agent replays what is missing; the mark
-                // goes with this refusal.
-                if let Ok(mut f) = failed.lock() {
-                    f.remove(id);
-                }
-                false
-            } else {
-                match store
-                    .apply_invocation_updates(std::slice::from_ref(u))
-                    .await
-                {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(invocation = %id, error = %format!("{e:#}"), "could not store invocation progress; the delivery will replay it");
-                        if let Ok(mut f) = failed.lock() {
-                            f.insert(id.to_string());
-                        }
-                        false
-                    }
-                }
+    // Refused: an agent's final result (it waits for the acknowledgement, to tell the agent)
+    // for an invocation with a failed update. A final status the server decides itself
+    // (timeout, cancel) has no waiter and is stored.
+    let refused: Vec<bool> = {
+        let marks = failed.lock().map(|f| f.clone()).unwrap_or_default();
+        batch
+            .iter()
+            .map(|(u, ack)| {
+                u.as_ref().is_some_and(|u| {
+                    ack.is_some() && is_final(u) && marks.contains(invocation_of(u))
+                })
+            })
+            .collect()
+    };
+    let mut refused = refused;
+    let mut results: Vec<bool> = refused.iter().map(|r| !r).collect();
+    let updates: Vec<InvocationUpdate> = batch
+        .iter()
+        .zip(&refused)
+        .filter(|(_, r)| !**r)
+        .filter_map(|((u, _), _)| u.clone())
+        .collect();
+    if let Err(e) = store.apply_invocation_updates(&updates).await {
+        tracing::warn!(error = %format!("{e:#}"), count = updates.len(), "a batch of invocation progress failed; storing its updates one by one");
+        for (i, (u, ack)) in batch.iter().enumerate() {
+            let Some(u) = u
+                .as_ref()
+                .filter(|_| !refused.get(i).copied().unwrap_or(true))
+            else {
+                continue;
             };
-            if let Some(r) = results.get_mut(i) {
-                *r = ok;
+            let id = invocation_of(u);
+            let now_marked = failed.lock().map(|f| f.contains(id)).unwrap_or(true);
+            if ack.is_some() && is_final(u) && now_marked {
+                // An earlier update of this batch failed for it just now.
+                if let (Some(r), Some(x)) = (refused.get_mut(i), results.get_mut(i)) {
+                    (*r, *x) = (true, false);
+                }
+                continue;
+            }
+            if let Err(e) = store
+                .apply_invocation_updates(std::slice::from_ref(u))
+                .await
+            {
+                tracing::error!(invocation = %id, error = %format!("{e:#}"), "could not store invocation progress; the delivery will replay it");
+                if let Ok(mut f) = failed.lock() {
+                    f.insert(id.to_string());
+                }
+                if let Some(r) = results.get_mut(i) {
+                    *r = false;
+                }
+            }
+        }
+    }
+    for ((u, _), r) in batch.iter().zip(&refused) {
+        if let (Some(u), true) = (u, r) {
+            // Its delivery starts over and the agent replays what is missing; the mark goes
+            // with this refusal.
+            let id = invocation_of(u);
+            tracing::warn!(invocation = %id, "final result refused: part of its progress was not stored; the agent replays it");
+            if let Ok(mut f) = failed.lock() {
+                f.remove(id);
             }
         }
     }
