@@ -28,6 +28,9 @@ use crate::AgentError;
 pub const REBOOT_EXIT_CODE: i32 = 194;
 const DEFAULT_STEP_TIMEOUT: u64 = 3600;
 const MAX_NESTING: usize = 3;
+/// How long a script start that fails for want of resources is retried (doubling pauses from
+/// 100 ms: about 25 s in all).
+const START_PATIENCE: Duration = Duration::from_secs(15);
 
 /// What every execution needs.
 #[derive(Clone)]
@@ -389,11 +392,33 @@ impl Exec<'_> {
             dir: &working_dir(self.entry, step),
             env: env_for(self.ctx, invoke, step, attempt),
         };
-        let mut started = match shell::start(&slot, &spec) {
-            Ok(s) => s,
-            Err(e) => {
-                note(self.entry, out, &format!("could not start the script: {e}"));
-                return self.unit_done(key, Outcome::failed());
+        // Nothing is recorded until the wrapper runs, so a start that failed for want of a
+        // process or a file descriptor (a busy machine) is simply tried again, a few times.
+        let mut pause = Duration::from_millis(100);
+        let mut started = loop {
+            match shell::start(&slot, &spec) {
+                Ok(s) => break s,
+                Err(e) if e.is_resource_shortage() && pause < START_PATIENCE => {
+                    tracing::warn!(error = %crate::error_chain(&e), retry_in = ?pause, "could not start a script; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.cancel.cancelled() => {}
+                    }
+                    if self.cancel.is_cancelled() {
+                        return self
+                            .unit_done(key, Outcome::new(StepStatus::Cancelled, shell::KILLED));
+                    }
+                    pause *= 2;
+                }
+                Err(e) => {
+                    let why = crate::error_chain(&e);
+                    note(
+                        self.entry,
+                        out,
+                        &format!("could not start the script: {why}"),
+                    );
+                    return self.unit_done(key, Outcome::failed());
+                }
             }
         };
         self.st.units.insert(

@@ -49,6 +49,21 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// The machine ran short of processes or file descriptors: worth trying again shortly.
+    pub(crate) fn is_resource_shortage(&self) -> bool {
+        match self {
+            AgentError::Io { source, .. } => {
+                use rustix::io::Errno;
+                // fork's EAGAIN (no process slot), and no file descriptor left.
+                let short = [Errno::AGAIN, Errno::NFILE, Errno::MFILE].map(Errno::raw_os_error);
+                source
+                    .raw_os_error()
+                    .is_some_and(|code| short.contains(&code))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(
         what: &'static str,
         path: &std::path::Path,
