@@ -225,7 +225,7 @@ async fn main() -> Result<()> {
         bail!("--count must be at least 1");
     }
     let nofile = raise_nofile()?;
-    if (nofile as usize) < args.count + 256 {
+    if (nofile as usize) < 2 * args.count + 256 {
         eprintln!(
             "drover-sim: warning: only {nofile} file descriptors for {} agents",
             args.count

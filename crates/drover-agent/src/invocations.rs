@@ -241,6 +241,8 @@ async fn send(framed: &mut Framed<Stream>, p: Progress) -> Result<(), String> {
 }
 
 /// Reads the next chunk of a step's output from `offset`, at most up to `limit` bytes in all.
+/// A file not yet created is no output yet; any other failure (no file descriptor left, say)
+/// is an error: reporting "no output" for it would lose the output for good.
 fn read_chunk(
     entry: &Entry,
     i: usize,
@@ -248,20 +250,24 @@ fn read_chunk(
     offset: u64,
     limit: u64,
     done: bool,
-) -> (Vec<u8>, bool) {
+) -> Result<(Vec<u8>, bool), String> {
     let path = entry.output(i, stream);
-    let Ok(mut f) = std::fs::File::open(&path) else {
-        return (Vec::new(), false);
+    let failed = |e: std::io::Error| format!("reading {}: {e}", path.display());
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
+        Err(e) => return Err(failed(e)),
     };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let len = f.metadata().map_err(failed)?.len();
     let truncated = len > limit;
     let end = len.min(limit);
-    if offset >= end || f.seek(SeekFrom::Start(offset)).is_err() {
-        return (Vec::new(), truncated);
+    if offset >= end {
+        return Ok((Vec::new(), truncated));
     }
+    f.seek(SeekFrom::Start(offset)).map_err(failed)?;
     let want = usize::try_from((end - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
     let mut buf = vec![0u8; want];
-    let n = f.read(&mut buf).unwrap_or(0);
+    let n = f.read(&mut buf).map_err(failed)?;
     buf.truncate(n);
     if !done {
         // Don't split a UTF-8 character across chunks while more may follow.
@@ -271,7 +277,7 @@ fn read_chunk(
             }
         }
     }
-    (buf, truncated)
+    Ok((buf, truncated))
 }
 
 /// Sends what the journal has that this stream has not sent; returns the final result once sent.
@@ -322,7 +328,9 @@ async fn sync(
                         .and_then(|r| r.get(idx).copied())
                         .unwrap_or(0)
                 });
-                let (chunk, cut) = read_chunk(entry, i, stream, offset, invoke.output_limit, done);
+                // On an error the stream ends: the server delivers again and the journal is
+                // replayed from what it stored.
+                let (chunk, cut) = read_chunk(entry, i, stream, offset, invoke.output_limit, done)?;
                 truncated |= cut;
                 if chunk.is_empty() {
                     break;
@@ -467,6 +475,26 @@ mod tests {
             output_limit: 1 << 20,
             received: Default::default(),
         }
+    }
+
+    #[test]
+    fn output_that_cannot_be_read_is_an_error_not_an_empty_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = Entry::open(dir.path(), "inv-1").unwrap();
+        std::fs::create_dir_all(&entry.dir).unwrap();
+        // Not created yet: no output yet.
+        assert_eq!(
+            read_chunk(&entry, 0, OutputStream::Stdout, 0, 100, true).unwrap(),
+            (Vec::new(), false)
+        );
+        // There, but unreadable (a directory: reading it fails, as with no descriptor left).
+        std::fs::create_dir(entry.output(0, OutputStream::Stdout)).unwrap();
+        assert!(read_chunk(&entry, 0, OutputStream::Stdout, 0, 100, true).is_err());
+        std::fs::write(entry.output(0, OutputStream::Stderr), "ok\n").unwrap();
+        assert_eq!(
+            read_chunk(&entry, 0, OutputStream::Stderr, 0, 100, true).unwrap(),
+            (b"ok\n".to_vec(), false)
+        );
     }
 
     #[test]

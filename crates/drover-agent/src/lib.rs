@@ -16,6 +16,7 @@ mod journal;
 mod register;
 pub mod service;
 mod shell;
+mod step;
 
 pub use connection::{run, AgentConfig, AgentEvent, InventorySource, RebootMode};
 pub use executor::REBOOT_EXIT_CODE;
