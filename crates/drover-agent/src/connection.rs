@@ -143,7 +143,19 @@ pub async fn run(
     });
     runner.recover();
     loop {
-        let identity = Identity::load(&config.state_dir)?;
+        let identity = match Identity::load(&config.state_dir) {
+            Ok(identity) => identity,
+            // A passing failure to read the identity must not end the agent for good.
+            Err(e @ AgentError::Io { .. }) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %crate::error_chain(&e), retry_in = ?delay, "could not read the node identity");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let outcome = tokio::select! {
             o = connect_once(&config, identity, &shutdown, &emit, &runner) => o,
             Some(()) = reboot_rx.recv() => match config.reboot {

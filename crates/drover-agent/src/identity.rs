@@ -76,16 +76,24 @@ pub fn write_atomic(path: &Path, contents: &[u8], sync: bool) -> Result<(), Agen
 
 impl Identity {
     pub fn load(dir: &Path) -> Result<Self, AgentError> {
+        // Missing means not registered; any other failure (no descriptor left for a moment)
+        // is an I/O error, which the connection loop waits out.
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    AgentError::NotRegistered(dir.display().to_string())
+                } else {
+                    AgentError::io("read", path)(e)
+                }
+            })
+        };
         let state_path = dir.join("agent.json");
-        let text = std::fs::read_to_string(&state_path)
-            .map_err(|_| AgentError::NotRegistered(dir.display().to_string()))?;
+        let text = read(&state_path)?;
         let state: AgentState = serde_json::from_str(&text).map_err(|e| AgentError::Corrupt {
             path: state_path.display().to_string(),
             detail: e.to_string(),
         })?;
-        let pem_path = dir.join("node.pem");
-        let pem = std::fs::read_to_string(&pem_path)
-            .map_err(|_| AgentError::NotRegistered(dir.display().to_string()))?;
+        let pem = read(&dir.join("node.pem"))?;
         Self::from_parts(dir, state, &pem)
     }
 
