@@ -416,8 +416,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invocations(cmd) => crate::cmd_run::invocations(cmd).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "drover", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
+            // Into a buffer first: clap_complete panics on a failed write, and a reader that
+            // stops early (`| head`) is no error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "drover", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Man { out_dir } => {
             std::fs::create_dir_all(&out_dir)?;

@@ -436,6 +436,20 @@ fn completions_and_man_pages_come_from_the_command_definitions() -> anyhow::Resu
         let script = env.cli_ok(&["completions", shell])?;
         assert!(script.contains("max-concurrency"), "{shell}: {script}");
     }
+    // A reader that stops early is no error.
+    let mut early = env
+        .command()
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(early.stdout.take());
+    let out = early.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = env.cli(&["completions", "tcsh-ish"])?;
     assert_eq!(out.status.code(), Some(2));
     env.cli_ok(&["man", "--out-dir", &env.path("man").to_string_lossy()])?;
