@@ -503,6 +503,24 @@ pub async fn wait_status(
     .await
 }
 
+/// Every process whose command line (arguments joined by spaces) contains `needle`, like
+/// `pgrep -f`, without procps.
+pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
+    let Ok(dirs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dirs.filter_map(Result::ok)
+        .filter_map(|d| {
+            let pid: i32 = d.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(d.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
 /// Reads a file that must exist.
 pub fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))

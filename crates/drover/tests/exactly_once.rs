@@ -278,23 +278,6 @@ async fn a_reboot_step_and_the_step_after_it_run_once() -> anyhow::Result<()> {
     crash_matrix(&env, kind).await
 }
 
-/// Every process whose command line mentions `needle` (like `pgrep -f`, without procps).
-fn pids_mentioning(needle: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|dirs| {
-            dirs.filter_map(Result::ok)
-                .filter_map(|d| {
-                    let pid: i32 = d.file_name().to_str()?.parse().ok()?;
-                    let cmdline = std::fs::read(d.path().join("cmdline")).ok()?;
-                    String::from_utf8_lossy(&cmdline)
-                        .contains(needle)
-                        .then_some(pid)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_running_when_the_machine_crashed_is_reported_lost_never_run_again(
 ) -> anyhow::Result<()> {
@@ -336,7 +319,7 @@ async fn a_step_running_when_the_machine_crashed_is_reported_lost_never_run_agai
 
     // The machine goes down with the agent: the step's processes die, the next boot has a new ID.
     let journal = env.state_dir("m").join("journal");
-    let victims = pids_mentioning(&journal.to_string_lossy());
+    let victims = drover_testkit::pids_with_cmdline(&journal.to_string_lossy());
     assert!(!victims.is_empty(), "the held step is not running");
     for pid in victims {
         if let Some(pid) = rustix::process::Pid::from_raw(pid) {

@@ -490,21 +490,9 @@ async fn delivery_and_execution_timeouts_and_cancel() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether any process's command line contains `pattern` (like `pgrep -f`, without procps).
+/// Whether any process's command line contains `pattern`.
 fn pgrep(pattern: &str) -> bool {
-    std::fs::read_dir("/proc")
-        .map(|dirs| {
-            dirs.filter_map(Result::ok).any(|d| {
-                std::fs::read(d.path().join("cmdline"))
-                    .map(|c| {
-                        String::from_utf8_lossy(&c)
-                            .replace('\0', " ")
-                            .contains(pattern)
-                    })
-                    .unwrap_or(false)
-            })
-        })
-        .unwrap_or(false)
+    !drover_testkit::pids_with_cmdline(pattern).is_empty()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
