@@ -196,6 +196,12 @@ pub async fn run(
     }
 }
 
+/// The heartbeat interval the server asked for, kept within 1 s and 1 day: a peer's number
+/// must not overflow the agent's clock arithmetic (three intervals of silence end a connection).
+fn heartbeat_interval(secs: u64) -> Duration {
+    Duration::from_secs(secs.clamp(1, 86_400))
+}
+
 /// Reboots the machine; the journal resumes the invocation after boot.
 async fn reboot_machine() {
     tracing::warn!("a script asked for a reboot: rebooting the machine");
@@ -320,7 +326,7 @@ async fn session(
         was_up: true,
     };
 
-    let heartbeat = Duration::from_secs(welcome.heartbeat_secs.max(1));
+    let heartbeat = heartbeat_interval(welcome.heartbeat_secs);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inventory_tick = tokio::time::interval_at(
@@ -476,4 +482,19 @@ async fn serve_stream(runner: Arc<Runner>, stream: Stream) {
             message,
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_heartbeat_a_server_sends_is_safe_to_count_with() {
+        for secs in [0, 1, 30, u64::MAX] {
+            let h = heartbeat_interval(secs);
+            // What the connection computes with it must not overflow.
+            let _ = tokio::time::Instant::now() + h * 3;
+            assert!(h >= Duration::from_secs(1) && h <= Duration::from_secs(86_400));
+        }
+    }
 }

@@ -119,7 +119,7 @@ async fn git_clone(repo: &str, options: &str, dest: &std::path::Path) -> Result<
     if let Some(branch) = options.strip_prefix("branch:") {
         clone.args(["--branch", branch]);
     } else if let Some(c) = options.strip_prefix("commitID:") {
-        commit = Some(c.to_string());
+        commit = Some(commit_id(c)?);
     } else if !options.is_empty() {
         return Err(format!(
             "getOptions {options:?}: use branch:NAME or commitID:SHA"
@@ -140,7 +140,8 @@ async fn git_clone(repo: &str, options: &str, dest: &std::path::Path) -> Result<
         let out = tokio::process::Command::new("git")
             .arg("-C")
             .arg(dest)
-            .args(["checkout", "--quiet", &c])
+            // `--` after the commit: it names a commit, never an option or a path.
+            .args(["checkout", "--quiet", &c, "--"])
             .output()
             .await
             .map_err(|e| format!("cannot run git: {e}"))?;
@@ -152,6 +153,17 @@ async fn git_clone(repo: &str, options: &str, dest: &std::path::Path) -> Result<
         }
     }
     Ok(())
+}
+
+/// A commit ID as git names one: 4 to 64 hex digits (so never an option such as `--upload-pack`).
+fn commit_id(c: &str) -> Result<String, String> {
+    if (4..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(c.to_string())
+    } else {
+        Err(format!(
+            "getOptions commitID:{c:?} is not a commit ID (4 to 64 hex digits)"
+        ))
+    }
 }
 
 /// The HTTP client for downloads, made on first use and shared by the whole process (reading the
@@ -178,4 +190,24 @@ fn new_http_client() -> reqwest::Client {
     }
     .build()
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_id_is_hex_and_never_an_option() {
+        assert_eq!(commit_id("a1b2c3d"), Ok("a1b2c3d".to_string()));
+        for bad in [
+            "--upload-pack=touch /tmp/x",
+            "-f",
+            "main",
+            "",
+            "abc",
+            &"a".repeat(65),
+        ] {
+            assert!(commit_id(bad).is_err(), "{bad}");
+        }
+    }
 }
