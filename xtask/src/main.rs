@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 mod bench_run;
+mod packages;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -83,36 +84,11 @@ fn test(args: &[String]) -> Result<()> {
     }
     // Debian packages the tests run: strace watches the agent's system calls (the journal's
     // durability test).
-    ensure_debian_packages(&[("strace", "strace")])?;
+    packages::ensure_debian(&[("strace", "strace")])?;
     run(cargo()
         .current_dir(root())
         .args(["nextest", "run", "--workspace", "--no-fail-fast"])
         .args(args))
-}
-
-/// Installs with apt-get the `(command, package)` pairs whose command is not on the PATH.
-fn ensure_debian_packages(needed: &[(&str, &str)]) -> Result<()> {
-    let on_path = |cmd: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-    };
-    let missing: Vec<&str> = needed
-        .iter()
-        .filter(|(cmd, _)| !on_path(cmd))
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    log(&format!(
-        "installing Debian packages: {}",
-        missing.join(" ")
-    ));
-    run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn bench(args: &[String]) -> Result<()> {
