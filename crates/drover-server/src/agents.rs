@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use drover_proto::{
-    CertificateIssued, Inventory, Message, RefuseCode, Refused, StreamKind, Welcome,
-};
+use drover_proto::{CertificateIssued, Message, RefuseCode, Refused, StreamKind, Welcome};
 use drover_store::{NodeId, NodeInventory, NodeStatus};
 use drover_tunnel::{FrameCodec, Framed, Incoming, Role, Stream, Tunnel, TunnelConfig};
 use futures::{SinkExt, StreamExt};
@@ -186,6 +184,13 @@ async fn session(
         .await;
     };
 
+    let reported = match crate::inventory::validated(&hello.inventory) {
+        Ok(inv) => inv,
+        Err(why) => {
+            tracing::warn!(node = %node_id, reason = %why, "refused a Hello with an invalid inventory");
+            return refuse(state, &mut framed, RefuseCode::Other, why).await;
+        }
+    };
     let (_registration, mut kicks) = state.registry.register(node_id, tunnel.clone());
     let heartbeat = state.config.heartbeat;
     send(
@@ -198,8 +203,8 @@ async fn session(
         }),
     )
     .await?;
-    save_inventory(state, node_id, &node.inventory, &hello.inventory).await;
-    let mut known_inventory = to_store(&hello.inventory);
+    save_inventory(state, node_id, &node.inventory, &reported).await;
+    let mut known_inventory = reported;
 
     let mut last_heard = Instant::now();
     let mut seq = 0u64;
@@ -223,7 +228,13 @@ async fn session(
                     Message::Ping { seq } => send(state, &mut framed, Message::Pong { seq }).await?,
                     Message::Pong { .. } => {}
                     Message::Inventory(inv) => {
-                        let next = to_store(&inv);
+                        let next = match crate::inventory::validated(&inv) {
+                            Ok(next) => next,
+                            Err(why) => {
+                                tracing::warn!(node = %node_id, reason = %why, "ignored an invalid inventory update");
+                                continue;
+                            }
+                        };
                         if next != known_inventory {
                             if let Err(e) = state.store.set_inventory(node_id, &next).await {
                                 tracing::error!(node = %node_id, error = %format!("{e:#}"), "could not save inventory");
@@ -281,26 +292,16 @@ async fn session(
     }
 }
 
-pub(crate) fn to_store(inv: &Inventory) -> NodeInventory {
-    NodeInventory {
-        hostname: inv.hostname.clone(),
-        platform: inv.platform.clone(),
-        os_name: inv.os_name.clone(),
-        os_version: inv.os_version.clone(),
-        kernel: inv.kernel.clone(),
-        arch: inv.arch.clone(),
-        agent_version: inv.agent_version.clone(),
-        ip_addresses: inv.ip_addresses.clone(),
-        boot_time: inv.boot_time,
-    }
-}
-
-async fn save_inventory(state: &AppState, node: &NodeId, stored: &NodeInventory, inv: &Inventory) {
-    let next = to_store(inv);
-    if &next == stored {
+async fn save_inventory(
+    state: &AppState,
+    node: &NodeId,
+    stored: &NodeInventory,
+    next: &NodeInventory,
+) {
+    if next == stored {
         return;
     }
-    if let Err(e) = state.store.set_inventory(node, &next).await {
+    if let Err(e) = state.store.set_inventory(node, next).await {
         tracing::error!(node = %node, error = %format!("{e:#}"), "could not save inventory");
     }
 }

@@ -12,6 +12,7 @@ mod commands;
 mod config;
 mod datadir;
 mod error;
+mod inventory;
 mod listener;
 mod metrics;
 mod registry;

@@ -200,6 +200,31 @@ async fn malformed_oversize_and_unexpected_frames_are_refused_without_harming_ot
     let ex = exchange(&tunnel, &encode(&[control(), welcome])).await;
     assert!(refused_without_welcome(&ex), "{ex:?}");
 
+    // A Hello whose inventory would put escapes and megabytes in the store: refused, stored
+    // nothing.
+    let tunnel = connect(&server, Some(identity.client_auth()?)).await?;
+    let hostile = Message::Hello(Hello {
+        min_version: 1,
+        max_version: 1,
+        inventory: Inventory {
+            hostname: format!("\u{1b}]0;pwned\u{7}{}", "x".repeat(100_000)),
+            ..Inventory::default()
+        },
+    });
+    let (answers, _) = exchange(&tunnel, &encode(&[control(), hostile])).await;
+    match answers.first() {
+        Some(Ok(Message::Refused(r))) => {
+            assert!(r.message.contains("inventory hostname"), "{}", r.message);
+        }
+        other => panic!("expected a refusal of the inventory, got {other:?}"),
+    }
+    let stored = server.client()?.get_node(&attacker).await?;
+    assert!(
+        !stored.inventory.hostname.contains('\u{1b}'),
+        "{}",
+        stored.inventory.hostname
+    );
+
     // No protocol version in common.
     let tunnel = connect(&server, Some(auth)).await?;
     let (answers, _) = exchange(&tunnel, &encode(&[control(), hello(90, 99)])).await;
