@@ -63,13 +63,8 @@ pub(crate) fn check_one(name: &str, p: &Parameter, value: Value) -> Result<Value
         reason,
     };
     let value = coerce(p.ty, value).map_err(&fail)?;
-    let strings: Vec<&str> = match &value {
-        Value::String(s) => vec![s.as_str()],
-        Value::Array(items) if p.ty == ParamType::StringList => {
-            items.iter().filter_map(Value::as_str).collect()
-        }
-        _ => vec![],
-    };
+    let texts = texts(p.ty, &value);
+    let strings: Vec<&str> = texts.iter().map(String::as_str).collect();
     if !p.allowed_values.is_empty() {
         for s in &strings {
             if !p.allowed_values.iter().any(|a| a == s) {
@@ -120,6 +115,36 @@ pub(crate) fn check_one(name: &str, p: &Parameter, value: Value) -> Result<Value
         }
     }
     Ok(value)
+}
+
+/// Every text in a value that the checks apply to: the string, each string of a list, and the
+/// keys and values of a map or of each map of a list (they reach scripts too, so none goes
+/// unchecked).
+fn texts(ty: ParamType, value: &Value) -> Vec<String> {
+    fn of_map(m: &serde_json::Map<String, Value>, out: &mut Vec<String>) {
+        for (k, v) in m {
+            out.push(k.clone());
+            out.push(match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+        }
+    }
+    let mut out = Vec::new();
+    match (ty, value) {
+        (_, Value::String(s)) => out.push(s.clone()),
+        (ParamType::StringList, Value::Array(items)) => {
+            out.extend(items.iter().filter_map(Value::as_str).map(str::to_string));
+        }
+        (ParamType::StringMap, Value::Object(m)) => of_map(m, &mut out),
+        (ParamType::MapList, Value::Array(items)) => {
+            for m in items.iter().filter_map(Value::as_object) {
+                of_map(m, &mut out);
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 /// Accepts the value in its own type, or as the string a command line gives.
@@ -200,6 +225,11 @@ parameters:
   labels:
     type: StringMap
     default: {}
+    allowedPattern: "^[a-z0-9=]+$"
+  rows:
+    type: MapList
+    default: []
+    maxChars: 10
 mainSteps:
   - action: runShellScript
     name: s
@@ -251,6 +281,12 @@ mainSteps:
         assert!(with("force", json!("maybe")).contains("not true or false"));
         assert!(with("hosts", json!(["a", "b", "c"])).contains("at most 2"));
         assert!(with("labels", json!("[1]")).contains("parameter \"labels\""));
+        // Map keys and values, and every map of a list, are checked like any string.
+        assert!(with("labels", json!({"k": "$(reboot)"})).contains("does not match the pattern"));
+        assert!(with("labels", json!({"$(id)": "v"})).contains("does not match the pattern"));
+        assert!(
+            with("rows", json!([{"a": "ok"}, {"b": "much too long"}])).contains("longer than 10")
+        );
         assert!(with("nope", json!("x")).contains("not a parameter of this document"));
         assert!(check(&[("name", json!("web"))])
             .unwrap_err()
