@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::crash;
-use crate::journal::{boot_id, now_ms, Entry, InvocationState, StepStatus, Sync, UnitState};
+use crate::journal::{boot_id, now_ms, Entry, Flush, InvocationState, StepStatus, UnitState};
 use crate::shell::{self, Adopted, Slot, Spec};
 use crate::step::{
     env_for, nested, precondition_holds, remaining, script_text, step_timeout, working_dir,
@@ -232,7 +232,7 @@ impl Exec<'_> {
     }
 
     fn save(&self) -> Result<(), AgentError> {
-        self.entry.save(&self.st, Sync::Lazy)?;
+        self.entry.save(&self.st, Flush::Lazy)?;
         self.notify();
         Ok(())
     }
@@ -243,7 +243,7 @@ impl Exec<'_> {
     async fn save_durable(&mut self) -> Result<(), AgentError> {
         let (entry, st, first) = (self.entry.clone(), self.st.clone(), !self.names_flushed);
         let saved = tokio::task::spawn_blocking(move || {
-            entry.save(&st, Sync::Durable)?;
+            entry.save(&st, Flush::Durable)?;
             if first {
                 entry.flush_names()?;
             }

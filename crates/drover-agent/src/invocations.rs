@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crash;
 use crate::executor::{execute, ExecCtx};
-use crate::journal::{Entry, StepStatus, Sync};
+use crate::journal::{Entry, Flush, StepStatus};
 
 /// Largest output chunk per message (JSON escaping can grow it, within the 1 MiB frame limit).
 const CHUNK: usize = 64 * 1024;
@@ -127,7 +127,7 @@ impl Runner {
                 tracing::error!(invocation = %id, error = %chain, "invocation failed in the agent");
                 if let Ok(mut st) = entry.load() {
                     st.finished = Some(("Failed".into(), 1));
-                    let _ = entry.save(&st, Sync::Durable);
+                    let _ = entry.save(&st, Flush::Durable);
                 }
                 break;
             }

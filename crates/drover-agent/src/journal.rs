@@ -120,7 +120,7 @@ pub struct InvocationState {
 
 /// Whether a save must reach the disk before the caller goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub enum Flush {
     /// The record decides whether something may run (a unit about to start, a reboot about to
     /// happen) or is a result about to be reported: flushed to disk before `save` returns.
     Durable,
@@ -246,7 +246,7 @@ impl Entry {
                 started_ms: now_ms(),
                 delivered: false,
             },
-            Sync::Lazy,
+            Flush::Lazy,
         )
     }
 
@@ -284,8 +284,8 @@ impl Entry {
             })
     }
 
-    /// Appends the state as one line; a [`Sync::Durable`] save returns once it is on disk.
-    pub fn save(&self, state: &InvocationState, sync: Sync) -> Result<(), AgentError> {
+    /// Appends the state as one line; a [`Flush::Durable`] save returns once it is on disk.
+    pub fn save(&self, state: &InvocationState, sync: Flush) -> Result<(), AgentError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         // A leading newline too: if a crash (or a full disk) left half a line at the end, this
@@ -305,7 +305,7 @@ impl Entry {
             .map_err(io("open", &path))?;
         // One write call per line: a crash leaves at most a torn last line, which load skips.
         f.write_all(&line).map_err(io("append to", &path))?;
-        if sync == Sync::Durable {
+        if sync == Flush::Durable {
             // fdatasync also flushes the file's size, which an append changes; and every line
             // appended before this one with it.
             f.sync_data().map_err(io("flush", &path))?;
@@ -342,7 +342,7 @@ impl Entry {
         st.delivered = true;
         // Lazy: a delivered mark lost in a crash only means the result is offered again, and
         // the server answers that it has it.
-        self.save(&st, Sync::Lazy)?;
+        self.save(&st, Flush::Lazy)?;
         let _ = std::fs::remove_dir_all(self.work_dir());
         let _ = std::fs::remove_file(self.dir.join("invoke.json"));
         if let Ok(files) = std::fs::read_dir(&self.dir) {
@@ -416,9 +416,9 @@ mod tests {
             started_ms: 1,
             delivered: false,
         };
-        entry.save(&st, Sync::Durable).unwrap();
+        entry.save(&st, Flush::Durable).unwrap();
         st.started_ms = 2;
-        entry.save(&st, Sync::Lazy).unwrap();
+        entry.save(&st, Flush::Lazy).unwrap();
         // A crash mid-append leaves half a line.
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -428,7 +428,7 @@ mod tests {
         assert_eq!(entry.load().unwrap().started_ms, 2);
         // The next save is not glued to the torn half, so it is what a restart reads.
         st.started_ms = 3;
-        entry.save(&st, Sync::Lazy).unwrap();
+        entry.save(&st, Flush::Lazy).unwrap();
         assert_eq!(entry.load().unwrap().started_ms, 3);
     }
 }
