@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use drover_proto::{CertificateIssued, Message, RefuseCode, Refused, StreamKind, Welcome};
-use drover_store::{NodeId, NodeInventory, NodeStatus};
+use drover_store::{NodeId, NodeInventory, NodeStatus, Store};
 use drover_tunnel::{FrameCodec, Framed, Incoming, Role, Stream, Tunnel, TunnelConfig};
 use futures::{SinkExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
@@ -19,7 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::Kick;
+use crate::admission::Unauthenticated;
+use crate::registry::{Kick, Registration, Registry};
 use crate::AppState;
 
 /// Serves one agent connection until it ends.
@@ -28,6 +29,8 @@ pub async fn serve_agent(
     tls: TlsStream<TcpStream>,
     peer: SocketAddr,
     stop: CancellationToken,
+    unauthenticated: Unauthenticated,
+    deadline: tokio::time::Instant,
 ) {
     let Some(node_id) = identity(&tls) else {
         // No client certificate (a certificate from another CA already failed the handshake).
@@ -35,15 +38,28 @@ pub async fn serve_agent(
         state.metrics.refused("no_certificate");
         return;
     };
+    // A stolen or cloned certificate must not open more than a couple of tunnels.
+    let _slot = match state.admission.agent(&node_id) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            tracing::info!(node = %node_id, %peer, "agent connection refused: too many connections with this node's certificate");
+            state.metrics.refused(refusal.metric());
+            return;
+        }
+    };
     let (bytes_in, bytes_out) = state.metrics.byte_counters();
     let io = Counting {
         inner: tls,
         bytes_in,
         bytes_out,
     };
-    let (tunnel, mut incoming, driver) = Tunnel::start(io, Role::Server, &TunnelConfig::default());
+    let (tunnel, mut incoming, driver) = Tunnel::start(io, Role::Server, &agent_tunnel_config());
     let mut driver = tokio::spawn(driver);
-    match session(&state, &node_id, &tunnel, &mut incoming, stop).await {
+    let opening = Opening {
+        unauthenticated,
+        deadline,
+    };
+    match session(&state, &node_id, &tunnel, &mut incoming, stop, opening).await {
         Ok(()) => tracing::debug!(node = %node_id, %peer, "agent connection closed"),
         Err(why) => tracing::info!(node = %node_id, %peer, reason = %why, "agent connection ended"),
     }
@@ -56,6 +72,22 @@ pub async fn serve_agent(
         tracing::debug!(node = %node_id, "tunnel driver did not finish in time");
         driver.abort();
     }
+}
+
+/// The tunnel as the server runs it for an agent. Agents open one stream (the control stream)
+/// and never need more: a backlog of two lets the session see, and refuse, a second one.
+fn agent_tunnel_config() -> TunnelConfig {
+    TunnelConfig {
+        accept_backlog: 2,
+        ..TunnelConfig::default()
+    }
+}
+
+/// What a connection holds until its Hello is accepted.
+struct Opening {
+    unauthenticated: Unauthenticated,
+    /// When the Hello must have arrived (counted from `accept`).
+    deadline: tokio::time::Instant,
 }
 
 /// The node ID named by the client certificate, which the TLS layer verified against the CA.
@@ -100,9 +132,9 @@ async fn refuse(
 async fn next_frame(
     state: &AppState,
     framed: &mut Framed<Stream>,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
 ) -> Result<Message, String> {
-    match tokio::time::timeout(timeout, framed.next()).await {
+    match tokio::time::timeout_at(deadline, framed.next()).await {
         Err(_) => Err("timed out waiting for the agent".into()),
         Ok(None) => Err("the agent closed the stream".into()),
         Ok(Some(Err(e))) => {
@@ -131,18 +163,19 @@ async fn session(
     tunnel: &Tunnel,
     incoming: &mut Incoming,
     stop: CancellationToken,
+    opening: Opening,
 ) -> Result<(), String> {
-    let hs = state.config.handshake_timeout;
-    let stream = tokio::time::timeout(hs, incoming.accept())
+    let deadline = opening.deadline;
+    let stream = tokio::time::timeout_at(deadline, incoming.accept())
         .await
         .map_err(|_| "no control stream opened in time".to_string())?
         .ok_or("the tunnel closed before the control stream opened")?;
     let mut framed = FrameCodec::framed(stream);
-    match next_frame(state, &mut framed, hs).await? {
+    match next_frame(state, &mut framed, deadline).await? {
         Message::Open(open) if open.kind == StreamKind::Control => {}
         other => return Err(format!("expected the control stream, got {}", other.kind())),
     }
-    let hello = match next_frame(state, &mut framed, hs).await? {
+    let hello = match next_frame(state, &mut framed, deadline).await? {
         Message::Hello(h) => h,
         other => return Err(format!("expected hello, got {}", other.kind())),
     };
@@ -191,7 +224,14 @@ async fn session(
             return refuse(state, &mut framed, RefuseCode::Other, why).await;
         }
     };
-    let (_registration, mut kicks) = state.registry.register(node_id, tunnel.clone());
+    let (_registration, mut kicks) = match register(&*state.store, &state.registry, node_id, tunnel)
+        .await
+    {
+        Ok(registered) => registered,
+        Err(Refusal { code, message }) => return refuse(state, &mut framed, code, message).await,
+    };
+    // Authenticated: the connection no longer counts against the unauthenticated caps.
+    drop(opening.unauthenticated);
     let heartbeat = state.config.heartbeat;
     send(
         state,
@@ -284,11 +324,47 @@ async fn session(
                 return Ok(());
             }
             stream = incoming.accept() => match stream {
-                // No agent-initiated stream kinds exist in this version: refuse by dropping.
-                Some(s) => drop(s),
+                // Agents open no stream but the control stream in this protocol version: one
+                // that does is broken or hostile, and each stream could pin a window of memory.
+                Some(_) => {
+                    let reason = "the agent opened a second stream; agents may open only the control stream".to_string();
+                    let _ = send(state, &mut framed, Message::Error { code: "unexpected_stream".into(), message: reason.clone() }).await;
+                    return Err(reason);
+                }
                 None => return Err("the tunnel closed".into()),
             }
         }
+    }
+}
+
+/// Refusal of a connection, sent to the agent before closing.
+struct Refusal {
+    code: RefuseCode,
+    message: String,
+}
+
+/// Registers the connection, then checks again that the node is still registered: a
+/// deregistration that lands between the Hello check and the registration found no connection
+/// to kick, so this check is what ends it (deregistration writes the store before it kicks).
+async fn register(
+    store: &dyn Store,
+    registry: &Registry,
+    node_id: &NodeId,
+    tunnel: &Tunnel,
+) -> Result<(Registration, tokio::sync::mpsc::Receiver<Kick>), Refusal> {
+    let registered = registry.register(node_id, tunnel.clone());
+    match store.get_node(node_id).await {
+        Ok(Some(node)) if node.status != NodeStatus::Inactive => Ok(registered),
+        Ok(_) => Err(Refusal {
+            code: RefuseCode::Deregistered,
+            message: format!(
+                "node {node_id} was deregistered; register it again with a new activation"
+            ),
+        }),
+        Err(e) => Err(Refusal {
+            code: RefuseCode::Other,
+            message: format!("the server could not read its node registry: {e}"),
+        }),
     }
 }
 
@@ -348,5 +424,70 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use drover_store::{Activation, NewNode, SqliteStore};
+
+    /// A deregistration that lands after the Hello check but before the connection is in the
+    /// registry (so its kick found nothing) must still end the connection.
+    #[tokio::test]
+    async fn a_node_deregistered_between_its_hello_check_and_registration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        let id = NodeId::random("0000000000000000a").unwrap();
+        store
+            .create_activation(&Activation {
+                id: "act-1".into(),
+                code_hash: "h".into(),
+                description: String::new(),
+                default_name: String::new(),
+                tags: Default::default(),
+                registration_limit: 1,
+                registrations: 0,
+                expires_at: i64::MAX,
+                created_at: 0,
+            })
+            .await
+            .unwrap();
+        let node = NewNode {
+            id: id.clone(),
+            name: "racer".into(),
+            tags: Default::default(),
+            registered_at: 1,
+            inventory: NodeInventory::default(),
+        };
+        store
+            .redeem_activation("act-1", "h", 1, node)
+            .await
+            .unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let (registry, presence) = Registry::new(store.clone(), crate::metrics::Metrics::new());
+        let (io, _peer) = tokio::io::duplex(1024);
+        let (tunnel, _incoming, _driver) =
+            Tunnel::start(io, Role::Server, &TunnelConfig::default());
+
+        // The Hello check passed; then the operator deregistered the node (store, then kick).
+        store.deregister_node(&id, 2).await.unwrap();
+        assert!(
+            !registry.kick(&id, Kick::Deregistered),
+            "nothing to kick yet"
+        );
+
+        let refused = register(&*store, &registry, &id, &tunnel)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refused.code, RefuseCode::Deregistered);
+        assert!(
+            refused.message.contains("deregistered"),
+            "{}",
+            refused.message
+        );
+        presence.finish().await;
     }
 }

@@ -21,8 +21,8 @@ pub struct ServerConfig {
     pub agent_cert_lifetime: Duration,
     /// How often each side of an agent connection sends a heartbeat.
     pub heartbeat: Duration,
-    /// How long a TLS handshake or an agent's hello may take.
-    pub handshake_timeout: Duration,
+    /// Bounds on unauthenticated connections and on connections per node.
+    pub limits: crate::admission::Limits,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
     /// Serve `/metrics` without a token (it holds only aggregate counters).
@@ -41,7 +41,7 @@ impl ServerConfig {
             public_names: Vec::new(),
             agent_cert_lifetime: Duration::from_secs(30 * 86400),
             heartbeat: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(15),
+            limits: crate::admission::Limits::default(),
             shutdown_grace: Duration::from_secs(5),
             metrics_public: false,
             hostname: String::new(),

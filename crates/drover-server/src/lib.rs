@@ -5,6 +5,7 @@
 //! touches the store. **Architecture Invariant:** the server never connects to a node; nodes
 //! dial in, and everything to a node rides on its one tunnel.
 
+pub mod admission;
 pub mod agents;
 mod api;
 pub mod authz;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub registry: Registry,
     pub metrics: metrics::Metrics,
     pub commands: commands::Commands,
+    pub admission: Arc<admission::Admission>,
 }
 
 /// A server whose data directory is ready; [`Server::serve`] runs it.
@@ -67,6 +69,7 @@ impl Server {
             commands::Commands::new(data.store.clone(), registry.clone(), metrics.clone());
         commands.resume().await?;
         let state = Arc::new(AppState {
+            admission: admission::Admission::new(config.limits.clone()),
             config,
             store: data.store.clone(),
             ca: data.load_ca()?,

@@ -3,17 +3,23 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::Request;
+use tower::ServiceExt;
 
 use drover_pki::crypto_provider;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::HttpConnection;
 use crate::datadir::DataDir;
 use crate::{AppState, ServerConfig, ServerError};
 
@@ -121,9 +127,19 @@ async fn handle(
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
+    // Refused connections are closed at once: holding them would spend the descriptors the
+    // caps are there to protect.
+    let unauthenticated = match state.admission.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            tracing::debug!(%peer, ?refusal, "connection refused");
+            state.metrics.refused(refusal.metric());
+            return;
+        }
+    };
+    let deadline = Instant::now() + state.admission.limits().handshake_timeout;
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(state.config.handshake_timeout, acceptor.accept(tcp)).await
-    {
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -138,22 +154,78 @@ async fn handle(
     };
     let is_agent = tls.get_ref().1.alpn_protocol() == Some(drover_proto::ALPN_AGENT);
     if is_agent {
-        crate::agents::serve_agent(state, tls, peer, stop).await;
+        crate::agents::serve_agent(state, tls, peer, stop, unauthenticated, deadline).await;
         return;
     }
-    let service = TowerToHyperService::new(router);
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    serve_http(
+        router,
+        tls,
+        peer,
+        stop,
+        HttpConnection::new(unauthenticated),
+        deadline,
+    )
+    .await;
+}
+
+/// How long an HTTP connection that timed out or is shutting down may take to finish the
+/// requests it has in flight.
+const HTTP_GRACE: Duration = Duration::from_secs(5);
+
+async fn serve_http(
+    router: axum::Router,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    stop: CancellationToken,
+    conn_state: HttpConnection,
+    deadline: Instant,
+) {
+    let for_requests = conn_state.clone();
+    let service = TowerToHyperService::new(router.map_request(
+        move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(for_requests.clone());
+            req
+        },
+    ));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper has no timer unless given one: without it a half-sent request head waits forever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    let mut unauthenticated_deadline = true;
+    let finish = loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                }
+                return;
             }
+            _ = tokio::time::sleep_until(deadline), if unauthenticated_deadline => {
+                unauthenticated_deadline = false;
+                if !conn_state.is_authenticated() {
+                    tracing::debug!(%peer, "closing an HTTP connection that never authenticated");
+                    break true;
+                }
+            }
+            _ = stop.cancelled() => break true,
         }
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    };
+    if finish {
+        conn.as_mut().graceful_shutdown();
+        if tokio::time::timeout(HTTP_GRACE, conn).await.is_err() {
+            tracing::debug!(%peer, "HTTP connection did not finish in its grace period");
         }
     }
 }
+
+/// Longest wait for a request head, including between requests on a kept-alive connection.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);

@@ -54,7 +54,7 @@ impl Metrics {
         );
         registry.register(
             "agent_refused",
-            "Agent connections refused, by reason",
+            "Connections refused (caps, handshakes, agent checks), by reason",
             agent_refused.clone(),
         );
         registry.register(

@@ -32,6 +32,10 @@ pub struct TunnelConfig {
     pub split_send_size: usize,
     /// Inbound streams queued before the application accepts them; more are refused.
     pub accept_backlog: usize,
+    /// How far the receive windows of busy streams may grow, in total, beyond the 256 KiB
+    /// every stream starts with. This bounds the memory a peer can make this side buffer:
+    /// `max_streams` x 256 KiB + this.
+    pub window_growth: usize,
 }
 
 impl Default for TunnelConfig {
@@ -40,6 +44,7 @@ impl Default for TunnelConfig {
             max_streams: 1024,
             split_send_size: 64 * 1024,
             accept_backlog: 1024,
+            window_growth: 64 * 1024 * 1024,
         }
     }
 }
@@ -95,8 +100,11 @@ impl Tunnel {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut cfg = yamux::Config::default();
-        cfg.set_max_num_streams(config.max_streams);
+        // Each setter asserts window >= streams x 256 KiB against the other's current value:
+        // lift the window, set the count, then bound the window.
         cfg.set_max_connection_receive_window(None);
+        cfg.set_max_num_streams(config.max_streams);
+        cfg.set_max_connection_receive_window(Some(connection_window(config)));
         cfg.set_split_send_size(config.split_send_size);
         let mode = match role {
             Role::Agent => yamux::Mode::Client,
@@ -150,6 +158,14 @@ impl Tunnel {
     }
 }
 
+/// The most a peer can make this side buffer on one connection.
+pub fn connection_window(config: &TunnelConfig) -> usize {
+    config
+        .max_streams
+        .saturating_mul(yamux::DEFAULT_CREDIT as usize)
+        .saturating_add(config.window_growth)
+}
+
 async fn drive<T>(
     mut conn: yamux::Connection<T>,
     mut open_rx: mpsc::Receiver<OpenRequest>,
@@ -199,7 +215,7 @@ where
                     // A full backlog refuses the stream (dropping resets it) rather than
                     // buffering without bound for an application that is not accepting.
                     if let Err(e) = in_tx.try_send(stream) {
-                        tracing::warn!(error = %e, "refused an inbound stream: the accept backlog is full");
+                        tracing::debug!(error = %e, "refused an inbound stream: the accept backlog is full");
                     }
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(TunnelError::Connection(e))),

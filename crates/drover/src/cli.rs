@@ -209,7 +209,7 @@ pub enum InvocationsCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct ServerArgs {
     /// Data directory (database, CA, certificates, admin token).
     #[arg(long, env = "DROVER_DATA_DIR")]
@@ -239,6 +239,16 @@ pub struct ServerArgs {
     /// Serve /metrics without a token.
     #[arg(long, env = "DROVER_METRICS_PUBLIC")]
     pub metrics_public: Option<bool>,
+    /// How long a connection may take to authenticate (TLS handshake plus an agent's hello or
+    /// a request with a valid token), e.g. 10s.
+    #[arg(long, env = "DROVER_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<String>,
+    /// Most connections not yet authenticated, from everyone [default: 2048].
+    #[arg(long, env = "DROVER_MAX_UNAUTHENTICATED")]
+    pub max_unauthenticated: Option<usize>,
+    /// Most connections not yet authenticated from one IP address [default: 256].
+    #[arg(long, env = "DROVER_MAX_UNAUTHENTICATED_PER_ADDRESS")]
+    pub max_unauthenticated_per_address: Option<usize>,
     /// TOML file with the same settings (flags and environment win).
     #[arg(long, env = "DROVER_CONFIG_FILE")]
     pub config: Option<PathBuf>,

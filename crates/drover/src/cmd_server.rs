@@ -26,6 +26,9 @@ struct FileConfig {
     agent_cert_lifetime: Option<String>,
     heartbeat: Option<String>,
     metrics_public: Option<bool>,
+    handshake_timeout: Option<String>,
+    max_unauthenticated: Option<usize>,
+    max_unauthenticated_per_address: Option<usize>,
 }
 
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration, UsageError> {
@@ -97,6 +100,31 @@ pub fn build_config(args: ServerArgs) -> Result<ServerConfig, UsageError> {
         config.heartbeat = d;
     }
     config.metrics_public = args.metrics_public.or(file.metrics_public).unwrap_or(false);
+    if let Some(s) = args.handshake_timeout.or(file.handshake_timeout) {
+        let d = parse_duration("handshake timeout", &s)?;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(300) {
+            return Err(UsageError(format!(
+                "handshake timeout {s:?} is out of range: from 1s to 5m"
+            )));
+        }
+        config.limits.handshake_timeout = d;
+    }
+    let count = |what: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(UsageError(format!("{what} must be at least 1"))),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    config.limits.max_unauthenticated = count(
+        "max_unauthenticated",
+        args.max_unauthenticated.or(file.max_unauthenticated),
+        config.limits.max_unauthenticated,
+    )?;
+    config.limits.max_unauthenticated_per_address = count(
+        "max_unauthenticated_per_address",
+        args.max_unauthenticated_per_address
+            .or(file.max_unauthenticated_per_address),
+        config.limits.max_unauthenticated_per_address,
+    )?;
     config.hostname = rustix_hostname();
     Ok(config)
 }

@@ -20,13 +20,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let config = crate::cmd_server::build_config(ServerArgs {
         data_dir: Some(dir.join("server")),
         listen: Some(args.listen.clone()),
-        tls_cert: None,
-        tls_key: None,
-        public_names: vec![],
-        agent_cert_lifetime: None,
-        heartbeat: None,
-        metrics_public: None,
-        config: None,
+        ..ServerArgs::default()
     })?;
     crate::cmd_server::raise_fd_limit();
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -165,7 +165,16 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        authenticate(state, &parts.headers).await
+        let who = authenticate(state, &parts.headers).await?;
+        mark_authenticated(parts);
+        Ok(who)
+    }
+}
+
+/// Frees the connection's unauthenticated slot: it has shown a valid token.
+fn mark_authenticated(parts: &Parts) {
+    if let Some(conn) = parts.extensions.get::<crate::admission::HttpConnection>() {
+        conn.authenticated();
     }
 }
 
@@ -201,12 +210,10 @@ async fn healthz() -> Json<Health> {
 }
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")), security(("bearer" = [])))]
-async fn metrics(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+async fn metrics(State(state): State<Arc<AppState>>, parts: Parts) -> Result<Response, ApiError> {
     if !state.config.metrics_public {
-        let who = authenticate(&state, &headers).await?;
+        let who = authenticate(&state, &parts.headers).await?;
+        mark_authenticated(&parts);
         authorize(&who, Action::ReadMetrics)?;
     }
     Ok((

@@ -1,0 +1,249 @@
+//! Admission control for the one listening port: bounds on what a peer can hold before it has
+//! proved who it is, so that slow or hostile clients cannot starve agents and operators of file
+//! descriptors, memory or handshake time.
+//!
+//! A connection is *unauthenticated* from `accept` until an agent's Hello is accepted or an HTTP
+//! request carries a valid token. Unauthenticated connections are capped in total and per source
+//! address and live at most [`Limits::handshake_timeout`] (then HTTP connections shut down
+//! gracefully). Agent connections are also capped per node identity, so one stolen certificate
+//! cannot open thousands of tunnels.
+//!
+//! The counts are per server process on purpose: what they protect (descriptors, memory) is
+//! per process, so a second replica keeps its own.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use drover_store::NodeId;
+
+/// The bounds; [`crate::ServerConfig`] carries them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Unauthenticated connections open at once, from everyone.
+    pub max_unauthenticated: usize,
+    /// Unauthenticated connections open at once from one address. Generous, because a fleet
+    /// behind one NAT reconnects from one address after a server restart.
+    pub max_unauthenticated_per_address: usize,
+    /// Agent connections open at once with one node certificate (the live one plus one that is
+    /// replacing it).
+    pub max_connections_per_node: usize,
+    /// How long a connection may stay unauthenticated: TLS handshake plus an agent's Hello or
+    /// an HTTP client's requests without a token.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_unauthenticated: 2_048,
+            max_unauthenticated_per_address: 256,
+            max_connections_per_node: 2,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    TooManyUnauthenticated,
+    TooManyFromAddress,
+    TooManyForNode,
+}
+
+impl Refusal {
+    /// The label of `drover_connections_refused_total`.
+    pub fn metric(self) -> &'static str {
+        match self {
+            Refusal::TooManyUnauthenticated => "unauthenticated_cap",
+            Refusal::TooManyFromAddress => "address_cap",
+            Refusal::TooManyForNode => "node_cap",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    unauthenticated: usize,
+    per_address: HashMap<IpAddr, usize>,
+    per_node: HashMap<NodeId, usize>,
+}
+
+pub struct Admission {
+    limits: Limits,
+    counts: Mutex<Counts>,
+}
+
+impl Admission {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            counts: Mutex::new(Counts::default()),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Counts> {
+        // Every update is a counter change completed under the lock: a panic elsewhere cannot
+        // leave it half-done, so a poisoned lock is still consistent.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a new connection from `addr` as unauthenticated, or says why not.
+    pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Result<Unauthenticated, Refusal> {
+        let mut counts = self.lock();
+        if counts.unauthenticated >= self.limits.max_unauthenticated {
+            return Err(Refusal::TooManyUnauthenticated);
+        }
+        let from_addr = counts.per_address.entry(addr).or_insert(0);
+        if *from_addr >= self.limits.max_unauthenticated_per_address {
+            return Err(Refusal::TooManyFromAddress);
+        }
+        *from_addr += 1;
+        counts.unauthenticated += 1;
+        Ok(Unauthenticated {
+            admission: self.clone(),
+            addr,
+        })
+    }
+
+    /// Takes one of `node`'s connection slots, held while its tunnel is open.
+    pub fn agent(self: &Arc<Self>, node: &NodeId) -> Result<NodeSlot, Refusal> {
+        let mut counts = self.lock();
+        let n = counts.per_node.entry(node.clone()).or_insert(0);
+        if *n >= self.limits.max_connections_per_node {
+            return Err(Refusal::TooManyForNode);
+        }
+        *n += 1;
+        Ok(NodeSlot {
+            admission: self.clone(),
+            node: node.clone(),
+        })
+    }
+
+    /// Unauthenticated connections open now (for tests and metrics).
+    pub fn unauthenticated(&self) -> usize {
+        self.lock().unauthenticated
+    }
+}
+
+/// Held while a connection is unauthenticated; dropping it frees the slot.
+pub struct Unauthenticated {
+    admission: Arc<Admission>,
+    addr: IpAddr,
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        let mut counts = self.admission.lock();
+        counts.unauthenticated = counts.unauthenticated.saturating_sub(1);
+        if let Some(n) = counts.per_address.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_address.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// Held while an agent connection of one node is open.
+pub struct NodeSlot {
+    admission: Arc<Admission>,
+    node: NodeId,
+}
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        let mut counts = self.admission.lock();
+        if let Some(n) = counts.per_node.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_node.remove(&self.node);
+            }
+        }
+    }
+}
+
+/// The unauthenticated slot of one HTTP connection, shared with its requests: the first
+/// request with a valid token releases it.
+#[derive(Clone)]
+pub struct HttpConnection {
+    slot: Arc<Mutex<Option<Unauthenticated>>>,
+}
+
+impl HttpConnection {
+    pub fn new(slot: Unauthenticated) -> Self {
+        Self {
+            slot: Arc::new(Mutex::new(Some(slot))),
+        }
+    }
+
+    /// Called when a request on this connection authenticated.
+    pub fn authenticated(&self) {
+        let taken = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(taken);
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_unauthenticated: 3,
+            max_unauthenticated_per_address: 2,
+            max_connections_per_node: 1,
+            handshake_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn caps_per_address_and_in_total_and_frees_on_drop() {
+        let a = Admission::new(limits());
+        let one: IpAddr = "192.0.2.1".parse().unwrap();
+        let two: IpAddr = "192.0.2.2".parse().unwrap();
+        let three: IpAddr = "192.0.2.3".parse().unwrap();
+        let a1 = a.admit(one).unwrap();
+        let _a2 = a.admit(one).unwrap();
+        assert_eq!(a.admit(one).err(), Some(Refusal::TooManyFromAddress));
+        let _b1 = a.admit(two).unwrap();
+        assert_eq!(a.admit(three).err(), Some(Refusal::TooManyUnauthenticated));
+        drop(a1);
+        assert_eq!(a.unauthenticated(), 2);
+        let _c1 = a.admit(three).unwrap();
+    }
+
+    #[test]
+    fn an_http_connection_frees_its_slot_when_it_authenticates() {
+        let a = Admission::new(limits());
+        let conn = HttpConnection::new(a.admit("192.0.2.1".parse().unwrap()).unwrap());
+        assert!(!conn.is_authenticated());
+        conn.clone().authenticated();
+        assert!(conn.is_authenticated());
+        assert_eq!(a.unauthenticated(), 0);
+    }
+
+    #[test]
+    fn caps_connections_per_node() {
+        let a = Admission::new(limits());
+        let node = NodeId::parse("n-0123456789abcdef0").unwrap();
+        let slot = a.agent(&node).unwrap();
+        assert_eq!(a.agent(&node).err(), Some(Refusal::TooManyForNode));
+        drop(slot);
+        assert!(a.agent(&node).is_ok());
+    }
+}

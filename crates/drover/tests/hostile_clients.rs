@@ -1,0 +1,307 @@
+//! Slow and greedy clients on the one port: half-sent requests, connections that never
+//! authenticate, many connections from one address or with one node certificate, and agents
+//! that open streams they have no use for. None may hold resources for long or keep real
+//! agents and operators out.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use drover_proto::{Hello, Inventory, Message, StreamKind, StreamOpen};
+use drover_testkit::{wait_status, Env, Server, DEADLINE};
+use drover_tunnel::dial::{dial, Endpoint};
+use drover_tunnel::{FrameCodec, Role, Tunnel, TunnelConfig};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+fn env() -> Env {
+    Env::new(env!("CARGO_BIN_EXE_drover")).unwrap()
+}
+
+fn server_addr(server: &Server) -> SocketAddr {
+    server.url.trim_start_matches("https://").parse().unwrap()
+}
+
+/// A TLS connection to the API from `source` (another loopback address than the agents').
+async fn tls_from(
+    server: &Server,
+    source: &str,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse()?)?;
+    let tcp = socket.connect(server_addr(server)).await?;
+    let tls = drover_client::pinned_tls(&server.fingerprint, &[b"http/1.1"], None)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await?)
+}
+
+/// Waits until the server closes `stream` (EOF or an error); fails after DEADLINE.
+async fn closed_by_server<S: AsyncReadExt + Unpin>(stream: &mut S) -> anyhow::Result<()> {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the server kept the connection open for {DEADLINE:?}"))
+}
+
+/// Sends one HTTP/1.1 request and reads its whole response (by Content-Length).
+async fn http_exchange<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+    stream: &mut S,
+    request: &str,
+) -> anyhow::Result<String> {
+    stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let n = stream.read(&mut buf).await?;
+            anyhow::ensure!(
+                n > 0,
+                "connection closed mid-response: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return Ok(text.into_owned());
+                }
+            }
+        }
+    })
+    .await?
+}
+
+async fn refused_count(server: &Server, reason: &str) -> anyhow::Result<u64> {
+    let metrics = server.client()?.get_text("/metrics").await?;
+    Ok(metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("drover_agent_refused_total")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_capped_while_agents_and_operators_get_in(
+) -> anyhow::Result<()> {
+    let env = env();
+    let server = env.start_server(
+        0,
+        &[
+            "--handshake-timeout",
+            "2s",
+            "--max-unauthenticated-per-address",
+            "20",
+        ],
+    )?;
+
+    // A client that authenticates is not cut off at the handshake deadline. It connects first,
+    // so its deadline passes before the slow clients' deadlines do.
+    let mut authed = tls_from(&server, "127.0.0.3").await?;
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+        server.token
+    );
+    let healthz = http_exchange(&mut authed, &request).await?;
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    let nodes = request.replace("/healthz", "/api/v1/nodes?limit=1");
+    let listed = http_exchange(&mut authed, &nodes).await?;
+    assert!(listed.starts_with("HTTP/1.1 200"), "{listed}");
+
+    // Slowloris from 127.0.0.2: 20 connections, each with half a request head.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut tls = tls_from(&server, "127.0.0.2").await?;
+        tls.write_all(b"GET /api/v1/nodes HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+            .await?;
+        tls.flush().await?;
+        slow.push(tls);
+    }
+    // The 21st from that address is closed at once, before TLS completes.
+    match tls_from(&server, "127.0.0.2").await {
+        Err(_) => {}
+        Ok(mut tls) => closed_by_server(&mut tls).await?,
+    }
+    assert_eq!(refused_count(&server, "address_cap").await?, 1);
+
+    // Meanwhile an agent (from 127.0.0.1) registers and comes online, and operators are served.
+    let node = env.register_agent(&server, "agent", &[])?;
+    let agent = env.run_agent("agent", &[])?;
+    wait_status(&server, std::slice::from_ref(&node), "Online").await?;
+    env.cli_ok(&["nodes", "list"])?;
+
+    // Every slow connection is closed by the handshake deadline.
+    for tls in &mut slow {
+        closed_by_server(tls).await?;
+    }
+    // The authenticated connection is past its own deadline now, and still served.
+    let again = http_exchange(&mut authed, &nodes).await?;
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+
+    // The agent kept its one connection through all of it.
+    assert_eq!(
+        agent.output().matches("connected").count(),
+        1,
+        "{}",
+        agent.output()
+    );
+    Ok(())
+}
+
+fn encode(msgs: &[Message]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    for m in msgs {
+        drover_proto::encode(m, &mut buf).unwrap();
+    }
+    buf.to_vec()
+}
+
+/// Dials the agent endpoint with `auth` and starts a tunnel; the driver runs until the test ends.
+async fn connect(
+    server: &Server,
+    auth: (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+) -> anyhow::Result<Tunnel> {
+    let tls =
+        drover_client::pinned_tls(&server.fingerprint, &[drover_proto::ALPN_AGENT], Some(auth))?;
+    let target = Endpoint::parse(&server.url, 443)?;
+    let stream = dial(&target, None, Arc::new(tls), DEADLINE).await?;
+    let (tunnel, _incoming, driver) = Tunnel::start(stream, Role::Agent, &TunnelConfig::default());
+    tokio::spawn(driver);
+    Ok(tunnel)
+}
+
+async fn tunnel_closed(tunnel: &Tunnel) -> anyhow::Result<()> {
+    tokio::time::timeout(DEADLINE, tunnel.closed())
+        .await
+        .map_err(|_| anyhow::anyhow!("the server kept the tunnel open for {DEADLINE:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_cannot_pin_connections_streams_or_time() -> anyhow::Result<()> {
+    let env = env();
+    let server = env.start_server(0, &["--handshake-timeout", "5s"])?;
+    env.register_agent(&server, "greedy", &[])?;
+    let identity = drover_agent::Identity::load(&env.state_dir("greedy"))?;
+
+    // Two connections with one certificate are allowed (one live, one replacing it); a third
+    // is closed at once, while the other two are still waiting for their Hello.
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(connect(&server, identity.client_auth()?).await?);
+    }
+    let closed = tokio::time::timeout(
+        DEADLINE,
+        futures::future::select_all(conns.iter().map(|t| Box::pin(t.closed()))),
+    )
+    .await?
+    .1;
+    let refused = conns.remove(closed);
+    assert!(refused.is_closed());
+    assert!(
+        conns.iter().all(|t| !t.is_closed()),
+        "more than one connection was closed"
+    );
+    assert_eq!(refused_count(&server, "node_cap").await?, 1);
+    let (first, second) = (&conns[0], &conns[1]);
+
+    // Streams opened before the Hello beyond a tiny backlog are reset at once: they cannot
+    // each pin a 256 KiB window.
+    let mut control = FrameCodec::framed(first.open().await?);
+    control
+        .send(Message::Open(StreamOpen {
+            kind: StreamKind::Control,
+        }))
+        .await?;
+    let mut reset = 0;
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        let mut s = first.open().await?;
+        s.write_all(&[0u8; 1024]).await?;
+        s.flush().await?;
+        streams.push(s);
+    }
+    for s in &mut streams {
+        let mut buf = [0u8; 16];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await
+        {
+            reset += 1;
+        }
+    }
+    assert!(
+        reset >= 47,
+        "only {reset} of 50 unaccepted streams were reset"
+    );
+
+    // A connection that never says Hello is closed at the handshake deadline.
+    tunnel_closed(second).await?;
+    tunnel_closed(first).await?;
+
+    // After its Hello, an agent that opens a second stream is disconnected.
+    let tunnel = connect(&server, identity.client_auth()?).await?;
+    let mut control = FrameCodec::framed(tunnel.open().await?);
+    control
+        .send(Message::Open(StreamOpen {
+            kind: StreamKind::Control,
+        }))
+        .await?;
+    control
+        .send(Message::Hello(Hello {
+            min_version: 1,
+            max_version: 1,
+            inventory: Inventory::default(),
+        }))
+        .await?;
+    match tokio::time::timeout(DEADLINE, control.next()).await? {
+        Some(Ok(Message::Welcome(_))) => {}
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    let mut extra = tunnel.open().await?;
+    extra
+        .write_all(&encode(&[Message::Ping { seq: 1 }]))
+        .await?;
+    extra.flush().await?;
+    let said = loop {
+        match tokio::time::timeout(DEADLINE, control.next()).await? {
+            Some(Ok(Message::Error { code, .. })) => break code,
+            Some(Ok(_)) => continue,
+            other => panic!("expected an error naming the stream, got {other:?}"),
+        }
+    };
+    assert_eq!(said, "unexpected_stream");
+    tunnel_closed(&tunnel).await?;
+    Ok(())
+}
