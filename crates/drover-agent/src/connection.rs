@@ -365,6 +365,12 @@ async fn session(
                                 tracing::info!(not_after = issued.not_after, "renewed the node certificate");
                                 emit(AgentEvent::Renewed { not_after: next.not_after });
                                 *identity = next;
+                                // Saved durably: the server may retire the previous certificate.
+                                if welcome.version >= 2 {
+                                    if let Err(e) = framed.send(Message::CertificateSaved).await {
+                                        return up(format!("send failed: {e}"));
+                                    }
+                                }
                             }
                             Err(e) => tracing::error!(error = %crate::error_chain(&e), "could not save the renewed certificate"),
                         },

@@ -61,6 +61,16 @@ pub struct CertInfo {
     pub not_after: i64,
 }
 
+/// The SHA-256 fingerprint of the first certificate in `pem`: what the server records to tell
+/// a node's current certificate from the ones it replaced.
+pub fn cert_fingerprint_pem(pem: &str) -> Result<String, PkiError> {
+    let certs = certs_from_pem(pem)?;
+    let first = certs
+        .first()
+        .ok_or_else(|| PkiError::InvalidCertificate("no certificate in the PEM".into()))?;
+    Ok(pin::fingerprint(first))
+}
+
 /// Reads the subject common name and validity of a DER certificate.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)

@@ -1,10 +1,10 @@
-//! The messages of protocol version 1. Field names are the wire names; new optional fields get
+//! The messages of the agent protocol (versions 1 and 2: 2 adds `CertificateSaved`). Field names are the wire names; new optional fields get
 //! `#[serde(default)]` so that an older peer's messages still parse.
 
 use serde::{Deserialize, Serialize};
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
@@ -37,6 +37,9 @@ pub enum Message {
     },
     /// Server to agent: the renewed certificate.
     CertificateIssued(CertificateIssued),
+    /// Agent to server (version 2 on): the renewed certificate and its key are saved, so the
+    /// server may retire the previous certificate at once.
+    CertificateSaved,
     /// Either way: a request on this stream failed.
     Error {
         code: String,
@@ -69,6 +72,7 @@ impl Message {
             Message::Inventory(_) => "inventory",
             Message::RenewCertificate { .. } => "renew_certificate",
             Message::CertificateIssued(_) => "certificate_issued",
+            Message::CertificateSaved => "certificate_saved",
             Message::Error { .. } => "error",
             Message::Goodbye { .. } => "goodbye",
             Message::Invoke(_) => "invoke",

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use drover_proto::{CertificateIssued, Message, RefuseCode, Refused, StreamKind, Welcome};
-use drover_store::{NodeId, NodeInventory, NodeStatus, Store};
+use drover_store::{CertCheck, NodeId, NodeInventory, NodeStatus, Store};
 use drover_tunnel::{FrameCodec, Framed, Incoming, Role, Stream, Tunnel, TunnelConfig};
 use futures::{SinkExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
@@ -32,7 +32,7 @@ pub async fn serve_agent(
     unauthenticated: Unauthenticated,
     deadline: tokio::time::Instant,
 ) {
-    let Some(node_id) = identity(&tls) else {
+    let Some((node_id, fingerprint)) = identity(&tls) else {
         // No client certificate (a certificate from another CA already failed the handshake).
         tracing::info!(%peer, "agent connection without a node certificate refused");
         state.metrics.refused("no_certificate");
@@ -58,6 +58,7 @@ pub async fn serve_agent(
     let opening = Opening {
         unauthenticated,
         deadline,
+        fingerprint,
     };
     match session(&state, &node_id, &tunnel, &mut incoming, stop, opening).await {
         Ok(()) => tracing::debug!(node = %node_id, %peer, "agent connection closed"),
@@ -88,13 +89,19 @@ struct Opening {
     unauthenticated: Unauthenticated,
     /// When the Hello must have arrived (counted from `accept`).
     deadline: tokio::time::Instant,
+    /// Of the certificate the agent connected with.
+    fingerprint: String,
 }
 
-/// The node ID named by the client certificate, which the TLS layer verified against the CA.
-fn identity(tls: &TlsStream<TcpStream>) -> Option<NodeId> {
+/// The node ID named by the client certificate, which the TLS layer verified against the CA,
+/// and the certificate's fingerprint.
+fn identity(tls: &TlsStream<TcpStream>) -> Option<(NodeId, String)> {
     let cert = tls.get_ref().1.peer_certificates()?.first()?;
     let info = drover_pki::cert_info(cert).ok()?;
-    NodeId::parse(&info.common_name)
+    Some((
+        NodeId::parse(&info.common_name)?,
+        drover_pki::fingerprint(cert),
+    ))
 }
 
 async fn send(state: &AppState, framed: &mut Framed<Stream>, msg: Message) -> Result<(), String> {
@@ -201,6 +208,29 @@ async fn session(
         )
         .await;
     }
+    match state
+        .store
+        .check_certificate(node_id, &opening.fingerprint)
+        .await
+    {
+        Ok(CertCheck::Current) => {}
+        Ok(CertCheck::Promoted) => {
+            tracing::info!(node = %node_id, "the node connected with its renewed certificate; the previous one is retired");
+        }
+        Ok(CertCheck::Retired) => {
+            tracing::warn!(node = %node_id, "refused a retired certificate (replaced by a renewal)");
+            return refuse(
+                state,
+                &mut framed,
+                RefuseCode::Other,
+                format!(
+                    "this certificate of node {node_id} was replaced by a renewal and is retired"
+                ),
+            )
+            .await;
+        }
+        Err(e) => return Err(format!("store: {e:#}")),
+    }
     let Some(version) = drover_proto::negotiate(hello.min_version, hello.max_version) else {
         return refuse(
             state,
@@ -283,15 +313,14 @@ async fn session(
                         }
                     }
                     Message::RenewCertificate { csr_pem } => {
-                        let reply = match state.ca.sign_node_csr(&csr_pem, node_id.as_str(), state.config.agent_cert_lifetime) {
-                            Ok((cert_pem, not_after)) => {
-                                tracing::info!(node = %node_id, "renewed the agent certificate");
-                                Message::CertificateIssued(CertificateIssued { cert_pem, not_after })
-                            }
-                            Err(e) => Message::Error { code: "renewal_failed".into(), message: e.to_string() },
-                        };
+                        let reply = renew(state, node_id, &csr_pem).await;
                         send(state, &mut framed, reply).await?;
                     }
+                    Message::CertificateSaved => match state.store.certificate_saved(node_id).await {
+                        Ok(true) => tracing::info!(node = %node_id, "the agent saved its renewed certificate; the previous one is retired"),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(node = %node_id, error = %format!("{e:#}"), "could not retire the previous certificate"),
+                    },
                     Message::Goodbye { reason } => return Err(format!("agent said goodbye: {reason}")),
                     other => {
                         let reason = format!("unexpected {} message on the control stream", other.kind());
@@ -335,6 +364,50 @@ async fn session(
             }
         }
     }
+}
+
+/// Signs a renewal and records it, at most once per [`renewal_interval`]: a node that asks
+/// more often is broken or hostile, and each certificate would be one more to retire.
+async fn renew(state: &AppState, node_id: &NodeId, csr_pem: &str) -> Message {
+    let failed = |message: String| Message::Error {
+        code: "renewal_failed".into(),
+        message,
+    };
+    let lifetime = state.config.agent_cert_lifetime;
+    let (cert_pem, not_after) = match state.ca.sign_node_csr(csr_pem, node_id.as_str(), lifetime) {
+        Ok(issued) => issued,
+        Err(e) => return failed(e.to_string()),
+    };
+    let fingerprint = match drover_pki::cert_fingerprint_pem(&cert_pem) {
+        Ok(fp) => fp,
+        Err(e) => return failed(format!("reading the certificate just issued: {e}")),
+    };
+    let now = crate::secrets::now();
+    let interval = renewal_interval(lifetime);
+    match state
+        .store
+        .certificate_issued(node_id, &fingerprint, now, interval)
+        .await
+    {
+        Ok(Ok(())) => {
+            tracing::info!(node = %node_id, "renewed the agent certificate");
+            Message::CertificateIssued(CertificateIssued {
+                cert_pem,
+                not_after,
+            })
+        }
+        Ok(Err(too_soon)) => {
+            tracing::warn!(node = %node_id, reason = %too_soon, "refused a renewal");
+            failed(format!("renewal refused: {too_soon}"))
+        }
+        Err(e) => failed(format!("the server could not record the renewal: {e}")),
+    }
+}
+
+/// The shortest time between two renewals of one node: a third of the certificate lifetime
+/// (agents renew after two thirds), at most an hour.
+fn renewal_interval(lifetime: Duration) -> i64 {
+    i64::try_from((lifetime / 3).min(Duration::from_secs(3600)).as_secs()).unwrap_or(3600)
 }
 
 /// Refusal of a connection, sent to the agent before closing.

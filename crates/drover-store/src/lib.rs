@@ -79,6 +79,24 @@ pub enum RedeemError {
     Store(#[from] StoreError),
 }
 
+/// What [`Store::check_certificate`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertCheck {
+    Current,
+    /// The renewed certificate, now current; the one before it is retired.
+    Promoted,
+    /// Replaced by a renewal: refuse it.
+    Retired,
+}
+
+/// A renewal asked for too soon after the previous one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a certificate was issued to this node at {last_issued_at} (Unix time); renewals are allowed once every {min_interval} s")]
+pub struct RenewalRefused {
+    pub last_issued_at: i64,
+    pub min_interval: i64,
+}
+
 /// Everything Drover keeps. Methods are coarse (one call, one transaction) so that a remote
 /// database costs one round trip per operation.
 #[async_trait::async_trait]
@@ -99,6 +117,23 @@ pub trait Store: Send + Sync + 'static {
     /// At server start: no connection survived, so every Online node is ConnectionLost.
     async fn mark_all_disconnected(&self, at: i64) -> Result<u64, StoreError>;
     async fn deregister_node(&self, id: &NodeId, at: i64) -> Result<Node, StoreError>;
+
+    // --- node certificates (SHA-256 fingerprints)
+    /// May `id` connect with the certificate `fp`? Its current one may; the one issued by its
+    /// last renewal may too, and becomes current (retiring the previous one); others may not.
+    async fn check_certificate(&self, id: &NodeId, fp: &str) -> Result<CertCheck, StoreError>;
+    /// Records a certificate issued to `id`: the first is current at once, a renewal's is next.
+    /// A renewal sooner than `min_interval` seconds after the previous issue is refused.
+    async fn certificate_issued(
+        &self,
+        id: &NodeId,
+        fp: &str,
+        at: i64,
+        min_interval: i64,
+    ) -> Result<Result<(), RenewalRefused>, StoreError>;
+    /// The agent saved its renewed certificate: it becomes current, the previous one retired.
+    /// False when no renewal was pending.
+    async fn certificate_saved(&self, id: &NodeId) -> Result<bool, StoreError>;
 
     // --- activations
     async fn create_activation(&self, activation: &Activation) -> Result<(), StoreError>;

@@ -254,6 +254,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn check_certificate(&self, id: &NodeId, fp: &str) -> Result<CertCheck, StoreError> {
+        let (id, fp) = (id.to_string(), fp.to_string());
+        self.call(move |c| certs::check(c, &id, &fp)).await
+    }
+
+    async fn certificate_issued(
+        &self,
+        id: &NodeId,
+        fp: &str,
+        at: i64,
+        min_interval: i64,
+    ) -> Result<Result<(), RenewalRefused>, StoreError> {
+        let (id, fp) = (id.to_string(), fp.to_string());
+        self.call(move |c| certs::issued(c, &id, &fp, at, min_interval))
+            .await
+    }
+
+    async fn certificate_saved(&self, id: &NodeId) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| certs::saved(c, &id)).await
+    }
+
     async fn create_activation(&self, a: &Activation) -> Result<(), StoreError> {
         let a = a.clone();
         self.call(move |c| {
@@ -565,6 +587,7 @@ impl Store for SqliteStore {
     }
 }
 
+mod certs;
 mod rows;
 mod schema;
 #[cfg(test)]

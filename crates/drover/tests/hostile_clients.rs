@@ -305,3 +305,93 @@ async fn a_node_certificate_cannot_pin_connections_streams_or_time() -> anyhow::
     tunnel_closed(&tunnel).await?;
     Ok(())
 }
+
+/// Connects with `auth`, says Hello and returns the control stream after the server's answer.
+async fn hello_with(
+    server: &Server,
+    auth: (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+) -> anyhow::Result<(
+    Tunnel,
+    drover_tunnel::Framed<drover_tunnel::Stream>,
+    Message,
+)> {
+    let tunnel = connect(server, auth).await?;
+    let mut control = FrameCodec::framed(tunnel.open().await?);
+    control
+        .send(Message::Open(StreamOpen {
+            kind: StreamKind::Control,
+        }))
+        .await?;
+    control
+        .send(Message::Hello(Hello {
+            min_version: 1,
+            max_version: drover_proto::PROTOCOL_VERSION,
+            inventory: Inventory::default(),
+        }))
+        .await?;
+    let answer = tokio::time::timeout(DEADLINE, control.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("closed without an answer"))??;
+    Ok((tunnel, control, answer))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_retires_the_old_certificate_and_renewals_are_rate_limited() -> anyhow::Result<()>
+{
+    let env = env();
+    let server = env.start_server(0, &["--agent-cert-lifetime", "12s", "--heartbeat", "1s"])?;
+    let id = env.register_agent(&server, "renewer", &[])?;
+    let old = drover_agent::Identity::load(&env.state_dir("renewer"))?;
+
+    // Right after registration, a renewal is refused: at most one per lifetime / 3.
+    let (tunnel, mut control, answer) = hello_with(&server, old.client_auth()?).await?;
+    assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
+    let key = drover_pki::NodeKey::generate()?;
+    control
+        .send(Message::RenewCertificate {
+            csr_pem: key.csr_pem,
+        })
+        .await?;
+    let reply = loop {
+        match tokio::time::timeout(DEADLINE, control.next()).await? {
+            Some(Ok(Message::Ping { .. } | Message::Pong { .. })) => continue,
+            other => break other,
+        }
+    };
+    match reply {
+        Some(Ok(Message::Error { code, message })) => {
+            assert_eq!(code, "renewal_failed");
+            assert!(
+                message.contains("renewals are allowed once every 4 s"),
+                "{message}"
+            );
+        }
+        other => panic!("expected the renewal to be refused, got {other:?}"),
+    }
+    tunnel.close();
+
+    // The agent renews after two thirds of the lifetime and says it saved the new certificate;
+    // from then on the old one is refused although it has not expired.
+    let agent = env.run_agent("renewer", &[])?;
+    agent.wait_for_line("renewed the node certificate", DEADLINE)?;
+    server
+        .proc
+        .wait_for_line("the agent saved its renewed certificate", DEADLINE)?;
+    let (_tunnel, _control, answer) = hello_with(&server, old.client_auth()?).await?;
+    match answer {
+        Message::Refused(r) => assert!(r.message.contains("retired"), "{}", r.message),
+        other => panic!("the old certificate was not refused: {other:?}"),
+    }
+    // The agent, on its renewed certificate, was not disturbed.
+    wait_status(&server, &[id], "Online").await?;
+    assert_eq!(
+        agent.output().matches("connected").count(),
+        1,
+        "{}",
+        agent.output()
+    );
+    Ok(())
+}

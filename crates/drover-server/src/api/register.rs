@@ -86,6 +86,13 @@ pub async fn register(
                 ApiError::Forbidden(format!("registration refused: {refused}"))
             }
         })?;
+    let fingerprint = drover_pki::cert_fingerprint_pem(&cert_pem)
+        .map_err(|e| ApiError::Internal(format!("reading the certificate just issued: {e}")))?;
+    state
+        .store
+        .certificate_issued(&created.id, &fingerprint, now, 0)
+        .await?
+        .map_err(|e| ApiError::Internal(format!("recording the first certificate: {e}")))?;
     tracing::info!(node = %created.id, name = %created.name, activation = %req.activation_id, "registered a node");
     Ok((
         StatusCode::CREATED,

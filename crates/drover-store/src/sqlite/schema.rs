@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     // Counting a command's invocations by status, on every progress poll, reads this index
     // instead of sorting the invocations.
     "CREATE INDEX invocations_command_status ON invocations(command_id, status);",
+    super::certs::MIGRATION,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"

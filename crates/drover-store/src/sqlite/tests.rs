@@ -387,3 +387,67 @@ async fn an_activations_tags_cannot_be_overridden_at_registration() {
     let act = s.list_activations().await.unwrap();
     assert_eq!(act[0].registrations, 1);
 }
+
+#[tokio::test]
+async fn a_renewal_retires_the_previous_certificate_once_the_new_one_is_seen_and_is_rate_limited() {
+    let (_d, s) = store().await;
+    s.create_activation(&activation(1)).await.unwrap();
+    let n = s
+        .redeem_activation("act-1", "h", 10, new_node("00000000000000001", &[]))
+        .await
+        .unwrap();
+    s.certificate_issued(&n.id, "old", 10, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.check_certificate(&n.id, "old").await.unwrap(),
+        CertCheck::Current
+    );
+    assert_eq!(
+        s.check_certificate(&n.id, "forged").await.unwrap(),
+        CertCheck::Retired
+    );
+
+    // Too soon after the first issue.
+    let refused = s.certificate_issued(&n.id, "new", 50, 100).await.unwrap();
+    assert_eq!(refused.unwrap_err().last_issued_at, 10);
+    s.certificate_issued(&n.id, "new", 110, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    // Until the agent shows it saved the new one, the old one still works (it may have died
+    // before saving it).
+    assert_eq!(
+        s.check_certificate(&n.id, "old").await.unwrap(),
+        CertCheck::Current
+    );
+    assert_eq!(
+        s.check_certificate(&n.id, "new").await.unwrap(),
+        CertCheck::Promoted
+    );
+    assert_eq!(
+        s.check_certificate(&n.id, "old").await.unwrap(),
+        CertCheck::Retired
+    );
+    assert_eq!(
+        s.check_certificate(&n.id, "new").await.unwrap(),
+        CertCheck::Current
+    );
+
+    // The agent's acknowledgement promotes without a reconnect.
+    s.certificate_issued(&n.id, "newer", 300, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s.certificate_saved(&n.id).await.unwrap());
+    assert!(!s.certificate_saved(&n.id).await.unwrap());
+    assert_eq!(
+        s.check_certificate(&n.id, "new").await.unwrap(),
+        CertCheck::Retired
+    );
+    assert_eq!(
+        s.check_certificate(&n.id, "newer").await.unwrap(),
+        CertCheck::Current
+    );
+}
