@@ -181,6 +181,67 @@ pub fn bench_run(args: &[String], build: bool) -> Result<()> {
     Ok(())
 }
 
+/// `bench output [--count N] [--mib M]`: every node prints M MiB; time from send until every
+/// result is stored and the CLI exited, and the server's CPU time for it. One run: the figure
+/// of interest is the server's cost per byte, which one run shows.
+pub fn bench_output(args: &[String], build: bool) -> Result<()> {
+    let mut n = 100usize;
+    let mut mib = 16u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--count" => n = it.next().context("--count N")?.parse().context("--count")?,
+            "--mib" => mib = it.next().context("--mib M")?.parse().context("--mib")?,
+            other => bail!("unknown argument {other:?}: use --count N and --mib M"),
+        }
+    }
+    if build {
+        build_release(&[("drover", "drover"), ("drover-bench", "drover-sim")])?;
+    }
+    let mut f = fleet(n)?;
+    let bytes = mib * 1024 * 1024;
+    let script = format!("head -c {bytes} /dev/zero | tr '\\0' a");
+    settle_filesystem();
+    let before = cpu_ms(f.server.pid())?;
+    let t0 = Instant::now();
+    let out = Command::new(release_bin("drover"))
+        .env("DROVER_CONFIG", &f.cli_config)
+        .args(["run", "--targets", "all", "--max-concurrency", "100%"])
+        .args([
+            "--output-limit",
+            &bytes.to_string(),
+            "-o",
+            "json",
+            "--",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("running drover run")?;
+    let elapsed = t0.elapsed();
+    let server_ms = cpu_ms(f.server.pid())? - before;
+    let (rss, hwm) = memory_kib(f.server.pid())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ok = text.matches("\"Success\"").count();
+    if !out.status.success() {
+        bail!(
+            "drover run failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    log(&format!("{ok} Success mentions in the CLI's JSON"));
+    println!(
+        "RESULT run.output.n{n}.mib{mib}={:.0} unit=ms server_cpu_ms={server_ms:.0} server_rss_mib={:.0} server_peak_rss_mib={:.0}",
+        elapsed.as_secs_f64() * 1000.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    f.sim.stop(Duration::from_secs(30))?;
+    f.server.stop(Duration::from_secs(30))?;
+    Ok(())
+}
+
 /// `bench fanout [N ...]`: fanout.sh with Drover as the extra contender, on 200 simulated nodes.
 pub fn bench_fanout(args: &[String], build: bool) -> Result<()> {
     if build {

@@ -36,6 +36,9 @@ commands:
   bench run [--count N]... [--runs R]
                                     Run Command: `drover run -- echo ok` on N simulated agents
                                     (default 100, 1000, 10000), from send to CLI exit, median of R
+  bench output [--count N] [--mib M]
+                                    Run Command where every node prints M MiB (default 100
+                                    nodes, 16 MiB): time and server CPU until all is stored
   bench fanout [N ...]              ../shared/peers/fanout.sh (parallel-ssh, Ansible) with Drover
                                     as the extra contender on simulated nodes node0001..
 
@@ -109,6 +112,7 @@ fn bench(args: &[String]) -> Result<()> {
         "peers-forward" => bench_peers_forward(rest, build),
         "run" => bench_run::bench_run(rest, build),
         "fanout" => bench_run::bench_fanout(rest, build),
+        "output" => bench_run::bench_output(rest, build),
         other => bail!("unknown benchmark {other:?}\n\n{USAGE}"),
     }
 }

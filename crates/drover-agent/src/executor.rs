@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crash;
 use crate::journal::{boot_id, now_ms, Entry, Flush, InvocationState, StepStatus, UnitState};
-use crate::shell::{self, Adopted, Slot, Spec};
+use crate::shell::{self, Adopted, Interpreter, Slot, Spec};
 use crate::step::{
     env_for, nested, precondition_holds, remaining, script_text, step_timeout, working_dir,
 };
@@ -160,7 +160,7 @@ pub async fn execute(
             }
             let o = x.step(&invoke, i, &i.to_string(), step, 0).await?;
             if o.reboot {
-                if step.action == Action::RunShellScript {
+                if step.action.runs_script() {
                     // The step itself asked: it is done. A nested step's document goes on after
                     // the reboot, so its top-level step stays running.
                     if let Some(s) = x.st.steps.get_mut(i) {
@@ -303,7 +303,22 @@ impl Exec<'_> {
             result = match self.st.units.get(&key) {
                 Some(u) if u.status.is_done() => Outcome::new(u.status, u.exit_code),
                 _ => match step.action {
-                    Action::RunShellScript => self.script(invoke, out, &key, step, attempt).await?,
+                    Action::RunShellScript | Action::RunPowerShellScript => {
+                        self.script(invoke, out, &key, step, attempt).await?
+                    }
+                    Action::Unsupported(plugin) => {
+                        note(
+                            self.entry,
+                            out,
+                            &format!(
+                                "drover: {plugin} is not supported on this node (Drover runs \
+                                 aws:runShellScript, aws:runPowerShellScript with pwsh, \
+                                 aws:runDocument and aws:downloadContent); give the step a \
+                                 platformType precondition to skip it where it cannot run"
+                            ),
+                        );
+                        self.unit_done(&key, Outcome::failed())?
+                    }
                     Action::DownloadContent => self.download(invoke, out, &key, step).await?,
                     Action::RunDocument => {
                         let o = Box::pin(self.document(invoke, out, &key, step, depth)).await?;
@@ -327,9 +342,12 @@ impl Exec<'_> {
         Ok(result)
     }
 
-    fn slot(&self, out: usize, key: &str) -> Slot {
+    fn slot(&self, out: usize, key: &str, interpreter: &Interpreter) -> Slot {
         Slot {
-            script: self.entry.unit_script(key),
+            script: self
+                .entry
+                .unit_script(key)
+                .with_extension(shell::script_extension(interpreter)),
             exit: self.entry.unit_exit(key),
             stdout: self.entry.output(out, OutputStream::Stdout),
             stderr: self.entry.output(out, OutputStream::Stderr),
@@ -346,7 +364,25 @@ impl Exec<'_> {
         step: &ResolvedStep,
         attempt: u32,
     ) -> Result<Outcome, AgentError> {
-        let slot = self.slot(out, key);
+        let interpreter = match step.action {
+            Action::RunPowerShellScript => match shell::find_pwsh() {
+                Some(pwsh) => Interpreter::Pwsh(pwsh),
+                None if !self.st.units.contains_key(key) => {
+                    note(
+                        self.entry,
+                        out,
+                        "drover: aws:runPowerShellScript is not supported on this node: \
+                         PowerShell 7 (pwsh) was not found on PATH; install it, or give the \
+                         step a platformType precondition to skip it here",
+                    );
+                    return self.unit_done(key, Outcome::failed());
+                }
+                // Recorded as started: adopt it (the interpreter is not needed for that).
+                None => Interpreter::Sh,
+            },
+            _ => Interpreter::Sh,
+        };
+        let slot = self.slot(out, key, &interpreter);
         let timeout = step_timeout(step, self.deadline);
         if let Some(u) = self.st.units.get(key).cloned() {
             let adopted = shell::adopt(
@@ -391,6 +427,7 @@ impl Exec<'_> {
             script: &script_text(step),
             dir: &working_dir(self.entry, step),
             env: env_for(self.ctx, invoke, step, attempt),
+            interpreter,
         };
         // Nothing is recorded until the wrapper runs, so a start that failed for want of a
         // process or a file descriptor (a busy machine) is simply tried again, a few times.

@@ -17,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 use crate::journal::StepStatus;
 use crate::AgentError;
 
-/// `$1` is the script file, `$2` the exit code file. The exit code is one small write with the
-/// shell's builtin echo: no process beyond the script's own.
-const WRAPPER: &str = r#"IFS= read -r go || { echo notrun > "$2"; exit 0; }
+/// `$1` is the exit code file, the rest the interpreter and the script file. The exit code is
+/// one small write with the shell's builtin echo: no process beyond the script's own.
+const WRAPPER: &str = r#"IFS= read -r go || { echo notrun > "$1"; exit 0; }
 exec </dev/null
-/bin/sh "$1"
-echo $? > "$2""#;
+exit_file=$1
+shift
+"$@"
+echo $? > "$exit_file""#;
 
 /// Exit code reported for a script killed on timeout or cancel (like a shell's 128 + SIGKILL).
 pub const KILLED: i32 = 137;
@@ -43,6 +45,64 @@ pub struct Spec<'a> {
     pub script: &'a str,
     pub dir: &'a Path,
     pub env: Vec<(String, String)>,
+    pub interpreter: Interpreter,
+}
+
+/// What runs the script file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interpreter {
+    Sh,
+    /// PowerShell 7 at this path (`aws:runPowerShellScript`).
+    Pwsh(PathBuf),
+}
+
+impl Interpreter {
+    /// The command line that runs `script`.
+    fn argv(&self, script: &Path) -> Vec<std::ffi::OsString> {
+        match self {
+            Interpreter::Sh => vec!["/bin/sh".into(), script.into()],
+            Interpreter::Pwsh(pwsh) => {
+                let mut argv: Vec<std::ffi::OsString> = vec![pwsh.into()];
+                argv.extend(
+                    ["-NoLogo", "-NoProfile", "-NonInteractive", "-File"]
+                        .iter()
+                        .map(Into::into),
+                );
+                argv.push(script.into());
+                argv
+            }
+        }
+    }
+}
+
+/// The file name extension the interpreter needs (`pwsh -File` runs only `.ps1` files).
+pub fn script_extension(interpreter: &Interpreter) -> &'static str {
+    match interpreter {
+        Interpreter::Sh => "sh",
+        Interpreter::Pwsh(_) => "ps1",
+    }
+}
+
+/// PowerShell 7 on this node, if any: `pwsh` on PATH, or where Microsoft's packages put it.
+pub fn find_pwsh() -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("pwsh"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([
+            PathBuf::from("/usr/bin/pwsh"),
+            PathBuf::from("/usr/local/bin/pwsh"),
+            PathBuf::from("/opt/microsoft/powershell/7/pwsh"),
+        ])
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// What the wrapper wrote.
@@ -144,8 +204,8 @@ pub fn start(slot: &Slot, spec: &Spec<'_>) -> Result<Started, AgentError> {
     cmd.arg("-c")
         .arg(WRAPPER)
         .arg("drover-step")
-        .arg(&slot.script)
         .arg(&slot.exit)
+        .args(spec.interpreter.argv(&slot.script))
         .current_dir(spec.dir)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
@@ -283,6 +343,7 @@ mod tests {
             script: &script,
             dir: dir.path(),
             env: Vec::new(),
+            interpreter: Interpreter::Sh,
         };
         let mut started = start(&slot, &spec).unwrap();
         // The agent dies before opening the gate: its end of the pipe closes.
@@ -312,6 +373,7 @@ mod tests {
             script: &script,
             dir: dir.path(),
             env: Vec::new(),
+            interpreter: Interpreter::Sh,
         };
         let mut started = start(&slot, &spec).unwrap();
         started.open_gate().await;

@@ -125,7 +125,7 @@ pub fn resolve(doc: &Document, values: &BTreeMap<String, ParamValue>) -> Resolut
                 .inputs
                 .iter()
                 .map(|(k, v)| {
-                    let script = step.action == Action::RunShellScript && k == "runCommand";
+                    let script = step.action.runs_script() && k == "runCommand";
                     (k.clone(), ctx.value(v, script))
                 })
                 .collect();

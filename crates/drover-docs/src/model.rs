@@ -62,22 +62,50 @@ pub enum InterpolationType {
     EnvVar,
 }
 
-/// What a step does. Accepted with or without the `aws:` prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// What a step does: one of the plugins of SSM's command document reference, accepted with or
+/// without the `aws:` prefix. Drover runs four of them; documents with the others (typically
+/// Windows steps beside Linux ones) are accepted, and such a step, unless its precondition
+/// skips it, fails on the node saying it is not supported there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     RunShellScript,
+    /// Run with PowerShell 7 (`pwsh`) when the node has it.
+    RunPowerShellScript,
     RunDocument,
     DownloadContent,
+    /// Another SSM plugin (its `aws:` name), which Drover does not run.
+    Unsupported(&'static str),
 }
+
+/// SSM command plugins that Drover accepts in documents but does not run.
+pub const UNSUPPORTED_PLUGINS: &[&str] = &[
+    "aws:applications",
+    "aws:cloudWatch",
+    "aws:configureDocker",
+    "aws:configurePackage",
+    "aws:domainJoin",
+    "aws:psModule",
+    "aws:refreshAssociation",
+    "aws:runDockerAction",
+    "aws:softwareInventory",
+    "aws:updateAgent",
+    "aws:updateSsmAgent",
+];
 
 impl Action {
     pub fn name(self) -> &'static str {
         match self {
             Action::RunShellScript => "aws:runShellScript",
+            Action::RunPowerShellScript => "aws:runPowerShellScript",
             Action::RunDocument => "aws:runDocument",
             Action::DownloadContent => "aws:downloadContent",
+            Action::Unsupported(name) => name,
         }
+    }
+
+    /// A step that runs a script the document gives (`runCommand`).
+    pub fn runs_script(self) -> bool {
+        matches!(self, Action::RunShellScript | Action::RunPowerShellScript)
     }
 }
 
@@ -85,14 +113,39 @@ impl TryFrom<String> for Action {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, String> {
-        match s.strip_prefix("aws:").unwrap_or(&s) {
-            "runShellScript" => Ok(Action::RunShellScript),
-            "runDocument" => Ok(Action::RunDocument),
-            "downloadContent" => Ok(Action::DownloadContent),
-            _ => Err(format!(
-                "unknown action {s:?}: expected aws:runShellScript, aws:runDocument or aws:downloadContent"
-            )),
+        let bare = s.strip_prefix("aws:").unwrap_or(&s);
+        match bare {
+            "runShellScript" => return Ok(Action::RunShellScript),
+            "runPowerShellScript" => return Ok(Action::RunPowerShellScript),
+            "runDocument" => return Ok(Action::RunDocument),
+            "downloadContent" => return Ok(Action::DownloadContent),
+            _ => {}
         }
+        if let Some(name) = UNSUPPORTED_PLUGINS
+            .iter()
+            .find(|p| p.strip_prefix("aws:") == Some(bare))
+        {
+            return Ok(Action::Unsupported(name));
+        }
+        Err(format!(
+            "unknown action {s:?}: expected one of SSM's command plugins (aws:runShellScript, \
+             aws:runPowerShellScript, aws:runDocument, aws:downloadContent, {})",
+            UNSUPPORTED_PLUGINS.join(", ")
+        ))
+    }
+}
+
+// By hand: a derived impl would demand `'de: 'static` for the plugin name.
+impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Action::try_from(s).map_err(serde::de::Error::custom)
     }
 }
 

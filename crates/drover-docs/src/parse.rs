@@ -276,7 +276,9 @@ fn is_str_or_ref(v: &Value) -> bool {
 
 fn check_inputs(step: &Step) -> Result<(), String> {
     let allowed: &[&str] = match step.action {
-        Action::RunShellScript => &[
+        // Not run by Drover: its inputs are SSM's business; the step fails on the node.
+        Action::Unsupported(_) => return Ok(()),
+        Action::RunShellScript | Action::RunPowerShellScript => &[
             "runCommand",
             "workingDirectory",
             "timeoutSeconds",
@@ -302,7 +304,8 @@ fn check_inputs(step: &Step) -> Result<(), String> {
     }
     let get = |k: &str| step.inputs.get(k);
     match step.action {
-        Action::RunShellScript => {
+        Action::Unsupported(_) => {}
+        Action::RunShellScript | Action::RunPowerShellScript => {
             match get("runCommand") {
                 Some(Value::String(_)) => {}
                 Some(Value::Array(lines)) if lines.iter().all(Value::is_string) => {}
@@ -453,8 +456,9 @@ mainSteps:
 
     #[test]
     fn mistakes_are_reported_with_line_column_and_reason() {
-        let e = refused(&GOOD.replace("aws:runShellScript", "aws:runPowerShellScript"));
+        let e = refused(&GOOD.replace("aws:runShellScript", "aws:runPowerShelScript"));
         assert!(e.reason.contains("unknown action"), "{e}");
+        assert!(e.reason.contains("aws:configureDocker"), "{e}");
         assert_eq!(e.line, Some(13), "{e}");
 
         let e = refused(&GOOD.replace("onFailure: continue", "onFailure: retry"));

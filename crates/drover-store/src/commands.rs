@@ -107,6 +107,9 @@ pub struct InvocationQuery {
     pub after: Option<String>,
     pub limit: usize,
     pub with_steps: bool,
+    /// With steps: read at most about this many bytes of each output stream (`None`: all of
+    /// it). Byte counts are always exact.
+    pub output_cap: Option<usize>,
 }
 
 /// Counts of a command's invocations by status.

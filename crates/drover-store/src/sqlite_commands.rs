@@ -67,6 +67,26 @@ CREATE TABLE invocation_steps (
 ) STRICT;
 "#;
 
+/// Output as chunks, one row each, instead of appending to one growing text per step (which
+/// copied the whole output on every append). Existing output becomes one chunk per stream.
+pub(crate) const MIGRATION_OUTPUT_CHUNKS: &str = r#"
+CREATE TABLE output_chunks (
+    invocation_id TEXT NOT NULL,
+    step          TEXT NOT NULL,
+    -- 0 stdout, 1 stderr
+    stream        INTEGER NOT NULL,
+    offset        INTEGER NOT NULL,
+    data          TEXT NOT NULL,
+    PRIMARY KEY (invocation_id, step, stream, offset)
+) STRICT;
+INSERT INTO output_chunks (invocation_id, step, stream, offset, data)
+    SELECT invocation_id, name, 0, 0, stdout FROM invocation_steps WHERE stdout != '';
+INSERT INTO output_chunks (invocation_id, step, stream, offset, data)
+    SELECT invocation_id, name, 1, 0, stderr FROM invocation_steps WHERE stderr != '';
+ALTER TABLE invocation_steps DROP COLUMN stdout;
+ALTER TABLE invocation_steps DROP COLUMN stderr;
+"#;
+
 fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Database { what, source }
 }
@@ -421,7 +441,7 @@ pub(crate) fn list_invocations(
     if q.with_steps {
         let mut steps = c
             .prepare_cached(
-                "SELECT name, status, exit_code, stdout, stderr, stdout_bytes, stderr_bytes, truncated \
+                "SELECT name, status, exit_code, stdout_bytes, stderr_bytes, truncated \
                  FROM invocation_steps WHERE invocation_id = ?1 ORDER BY position",
             )
             .map_err(db("list invocation steps"))?;
@@ -432,18 +452,52 @@ pub(crate) fn list_invocations(
                         name: r.get(0)?,
                         status: r.get(1)?,
                         exit_code: r.get(2)?,
-                        stdout: r.get(3)?,
-                        stderr: r.get(4)?,
-                        stdout_bytes: r.get(5)?,
-                        stderr_bytes: r.get(6)?,
-                        truncated: r.get(7)?,
+                        stdout: String::new(),
+                        stderr: String::new(),
+                        stdout_bytes: r.get(3)?,
+                        stderr_bytes: r.get(4)?,
+                        truncated: r.get(5)?,
                     })
                 })
                 .and_then(|r| r.collect::<Result<Vec<_>, _>>())
                 .map_err(db("list invocation steps"))?;
+            if q.output_cap != Some(0) {
+                read_output(c, &inv.id, &mut inv.steps, q.output_cap)?;
+            }
         }
     }
     Ok(rows)
+}
+
+/// Fills the steps' output from their chunks, in order, at most about `cap` bytes per stream.
+fn read_output(
+    c: &Connection,
+    invocation_id: &str,
+    steps: &mut [StepResult],
+    cap: Option<usize>,
+) -> Result<(), StoreError> {
+    let cap = cap.unwrap_or(usize::MAX);
+    let mut st = c
+        .prepare_cached(
+            "SELECT data FROM output_chunks WHERE invocation_id = ?1 AND step = ?2 AND stream = ?3 \
+             ORDER BY offset",
+        )
+        .map_err(db("read output"))?;
+    for step in steps.iter_mut() {
+        for (stream, out) in [(0, &mut step.stdout), (1, &mut step.stderr)] {
+            let mut chunks = st
+                .query(params![invocation_id, step.name, stream])
+                .map_err(db("read output"))?;
+            while out.len() < cap {
+                let Some(row) = chunks.next().map_err(db("read output"))? else {
+                    break;
+                };
+                let data: String = row.get(0).map_err(db("read output"))?;
+                out.push_str(&data);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Terminal invocation statuses never change again (a late replay cannot undo a cancel).
@@ -496,17 +550,30 @@ pub(crate) fn apply_invocation_updates(
                 len,
                 data,
             } => {
-                // Only an exact continuation is appended: a replay of what is stored is skipped.
-                let sql = if *stderr {
-                    "UPDATE invocation_steps SET stderr = stderr || ?3, stderr_bytes = stderr_bytes + ?5 \
-                     WHERE invocation_id = ?1 AND name = ?2 AND stderr_bytes = ?4"
+                // Only an exact continuation is stored: a replay of what is stored is skipped.
+                // Each chunk is its own row, so storing output is linear in its size.
+                let (column, stream) = if *stderr {
+                    ("stderr_bytes", 1)
                 } else {
-                    "UPDATE invocation_steps SET stdout = stdout || ?3, stdout_bytes = stdout_bytes + ?5 \
-                     WHERE invocation_id = ?1 AND name = ?2 AND stdout_bytes = ?4"
+                    ("stdout_bytes", 0)
                 };
-                tx.prepare_cached(sql)
-                    .and_then(|mut st| st.execute(params![invocation_id, step, data, offset, len]))
+                let advanced = tx
+                    .prepare_cached(&format!(
+                        "UPDATE invocation_steps SET {column} = {column} + ?4 \
+                         WHERE invocation_id = ?1 AND name = ?2 AND {column} = ?3"
+                    ))
+                    .and_then(|mut st| st.execute(params![invocation_id, step, offset, len]))
                     .map_err(db("record output"))?;
+                if advanced == 1 {
+                    tx.prepare_cached(
+                        "INSERT INTO output_chunks (invocation_id, step, stream, offset, data) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![invocation_id, step, stream, offset, data])
+                    })
+                    .map_err(db("record output"))?;
+                }
             }
             InvocationUpdate::StepFinished {
                 invocation_id,

@@ -3,6 +3,8 @@
 //! are on events (a line in a log, a condition on the API) with a deadline, never fixed sleeps.
 //! Every child gets SIGTERM, then SIGKILL, when its handle drops.
 
+pub mod wire;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -107,7 +107,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         })
         .await?;
     if args.no_wait {
-        println!("{}", cmd.id);
+        // The ID alone is what scripts capture; `-o json` asks for the whole command.
+        if args.format == RunFormat::Json {
+            println!("{}", serde_json::to_string_pretty(&cmd)?);
+        } else {
+            println!("{}", cmd.id);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let done = follow(&c, cmd, args.follow).await?;

@@ -410,7 +410,8 @@ async fn a_units_record_reaches_the_disk_before_its_script_may_run() -> anyhow::
             .map(|p| p + from)
     };
     let script = find(0, &|l| {
-        l.contains("execve(\"/bin/sh\"") && l.contains("0.1.sh\"]")
+        // The script's own shell (the wrapper's command line has `-c` and ends with it too).
+        l.contains("execve(\"/bin/sh\", [\"/bin/sh\", \"/") && l.contains("0.1.sh\"]")
     })
     .expect("the script's exec is not in the trace");
     let before = &lines[..script];

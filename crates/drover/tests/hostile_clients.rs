@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use drover_proto::{Hello, Inventory, Message, StreamKind, StreamOpen};
-use drover_testkit::{wait_status, Env, Server, DEADLINE};
-use drover_tunnel::dial::{dial, Endpoint};
-use drover_tunnel::{FrameCodec, Role, Tunnel, TunnelConfig};
+use drover_testkit::{wait_status, wire, Env, Server, DEADLINE};
+use drover_tunnel::{FrameCodec, Tunnel};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
@@ -186,21 +185,8 @@ fn encode(msgs: &[Message]) -> Vec<u8> {
     buf.to_vec()
 }
 
-/// Dials the agent endpoint with `auth` and starts a tunnel; the driver runs until the test ends.
-async fn connect(
-    server: &Server,
-    auth: (
-        Vec<rustls::pki_types::CertificateDer<'static>>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    ),
-) -> anyhow::Result<Tunnel> {
-    let tls =
-        drover_client::pinned_tls(&server.fingerprint, &[drover_proto::ALPN_AGENT], Some(auth))?;
-    let target = Endpoint::parse(&server.url, 443)?;
-    let stream = dial(&target, None, Arc::new(tls), DEADLINE).await?;
-    let (tunnel, _incoming, driver) = Tunnel::start(stream, Role::Agent, &TunnelConfig::default());
-    tokio::spawn(driver);
-    Ok(tunnel)
+async fn connect(server: &Server, auth: wire::Auth) -> anyhow::Result<Tunnel> {
+    Ok(wire::connect(server, auth).await?.0)
 }
 
 async fn tunnel_closed(tunnel: &Tunnel) -> anyhow::Result<()> {
@@ -306,38 +292,6 @@ async fn a_node_certificate_cannot_pin_connections_streams_or_time() -> anyhow::
     Ok(())
 }
 
-/// Connects with `auth`, says Hello and returns the control stream after the server's answer.
-async fn hello_with(
-    server: &Server,
-    auth: (
-        Vec<rustls::pki_types::CertificateDer<'static>>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    ),
-) -> anyhow::Result<(
-    Tunnel,
-    drover_tunnel::Framed<drover_tunnel::Stream>,
-    Message,
-)> {
-    let tunnel = connect(server, auth).await?;
-    let mut control = FrameCodec::framed(tunnel.open().await?);
-    control
-        .send(Message::Open(StreamOpen {
-            kind: StreamKind::Control,
-        }))
-        .await?;
-    control
-        .send(Message::Hello(Hello {
-            min_version: 1,
-            max_version: drover_proto::PROTOCOL_VERSION,
-            inventory: Inventory::default(),
-        }))
-        .await?;
-    let answer = tokio::time::timeout(DEADLINE, control.next())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("closed without an answer"))??;
-    Ok((tunnel, control, answer))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_retires_the_old_certificate_and_renewals_are_rate_limited() -> anyhow::Result<()>
 {
@@ -347,7 +301,12 @@ async fn a_renewal_retires_the_old_certificate_and_renewals_are_rate_limited() -
     let old = drover_agent::Identity::load(&env.state_dir("renewer"))?;
 
     // Right after registration, a renewal is refused: at most one per lifetime / 3.
-    let (tunnel, mut control, answer) = hello_with(&server, old.client_auth()?).await?;
+    let wire::Hand {
+        tunnel,
+        mut control,
+        answer,
+        ..
+    } = wire::hello(&server, old.client_auth()?).await?;
     assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
     let key = drover_pki::NodeKey::generate()?;
     control
@@ -380,7 +339,7 @@ async fn a_renewal_retires_the_old_certificate_and_renewals_are_rate_limited() -
     server
         .proc
         .wait_for_line("the agent saved its renewed certificate", DEADLINE)?;
-    let (_tunnel, _control, answer) = hello_with(&server, old.client_auth()?).await?;
+    let answer = wire::hello(&server, old.client_auth()?).await?.answer;
     match answer {
         Message::Refused(r) => assert!(r.message.contains("retired"), "{}", r.message),
         other => panic!("the old certificate was not refused: {other:?}"),

@@ -281,6 +281,8 @@ pub async fn invocations(
             after: q.cursor,
             limit: limit + 1,
             with_steps: q.output.unwrap_or(false),
+            // A summary shows the first SUMMARY_CHARS; one more chunk tells it was cut.
+            output_cap: Some(SUMMARY_CHARS + 1),
         })
         .await?;
     let more = rows.len() > limit;

@@ -2,6 +2,7 @@
 //! targets), running it with rate control, cancelling it, and resuming unfinished commands after
 //! a restart. Progress reaches the store through one batching writer.
 
+mod output;
 pub mod resolve;
 mod run;
 pub mod writer;

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::output::Ledger;
 use super::writer::Updates;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -244,6 +245,25 @@ async fn deliver(ctx: &Ctx, run: &Run, id: &str, node: &NodeId, resumed: bool) -
     }
 }
 
+/// Ends a delivery whose agent sent progress the server will not store; the next delivery
+/// starts where the store is, and the agent replays from there.
+async fn refuse_progress(
+    ctx: &Ctx,
+    id: &str,
+    framed: &mut drover_tunnel::Framed<drover_tunnel::Stream>,
+    why: String,
+) -> Option<String> {
+    tracing::warn!(invocation = %id, reason = %why, "refused progress from the agent");
+    ctx.metrics.refused("bad_progress");
+    let _ = framed
+        .send(Message::Error {
+            code: "bad_progress".into(),
+            message: why,
+        })
+        .await;
+    None
+}
+
 /// What the store already has of the invocation's output, so the agent replays from there.
 async fn received(ctx: &Ctx, run: &Run, id: &str, node: &NodeId) -> BTreeMap<String, [u64; 2]> {
     let q = InvocationQuery {
@@ -251,6 +271,8 @@ async fn received(ctx: &Ctx, run: &Run, id: &str, node: &NodeId) -> BTreeMap<Str
         node_id: Some(node.to_string()),
         limit: 1,
         with_steps: true,
+        // Only the byte counts.
+        output_cap: Some(0),
         ..InvocationQuery::default()
     };
     match ctx.store.list_invocations(&q).await {
@@ -320,6 +342,7 @@ async fn stream_once(
     if !first {
         invoke.received = received(ctx, run, id, node).await;
     }
+    let mut ledger = Ledger::new(invoke.output_limit, &invoke.received);
     let s = tunnel.open().await.ok()?;
     let mut framed = FrameCodec::framed(s);
     framed
@@ -350,19 +373,32 @@ async fn stream_once(
                     Some(Err(_)) | None => return None,
                 };
                 let inv = id.to_string();
+                let checked = match &p {
+                    Progress::StepStarted { step } | Progress::StepFinished { step, .. } => ledger.step(step),
+                    _ => Ok(()),
+                };
+                if let Err(why) = checked {
+                    return refuse_progress(ctx, id, &mut framed, why).await;
+                }
                 match p {
                     Progress::StepStarted { step } => ctx.updates.push(InvocationUpdate::StepStarted { invocation_id: inv, step }).await,
                     Progress::Output { step, stream, offset, len, data } => {
+                        let chunk = match ledger.accept(&step, stream, offset, len, data) {
+                            Ok(Some(chunk)) => chunk,
+                            Ok(None) => continue,
+                            Err(why) => return refuse_progress(ctx, id, &mut framed, why).await,
+                        };
                         ctx.updates.push(InvocationUpdate::Output {
                             invocation_id: inv,
                             step,
                             stderr: stream == OutputStream::Stderr,
-                            offset: i64::try_from(offset).unwrap_or(i64::MAX),
-                            len: i64::try_from(len).unwrap_or(0),
-                            data,
+                            offset: i64::try_from(chunk.offset).unwrap_or(i64::MAX),
+                            len: i64::try_from(chunk.len).unwrap_or(0),
+                            data: chunk.data,
                         }).await
                     }
                     Progress::StepFinished { step, status, exit_code, truncated } => {
+                        let truncated = truncated || ledger.truncated(&step);
                         ctx.updates.push(InvocationUpdate::StepFinished { invocation_id: inv, step, status, exit_code: i64::from(exit_code), truncated }).await
                     }
                     Progress::Rebooting => {

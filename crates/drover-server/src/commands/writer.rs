@@ -304,8 +304,8 @@ mod tests {
         rusqlite::Connection::open(&path)
             .unwrap()
             .execute_batch(
-                "CREATE TRIGGER boom BEFORE UPDATE OF stdout ON invocation_steps \
-                 WHEN NEW.stdout LIKE '%BOOM%' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;",
+                "CREATE TRIGGER boom BEFORE INSERT ON output_chunks \
+                 WHEN NEW.data LIKE '%BOOM%' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;",
             )
             .unwrap();
         let store: Arc<dyn Store> = Arc::new(store);

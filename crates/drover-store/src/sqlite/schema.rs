@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     // instead of sorting the invocations.
     "CREATE INDEX invocations_command_status ON invocations(command_id, status);",
     super::certs::MIGRATION,
+    crate::sqlite_commands::MIGRATION_OUTPUT_CHUNKS,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"
