@@ -12,18 +12,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_store::{InvocationUpdate, Store};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 const QUEUE: usize = 65_536;
 const BATCH: usize = 4_096;
 
 /// An update (or none: a barrier), and who waits for it to be stored.
-type Item = (Option<InvocationUpdate>, Option<oneshot::Sender<bool>>);
+/// An output update also holds its bytes' share of the [`OUTPUT_BUDGET`] until it is stored.
+type Item = (
+    Option<InvocationUpdate>,
+    Option<oneshot::Sender<bool>>,
+    Option<OwnedSemaphorePermit>,
+);
+
+/// Output bytes queued or being stored at once. Agents that produce faster than the disk
+/// takes wait here, and so (through their streams' windows) on the node, instead of the
+/// server buffering gigabytes.
+const OUTPUT_BUDGET: usize = 64 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Updates {
     tx: mpsc::Sender<Item>,
+    budget: Arc<Semaphore>,
     changed: watch::Receiver<u64>,
 }
 
@@ -47,18 +58,33 @@ impl Updates {
             stop.clone(),
             Failed::default(),
         ));
-        (Self { tx, changed }, UpdateWriter { stop, task })
+        let budget = Arc::new(Semaphore::new(OUTPUT_BUDGET));
+        (
+            Self {
+                tx,
+                changed,
+                budget,
+            },
+            UpdateWriter { stop, task },
+        )
     }
 
     /// Queues an update (waits only when the queue is full).
     pub async fn push(&self, u: InvocationUpdate) {
-        let _ = self.tx.send((Some(u), None)).await;
+        let permit = match &u {
+            InvocationUpdate::Output { data, .. } => {
+                let bytes = u32::try_from(data.len().clamp(1, OUTPUT_BUDGET)).unwrap_or(u32::MAX);
+                self.budget.clone().acquire_many_owned(bytes).await.ok()
+            }
+            _ => None,
+        };
+        let _ = self.tx.send((Some(u), None, permit)).await;
     }
 
     /// Queues an update and waits until it is stored; false if storing failed.
     pub async fn push_stored(&self, u: InvocationUpdate) -> bool {
         let (ack, done) = oneshot::channel();
-        if self.tx.send((Some(u), Some(ack))).await.is_err() {
+        if self.tx.send((Some(u), Some(ack), None)).await.is_err() {
             return false;
         }
         done.await.unwrap_or(false)
@@ -67,7 +93,7 @@ impl Updates {
     /// Waits until everything queued before is stored.
     pub async fn flush(&self) -> bool {
         let (ack, done) = oneshot::channel();
-        if self.tx.send((None, Some(ack))).await.is_err() {
+        if self.tx.send((None, Some(ack), None)).await.is_err() {
             return false;
         }
         done.await.unwrap_or(false)
@@ -144,7 +170,7 @@ async fn flush(
         let marks = failed.lock().map(|f| f.clone()).unwrap_or_default();
         batch
             .iter()
-            .map(|(u, ack)| {
+            .map(|(u, ack, _)| {
                 u.as_ref().is_some_and(|u| {
                     ack.is_some() && is_final(u) && marks.contains(invocation_of(u))
                 })
@@ -157,11 +183,11 @@ async fn flush(
         .iter()
         .zip(&refused)
         .filter(|(_, r)| !**r)
-        .filter_map(|((u, _), _)| u.clone())
+        .filter_map(|((u, _, _), _)| u.clone())
         .collect();
     if let Err(e) = store.apply_invocation_updates(&updates).await {
         tracing::warn!(error = %format!("{e:#}"), count = updates.len(), "a batch of invocation progress failed; storing its updates one by one");
-        for (i, (u, ack)) in batch.iter().enumerate() {
+        for (i, (u, ack, _)) in batch.iter().enumerate() {
             let Some(u) = u
                 .as_ref()
                 .filter(|_| !refused.get(i).copied().unwrap_or(true))
@@ -191,7 +217,7 @@ async fn flush(
             }
         }
     }
-    for ((u, _), r) in batch.iter().zip(&refused) {
+    for ((u, _, _), r) in batch.iter().zip(&refused) {
         if let (Some(u), true) = (u, r) {
             // Its delivery starts over and the agent replays what is missing; the mark goes
             // with this refusal.
@@ -204,7 +230,8 @@ async fn flush(
     }
     // A barrier acknowledges that everything before it was stored.
     let mut all_ok = true;
-    for ((u, ack), ok) in batch.drain(..).zip(results) {
+    // Dropping each item returns its output bytes to the budget.
+    for ((u, ack, _permit), ok) in batch.drain(..).zip(results) {
         all_ok &= ok;
         if let Some(ack) = ack {
             let _ = ack.send(if u.is_some() { ok } else { all_ok });
