@@ -50,7 +50,13 @@ pub struct AgentConfig {
     pub tunnel: TunnelConfig,
     /// What a script's exit code 194 does.
     pub reboot: RebootMode,
+    /// Largest file a downloadContent step may fetch, in bytes.
+    pub max_download_bytes: u64,
 }
+
+/// Default for [`AgentConfig::max_download_bytes`]: packages and installers fit, a runaway
+/// download does not fill the disk.
+pub const DEFAULT_MAX_DOWNLOAD_BYTES: u64 = 4 << 30;
 
 /// How the agent reboots the node when a script asks (exit code 194).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +80,7 @@ impl AgentConfig {
             inventory: InventorySource::Machine,
             tunnel: TunnelConfig::default(),
             reboot: RebootMode::Machine,
+            max_download_bytes: DEFAULT_MAX_DOWNLOAD_BYTES,
         }
     }
 }
@@ -140,6 +147,7 @@ pub async fn run(
         },
         reboot: reboot_tx,
         restart_is_reboot: config.reboot == RebootMode::RestartAgent,
+        max_download_bytes: config.max_download_bytes,
     });
     runner.recover();
     loop {

@@ -33,7 +33,7 @@ fn text(m: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
 }
 
 pub async fn run(
-    _ctx: &ExecCtx,
+    ctx: &ExecCtx,
     entry: &Entry,
     invoke: &Invoke,
     step: &ResolvedStep,
@@ -66,11 +66,7 @@ pub async fn run(
             if !resp.status().is_success() {
                 return Err(format!("download of {url} failed: HTTP {}", resp.status()));
             }
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| format!("download of {url} failed: {}", crate::error_chain(&e)))?;
-            write(&dest.join(&name), &body)
+            save_capped(resp, &url, &dest.join(&name), ctx.max_download_bytes).await
         }
         "Git" | "GitHub" => {
             let repo = if kind == "GitHub" {
@@ -101,6 +97,67 @@ pub async fn run(
         }
         other => Err(format!("sourceType {other:?} is not supported")),
     }
+}
+
+/// Streams a response to `path` through a temporary file beside it, refusing more than `max`
+/// bytes (announced or received): a download never sits whole in memory, and never fills the
+/// disk past the cap. The file appears under its name only when complete.
+async fn save_capped(
+    mut resp: reqwest::Response,
+    url: &str,
+    path: &std::path::Path,
+    max: u64,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let too_big = || {
+        format!(
+            "download of {url} refused: it is larger than this agent's limit of {max} bytes \
+             (drover agent run --max-download-bytes)"
+        )
+    };
+    if resp.content_length().is_some_and(|n| n > max) {
+        return Err(too_big());
+    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let part = dir.join(format!(
+        ".{}.part",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("download")
+    ));
+    let result = async {
+        let mut file = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+        let mut total = 0u64;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("download of {url} failed: {}", crate::error_chain(&e)))?
+        {
+            total = total.saturating_add(chunk.len() as u64);
+            if total > max {
+                return Err(too_big());
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+        tokio::fs::rename(&part, path)
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&part).await;
+    }
+    result
 }
 
 fn write(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {

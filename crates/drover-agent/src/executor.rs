@@ -44,6 +44,8 @@ pub struct ExecCtx {
     /// A restart of the agent is the reboot (`RebootMode::RestartAgent`): no need to check
     /// that the machine rebooted before resuming.
     pub restart_is_reboot: bool,
+    /// Largest file a downloadContent step may fetch, in bytes.
+    pub max_download_bytes: u64,
 }
 
 /// How a unit (or a step, or a nested document) ended.

@@ -513,6 +513,7 @@ mod tests {
             platform_type: "Linux",
             reboot,
             restart_is_reboot: true,
+            max_download_bytes: 1 << 20,
         });
         const ROUNDS: usize = 20;
         const AT_ONCE: usize = 4;

@@ -403,4 +403,24 @@ mod tests {
         assert!(is_recorded_process(me, start));
         assert!(!is_recorded_process(me, start.map(|s| s + 1)));
     }
+
+    #[test]
+    fn powershell_scripts_run_from_a_ps1_file_without_profile_or_prompts() {
+        let pwsh = Interpreter::Pwsh(PathBuf::from("/opt/microsoft/powershell/7/pwsh"));
+        assert_eq!(script_extension(&pwsh), "ps1");
+        let argv = pwsh.argv(Path::new("/j/0.1.ps1"));
+        let argv: Vec<&str> = argv.iter().filter_map(|a| a.to_str()).collect();
+        assert_eq!(
+            argv,
+            [
+                "/opt/microsoft/powershell/7/pwsh",
+                "-NoLogo",
+                "-NoProfile",
+                "-NonInteractive",
+                "-File",
+                "/j/0.1.ps1"
+            ]
+        );
+        assert_eq!(Interpreter::Sh.argv(Path::new("/j/0.1.sh")).len(), 2);
+    }
 }

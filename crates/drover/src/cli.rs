@@ -306,6 +306,9 @@ pub struct AgentRunArgs {
     /// with code 194 for its supervisor to start it again; for containers and tests).
     #[arg(long, value_enum, default_value_t = RebootModeArg::Machine)]
     pub reboot_mode: RebootModeArg,
+    /// Largest file a downloadContent step may fetch, in bytes [default: 4 GiB].
+    #[arg(long, env = "DROVER_MAX_DOWNLOAD_BYTES")]
+    pub max_download_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

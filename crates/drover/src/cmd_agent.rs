@@ -98,6 +98,9 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
                 crate::cli::RebootModeArg::Machine => drover_agent::RebootMode::Machine,
                 crate::cli::RebootModeArg::RestartAgent => drover_agent::RebootMode::RestartAgent,
             };
+            if let Some(max) = args.max_download_bytes {
+                config.max_download_bytes = max;
+            }
             if let Some(p) = &config.proxy {
                 tracing::info!(proxy = %format!("{}:{}", p.host, p.port), "connecting through an HTTPS proxy");
             }

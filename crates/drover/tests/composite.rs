@@ -243,3 +243,160 @@ mainSteps:
     assert!(stderr.contains("HTTP 404"), "{v}");
     Ok(())
 }
+
+/// Sends `doc` (created as `name`) to `id` and returns its steps as (name, status, output) once
+/// the command has ended.
+async fn run_doc(
+    env: &Env,
+    server: &drover_testkit::Server,
+    id: &str,
+    name: &str,
+    doc: &str,
+) -> anyhow::Result<(String, Vec<(String, String, String)>)> {
+    let file = env.path(&format!("{name}.yaml"));
+    std::fs::write(&file, doc)?;
+    env.cli_ok(&["docs", "create", name, "--file", &file.to_string_lossy()])?;
+    let cmd = env
+        .cli_ok(&["run", "--no-wait", "--doc", name, "--targets", id])?
+        .trim()
+        .to_string();
+    let client = server.client()?;
+    let done = wait_until("the command to end", DEADLINE, || {
+        let (c, cmd) = (client.clone(), cmd.clone());
+        async move { Ok(Some(c.get_command(&cmd).await?).filter(|c| c.done)) }
+    })
+    .await?;
+    let inv = client.get_invocation(&cmd, id).await?;
+    let steps = inv
+        .steps
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.status.clone(),
+                format!("{}{}", s.stdout, s.stderr),
+            )
+        })
+        .collect();
+    Ok((done.status, steps))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_over_the_agents_limit_is_refused_and_leaves_nothing() -> anyhow::Result<()> {
+    let (url, ca_pem) = https_server(vec![("/big.bin", "x".repeat(2 << 20))]).await?;
+    let env = env();
+    std::fs::write(env.path("test-ca.pem"), &ca_pem)?;
+    let server = env.start_server(0, &[])?;
+    let id = env.register_agent(&server, "small", &[])?;
+    let ca_file = env.path("test-ca.pem").to_string_lossy().into_owned();
+    let _agent = env.run_agent(
+        "small",
+        &[
+            ("SSL_CERT_FILE", &ca_file),
+            ("DROVER_MAX_DOWNLOAD_BYTES", "1048576"),
+        ],
+    )?;
+    wait_status(&server, std::slice::from_ref(&id), "Online").await?;
+    let doc = format!(
+        r#"schemaVersion: "2.2"
+mainSteps:
+  - action: aws:downloadContent
+    name: fetchBig
+    inputs:
+      sourceType: HTTP
+      sourceInfo: {{"url": "{url}/big.bin"}}
+      destinationPath: /tmp
+  - action: aws:runShellScript
+    name: after
+    inputs:
+      runCommand: ["echo not reached"]
+"#
+    )
+    .replace("/tmp", &env.path("dl").to_string_lossy());
+    let (status, steps) = run_doc(&env, &server, &id, "FetchBig", &doc).await?;
+    assert_eq!(status, "Failed");
+    assert_eq!(steps[0].1, "Failed", "{steps:?}");
+    assert!(
+        steps[0]
+            .2
+            .contains("larger than this agent's limit of 1048576 bytes"),
+        "{steps:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(env.path("dl"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_platform_ssm_documents_run_what_the_node_can_and_say_why_not() -> anyhow::Result<()>
+{
+    let env = env();
+    let server = env.start_server(0, &[])?;
+    let id = env.register_agent(&server, "linux", &[])?;
+    // No PowerShell on this node, whatever the machine has.
+    let _agent = env.run_agent("linux", &[("PATH", "/usr/bin:/bin")])?;
+    wait_status(&server, std::slice::from_ref(&id), "Online").await?;
+    let doc = r#"schemaVersion: "2.2"
+description: A document written for both platforms, as SSM users write them.
+mainSteps:
+  - action: aws:runPowerShellScript
+    name: windowsOnly
+    precondition:
+      StringEquals: [platformType, Windows]
+    inputs:
+      runCommand: ["Write-Output 'windows'"]
+  - action: aws:configureDocker
+    name: dockerOnWindows
+    precondition:
+      StringEquals: [platformType, Windows]
+    inputs:
+      action: Install
+  - action: aws:runShellScript
+    name: linux
+    precondition:
+      StringEquals: [platformType, Linux]
+    inputs:
+      runCommand: ["echo linux"]
+  - action: aws:runPowerShellScript
+    name: anywhere
+    onFailure: continue
+    inputs:
+      runCommand: ["Write-Output 'pwsh'"]
+  - action: aws:softwareInventory
+    name: inventory
+    inputs: {}
+"#;
+    let (status, steps) = run_doc(&env, &server, &id, "CrossPlatform", doc).await?;
+    assert_eq!(status, "Failed", "{steps:?}");
+    let summary: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|(n, s, _)| (n.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("windowsOnly", "Skipped"),
+            ("dockerOnWindows", "Skipped"),
+            ("linux", "Success"),
+            ("anywhere", "Failed"),
+            ("inventory", "Failed"),
+        ],
+        "{steps:?}"
+    );
+    assert!(
+        steps[4]
+            .2
+            .contains("aws:softwareInventory is not supported on this node"),
+        "{steps:?}"
+    );
+    assert_eq!(steps[2].2, "linux\n");
+    assert!(
+        steps[3]
+            .2
+            .contains("aws:runPowerShellScript is not supported on this node"),
+        "{steps:?}"
+    );
+    Ok(())
+}
