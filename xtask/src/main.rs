@@ -1,7 +1,7 @@
 //! `cargo xtask`: project automation. Kept light (std and anyhow only) because CI builds it.
 //!
 //! ```text
-//! cargo xtask test                       run the workspace tests
+//! cargo xtask test                       run the workspace tests (installing strace and schemathesis)
 //! cargo xtask bench tunnel [ARGS]        tunnel throughput (ARGS go to tunnel-bench)
 //! cargo xtask bench agents --count N     N simulated agents against a real server
 //! cargo xtask bench peers-forward        `ssh -L` throughput (../shared/peers/forward.sh)
@@ -88,8 +88,11 @@ fn test(args: &[String]) -> Result<()> {
     // Debian packages the tests run: strace watches the agent's system calls (the journal's
     // durability test).
     packages::ensure_debian(&[("strace", "strace")])?;
+    // Schemathesis (PyPI) fuzzes the API against its OpenAPI document (tests/openapi.rs).
+    let st = packages::ensure_schemathesis(&target_dir().join("tools"))?;
     run(cargo()
         .current_dir(root())
+        .env("DROVER_SCHEMATHESIS", st)
         .args(["nextest", "run", "--workspace", "--no-fail-fast"])
         .args(args))
 }

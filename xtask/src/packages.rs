@@ -30,3 +30,49 @@ pub fn ensure_debian(needed: &[(&str, &str)]) -> Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
+
+/// The schemathesis version the API test runs (pinned: a new release may add checks).
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+/// Schemathesis (from PyPI) in a virtual environment under the target directory; returns the
+/// path of its `st` command.
+pub fn ensure_schemathesis(tools: &std::path::Path) -> Result<std::path::PathBuf> {
+    let venv = tools.join("venv");
+    let st = venv.join("bin").join("st");
+    let pinned = venv.join(".schemathesis-version");
+    if st.is_file() && std::fs::read_to_string(&pinned).is_ok_and(|v| v == SCHEMATHESIS) {
+        return Ok(st);
+    }
+    log(&format!(
+        "installing {SCHEMATHESIS} into {}",
+        venv.display()
+    ));
+    std::fs::create_dir_all(tools)?;
+    let made = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        // Debian's python3 has no venv module until python3-venv is installed.
+        ensure_debian(&[("python3", "python3")])?;
+        run(Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "python3-venv",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin").join("pip")).args([
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        SCHEMATHESIS,
+    ]))?;
+    std::fs::write(&pinned, SCHEMATHESIS)?;
+    Ok(st)
+}

@@ -91,8 +91,10 @@ pub struct TagUpdate {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateActivation {
     /// How many nodes may register with this activation.
+    #[serde(deserialize_with = "lenient::i64")]
     pub registration_limit: i64,
     /// Seconds until the activation expires.
+    #[serde(deserialize_with = "lenient::u64")]
     pub expires_in_secs: u64,
     /// Tags every node registered with it starts with.
     #[serde(default)]
@@ -193,6 +195,7 @@ pub struct UpdateDocument {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SetDefaultVersion {
+    #[serde(deserialize_with = "lenient::i64")]
     pub version: i64,
 }
 
@@ -213,15 +216,27 @@ pub struct SendCommand {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_errors: Option<String>,
     /// How long an offline node may stay Pending (default 600).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::opt_u64"
+    )]
     pub delivery_timeout_secs: Option<u64>,
     /// How long an invocation may run (default 3600).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::opt_u64"
+    )]
     pub execution_timeout_secs: Option<u64>,
     #[serde(default)]
     pub comment: String,
     /// Output kept per step and stream, bytes (default 16 MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::opt_u64"
+    )]
     pub output_limit: Option<u64>,
 }
 
@@ -299,4 +314,66 @@ pub struct InvocationList {
     pub invocations: Vec<InvocationView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+}
+
+/// Integers as JSON Schema reads them: `3.0` is the integer 3 (serde alone refuses it), so a
+/// client that writes integral numbers with a fraction is understood.
+mod lenient {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+
+    fn integral(n: &serde_json::Number) -> Option<f64> {
+        n.as_f64().filter(|f| f.fract() == 0.0)
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        n.as_u64()
+            .or_else(|| {
+                // 2^64 itself rounds into range as f64: refuse it and beyond.
+                integral(&n)
+                    .filter(|f| *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
+                    .map(|f| f as u64)
+            })
+            .ok_or_else(|| D::Error::custom(format!("expected a non-negative integer, got {n}")))
+    }
+
+    pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        n.as_i64()
+            .or_else(|| {
+                integral(&n)
+                    .filter(|f| {
+                        *f >= -9_223_372_036_854_775_808.0 && *f < 9_223_372_036_854_775_808.0
+                    })
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| D::Error::custom(format!("expected an integer, got {n}")))
+    }
+
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => u64(serde_json::Value::Number(n))
+                .map(Some)
+                .map_err(D::Error::custom),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #![allow(clippy::unwrap_used)]
+
+        #[test]
+        fn integral_floats_are_integers_and_others_are_not() {
+            let u = |s: &str| super::u64(&mut serde_json::Deserializer::from_str(s));
+            assert_eq!(u("3").unwrap(), 3);
+            assert_eq!(u("3.0").unwrap(), 3);
+            assert_eq!(u("1e3").unwrap(), 1000);
+            assert!(u("3.5").is_err() && u("-1").is_err() && u("1e30").is_err());
+            let i = |s: &str| super::i64(&mut serde_json::Deserializer::from_str(s));
+            assert_eq!(i("-2.0").unwrap(), -2);
+            assert!(i("0.5").is_err());
+        }
+    }
 }

@@ -10,4 +10,4 @@ mod parse;
 pub use interpolate::{resolve, Resolution, ResolvedStep};
 pub use model::*;
 pub use params::{validate_values, ParamError, ParamValue};
-pub use parse::{parse, DocError};
+pub use parse::{parse, DocError, MAX_DOCUMENT_BYTES};

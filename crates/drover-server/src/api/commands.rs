@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use drover_api::{CommandList, CommandView, InvocationList, InvocationView, SendCommand, StepView};
 use drover_store::{Command, Invocation, InvocationQuery};
 use serde::Deserialize;
 
-use super::{rfc3339, validate, ApiError, Body};
+use super::{rfc3339, rules, validate, ApiError, Body, Path, Query};
 use crate::authz::{authorize, Action, Principal};
 use crate::commands::SendRequest;
 use crate::AppState;
@@ -90,15 +90,31 @@ fn invocation_view(i: Invocation, full: bool) -> InvocationView {
 }
 
 fn command_id(id: &str) -> Result<(), ApiError> {
-    let ok = id.len() <= 64
-        && id.starts_with("cmd-")
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!("invalid command ID {id:?}")))
-    }
+    validate::pattern(
+        "command ID",
+        rules::COMMAND_ID,
+        id,
+        "cmd- followed by letters, digits or '-'",
+    )
 }
+
+/// Invocation states a listing may filter on.
+pub const INVOCATION_STATUSES: &[&str] = &[
+    "Pending",
+    "InProgress",
+    "Cancelling",
+    "Success",
+    "Failed",
+    "TimedOut",
+    "Cancelled",
+];
+
+/// The most nodes one command may name.
+pub const MAX_TARGETS: usize = 10_000;
+/// Output kept per step and stream: at least 1 KiB, at most 1 GiB.
+pub const OUTPUT_LIMITS: std::ops::RangeInclusive<u64> = 1024..=(1 << 30);
+/// Delivery and execution timeouts, in seconds.
+pub const TIMEOUTS: std::ops::RangeInclusive<u64> = 1..=172_800;
 
 #[utoipa::path(post, path = "/api/v1/commands", request_body = SendCommand,
     responses((status = 201, body = CommandView), (status = 400, body = drover_api::ErrorBody)), security(("bearer" = [])))]
@@ -109,20 +125,38 @@ pub async fn send(
 ) -> Result<(StatusCode, Json<CommandView>), ApiError> {
     authorize(&who, Action::SendCommand)?;
     validate::text("comment", &req.comment, 1024)?;
-    if req.targets.len() > 10_000 {
-        return Err(ApiError::BadRequest(
-            "at most 10,000 targets per command; use tag targets".into(),
-        ));
+    validate::pattern(
+        "document",
+        rules::DOCUMENT_REF,
+        &req.document,
+        "NAME or NAME:VERSION",
+    )?;
+    if req.targets.is_empty() || req.targets.len() > MAX_TARGETS {
+        return Err(ApiError::BadRequest(format!(
+            "give 1 to {MAX_TARGETS} targets (node IDs, names, tag:KEY=VALUE or all)"
+        )));
     }
+    for t in &req.targets {
+        validate::pattern(
+            "target",
+            &rules::text(1, 256),
+            t,
+            "1 to 256 printable characters",
+        )?;
+    }
+    let max_concurrency = req.max_concurrency.unwrap_or_else(|| "50".into());
+    let max_errors = req.max_errors.unwrap_or_else(|| "0".into());
+    let rate = "a number, or a percentage of the targets from 1% to 100%";
+    validate::pattern("max_concurrency", rules::RATE, &max_concurrency, rate)?;
+    validate::pattern("max_errors", rules::RATE_OR_ZERO, &max_errors, rate)?;
+    let output_limit = validate::range(
+        "output_limit",
+        req.output_limit.unwrap_or(DEFAULT_OUTPUT_LIMIT),
+        OUTPUT_LIMITS,
+    )?;
     let secs = |v: Option<u64>, default: u64, what: &str| -> Result<Duration, ApiError> {
-        let v = v.unwrap_or(default);
-        if (1..=172_800).contains(&v) {
-            Ok(Duration::from_secs(v))
-        } else {
-            Err(ApiError::BadRequest(format!(
-                "invalid {what} of {v} seconds: from 1 to 172800 (48 hours)"
-            )))
-        }
+        let v = validate::range(what, v.unwrap_or(default), TIMEOUTS)?;
+        Ok(Duration::from_secs(v))
     };
     let command = state
         .commands
@@ -130,15 +164,12 @@ pub async fn send(
             document: req.document,
             parameters: req.parameters,
             targets: req.targets,
-            max_concurrency: req.max_concurrency.unwrap_or_else(|| "50".into()),
-            max_errors: req.max_errors.unwrap_or_else(|| "0".into()),
-            delivery_timeout: secs(req.delivery_timeout_secs, 600, "delivery timeout")?,
-            execution_timeout: secs(req.execution_timeout_secs, 3600, "execution timeout")?,
+            max_concurrency,
+            max_errors,
+            delivery_timeout: secs(req.delivery_timeout_secs, 600, "delivery_timeout_secs")?,
+            execution_timeout: secs(req.execution_timeout_secs, 3600, "execution_timeout_secs")?,
             comment: req.comment,
-            output_limit: req
-                .output_limit
-                .unwrap_or(DEFAULT_OUTPUT_LIMIT)
-                .clamp(1024, 1 << 30),
+            output_limit,
         })
         .await?;
     tracing::info!(command = %command.id, by = %who.token_id, document = %command.document_name, "command sent");
@@ -159,7 +190,7 @@ pub async fn list(
     Query(p): Query<Page>,
 ) -> Result<Json<CommandList>, ApiError> {
     authorize(&who, Action::ReadCommand)?;
-    let limit = p.limit.unwrap_or(50).clamp(1, 1000);
+    let limit = validate::range("limit", p.limit.unwrap_or(50), 1..=1000)?;
     if let Some(c) = &p.cursor {
         command_id(c)?;
     }
@@ -268,9 +299,20 @@ pub async fn invocations(
 ) -> Result<Json<InvocationList>, ApiError> {
     authorize(&who, Action::ReadCommand)?;
     load(&state, &id).await?;
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let limit = validate::range("limit", q.limit.unwrap_or(1000), 1..=10_000)?;
     if let Some(n) = &q.node {
         validate::node_id(n)?;
+    }
+    if let Some(c) = &q.cursor {
+        validate::pattern("cursor", rules::INVOCATION_ID, c, "an invocation ID")?;
+    }
+    if let Some(s) = &q.status {
+        if !INVOCATION_STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid status {s:?}: one of {}",
+                INVOCATION_STATUSES.join(", ")
+            )));
+        }
     }
     let rows = state
         .store

@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use drover_api::{CreateDocument, DocumentList, DocumentView, SetDefaultVersion, UpdateDocument};
 use drover_store::DocumentVersion;
 use serde::Deserialize;
 
-use super::{rfc3339, ApiError, Body};
+use super::{rfc3339, rules, validate, ApiError, Body, Path, Query};
 use crate::authz::{authorize, Action, Principal};
 use crate::commands::resolve::{self, builtin_versions, is_builtin};
 use crate::{secrets, AppState};
@@ -28,16 +28,19 @@ fn view(d: DocumentVersion, builtin: bool, with_content: bool) -> DocumentView {
     }
 }
 
+/// A name as documents are named (built-in ones too).
+fn check_shape(name: &str) -> Result<(), ApiError> {
+    validate::pattern(
+        "document name",
+        rules::DOCUMENT_NAME,
+        name,
+        "3 to 128 letters, digits, '_', '.' or '-'",
+    )
+}
+
+/// A name a stored document may have.
 fn check_name(name: &str) -> Result<(), ApiError> {
-    let ok = (3..=128).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if !ok {
-        return Err(ApiError::BadRequest(format!(
-            "invalid document name {name:?}: 3 to 128 letters, digits, '_', '.' or '-'"
-        )));
-    }
+    check_shape(name)?;
     if is_builtin(name) {
         return Err(ApiError::Conflict(format!(
             "{name:?} is a built-in document name (names starting with AWS- or Drover- are reserved)"
@@ -120,8 +123,9 @@ pub async fn get(
     Query(q): Query<VersionQuery>,
 ) -> Result<Json<DocumentView>, ApiError> {
     authorize(&who, Action::ReadDocument)?;
+    check_shape(&name)?;
     let reference = match q.version {
-        Some(v) => format!("{name}:{v}"),
+        Some(v) => format!("{name}:{}", validate::range("version", v, 1..=i64::MAX)?),
         None => name.clone(),
     };
     let d = resolve::find(&*state.store, &reference).await?;
@@ -158,6 +162,7 @@ pub async fn versions(
     Path(name): Path<String>,
 ) -> Result<Json<DocumentList>, ApiError> {
     authorize(&who, Action::ReadDocument)?;
+    check_shape(&name)?;
     if is_builtin(&name) {
         let d = resolve::find(&*state.store, &name).await?;
         return Ok(Json(DocumentList {
@@ -184,7 +189,8 @@ pub async fn set_default(
 ) -> Result<Json<DocumentView>, ApiError> {
     authorize(&who, Action::WriteDocument)?;
     check_name(&name)?;
-    let d = state.store.set_default_version(&name, req.version).await?;
+    let version = validate::range("version", req.version, 1..=i64::MAX)?;
+    let d = state.store.set_default_version(&name, version).await?;
     Ok(Json(view(d, false, false)))
 }
 

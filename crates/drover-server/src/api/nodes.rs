@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::Json;
 use drover_api::{InventoryView, NodeList, NodeView, TagUpdate};
 use drover_store::{Node, NodeQuery, NodeStatus};
 
-use super::{validate, ApiError, Body};
+use super::{rules, validate, ApiError, Body, Path};
 use crate::authz::{authorize, Action, Principal};
 use crate::registry::Kick;
 use crate::{secrets, AppState};
@@ -54,6 +54,15 @@ fn apply_filter(q: &mut NodeQuery, f: &str) -> Result<(), ApiError> {
              status=online|connectionlost|inactive or name=NAME"
         ))
     };
+    // The specific complaints first; then the pattern the OpenAPI document declares, which
+    // accepts exactly what is left.
+    let shaped = || -> Result<(), ApiError> {
+        if rules::matches(&rules::node_filter(), f) {
+            Ok(())
+        } else {
+            Err(bad("values are at most 256 printable characters"))
+        }
+    };
     if let Some(tag) = f.strip_prefix("tag:") {
         let (k, v) = tag
             .split_once('=')
@@ -61,7 +70,7 @@ fn apply_filter(q: &mut NodeQuery, f: &str) -> Result<(), ApiError> {
         validate::tag_key(k)?;
         validate::tag_value(k, v)?;
         q.tags.push((k.to_string(), v.to_string()));
-        return Ok(());
+        return shaped();
     }
     let (key, value) = f.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
     match key {
@@ -70,7 +79,7 @@ fn apply_filter(q: &mut NodeQuery, f: &str) -> Result<(), ApiError> {
         "name" => q.name = Some(value.to_string()),
         _ => return Err(bad(&format!("unknown filter key {key:?}"))),
     }
-    Ok(())
+    shaped()
 }
 
 fn parse_query(raw: Option<&str>) -> Result<NodeQuery, ApiError> {
@@ -143,7 +152,12 @@ async fn find(state: &AppState, id_or_name: &str) -> Result<Node, ApiError> {
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("node {id_or_name} not found")));
     }
-    validate::text("node name", id_or_name, 256)?;
+    validate::pattern(
+        "node ID or name",
+        &rules::text(1, 256),
+        id_or_name,
+        "1 to 256 characters, no control characters",
+    )?;
     let page = state
         .store
         .list_nodes(&NodeQuery {
@@ -199,18 +213,21 @@ pub async fn tag(
     for k in &update.remove {
         validate::tag_key(k)?;
     }
-    if update.set.is_empty() && update.remove.is_empty() {
-        return Err(ApiError::BadRequest(
-            "nothing to change: give tags to set or keys to remove".into(),
-        ));
-    }
+    // Nothing to set or remove is a valid, empty change: it answers the node as it is.
     let node = find(&state, &id).await?;
     let mut after = node.tags.clone();
     for k in &update.remove {
         after.remove(k);
     }
     after.extend(update.set.clone());
-    validate::tags(&after)?;
+    if after.len() > validate::MAX_TAGS {
+        return Err(ApiError::Conflict(format!(
+            "node {} would have {} tags; at most {}",
+            node.id,
+            after.len(),
+            validate::MAX_TAGS
+        )));
+    }
     let node = state
         .store
         .update_tags(&node.id, &update.set, &update.remove)

@@ -1,6 +1,11 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document: generated from the handlers' annotations, then given every constraint
+//! the server checks (from [`super::rules`] and the same constants the handlers use) and every
+//! error status it can answer, so that a client generated from it agrees with the server.
+
+use std::sync::OnceLock;
 
 use axum::Json;
+use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -48,6 +53,281 @@ impl Modify for Bearer {
     }
 }
 
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn document() -> Json<Value> {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    Json(DOC.get_or_init(build).clone())
+}
+
+/// The document as served.
+pub fn build() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    constrain_parameters(&mut doc);
+    constrain_schemas(&mut doc);
+    declare_errors(&mut doc);
+    doc
+}
+
+fn string(pattern: &str) -> Value {
+    json!({"type": "string", "pattern": pattern})
+}
+
+fn integer(min: u64, max: u64) -> Value {
+    json!({"type": "integer", "minimum": min, "maximum": max})
+}
+
+fn tag_map() -> Value {
+    json!({
+        "type": "object",
+        "maxProperties": super::validate::MAX_TAGS,
+        "propertyNames": string(super::rules::TAG_KEY),
+        "additionalProperties": string(&super::rules::tag_value()),
+    })
+}
+
+/// The schema of each path and query parameter, by path prefix and name.
+fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
+    use super::rules::*;
+    let commands = path.starts_with("/api/v1/commands");
+    Some(match (location, name) {
+        ("path", "id") if commands => string(COMMAND_ID),
+        ("path", "id") => string(&text(1, 256)),
+        ("path", "node") => string(NODE_ID),
+        ("path", "name") => string(DOCUMENT_NAME),
+        ("query", "filter") => json!({"type": "array", "items": string(&node_filter())}),
+        ("query", "limit") if path == "/api/v1/commands" => integer(1, 1000),
+        ("query", "limit") => integer(1, 10_000),
+        ("query", "cursor") if path == "/api/v1/commands" => string(COMMAND_ID),
+        ("query", "cursor") if commands => string(INVOCATION_ID),
+        ("query", "cursor") => string(NODE_ID),
+        ("query", "status") => {
+            json!({"type": "string", "enum": super::commands::INVOCATION_STATUSES})
+        }
+        ("query", "node") => string(NODE_ID),
+        ("query", "version") => integer(1, i64::MAX as u64),
+        ("query", "seen" | "timeout_ms") => integer(0, u64::MAX),
+        _ => return None,
+    })
+}
+
+fn constrain_parameters(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, ops) in paths.iter_mut() {
+        let Some(ops) = ops.as_object_mut() else {
+            continue;
+        };
+        for op in ops.values_mut() {
+            let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for p in params.iter_mut().filter_map(Value::as_object_mut) {
+                let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                let (name, location) = (text("name"), text("in"));
+                if let Some(schema) = parameter_schema(path, &name, &location) {
+                    p.insert("schema".into(), schema);
+                }
+            }
+        }
+    }
+}
+
+fn constrain_schemas(doc: &mut Value) {
+    use super::rules::*;
+    let text256 = string(&text(0, 256));
+    let max_doc = drover_docs::MAX_DOCUMENT_BYTES;
+    let props: Vec<(&str, &str, Value)> = vec![
+        (
+            "CreateActivation",
+            "registration_limit",
+            integer(1, super::activations::MAX_REGISTRATIONS as u64),
+        ),
+        (
+            "CreateActivation",
+            "expires_in_secs",
+            integer(1, super::activations::MAX_EXPIRY_SECS),
+        ),
+        ("CreateActivation", "description", text256.clone()),
+        ("CreateActivation", "default_name", text256.clone()),
+        ("CreateActivation", "tags", tag_map()),
+        ("CreateDocument", "name", string(DOCUMENT_NAME)),
+        (
+            "CreateDocument",
+            "content",
+            json!({"type": "string", "maxLength": max_doc}),
+        ),
+        (
+            "UpdateDocument",
+            "content",
+            json!({"type": "string", "maxLength": max_doc}),
+        ),
+        ("SetDefaultVersion", "version", integer(1, i64::MAX as u64)),
+        ("SendCommand", "document", string(DOCUMENT_REF)),
+        (
+            "SendCommand",
+            "targets",
+            json!({
+                "type": "array", "minItems": 1, "maxItems": super::commands::MAX_TARGETS,
+                "items": string(&text(1, 256)),
+            }),
+        ),
+        (
+            "SendCommand",
+            "max_concurrency",
+            json!({"type": ["string", "null"], "pattern": RATE}),
+        ),
+        (
+            "SendCommand",
+            "max_errors",
+            json!({"type": ["string", "null"], "pattern": RATE_OR_ZERO}),
+        ),
+        ("SendCommand", "delivery_timeout_secs", timeouts()),
+        ("SendCommand", "execution_timeout_secs", timeouts()),
+        ("SendCommand", "comment", string(&text(0, 1024))),
+        (
+            "SendCommand",
+            "output_limit",
+            json!({
+                "type": ["integer", "null"],
+                "minimum": super::commands::OUTPUT_LIMITS.start(),
+                "maximum": super::commands::OUTPUT_LIMITS.end(),
+            }),
+        ),
+        ("TagUpdate", "set", tag_map()),
+        (
+            "TagUpdate",
+            "remove",
+            json!({"type": "array", "items": string(TAG_KEY)}),
+        ),
+        ("RegisterRequest", "activation_id", string(&text(0, 64))),
+        ("RegisterRequest", "activation_code", string(&text(1, 128))),
+        (
+            "RegisterRequest",
+            "csr_pem",
+            json!({"type": "string", "maxLength": super::register::MAX_CSR_LEN}),
+        ),
+        ("RegisterRequest", "name", text256.clone()),
+        ("RegisterRequest", "tags", tag_map()),
+        ("RegisterRequest", "inventory", registration_inventory()),
+    ];
+    for (schema, prop, mut value) in props {
+        let pointer = format!("/components/schemas/{schema}/properties/{prop}");
+        // A property renamed in `drover-api` without this table: the test below catches it.
+        let Some(target) = doc.pointer_mut(&pointer) else {
+            continue;
+        };
+        // Keep the description the annotations gave.
+        if let (Some(d), Some(obj)) = (target.get("description").cloned(), value.as_object_mut()) {
+            obj.insert("description".into(), d);
+        }
+        *target = value;
+    }
+}
+
+fn timeouts() -> Value {
+    let t = super::commands::TIMEOUTS;
+    json!({"type": ["integer", "null"], "minimum": t.start(), "maximum": t.end()})
+}
+
+/// What a node may report when it registers (stricter than what inventory responses show,
+/// which the agent's connection reports later).
+fn registration_inventory() -> Value {
+    use super::rules::*;
+    let field = string(&text(0, 256));
+    json!({
+        "type": "object",
+        "properties": {
+            "hostname": field, "platform": field, "os_name": field, "os_version": field,
+            "kernel": field, "arch": field, "agent_version": field,
+            "ip_addresses": {
+                "type": "array",
+                "maxItems": super::register::MAX_IPS,
+                "items": string(&text(0, 64)),
+            },
+            "boot_time": {"type": ["string", "null"]},
+        },
+    })
+}
+
+/// Errors particular to one operation: a resource it refers to in its body (404), or a state
+/// that forbids the change (409).
+fn extra_errors(path: &str, method: &str) -> Vec<&'static str> {
+    match (method, path) {
+        ("post", "/api/v1/commands") => vec!["404", "409"],
+        ("post" | "put" | "delete", p) if p.starts_with("/api/v1/documents") => vec!["409"],
+        ("patch", "/api/v1/nodes/{id}/tags") => vec!["409"],
+        ("get" | "post", p) if p.starts_with("/api/v1/nodes/{id}") => vec!["409"],
+        _ => vec![],
+    }
+}
+
+/// Declares the error statuses every operation can answer: 400 for any input, 401 and 403
+/// behind a token, 404 where a path names a resource, 500 where the store is read.
+fn declare_errors(doc: &mut Value) {
+    let error = json!({
+        "description": "An error: `{\"error\": {\"code\", \"message\"}}`",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    });
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, ops) in paths.iter_mut() {
+        let Some(ops) = ops.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in ops.iter_mut() {
+            let secured = op.get("security").is_some();
+            let mut statuses = Vec::new();
+            if path != "/healthz" && path != "/metrics" {
+                statuses.extend(["400", "500"]);
+            }
+            if secured {
+                statuses.extend(["401", "403"]);
+            }
+            if path.contains('{') {
+                statuses.push("404");
+            }
+            statuses.extend(extra_errors(path, method));
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for status in statuses {
+                responses.entry(status).or_insert_with(|| error.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn every_constrained_property_and_parameter_exists() {
+        let doc = build();
+        for (schema, prop) in [
+            ("SendCommand", "targets"),
+            ("CreateActivation", "tags"),
+            ("RegisterRequest", "inventory"),
+            ("TagUpdate", "remove"),
+        ] {
+            let p = doc
+                .pointer(&format!("/components/schemas/{schema}/properties/{prop}"))
+                .unwrap();
+            assert!(p.get("type").is_some(), "{schema}.{prop}: {p}");
+        }
+        let text = doc.to_string();
+        for pattern in [super::super::rules::COMMAND_ID, super::super::rules::DOCUMENT_REF] {
+            assert!(text.contains(&serde_json::to_string(pattern).unwrap()), "{pattern}");
+        }
+        // Every operation behind a token declares 401.
+        for (_, ops) in doc["paths"].as_object().unwrap() {
+            for (_, op) in ops.as_object().unwrap() {
+                if op.get("security").is_some() {
+                    assert!(op["responses"].get("401").is_some(), "{op}");
+                }
+            }
+        }
+    }
 }

@@ -9,10 +9,12 @@ use axum::Json;
 use drover_api::{RegisterRequest, RegisterResponse};
 use drover_store::{NewNode, NodeId, NodeInventory, RedeemError};
 
-use super::{rfc3339, validate, ApiError, Body};
+use super::{rfc3339, rules, validate, ApiError, Body};
 use crate::{secrets, AppState};
 
-const MAX_CSR_LEN: usize = 16 * 1024;
+pub const MAX_CSR_LEN: usize = 16 * 1024;
+/// Addresses a node may report at registration.
+pub const MAX_IPS: usize = 64;
 
 #[utoipa::path(
     post, path = "/api/v1/register",
@@ -28,10 +30,13 @@ pub async fn register(
     Body(req): Body<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     validate::text("activation_id", &req.activation_id, 64)?;
-    if req.activation_code.is_empty() || req.activation_code.len() > 128 {
-        return Err(ApiError::BadRequest("invalid activation_code".into()));
+    // Never echoed: it is a secret.
+    if !rules::matches(&rules::text(1, 128), &req.activation_code) {
+        return Err(ApiError::BadRequest(
+            "invalid activation_code: 1 to 128 characters".into(),
+        ));
     }
-    if req.csr_pem.len() > MAX_CSR_LEN {
+    if req.csr_pem.chars().count() > MAX_CSR_LEN {
         return Err(ApiError::BadRequest(format!(
             "csr_pem is too long (at most {MAX_CSR_LEN} bytes)"
         )));
@@ -49,6 +54,15 @@ pub async fn register(
         ("agent_version", &inv.agent_version),
     ] {
         validate::text(field, v, 256)?;
+    }
+    if inv.ip_addresses.len() > MAX_IPS {
+        return Err(ApiError::BadRequest(format!(
+            "too many ip_addresses: {} (at most {MAX_IPS})",
+            inv.ip_addresses.len()
+        )));
+    }
+    for ip in &inv.ip_addresses {
+        validate::text("ip_addresses", ip, 64)?;
     }
     let id = NodeId::random(&secrets::hex17())
         .ok_or_else(|| ApiError::Internal("generated an invalid node ID".into()))?;
@@ -71,7 +85,7 @@ pub async fn register(
             kernel: inv.kernel.clone(),
             arch: inv.arch.clone(),
             agent_version: inv.agent_version.clone(),
-            ip_addresses: inv.ip_addresses.iter().take(64).cloned().collect(),
+            ip_addresses: inv.ip_addresses.clone(),
             boot_time: 0,
         },
     };

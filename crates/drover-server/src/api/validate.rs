@@ -5,24 +5,22 @@ use std::collections::BTreeMap;
 
 use drover_store::NodeId;
 
-use super::ApiError;
+use super::{rules, ApiError};
 
 pub const MAX_TAGS: usize = 50;
 
 pub fn node_id(s: &str) -> Result<NodeId, ApiError> {
-    NodeId::parse(s).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "invalid node ID {s:?}: expected n- followed by 17 lowercase hex digits"
-        ))
-    })
+    NodeId::parse(s)
+        .filter(|_| rules::matches(rules::NODE_ID, s))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid node ID {s:?}: expected n- followed by 17 lowercase hex digits"
+            ))
+        })
 }
 
 pub fn tag_key(k: &str) -> Result<(), ApiError> {
-    let ok = !k.is_empty()
-        && k.len() <= 128
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.:/+-@".contains(c));
-    if ok {
+    if rules::matches(rules::TAG_KEY, k) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
@@ -32,7 +30,7 @@ pub fn tag_key(k: &str) -> Result<(), ApiError> {
 }
 
 pub fn tag_value(k: &str, v: &str) -> Result<(), ApiError> {
-    if v.len() <= 256 && !v.chars().any(char::is_control) {
+    if rules::matches(&rules::tag_value(), v) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
@@ -55,9 +53,37 @@ pub fn tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A string that must match `pattern` (from [`rules`]); `what` says what it should look like.
+pub fn pattern(field: &str, pattern: &str, v: &str, what: &str) -> Result<(), ApiError> {
+    if rules::matches(pattern, v) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "invalid {field} {v:?}: {what}"
+        )))
+    }
+}
+
+/// A number in `range`.
+pub fn range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    v: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ApiError> {
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "invalid {field} {v}: from {} to {}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
 /// A display name or text field: bounded, printable.
 pub fn text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
-    if v.len() <= max && !v.chars().any(char::is_control) {
+    if rules::matches(&rules::text(0, max), v) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(

@@ -106,22 +106,20 @@ impl Commands {
         let mut tags = Vec::new();
         let mut all = false;
         let mut picked: BTreeMap<NodeId, drover_store::Node> = BTreeMap::new();
-        for t in targets.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        for t in targets.iter().map(|t| t.trim()) {
+            let tag = t
+                .strip_prefix("tag:")
+                .and_then(|tag| tag.split_once('='))
+                .filter(|(k, v)| crate::api::validate_tag(k, v).is_ok());
             if t == "all" {
                 all = true;
-            } else if let Some(tag) = t.strip_prefix("tag:") {
-                let (k, v) = tag.split_once('=').ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "invalid target {t:?}: a tag target is tag:KEY=VALUE"
-                    ))
-                })?;
-                crate::api::validate_tag(k, v)?;
+            } else if let Some((k, v)) = tag {
                 tags.push((k.to_string(), v.to_string()));
             } else if let Some(id) = NodeId::parse(t) {
                 let node = store
                     .get_node(&id)
                     .await?
-                    .ok_or_else(|| ApiError::BadRequest(format!("target {t}: no such node")))?;
+                    .ok_or_else(|| ApiError::NotFound(format!("target {t}: no such node")))?;
                 picked.insert(id, node);
             } else {
                 let name = t.strip_prefix("name:").unwrap_or(t);
@@ -137,12 +135,13 @@ impl Commands {
                         picked.insert(one.id.clone(), one.clone());
                     }
                     [] => {
-                        return Err(ApiError::BadRequest(format!(
-                        "invalid target {t:?}: use all, a node ID, a node name, or tag:KEY=VALUE"
-                    )))
+                        return Err(ApiError::NotFound(format!(
+                            "target {t:?}: no node has this name (targets are all, node IDs, \
+                             node names, or tag:KEY=VALUE)"
+                        )))
                     }
                     _ => {
-                        return Err(ApiError::BadRequest(format!(
+                        return Err(ApiError::Conflict(format!(
                             "target {t:?}: several nodes have this name; use node IDs"
                         )))
                     }
@@ -190,7 +189,7 @@ impl Commands {
         check_deliverable(&payload.invoke)?;
         let nodes = self.resolve_targets(&req.targets).await?;
         if nodes.is_empty() {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::NotFound(format!(
                 "the targets {:?} match no node",
                 req.targets
             )));
