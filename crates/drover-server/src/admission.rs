@@ -3,9 +3,12 @@
 //! descriptors, memory or handshake time.
 //!
 //! A connection is *unauthenticated* from `accept` until an agent's Hello is accepted or an HTTP
-//! request carries a valid token. Unauthenticated connections are capped in total and per source
-//! address and live at most [`Limits::handshake_timeout`] (then HTTP connections shut down
-//! gracefully). Agent connections are also capped per node identity, so one stolen certificate
+//! request carries a valid token. Unauthenticated connections are capped per source address (a
+//! new one over the cap is refused) and in total: when the total is reached, the **oldest**
+//! unauthenticated connection is evicted to make room, so attackers holding slots from many
+//! addresses cannot keep agents out (an agent's handshake takes milliseconds; a slow client's is
+//! always the oldest). They live at most [`Limits::handshake_timeout`] (then HTTP connections
+//! shut down gracefully). Agent connections are also capped per node identity, so one stolen certificate
 //! cannot open thousands of tunnels.
 //!
 //! The counts are per server process on purpose: what they protect (descriptors, memory) is
@@ -17,11 +20,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use drover_store::NodeId;
+use tokio_util::sync::CancellationToken;
 
 /// The bounds; [`crate::ServerConfig`] carries them.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Unauthenticated connections open at once, from everyone.
+    /// Unauthenticated connections open at once, from everyone; past it the oldest is evicted.
     pub max_unauthenticated: usize,
     /// Unauthenticated connections open at once from one address. Generous, because a fleet
     /// behind one NAT reconnects from one address after a server restart.
@@ -69,6 +73,22 @@ struct Counts {
     unauthenticated: usize,
     per_address: HashMap<IpAddr, usize>,
     per_node: HashMap<NodeId, usize>,
+    /// Unauthenticated connections by age (admission order), to evict the oldest.
+    by_age: std::collections::BTreeMap<u64, (IpAddr, CancellationToken)>,
+    next_seq: u64,
+    evicted: u64,
+}
+
+impl Counts {
+    fn release(&mut self, addr: IpAddr) {
+        self.unauthenticated = self.unauthenticated.saturating_sub(1);
+        if let Some(n) = self.per_address.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&addr);
+            }
+        }
+    }
 }
 
 pub struct Admission {
@@ -94,22 +114,39 @@ impl Admission {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a new connection from `addr` as unauthenticated, or says why not.
+    /// Admits a new connection from `addr` as unauthenticated (evicting the oldest one when
+    /// the total is reached), or says why not.
     pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Result<Unauthenticated, Refusal> {
         let mut counts = self.lock();
-        if counts.unauthenticated >= self.limits.max_unauthenticated {
-            return Err(Refusal::TooManyUnauthenticated);
-        }
-        let from_addr = counts.per_address.entry(addr).or_insert(0);
-        if *from_addr >= self.limits.max_unauthenticated_per_address {
+        if counts.per_address.get(&addr).copied().unwrap_or(0)
+            >= self.limits.max_unauthenticated_per_address
+        {
             return Err(Refusal::TooManyFromAddress);
         }
-        *from_addr += 1;
+        while counts.unauthenticated >= self.limits.max_unauthenticated {
+            let Some((_, (old_addr, evict))) = counts.by_age.pop_first() else {
+                return Err(Refusal::TooManyUnauthenticated);
+            };
+            evict.cancel();
+            counts.release(old_addr);
+            counts.evicted += 1;
+        }
+        *counts.per_address.entry(addr).or_insert(0) += 1;
         counts.unauthenticated += 1;
+        let seq = counts.next_seq;
+        counts.next_seq += 1;
+        let evicted = CancellationToken::new();
+        counts.by_age.insert(seq, (addr, evicted.clone()));
         Ok(Unauthenticated {
             admission: self.clone(),
-            addr,
+            seq,
+            evicted,
         })
+    }
+
+    /// Unauthenticated connections evicted so far to make room for newer ones.
+    pub fn evicted(&self) -> u64 {
+        self.lock().evicted
     }
 
     /// Takes one of `node`'s connection slots, held while its tunnel is open.
@@ -135,18 +172,24 @@ impl Admission {
 /// Held while a connection is unauthenticated; dropping it frees the slot.
 pub struct Unauthenticated {
     admission: Arc<Admission>,
-    addr: IpAddr,
+    seq: u64,
+    evicted: CancellationToken,
+}
+
+impl Unauthenticated {
+    /// Cancelled when the connection is evicted to make room for a newer one: its task must
+    /// close it.
+    pub fn evicted(&self) -> CancellationToken {
+        self.evicted.clone()
+    }
 }
 
 impl Drop for Unauthenticated {
     fn drop(&mut self) {
         let mut counts = self.admission.lock();
-        counts.unauthenticated = counts.unauthenticated.saturating_sub(1);
-        if let Some(n) = counts.per_address.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
-                counts.per_address.remove(&self.addr);
-            }
+        // An evicted slot was released when it was evicted.
+        if let Some((addr, _)) = counts.by_age.remove(&self.seq) {
+            counts.release(addr);
         }
     }
 }
@@ -221,10 +264,17 @@ mod tests {
         let _a2 = a.admit(one).unwrap();
         assert_eq!(a.admit(one).err(), Some(Refusal::TooManyFromAddress));
         let _b1 = a.admit(two).unwrap();
-        assert_eq!(a.admit(three).err(), Some(Refusal::TooManyUnauthenticated));
-        drop(a1);
-        assert_eq!(a.unauthenticated(), 2);
+        // Full: the oldest (a1) is evicted to admit the newcomer.
+        let evicted = a1.evicted();
         let _c1 = a.admit(three).unwrap();
+        assert!(evicted.is_cancelled());
+        assert_eq!((a.unauthenticated(), a.evicted()), (3, 1));
+        // Dropping the evicted slot later does not free a second one.
+        drop(a1);
+        assert_eq!(a.unauthenticated(), 3);
+        // Its address has room again.
+        let _a3 = a.admit(one).unwrap();
+        assert_eq!(a.unauthenticated(), 3);
     }
 
     #[test]

@@ -55,12 +55,21 @@ pub async fn serve_agent(
     };
     let (tunnel, mut incoming, driver) = Tunnel::start(io, Role::Server, &agent_tunnel_config());
     let mut driver = tokio::spawn(driver);
+    // Fires only while the connection is unauthenticated (before its Hello is accepted).
+    let evicted = unauthenticated.evicted();
     let opening = Opening {
         unauthenticated,
         deadline,
         fingerprint,
     };
-    match session(&state, &node_id, &tunnel, &mut incoming, stop, opening).await {
+    let ended = tokio::select! {
+        r = session(&state, &node_id, &tunnel, &mut incoming, stop, opening) => r,
+        _ = evicted.cancelled() => {
+            state.metrics.refused("evicted");
+            Err("evicted before its hello to make room for newer connections".to_string())
+        }
+    };
+    match ended {
         Ok(()) => tracing::debug!(node = %node_id, %peer, "agent connection closed"),
         Err(why) => tracing::info!(node = %node_id, %peer, reason = %why, "agent connection ended"),
     }

@@ -138,8 +138,16 @@ async fn handle(
         }
     };
     let deadline = Instant::now() + state.admission.limits().handshake_timeout;
+    let evicted = unauthenticated.evicted();
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+    let handshake = tokio::select! {
+        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+        _ = evicted.cancelled() => {
+            state.metrics.refused("evicted");
+            return;
+        }
+    };
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -164,8 +172,12 @@ async fn handle(
         stop,
         HttpConnection::new(unauthenticated),
         deadline,
+        evicted.clone(),
     )
     .await;
+    if evicted.is_cancelled() {
+        state.metrics.refused("evicted");
+    }
 }
 
 /// How long an HTTP connection that timed out or is shutting down may take to finish the
@@ -179,6 +191,7 @@ async fn serve_http(
     stop: CancellationToken,
     conn_state: HttpConnection,
     deadline: Instant,
+    evicted: CancellationToken,
 ) {
     let for_requests = conn_state.clone();
     let service = TowerToHyperService::new(router.map_request(
@@ -215,6 +228,11 @@ async fn serve_http(
                     tracing::debug!(%peer, "closing an HTTP connection that never authenticated");
                     break true;
                 }
+            }
+            // Only while unauthenticated: an authenticated connection is never evicted.
+            _ = evicted.cancelled() => {
+                tracing::debug!(%peer, "evicted an unauthenticated HTTP connection for a newer one");
+                return;
             }
             _ = stop.cancelled() => break true,
         }

@@ -243,7 +243,8 @@ pub struct ServerArgs {
     /// a request with a valid token), e.g. 10s.
     #[arg(long, env = "DROVER_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Option<String>,
-    /// Most connections not yet authenticated, from everyone [default: 2048].
+    /// Most connections not yet authenticated, from everyone; past it the oldest is closed
+    /// to make room [default: 2048].
     #[arg(long, env = "DROVER_MAX_UNAUTHENTICATED")]
     pub max_unauthenticated: Option<usize>,
     /// Most connections not yet authenticated from one IP address [default: 256].

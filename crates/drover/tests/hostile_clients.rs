@@ -354,3 +354,35 @@ async fn a_renewal_retires_the_old_certificate_and_renewals_are_rate_limited() -
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_from_many_addresses_cannot_fill_the_server_against_agents(
+) -> anyhow::Result<()> {
+    let env = env();
+    let server = env.start_server(
+        0,
+        &[
+            "--max-unauthenticated",
+            "20",
+            "--max-unauthenticated-per-address",
+            "10",
+        ],
+    )?;
+    let node = env.register_agent(&server, "agent", &[])?;
+    // Two attacker addresses fill every unauthenticated slot with half-sent requests.
+    let mut slow = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.3"] {
+        for _ in 0..10 {
+            let mut tls = tls_from(&server, source).await?;
+            tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await?;
+            tls.flush().await?;
+            slow.push(tls);
+        }
+    }
+    // The agent still gets in: the oldest slow connection makes room.
+    let _agent = env.run_agent("agent", &[])?;
+    wait_status(&server, std::slice::from_ref(&node), "Online").await?;
+    closed_by_server(&mut slow[0]).await?;
+    assert!(refused_count(&server, "evicted").await? >= 1);
+    Ok(())
+}
