@@ -10,14 +10,37 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    build_release, log, memory_kib, release_bin, root, run, start_server, target_dir, wait_online,
-    Proc,
+    build_release, log, memory_kib, online_count, release_bin, root, run, start_server, target_dir,
+    wait_online, Proc,
 };
 
 struct Fleet {
     server: Proc,
     sim: Proc,
     cli_config: PathBuf,
+    url: String,
+    fp: String,
+    base: PathBuf,
+    n: usize,
+}
+
+/// `drover-sim` with `n` agents whose state is under `base` (registered on first use).
+fn start_sim(base: &Path, url: &str, fp: &str, n: usize) -> Result<Proc> {
+    let mut sim_cmd = Command::new(release_bin("drover-sim"));
+    sim_cmd
+        .args([
+            "--server",
+            url,
+            "--ca-fingerprint",
+            fp,
+            "--count",
+            &n.to_string(),
+        ])
+        .arg("--token-file")
+        .arg(base.join("server").join("admin.token"))
+        .arg("--dir")
+        .arg(base.join("agents"));
+    Proc::spawn("drover-sim", &mut sim_cmd, &base.join("sim-run.log"))
 }
 
 /// A release server and `n` simulated agents, all Online.
@@ -27,7 +50,6 @@ fn fleet(n: usize) -> Result<Fleet> {
     let cli_config = base.join("cli.toml");
     std::fs::create_dir_all(&data)?;
     let server_log = base.join("server-run.log");
-    let sim_log = base.join("sim-run.log");
     let (server, url, fp) = start_server(&data, "127.0.0.1:0", &server_log)?;
     let token_file = data.join("admin.token");
     run(Command::new(release_bin("drover"))
@@ -36,27 +58,17 @@ fn fleet(n: usize) -> Result<Fleet> {
         .arg("--token-file")
         .arg(&token_file)
         .stdout(Stdio::null()))?;
-    let mut sim_cmd = Command::new(release_bin("drover-sim"));
-    sim_cmd
-        .args([
-            "--server",
-            &url,
-            "--ca-fingerprint",
-            &fp,
-            "--count",
-            &n.to_string(),
-        ])
-        .arg("--token-file")
-        .arg(&token_file)
-        .arg("--dir")
-        .arg(base.join("agents"));
-    let mut sim = Proc::spawn("drover-sim", &mut sim_cmd, &sim_log)?;
+    let mut sim = start_sim(&base, &url, &fp, n)?;
     sim.wait_line("STARTED", Duration::from_secs(3600))?;
     wait_online(&cli_config, n, Duration::from_secs(900), "connect")?;
     Ok(Fleet {
         server,
         sim,
         cli_config,
+        url,
+        fp,
+        base,
+        n,
     })
 }
 
@@ -282,6 +294,131 @@ pub fn bench_fanout(args: &[String], build: bool) -> Result<()> {
     f.server.stop(Duration::from_secs(30))?;
     if !status.success() {
         bail!("fanout.sh failed: {status}");
+    }
+    Ok(())
+}
+
+/// Open file descriptors of process `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// `bench stress [--agents N] [--slow M]`: M slow clients (the `slowloris` binary: half a TLS
+/// record each, from 20 loopback addresses, reconnecting a second after each close) hold
+/// connections while N real agents connect at the same time. Reports how long until every
+/// agent is Online, and the server's largest RSS and descriptor count meanwhile. Bounded: it
+/// stops itself after 120 s of waiting.
+pub fn bench_stress(args: &[String], build: bool) -> Result<()> {
+    let (mut agents, mut slow) = (1000usize, 5000usize);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--agents" => {
+                agents = it
+                    .next()
+                    .context("--agents N")?
+                    .parse()
+                    .context("--agents")?
+            }
+            "--slow" => slow = it.next().context("--slow M")?.parse().context("--slow")?,
+            other => bail!("unknown argument {other:?}: use --agents N and --slow M"),
+        }
+    }
+    if build {
+        build_release(&[
+            ("drover", "drover"),
+            ("drover-bench", "drover-sim"),
+            ("drover-bench", "slowloris"),
+        ])?;
+    }
+    let mut f = fleet(agents)?;
+    f.sim.stop(Duration::from_secs(30))?;
+    let offline_by = Instant::now() + Duration::from_secs(60);
+    while online_count(&f.cli_config) != Some(0) {
+        if Instant::now() > offline_by {
+            bail!("the agents did not go offline");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let target = f.url.trim_start_matches("https://").to_string();
+    let mut attacker = Proc::spawn(
+        "slowloris",
+        Command::new(release_bin("slowloris")).args([
+            "--target",
+            &target,
+            "--count",
+            &slow.to_string(),
+            "--sources",
+            "20",
+        ]),
+        &f.base.join("slowloris.log"),
+    )?;
+    // Let the attack build up: wait for the first report with most connections open.
+    let ramp = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, line) = attacker.wait_line("OPEN", Duration::from_secs(20))?;
+        let open: usize = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if open >= slow.min(2000) || Instant::now() > ramp {
+            log(&format!("attack under way: {line}"));
+            break;
+        }
+    }
+    let pid = f.server.pid();
+    let (mut max_rss, mut max_fds) = (0u64, 0usize);
+    let t0 = Instant::now();
+    let mut sim = start_sim(&f.base, &f.url, &f.fp, f.n)?;
+    let deadline = t0 + Duration::from_secs(120);
+    let online_after = loop {
+        max_rss = max_rss.max(memory_kib(pid)?.0);
+        max_fds = max_fds.max(fd_count(pid));
+        let online = online_count(&f.cli_config).unwrap_or(0);
+        if online >= agents {
+            break Some(t0.elapsed());
+        }
+        if Instant::now() > deadline {
+            log(&format!("only {online}/{agents} Online after 120 s"));
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let attack = attacker
+        .drain_matching("OPEN")
+        .last()
+        .map(|(_, l)| l.clone())
+        .unwrap_or_default();
+    let metrics = Command::new("curl")
+        .args(["-sk", "-H"])
+        .arg(format!(
+            "Authorization: Bearer {}",
+            std::fs::read_to_string(f.base.join("server").join("admin.token"))?.trim()
+        ))
+        .arg(format!("{}/metrics", f.url))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let refused: Vec<String> = metrics
+        .lines()
+        .filter(|l| l.starts_with("drover_agent_refused_total{"))
+        .map(|l| {
+            l.trim_start_matches("drover_agent_refused_total")
+                .to_string()
+        })
+        .collect();
+    attacker.stop(Duration::from_secs(10))?;
+    sim.stop(Duration::from_secs(30))?;
+    f.server.stop(Duration::from_secs(30))?;
+    println!(
+        "RESULT stress.agents{agents}.slow{slow}.all_online_ms={} max_server_rss_mib={:.0} max_server_fds={max_fds} attacker_last=\"{attack}\" refused=\"{}\"",
+        online_after.map_or("none".to_string(), |d| d.as_millis().to_string()),
+        max_rss as f64 / 1024.0,
+        refused.join(" ")
+    );
+    if online_after.is_none() {
+        bail!("not every agent came Online within 120 s");
     }
     Ok(())
 }

@@ -39,6 +39,10 @@ commands:
   bench output [--count N] [--mib M]
                                     Run Command where every node prints M MiB (default 100
                                     nodes, 16 MiB): time and server CPU until all is stored
+  bench stress [--agents N] [--slow M]
+                                    M slow clients (default 5000, from 20 addresses) hold
+                                    connections while N agents (default 1000) connect: time to
+                                    all Online, server RSS and descriptors
   bench fanout [N ...]              ../shared/peers/fanout.sh (parallel-ssh, Ansible) with Drover
                                     as the extra contender on simulated nodes node0001..
 
@@ -116,6 +120,7 @@ fn bench(args: &[String]) -> Result<()> {
         "run" => bench_run::bench_run(rest, build),
         "fanout" => bench_run::bench_fanout(rest, build),
         "output" => bench_run::bench_output(rest, build),
+        "stress" => bench_run::bench_stress(rest, build),
         other => bail!("unknown benchmark {other:?}\n\n{USAGE}"),
     }
 }

@@ -122,7 +122,12 @@ fn constrain_parameters(doc: &mut Value) {
                 continue;
             };
             for p in params.iter_mut().filter_map(Value::as_object_mut) {
-                let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                let text = |k: &str| {
+                    p.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
                 let (name, location) = (text("name"), text("in"));
                 if let Some(schema) = parameter_schema(path, &name, &location) {
                     p.insert("schema".into(), schema);
@@ -318,8 +323,14 @@ mod tests {
             assert!(p.get("type").is_some(), "{schema}.{prop}: {p}");
         }
         let text = doc.to_string();
-        for pattern in [super::super::rules::COMMAND_ID, super::super::rules::DOCUMENT_REF] {
-            assert!(text.contains(&serde_json::to_string(pattern).unwrap()), "{pattern}");
+        for pattern in [
+            super::super::rules::COMMAND_ID,
+            super::super::rules::DOCUMENT_REF,
+        ] {
+            assert!(
+                text.contains(&serde_json::to_string(pattern).unwrap()),
+                "{pattern}"
+            );
         }
         // Every operation behind a token declares 401.
         for (_, ops) in doc["paths"].as_object().unwrap() {
