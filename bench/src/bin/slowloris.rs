@@ -43,15 +43,12 @@ async fn hold(
             anyhow::Ok(tcp)
         }
         .await;
-        match connected {
-            Ok(mut tcp) => {
-                open.fetch_add(1, Ordering::Relaxed);
-                let mut buf = [0u8; 256];
-                // Until the server closes it.
-                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
-                open.fetch_sub(1, Ordering::Relaxed);
-            }
-            Err(_) => {}
+        if let Ok(mut tcp) = connected {
+            open.fetch_add(1, Ordering::Relaxed);
+            let mut buf = [0u8; 256];
+            // Until the server closes it.
+            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+            open.fetch_sub(1, Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         if !first {
