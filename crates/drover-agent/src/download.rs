@@ -122,14 +122,22 @@ async fn save_capped(
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // A fresh, unpredictable name, created exclusively: a link planted in a shared destination
+    // is never followed, and the guard removes the file however this ends (a cancel drops the
+    // future).
     let part = dir.join(format!(
-        ".{}.part",
+        ".{}.{:016x}.part",
         path.file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or("download")
+            .unwrap_or("download"),
+        rand::random::<u64>()
     ));
+    let mut guard = RemoveOnDrop(Some(part.clone()));
     let result = async {
-        let mut file = tokio::fs::File::create(&part)
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)
             .await
             .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
         let mut total = 0u64;
@@ -154,10 +162,21 @@ async fn save_capped(
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
     .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&part).await;
+    if result.is_ok() {
+        guard.0 = None;
     }
     result
+}
+
+/// Removes a file when dropped, unless disarmed (`.0 = None`).
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 fn write(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {

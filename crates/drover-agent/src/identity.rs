@@ -71,7 +71,17 @@ pub fn write_atomic(path: &Path, contents: &[u8], sync: bool) -> Result<(), Agen
     f.write_all(contents)
         .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
         .map_err(AgentError::io("write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(AgentError::io("rename into place", path))
+    std::fs::rename(&tmp, path).map_err(AgentError::io("rename into place", path))?;
+    if sync {
+        // The new name must reach the disk too: the server retires the old certificate once
+        // told this one is saved, and a power cut must not bring the old one back.
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(AgentError::io("flush", dir))?;
+        }
+    }
+    Ok(())
 }
 
 impl Identity {

@@ -56,6 +56,14 @@ struct Ctx<'a> {
     values: &'a BTreeMap<String, ParamValue>,
 }
 
+/// Whether a string is script text, and in which language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script {
+    No,
+    Sh,
+    Pwsh,
+}
+
 impl Ctx<'_> {
     fn is_env(&self, name: &str) -> bool {
         self.doc
@@ -64,14 +72,15 @@ impl Ctx<'_> {
             .is_some_and(|p| p.interpolation_type == Some(InterpolationType::EnvVar))
     }
 
-    /// Interpolates one string; `script` says whether ENV_VAR parameters become `${SSM_x}`.
-    fn string(&self, s: &str, script: bool) -> Value {
+    /// Interpolates one string; in a script, ENV_VAR parameters become a reference to the
+    /// environment variable in the script's language.
+    fn string(&self, s: &str, script: Script) -> Value {
         if let Some(cap) = REFERENCE.captures(s) {
             let whole = cap
                 .get(0)
                 .is_some_and(|m| m.start() == 0 && m.end() == s.len());
             let name = cap.get(1).map(|m| m.as_str()).unwrap_or_default();
-            if whole && !(script && self.is_env(name)) {
+            if whole && !(script != Script::No && self.is_env(name)) {
                 if let Some(v) = self.values.get(name) {
                     if !v.is_string() {
                         return v.clone();
@@ -81,8 +90,13 @@ impl Ctx<'_> {
         }
         let out = REFERENCE.replace_all(s, |cap: &regex::Captures<'_>| {
             let name = cap.get(1).map(|m| m.as_str()).unwrap_or_default();
-            if script && self.is_env(name) {
-                format!("${{SSM_{name}}}")
+            if script != Script::No && self.is_env(name) {
+                match script {
+                    // `${SSM_x}` in PowerShell is a PowerShell variable (empty), not the
+                    // environment's.
+                    Script::Pwsh => format!("$env:SSM_{name}"),
+                    _ => format!("${{SSM_{name}}}"),
+                }
             } else {
                 self.values.get(name).map(as_text).unwrap_or_default()
             }
@@ -90,7 +104,7 @@ impl Ctx<'_> {
         Value::String(out.into_owned())
     }
 
-    fn value(&self, v: &Value, script: bool) -> Value {
+    fn value(&self, v: &Value, script: Script) -> Value {
         match v {
             Value::String(s) => self.string(s, script),
             Value::Array(items) => {
@@ -125,7 +139,12 @@ pub fn resolve(doc: &Document, values: &BTreeMap<String, ParamValue>) -> Resolut
                 .inputs
                 .iter()
                 .map(|(k, v)| {
-                    let script = step.action.runs_script() && k == "runCommand";
+                    let script = match step.action {
+                        _ if k != "runCommand" => Script::No,
+                        Action::RunShellScript => Script::Sh,
+                        Action::RunPowerShellScript => Script::Pwsh,
+                        _ => Script::No,
+                    };
                     (k.clone(), ctx.value(v, script))
                 })
                 .collect();
@@ -136,8 +155,8 @@ pub fn resolve(doc: &Document, values: &BTreeMap<String, ParamValue>) -> Resolut
                 precondition: step.precondition.as_ref().map(|p| {
                     let [l, r] = &p.string_equals;
                     (
-                        as_text(&ctx.string(l, false)),
-                        as_text(&ctx.string(r, false)),
+                        as_text(&ctx.string(l, Script::No)),
+                        as_text(&ctx.string(r, Script::No)),
                     )
                 }),
                 on_failure: step.on_failure,
@@ -201,5 +220,31 @@ mainSteps:
         assert_eq!(step.inputs["workingDirectory"], json!("/tmp"));
         assert_eq!(step.precondition, Some(("Linux".into(), "Linux".into())));
         assert_eq!(r.env["SSM_secret"], "s3cr3t; rm -rf /");
+    }
+
+    #[test]
+    fn powershell_scripts_read_env_var_parameters_from_the_environment() {
+        let doc = crate::parse(
+            r#"
+schemaVersion: "2.2"
+parameters:
+  dir: {type: String, interpolationType: ENV_VAR}
+mainSteps:
+  - action: aws:runPowerShellScript
+    name: p
+    inputs:
+      runCommand: ["Remove-Item -Recurse \"C:\\data\\{{ dir }}\""]
+"#,
+        )
+        .unwrap();
+        let provided = [("dir".to_string(), json!("old"))].into();
+        let values = crate::validate_values(&doc, &provided).unwrap();
+        let r = resolve(&doc, &values);
+        let line = r.steps[0].inputs["runCommand"][0].as_str().unwrap();
+        assert!(line.contains("$env:SSM_dir"), "{line}");
+        assert!(
+            !line.contains("${SSM_dir}") && !line.contains("old"),
+            "{line}"
+        );
     }
 }

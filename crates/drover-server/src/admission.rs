@@ -117,6 +117,7 @@ impl Admission {
     /// Admits a new connection from `addr` as unauthenticated (evicting the oldest one when
     /// the total is reached), or says why not.
     pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Result<Unauthenticated, Refusal> {
+        let addr = source(addr);
         let mut counts = self.lock();
         if counts.per_address.get(&addr).copied().unwrap_or(0)
             >= self.limits.max_unauthenticated_per_address
@@ -166,6 +167,24 @@ impl Admission {
     /// Unauthenticated connections open now (for tests and metrics).
     pub fn unauthenticated(&self) -> usize {
         self.lock().unauthenticated
+    }
+}
+
+/// The source a per-address cap counts: the address, but for IPv6 its /64 (one host's
+/// customary allocation, where it may pick any address it likes).
+fn source(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                for o in octets.iter_mut().skip(8) {
+                    *o = 0;
+                }
+                IpAddr::V6(std::net::Ipv6Addr::from(octets))
+            }
+        },
     }
 }
 
@@ -275,6 +294,18 @@ mod tests {
         // Its address has room again.
         let _a3 = a.admit(one).unwrap();
         assert_eq!(a.unauthenticated(), 3);
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_64_count_as_one_source() {
+        let a = Admission::new(limits());
+        let _first = a.admit("2001:db8:0:1::1".parse().unwrap()).unwrap();
+        let _second = a.admit("2001:db8:0:1:ffff::2".parse().unwrap()).unwrap();
+        assert_eq!(
+            a.admit("2001:db8:0:1::3".parse().unwrap()).err(),
+            Some(Refusal::TooManyFromAddress)
+        );
+        assert!(a.admit("2001:db8:0:2::1".parse().unwrap()).is_ok());
     }
 
     #[test]

@@ -38,15 +38,6 @@ pub async fn serve_agent(
         state.metrics.refused("no_certificate");
         return;
     };
-    // A stolen or cloned certificate must not open more than a couple of tunnels.
-    let _slot = match state.admission.agent(&node_id) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            tracing::info!(node = %node_id, %peer, "agent connection refused: too many connections with this node's certificate");
-            state.metrics.refused(refusal.metric());
-            return;
-        }
-    };
     let (bytes_in, bytes_out) = state.metrics.byte_counters();
     let io = Counting {
         inner: tls,
@@ -240,6 +231,21 @@ async fn session(
         }
         Err(e) => return Err(format!("store: {e:#}")),
     }
+    // A cloned certificate must not hold more than a couple of tunnels. Taken only now, after
+    // the certificate proved current: a retired one cannot take the real agent's slots.
+    let _slot = match state.admission.agent(node_id) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            state.metrics.refused(refusal.metric());
+            return refuse(
+                state,
+                &mut framed,
+                RefuseCode::Other,
+                format!("too many connections with the certificate of node {node_id}"),
+            )
+            .await;
+        }
+    };
     let Some(version) = drover_proto::negotiate(hello.min_version, hello.max_version) else {
         return refuse(
             state,
@@ -413,10 +419,11 @@ async fn renew(state: &AppState, node_id: &NodeId, csr_pem: &str) -> Message {
     }
 }
 
-/// The shortest time between two renewals of one node: a third of the certificate lifetime
-/// (agents renew after two thirds), at most an hour.
+/// The shortest time between two renewals of one node: a sixth of the certificate lifetime, at
+/// most an hour. Agents renew after two thirds of it, so one whose renewal was lost (a reply
+/// that never arrived, a save that failed) can try twice more before the certificate expires.
 fn renewal_interval(lifetime: Duration) -> i64 {
-    i64::try_from((lifetime / 3).min(Duration::from_secs(3600)).as_secs()).unwrap_or(3600)
+    i64::try_from((lifetime / 6).min(Duration::from_secs(3600)).as_secs()).unwrap_or(3600)
 }
 
 /// Refusal of a connection, sent to the agent before closing.

@@ -14,10 +14,11 @@ const MAX_ADDRESSES: usize = 256;
 /// The inventory to store, or what is wrong with it.
 pub(crate) fn validated(inv: &Inventory) -> Result<NodeInventory, String> {
     let text = |name: &str, v: &str| -> Result<String, String> {
-        if v.len() > MAX_FIELD {
+        // Characters, as at registration (and as the OpenAPI document counts them).
+        let chars = v.chars().count();
+        if chars > MAX_FIELD {
             return Err(format!(
-                "inventory {name} is {} bytes; the limit is {MAX_FIELD}",
-                v.len()
+                "inventory {name} is {chars} characters; the limit is {MAX_FIELD}"
             ));
         }
         if v.chars().any(char::is_control) {
@@ -77,7 +78,7 @@ mod tests {
         inv.hostname = "x".repeat(10_000);
         assert!(validated(&inv)
             .unwrap_err()
-            .contains("hostname is 10000 bytes"));
+            .contains("hostname is 10000 characters"));
         let mut inv = good();
         inv.os_name = "Debian\u{1b}[31m red".into();
         assert!(validated(&inv)

@@ -152,17 +152,31 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        // Every body is a JSON object: serde would also build a struct from an array.
-        let value = match Json::<serde_json::Value>::from_request(req, state).await {
-            Ok(Json(v)) => v,
-            Err(e) => return Err(ApiError::BadRequest(e.body_text())),
-        };
-        if !value.is_object() {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| {
+                let t = t.trim();
+                t.eq_ignore_ascii_case("application/json") || t.ends_with("+json")
+            });
+        if !json {
+            return Err(ApiError::BadRequest(
+                "expected a JSON body with 'Content-Type: application/json'".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        // Every body is a JSON object: serde would also build a struct from an array. Parsed
+        // straight into `T`, so a key given twice is refused, not silently overridden.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::BadRequest(
                 "the request body must be a JSON object".into(),
             ));
         }
-        serde_json::from_value(value)
+        serde_json::from_slice(&bytes)
             .map(Body)
             .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
     }

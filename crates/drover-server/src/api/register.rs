@@ -13,8 +13,8 @@ use super::{rfc3339, rules, validate, ApiError, Body};
 use crate::{secrets, AppState};
 
 pub const MAX_CSR_LEN: usize = 16 * 1024;
-/// Addresses a node may report at registration.
-pub const MAX_IPS: usize = 64;
+/// Addresses a node may report at registration (as many as its connection may report later).
+pub const MAX_IPS: usize = 256;
 
 #[utoipa::path(
     post, path = "/api/v1/register",

@@ -342,7 +342,13 @@ async fn stream_once(
     if !first {
         invoke.received = received(ctx, run, id, node).await;
     }
-    let mut ledger = Ledger::new(invoke.output_limit, &invoke.received);
+    let steps = invoke
+        .steps
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("name").and_then(|n| n.as_str()).map(str::to_string));
+    let mut ledger = Ledger::new(invoke.output_limit, steps, &invoke.received);
     let s = tunnel.open().await.ok()?;
     let mut framed = FrameCodec::framed(s);
     framed
