@@ -100,6 +100,8 @@ pub enum InvocationUpdate {
 /// Which invocations to list.
 #[derive(Debug, Clone, Default)]
 pub struct InvocationQuery {
+    /// One invocation by its ID.
+    pub id: Option<String>,
     pub command_id: Option<String>,
     pub node_id: Option<String>,
     pub status: Option<String>,

@@ -87,6 +87,34 @@ ALTER TABLE invocation_steps DROP COLUMN stdout;
 ALTER TABLE invocation_steps DROP COLUMN stderr;
 "#;
 
+/// Invocation counts per command and status, kept by triggers (exact, in the same transaction
+/// as the change), so that progress is read in constant time.
+pub(crate) const MIGRATION_INVOCATION_COUNTS: &str = r#"
+CREATE TABLE invocation_counts (
+    command_id TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (command_id, status)
+) STRICT, WITHOUT ROWID;
+INSERT INTO invocation_counts (command_id, status, n)
+    SELECT command_id, status, COUNT(*) FROM invocations GROUP BY command_id, status;
+CREATE TRIGGER invocation_counts_insert AFTER INSERT ON invocations BEGIN
+    INSERT INTO invocation_counts (command_id, status, n) VALUES (NEW.command_id, NEW.status, 1)
+        ON CONFLICT (command_id, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER invocation_counts_update AFTER UPDATE OF status ON invocations
+    WHEN OLD.status != NEW.status BEGIN
+    UPDATE invocation_counts SET n = n - 1
+        WHERE command_id = OLD.command_id AND status = OLD.status;
+    INSERT INTO invocation_counts (command_id, status, n) VALUES (NEW.command_id, NEW.status, 1)
+        ON CONFLICT (command_id, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER invocation_counts_delete AFTER DELETE ON invocations BEGIN
+    UPDATE invocation_counts SET n = n - 1
+        WHERE command_id = OLD.command_id AND status = OLD.status;
+END;
+"#;
+
 fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Database { what, source }
 }
@@ -384,10 +412,10 @@ pub(crate) fn unfinished_commands(c: &Connection) -> Result<Vec<Command>, StoreE
 }
 
 pub(crate) fn status_counts(c: &Connection, command_id: &str) -> Result<StatusCounts, StoreError> {
+    // Kept by triggers as invocations change: reading them costs the same at 10 or 50,000
+    // invocations (the progress bar asks after every stored batch).
     let mut st = c
-        .prepare_cached(
-            "SELECT status, COUNT(*) FROM invocations WHERE command_id = ?1 GROUP BY status",
-        )
+        .prepare_cached("SELECT status, n FROM invocation_counts WHERE command_id = ?1 AND n > 0")
         .map_err(db("count invocations"))?;
     let rows = st
         .query_map([command_id], |r| {
@@ -418,24 +446,32 @@ pub(crate) fn list_invocations(
     c: &Connection,
     q: &InvocationQuery,
 ) -> Result<Vec<Invocation>, StoreError> {
-    let mut st = c
-        .prepare_cached(
-            "SELECT id, command_id, node_id, node_name, status, status_detail, exit_code, requested_at, started_at, finished_at \
-             FROM invocations WHERE (?1 IS NULL OR command_id = ?1) AND (?2 IS NULL OR node_id = ?2) \
-             AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR id > ?4) ORDER BY id LIMIT ?5",
-        )
-        .map_err(db("list invocations"))?;
+    // Only the filters given are in the statement: `(?1 IS NULL OR col = ?1)` would keep SQLite
+    // from using an index, and every listing would scan the whole history.
+    let mut sql = String::from(
+        "SELECT id, command_id, node_id, node_name, status, status_detail, exit_code, requested_at, \
+         started_at, finished_at FROM invocations WHERE 1 = 1",
+    );
+    let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+    let filters: [(&str, &Option<String>); 5] = [
+        ("id = ?", &q.id),
+        ("command_id = ?", &q.command_id),
+        ("node_id = ?", &q.node_id),
+        ("status = ?", &q.status),
+        ("id > ?", &q.after),
+    ];
+    for (clause, value) in filters {
+        if let Some(v) = value {
+            args.push(v);
+            sql.push_str(&format!(" AND {clause}{}", args.len()));
+        }
+    }
+    let limit = q.limit.max(1) as i64;
+    args.push(&limit);
+    sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+    let mut st = c.prepare_cached(&sql).map_err(db("list invocations"))?;
     let mut rows = st
-        .query_map(
-            params![
-                q.command_id,
-                q.node_id,
-                q.status,
-                q.after,
-                q.limit.max(1) as i64
-            ],
-            inv_row,
-        )
+        .query_map(args.as_slice(), inv_row)
         .and_then(|r| r.collect::<Result<Vec<_>, _>>())
         .map_err(db("list invocations"))?;
     if q.with_steps {

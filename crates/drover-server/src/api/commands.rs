@@ -325,6 +325,7 @@ pub async fn invocations(
             with_steps: q.output.unwrap_or(false),
             // A summary shows the first SUMMARY_CHARS; one more chunk tells it was cut.
             output_cap: Some(SUMMARY_CHARS + 1),
+            id: None,
         })
         .await?;
     let more = rows.len() > limit;

@@ -206,7 +206,7 @@ async fn deliver(ctx: &Ctx, run: &Run, id: &str, node: &NodeId, resumed: bool) -
                 _ = ctx.stop.cancelled() => return String::new(),
             }
         };
-        match stream(ctx, run, id, node, &tunnel, &mut exec_deadline).await {
+        match stream(ctx, run, id, &tunnel, &mut exec_deadline).await {
             Some(status) => return status,
             None if ctx.stop.is_cancelled() => return String::new(),
             // The connection was lost, or the store refused part of the result: wait for the
@@ -265,10 +265,9 @@ async fn refuse_progress(
 }
 
 /// What the store already has of the invocation's output, so the agent replays from there.
-async fn received(ctx: &Ctx, run: &Run, id: &str, node: &NodeId) -> BTreeMap<String, [u64; 2]> {
+async fn received(ctx: &Ctx, id: &str) -> BTreeMap<String, [u64; 2]> {
     let q = InvocationQuery {
-        command_id: Some(run.command_id.clone()),
-        node_id: Some(node.to_string()),
+        id: Some(id.to_string()),
         limit: 1,
         with_steps: true,
         // Only the byte counts.
@@ -298,12 +297,11 @@ async fn stream(
     ctx: &Ctx,
     run: &Run,
     id: &str,
-    node: &NodeId,
     tunnel: &Tunnel,
     exec_deadline: &mut Option<Instant>,
 ) -> Option<String> {
     tokio::select! {
-        r = stream_once(ctx, run, id, node, tunnel, exec_deadline) => r,
+        r = stream_once(ctx, run, id, tunnel, exec_deadline) => r,
         _ = tunnel.closed() => None,
     }
 }
@@ -312,7 +310,6 @@ async fn stream_once(
     ctx: &Ctx,
     run: &Run,
     id: &str,
-    node: &NodeId,
     tunnel: &Tunnel,
     exec_deadline: &mut Option<Instant>,
 ) -> Option<String> {
@@ -340,7 +337,7 @@ async fn stream_once(
     invoke.invocation_id = id.to_string();
     invoke.command_id = run.command_id.clone();
     if !first {
-        invoke.received = received(ctx, run, id, node).await;
+        invoke.received = received(ctx, id).await;
     }
     let steps = invoke
         .steps

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX invocations_command_status ON invocations(command_id, status);",
     super::certs::MIGRATION,
     crate::sqlite_commands::MIGRATION_OUTPUT_CHUNKS,
+    crate::sqlite_commands::MIGRATION_INVOCATION_COUNTS,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"
