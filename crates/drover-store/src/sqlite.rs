@@ -47,6 +47,10 @@ impl SqliteStore {
              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
         )
         .map_err(open_err)?;
+        // rusqlite keeps 16 prepared statements by default; the hot paths use more than that
+        // (listings are built from the filters given), and a miss parses the SQL again: 6 % of
+        // the server's samples at 10,000 nodes.
+        conn.set_prepared_statement_cache_capacity(256);
         migrate(&mut conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
