@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::process::{cpu_ms, fd_count, memory_kib, Proc};
 use crate::{
-    build_release, log, memory_kib, online_count, release_bin, root, run, start_server, target_dir,
-    wait_online, Proc,
+    build_release, log, online_count, release_bin, root, run, start_server, target_dir, wait_online,
 };
 
 struct Fleet {
@@ -106,17 +106,6 @@ fn run_once(cli_config: &Path, targets: &[&str]) -> Result<(Duration, usize)> {
         );
     }
     Ok((elapsed, oks))
-}
-
-/// CPU time (user and system) that process `pid` has used, in milliseconds.
-fn cpu_ms(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name, counted
-    // from 0 at the state (field 3). In clock ticks of 10 ms (USER_HZ = 100).
-    let field = |i: usize| -> f64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0.0) };
-    Ok((field(11) + field(12)) * 10.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -296,11 +285,6 @@ pub fn bench_fanout(args: &[String], build: bool) -> Result<()> {
         bail!("fanout.sh failed: {status}");
     }
     Ok(())
-}
-
-/// Open file descriptors of process `pid`.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 /// `bench stress [--agents N] [--slow M]`: M slow clients (the `slowloris` binary: half a TLS

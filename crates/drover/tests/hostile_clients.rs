@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use drover_proto::{Hello, Inventory, Message, StreamKind, StreamOpen};
+use drover_proto::{Message, StreamKind, StreamOpen};
 use drover_testkit::{wait_status, wire, Env, Server, DEADLINE};
 use drover_tunnel::{FrameCodec, Tunnel};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -256,37 +256,22 @@ async fn a_node_certificate_cannot_pin_connections_streams_or_time() -> anyhow::
     tunnel_closed(first).await?;
 
     // After its Hello, an agent that opens a second stream is disconnected.
-    let tunnel = connect(&server, identity.client_auth()?).await?;
-    let mut control = FrameCodec::framed(tunnel.open().await?);
-    control
-        .send(Message::Open(StreamOpen {
-            kind: StreamKind::Control,
-        }))
-        .await?;
-    control
-        .send(Message::Hello(Hello {
-            min_version: 1,
-            max_version: 1,
-            inventory: Inventory::default(),
-        }))
-        .await?;
-    match tokio::time::timeout(DEADLINE, control.next()).await? {
-        Some(Ok(Message::Welcome(_))) => {}
-        other => panic!("expected a welcome, got {other:?}"),
-    }
+    let wire::Hand {
+        tunnel,
+        mut control,
+        answer,
+        ..
+    } = wire::hello(&server, identity.client_auth()?).await?;
+    assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
     let mut extra = tunnel.open().await?;
     extra
         .write_all(&encode(&[Message::Ping { seq: 1 }]))
         .await?;
     extra.flush().await?;
-    let said = loop {
-        match tokio::time::timeout(DEADLINE, control.next()).await? {
-            Some(Ok(Message::Error { code, .. })) => break code,
-            Some(Ok(_)) => continue,
-            other => panic!("expected an error naming the stream, got {other:?}"),
-        }
-    };
-    assert_eq!(said, "unexpected_stream");
+    match wire::next(&mut control).await? {
+        Message::Error { code, .. } => assert_eq!(code, "unexpected_stream"),
+        other => panic!("expected an error naming the stream, got {other:?}"),
+    }
     tunnel_closed(&tunnel).await?;
     Ok(())
 }
@@ -313,14 +298,8 @@ async fn a_renewal_retires_the_old_certificate_and_renewals_are_rate_limited() -
             csr_pem: key.csr_pem,
         })
         .await?;
-    let reply = loop {
-        match tokio::time::timeout(DEADLINE, control.next()).await? {
-            Some(Ok(Message::Ping { .. } | Message::Pong { .. })) => continue,
-            other => break other,
-        }
-    };
-    match reply {
-        Some(Ok(Message::Error { code, message })) => {
+    match wire::next(&mut control).await? {
+        Message::Error { code, message } => {
             assert_eq!(code, "renewal_failed");
             assert!(
                 message.contains("renewals are allowed once every 4 s"),

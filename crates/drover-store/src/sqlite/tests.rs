@@ -240,38 +240,49 @@ fn output(offset: i64, data: &str) -> InvocationUpdate {
     }
 }
 
+fn status(st: &str) -> InvocationUpdate {
+    InvocationUpdate::Status {
+        invocation_id: "inv-1".into(),
+        status: st.into(),
+        detail: String::new(),
+        exit_code: Some(0),
+        at: 5,
+    }
+}
+
+fn step_started() -> InvocationUpdate {
+    InvocationUpdate::StepStarted {
+        invocation_id: "inv-1".into(),
+        step: "s".into(),
+    }
+}
+
+fn step_finished() -> InvocationUpdate {
+    InvocationUpdate::StepFinished {
+        invocation_id: "inv-1".into(),
+        step: "s".into(),
+        status: "Success".into(),
+        exit_code: 0,
+        truncated: false,
+    }
+}
+
 #[tokio::test]
 async fn replayed_output_is_stored_once_and_final_statuses_stay_final() {
     let (_d, s) = store().await;
     s.create_command(&command("cmd-1"), &[invocation("inv-1")])
         .await
         .unwrap();
-    let status = |st: &str| InvocationUpdate::Status {
-        invocation_id: "inv-1".into(),
-        status: st.into(),
-        detail: String::new(),
-        exit_code: Some(0),
-        at: 5,
-    };
     s.apply_invocation_updates(&[
         status("InProgress"),
-        InvocationUpdate::StepStarted {
-            invocation_id: "inv-1".into(),
-            step: "s".into(),
-        },
+        step_started(),
         output(0, "hello "),
         output(6, "world\n"),
         // A replay after a reconnect: already stored, skipped.
         output(0, "hello "),
         output(6, "world\n"),
         output(12, "again\n"),
-        InvocationUpdate::StepFinished {
-            invocation_id: "inv-1".into(),
-            step: "s".into(),
-            status: "Success".into(),
-            exit_code: 0,
-            truncated: false,
-        },
+        step_finished(),
         status("Success"),
         // Late news from a stale delivery cannot undo a final status.
         status("InProgress"),
@@ -498,32 +509,11 @@ async fn no_hot_statement_scans_a_table_that_grows_with_history() {
     .await
     .unwrap();
     s.apply_invocation_updates(&[
-        InvocationUpdate::Status {
-            invocation_id: "inv-1".into(),
-            status: "InProgress".into(),
-            detail: String::new(),
-            exit_code: None,
-            at: 5,
-        },
-        InvocationUpdate::StepStarted {
-            invocation_id: "inv-1".into(),
-            step: "s".into(),
-        },
+        status("InProgress"),
+        step_started(),
         output(0, "hello"),
-        InvocationUpdate::StepFinished {
-            invocation_id: "inv-1".into(),
-            step: "s".into(),
-            status: "Success".into(),
-            exit_code: 0,
-            truncated: false,
-        },
-        InvocationUpdate::Status {
-            invocation_id: "inv-1".into(),
-            status: "Success".into(),
-            detail: String::new(),
-            exit_code: Some(0),
-            at: 6,
-        },
+        step_finished(),
+        status("Success"),
     ])
     .await
     .unwrap();
