@@ -146,9 +146,18 @@ pub async fn send(
     }
     let max_concurrency = req.max_concurrency.unwrap_or_else(|| "50".into());
     let max_errors = req.max_errors.unwrap_or_else(|| "0".into());
-    let rate = "a number, or a percentage of the targets from 1% to 100%";
-    validate::pattern("max_concurrency", rules::RATE, &max_concurrency, rate)?;
-    validate::pattern("max_errors", rules::RATE_OR_ZERO, &max_errors, rate)?;
+    validate::pattern(
+        "max_concurrency",
+        rules::RATE,
+        &max_concurrency,
+        "a number from 1, or a percentage of the targets from 1% to 100%",
+    )?;
+    validate::pattern(
+        "max_errors",
+        rules::RATE_OR_ZERO,
+        &max_errors,
+        "a number from 0, or a percentage of the targets from 0% to 100%",
+    )?;
     let output_limit = validate::range(
         "output_limit",
         req.output_limit.unwrap_or(DEFAULT_OUTPUT_LIMIT),
