@@ -264,6 +264,9 @@ pub struct CommandView {
     /// Changes whenever progress is stored; pass as `seen` to `wait`.
     #[serde(default)]
     pub version: u64,
+    /// The retention policy deleted this command's output; statuses and exit codes remain.
+    #[serde(default)]
+    pub output_pruned: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

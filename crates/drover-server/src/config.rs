@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// This machine's hostname, put in the server certificate.
     pub hostname: String,
+    /// How much command history to keep.
+    pub retention: crate::retention::RetentionPolicy,
 }
 
 impl ServerConfig {
@@ -45,6 +47,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             metrics_public: false,
             hostname: String::new(),
+            retention: crate::retention::RetentionPolicy::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ mod inventory;
 mod listener;
 mod metrics;
 mod registry;
+mod retention;
 mod secrets;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ pub use config::{ServerConfig, DEFAULT_LISTEN};
 pub use datadir::DataDir;
 pub use error::ServerError;
 pub use registry::Registry;
+pub use retention::RetentionPolicy;
 
 use drover_store::Store;
 
@@ -109,7 +111,16 @@ impl Server {
             updates,
             ..
         } = self;
+        let stop_pruning = tokio_util::sync::CancellationToken::new();
+        let pruning = tokio::spawn(retention::run(
+            state.store.clone(),
+            state.config.retention.clone(),
+            state.metrics.clone(),
+            stop_pruning.clone(),
+        ));
         listener::serve(state.clone(), tls, listener, shutdown).await;
+        stop_pruning.cancel();
+        let _ = pruning.await;
         state.commands.shutdown(state.config.shutdown_grace).await;
         updates.finish().await;
         state.registry.close_all();

@@ -26,6 +26,7 @@ struct Inner {
     pub bytes: Family<Direction, Counter>,
     pub commands: Counter,
     pub invocations: Family<Vec<(&'static str, String)>, Counter>,
+    pub pruned: Family<Direction, Counter>,
 }
 
 impl Metrics {
@@ -75,8 +76,15 @@ impl Metrics {
             "Invocations ended, by final status (Success, Failed, TimedOut, DeliveryTimedOut, Cancelled)",
             invocations.clone(),
         );
+        let pruned = Family::default();
+        registry.register(
+            "history_pruned",
+            "Command history removed by the retention policy: invocation outputs, invocations, commands",
+            pruned.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                pruned,
                 commands,
                 invocations,
                 registry,
@@ -98,6 +106,19 @@ impl Metrics {
     pub fn disconnected(&self) {
         self.inner.agents_connected.dec();
         self.inner.agent_disconnects.inc();
+    }
+
+    pub fn pruned(&self, p: &drover_store::Pruned) {
+        for (what, n) in [
+            ("output", p.outputs),
+            ("invocation", p.invocations),
+            ("command", p.commands),
+        ] {
+            self.inner
+                .pruned
+                .get_or_create(&vec![("what", what)])
+                .inc_by(n);
+        }
     }
 
     pub fn refused(&self, reason: &str) {

@@ -36,6 +36,8 @@ pub struct Command {
     /// The payload sent to agents (the resolved steps and what they need), JSON.
     pub payload: String,
     pub cancel_requested: bool,
+    /// Its output was deleted by the retention policy (results and byte counts remain).
+    pub output_pruned: bool,
 }
 
 /// One node's part of a command.
@@ -116,3 +118,28 @@ pub struct InvocationQuery {
 
 /// Counts of a command's invocations by status.
 pub type StatusCounts = BTreeMap<String, i64>;
+
+/// How much command history the store keeps. Only finished commands are ever pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Commands created before this time (Unix seconds) are deleted with everything they hold.
+    pub delete_before: i64,
+    /// Past this many stored invocations, the oldest commands are deleted, whatever their age.
+    pub max_invocations: u64,
+    /// The output of commands created before this time is deleted; their results (statuses,
+    /// exit codes, byte counts) stay until the command itself goes.
+    pub output_before: i64,
+}
+
+/// What one pruning batch removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Invocations whose output was deleted (their results kept).
+    pub outputs: u64,
+    /// Invocations deleted, with their steps and output.
+    pub invocations: u64,
+    /// Commands deleted (their last invocation gone).
+    pub commands: u64,
+    /// The batch used its whole budget: there may be more to prune.
+    pub more: bool,
+}

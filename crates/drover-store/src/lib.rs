@@ -212,4 +212,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         updates: &[InvocationUpdate],
     ) -> Result<(), StoreError>;
+    /// One short transaction of pruning by `retention`: at most `budget` invocations lose their
+    /// output or are deleted. Call again while [`Pruned::more`]; other calls run in between.
+    async fn prune_history(
+        &self,
+        retention: &Retention,
+        budget: usize,
+    ) -> Result<Pruned, StoreError>;
 }

@@ -57,6 +57,20 @@ impl SqliteStore {
         })
     }
 
+    /// Fills the history with `commands` finished commands of `per_command` successful
+    /// invocations each, the oldest created at `first_created_at` (Unix seconds) and one second
+    /// apart; returns the number of invocations added. Blocking. For benchmarks and tests of a
+    /// server with a long history: the server never calls it.
+    pub fn seed_history(
+        &self,
+        commands: usize,
+        per_command: usize,
+        first_created_at: i64,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::WorkerGone)?;
+        sc::seed_history(&mut conn, commands, per_command, first_created_at)
+    }
+
     /// Runs `f` with the connection on a blocking thread.
     pub(crate) async fn call<T, E>(
         &self,
@@ -588,6 +602,15 @@ impl Store for SqliteStore {
         let u = updates.to_vec();
         self.call(move |c| sc::apply_invocation_updates(c, &u))
             .await
+    }
+
+    async fn prune_history(
+        &self,
+        retention: &Retention,
+        budget: usize,
+    ) -> Result<Pruned, StoreError> {
+        let r = *retention;
+        self.call(move |c| sc::prune_history(c, &r, budget)).await
     }
 }
 

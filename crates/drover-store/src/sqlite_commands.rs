@@ -115,6 +115,31 @@ CREATE TRIGGER invocation_counts_delete AFTER DELETE ON invocations BEGIN
 END;
 "#;
 
+/// Retention: commands listed and pruned oldest first by an index on their age, a partial index
+/// on the ones whose output is still kept (so finding the next one to prune never walks the
+/// pruned ones), where output pruning got to in a command, the command being deleted (over
+/// several batches: it is finished whatever the policy says by then), and the number of stored invocations
+/// kept by triggers (the count limit is checked without counting).
+pub(crate) const MIGRATION_RETENTION: &str = r#"
+ALTER TABLE commands ADD COLUMN output_pruned INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE commands ADD COLUMN prune_cursor TEXT NOT NULL DEFAULT '';
+ALTER TABLE commands ADD COLUMN deleting INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX commands_deleting ON commands(id) WHERE deleting = 1;
+CREATE INDEX commands_created ON commands(created_at, id);
+CREATE INDEX commands_output_kept ON commands(created_at, id) WHERE output_pruned = 0;
+CREATE TABLE history_size (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    invocations INTEGER NOT NULL
+) STRICT;
+INSERT INTO history_size (id, invocations) SELECT 1, COUNT(*) FROM invocations;
+CREATE TRIGGER history_size_insert AFTER INSERT ON invocations BEGIN
+    UPDATE history_size SET invocations = invocations + 1 WHERE id = 1;
+END;
+CREATE TRIGGER history_size_delete AFTER DELETE ON invocations BEGIN
+    UPDATE history_size SET invocations = invocations - 1 WHERE id = 1;
+END;
+"#;
+
 fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Database { what, source }
 }
@@ -294,7 +319,7 @@ pub(crate) fn delete_document(c: &mut Connection, name: &str) -> Result<(), Stor
 const CMD_COLS: &str =
     "id, document_name, document_version, parameters, targets, max_concurrency, \
      max_errors, delivery_timeout_secs, execution_timeout_secs, output_limit, comment, created_at, \
-     status, payload, cancel_requested";
+     status, payload, cancel_requested, output_pruned";
 
 fn cmd_row(r: &Row<'_>) -> rusqlite::Result<Command> {
     let targets: String = r.get(4)?;
@@ -314,6 +339,7 @@ fn cmd_row(r: &Row<'_>) -> rusqlite::Result<Command> {
         status: r.get(12)?,
         payload: r.get(13)?,
         cancel_requested: r.get(14)?,
+        output_pruned: r.get(15)?,
     })
 }
 
@@ -324,12 +350,13 @@ pub(crate) fn create_command(
 ) -> Result<(), StoreError> {
     let tx = c.transaction().map_err(db("create a command"))?;
     tx.execute(
-        &format!("INSERT INTO commands ({CMD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+        &format!("INSERT INTO commands ({CMD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
         params![
             cmd.id, cmd.document_name, cmd.document_version, cmd.parameters,
             serde_json::to_string(&cmd.targets).unwrap_or_default(), cmd.max_concurrency,
             cmd.max_errors, cmd.delivery_timeout_secs, cmd.execution_timeout_secs, cmd.output_limit,
-            cmd.comment, cmd.created_at, cmd.status, cmd.payload, cmd.cancel_requested
+            cmd.comment, cmd.created_at, cmd.status, cmd.payload, cmd.cancel_requested,
+            cmd.output_pruned
         ],
     )
     .map_err(db("create a command"))?;
@@ -372,16 +399,28 @@ pub(crate) fn list_commands(
     before: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Command>, StoreError> {
-    let sql = format!(
-        "SELECT {CMD_COLS} FROM commands WHERE (?1 IS NULL OR (created_at, id) < \
-         (SELECT created_at, id FROM commands WHERE id = ?1)) ORDER BY created_at DESC, id DESC LIMIT ?2"
-    );
-    let mut st = c.prepare(&sql).map_err(db("list commands"))?;
-    let rows = st
-        .query_map(params![before, limit as i64], cmd_row)
-        .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-        .map_err(db("list commands"))?;
-    Ok(rows)
+    // Two statements rather than `?1 IS NULL OR ...`, so that both walk `commands_created`
+    // and stop at the limit.
+    let read = |sql: String, args: &[&dyn rusqlite::ToSql]| {
+        let mut st = c.prepare_cached(&sql)?;
+        let rows: rusqlite::Result<Vec<Command>> = st.query_map(args, cmd_row)?.collect();
+        rows
+    };
+    let (order, limit) = ("ORDER BY created_at DESC, id DESC LIMIT", limit as i64);
+    match before {
+        Some(before) => read(
+            format!(
+                "SELECT {CMD_COLS} FROM commands WHERE (created_at, id) < \
+                 (SELECT created_at, id FROM commands WHERE id = ?1) {order} ?2"
+            ),
+            &[&before, &limit],
+        ),
+        None => read(
+            format!("SELECT {CMD_COLS} FROM commands {order} ?1"),
+            &[&limit],
+        ),
+    }
+    .map_err(db("list commands"))
 }
 
 pub(crate) fn set_command_status(
@@ -630,4 +669,172 @@ pub(crate) fn apply_invocation_updates(
         }
     }
     tx.commit().map_err(db("record invocation progress"))
+}
+
+/// Statuses of a command still running: never pruned.
+const UNFINISHED: &str = "('Pending', 'InProgress', 'Cancelling')";
+
+pub(crate) fn prune_history(
+    c: &mut Connection,
+    r: &Retention,
+    budget: usize,
+) -> Result<Pruned, StoreError> {
+    let err = db("prune the history");
+    let tx = c.transaction().map_err(err)?;
+    let mut done = Pruned::default();
+    let mut left = budget.max(1);
+    // Output first: it is most of the bytes, and kept for the shorter time.
+    while left > 0 {
+        let next: Option<(String, String)> = tx
+            .prepare_cached(&format!(
+                "SELECT id, prune_cursor FROM commands WHERE output_pruned = 0 AND created_at < ?1 \
+                 AND status NOT IN {UNFINISHED} ORDER BY created_at, id LIMIT 1"
+            ))
+            .and_then(|mut st| {
+                st.query_row([r.output_before], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(db("prune the history"))?;
+        let Some((command, cursor)) = next else { break };
+        let ids = invocation_ids(&tx, &command, &cursor, left)?;
+        for id in &ids {
+            tx.prepare_cached("DELETE FROM output_chunks WHERE invocation_id = ?1")
+                .and_then(|mut st| st.execute([id]))
+                .map_err(db("prune output"))?;
+        }
+        done.outputs += ids.len() as u64;
+        let finished = ids.len() < left;
+        left -= ids.len();
+        let cursor = ids.last().cloned().unwrap_or(cursor);
+        tx.prepare_cached(
+            "UPDATE commands SET output_pruned = ?2, prune_cursor = ?3 WHERE id = ?1",
+        )
+        .and_then(|mut st| st.execute(params![command, finished, cursor]))
+        .map_err(db("prune output"))?;
+    }
+    // Then whole commands: past their age, or the oldest while there are too many invocations.
+    while left > 0 {
+        let stored: i64 = tx
+            .prepare_cached("SELECT invocations FROM history_size WHERE id = 1")
+            .and_then(|mut st| st.query_row([], |row| row.get(0)))
+            .optional()
+            .map_err(db("prune the history"))?
+            .unwrap_or(0);
+        let over = u64::try_from(stored).unwrap_or(0) > r.max_invocations;
+        let before = if over { i64::MAX } else { r.delete_before };
+        let started: Option<String> = tx
+            .prepare_cached("SELECT id FROM commands WHERE deleting = 1 LIMIT 1")
+            .and_then(|mut st| st.query_row([], |row| row.get(0)).optional())
+            .map_err(db("prune the history"))?;
+        let next = match started {
+            Some(id) => Some(id),
+            None => tx
+                .prepare_cached(&format!(
+                    "SELECT id FROM commands WHERE created_at < ?1 AND status NOT IN {UNFINISHED} \
+                     ORDER BY created_at, id LIMIT 1"
+                ))
+                .and_then(|mut st| st.query_row([before], |row| row.get(0)).optional())
+                .map_err(db("prune the history"))?,
+        };
+        let Some(command) = next else { break };
+        tx.prepare_cached("UPDATE commands SET deleting = 1 WHERE id = ?1 AND deleting = 0")
+            .and_then(|mut st| st.execute([&command]))
+            .map_err(db("prune a command"))?;
+        let ids = invocation_ids(&tx, &command, "", left)?;
+        for id in &ids {
+            for sql in [
+                "DELETE FROM output_chunks WHERE invocation_id = ?1",
+                "DELETE FROM invocation_steps WHERE invocation_id = ?1",
+                "DELETE FROM invocations WHERE id = ?1",
+            ] {
+                tx.prepare_cached(sql)
+                    .and_then(|mut st| st.execute([id]))
+                    .map_err(db("prune an invocation"))?;
+            }
+        }
+        done.invocations += ids.len() as u64;
+        if ids.len() == left {
+            left = 0;
+            break;
+        }
+        left -= ids.len();
+        for sql in [
+            "DELETE FROM invocation_counts WHERE command_id = ?1",
+            "DELETE FROM commands WHERE id = ?1",
+        ] {
+            tx.prepare_cached(sql)
+                .and_then(|mut st| st.execute([&command]))
+                .map_err(db("prune a command"))?;
+        }
+        done.commands += 1;
+    }
+    tx.commit().map_err(db("prune the history"))?;
+    done.more = left == 0;
+    Ok(done)
+}
+
+/// Up to `limit` invocation IDs of a command, in order, after `after`.
+fn invocation_ids(
+    c: &Connection,
+    command: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    c.prepare_cached(
+        "SELECT id FROM invocations WHERE command_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )
+    .and_then(|mut st| {
+        st.query_map(params![command, after, limit as i64], |row| row.get(0))
+            .and_then(|rows| rows.collect::<Result<Vec<String>, _>>())
+    })
+    .map_err(db("prune the history"))
+}
+
+/// Fills the history with `commands` finished commands of `per_command` successful invocations
+/// each (one step that printed `ok`), the oldest created at `first_created_at` and one second
+/// apart. For benchmarks and tests of a server with a long history; the server never calls it.
+pub(crate) fn seed_history(
+    c: &mut Connection,
+    commands: usize,
+    per_command: usize,
+    first_created_at: i64,
+) -> Result<u64, StoreError> {
+    let err = db("seed the history");
+    let tx = c.transaction().map_err(err)?;
+    let mut n = 0u64;
+    for k in 0..commands {
+        let at = first_created_at + k as i64;
+        let command = format!("cmd-seed-{k:08}");
+        tx.prepare_cached(&format!(
+            "INSERT INTO commands ({CMD_COLS}) VALUES (?1, 'AWS-RunShellScript', '1', '{{}}', \
+             '[\"all\"]', '50', '0', 600, 3600, 2500, 'seeded history', ?2, 'Success', '{{}}', 0, 0)"
+        ))
+        .and_then(|mut st| st.execute(params![command, at]))
+        .map_err(db("seed the history"))?;
+        for i in 0..per_command {
+            let id = format!("inv-seed-{k:08}-{i:06}");
+            let node = format!("seed-node-{i:06}");
+            tx.prepare_cached(
+                "INSERT INTO invocations (id, command_id, node_id, node_name, status, exit_code, \
+                 requested_at, started_at, finished_at) VALUES (?1, ?2, ?3, ?3, 'Success', 0, ?4, ?4, ?4)",
+            )
+            .and_then(|mut st| st.execute(params![id, command, node, at]))
+            .map_err(db("seed the history"))?;
+            tx.prepare_cached(
+                "INSERT INTO invocation_steps (invocation_id, position, name, status, exit_code, \
+                 stdout_bytes) VALUES (?1, 0, 'runShellScript', 'Success', 0, 3)",
+            )
+            .and_then(|mut st| st.execute([&id]))
+            .map_err(db("seed the history"))?;
+            tx.prepare_cached(
+                "INSERT INTO output_chunks (invocation_id, step, stream, offset, data) \
+                 VALUES (?1, 'runShellScript', 0, 0, 'ok\n')",
+            )
+            .and_then(|mut st| st.execute([&id]))
+            .map_err(db("seed the history"))?;
+            n += 1;
+        }
+    }
+    tx.commit().map_err(db("seed the history"))?;
+    Ok(n)
 }

@@ -250,6 +250,21 @@ pub struct ServerArgs {
     /// Most connections not yet authenticated from one IP address [default: 256].
     #[arg(long, env = "DROVER_MAX_UNAUTHENTICATED_PER_ADDRESS")]
     pub max_unauthenticated_per_address: Option<usize>,
+    /// Delete commands older than this, with their results and output, e.g. 90d
+    /// [default: 90d].
+    #[arg(long, env = "DROVER_HISTORY_MAX_AGE")]
+    pub history_max_age: Option<String>,
+    /// Keep at most this many invocations: past it the oldest commands are deleted
+    /// [default: 1000000].
+    #[arg(long, env = "DROVER_HISTORY_MAX_INVOCATIONS")]
+    pub history_max_invocations: Option<u64>,
+    /// Delete the output of commands older than this, keeping their results, e.g. 30d
+    /// [default: 30d].
+    #[arg(long, env = "DROVER_OUTPUT_MAX_AGE")]
+    pub output_max_age: Option<String>,
+    /// How often to look for history to delete, e.g. 10m [default: 10m].
+    #[arg(long, env = "DROVER_PRUNE_INTERVAL")]
+    pub prune_interval: Option<String>,
     /// TOML file with the same settings (flags and environment win).
     #[arg(long, env = "DROVER_CONFIG_FILE")]
     pub config: Option<PathBuf>,

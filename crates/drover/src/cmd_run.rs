@@ -209,6 +209,9 @@ async fn report(
     format: RunFormat,
 ) -> anyhow::Result<ExitCode> {
     let invocations = c.list_invocations(&cmd.id, true).await?;
+    if cmd.output_pruned {
+        eprintln!("{PRUNED}");
+    }
     match format {
         RunFormat::Json => {
             let v = serde_json::json!({ "command": cmd, "invocations": invocations });
@@ -314,6 +317,9 @@ fn print_folded(cmd: &CommandView, invocations: &[InvocationView]) {
             .join(", ")
     );
 }
+
+const PRUNED: &str = "note: the retention policy deleted this command's output \
+     (server setting output_max_age); statuses and exit codes remain";
 
 pub async fn commands(cmd: CommandsCommand) -> anyhow::Result<ExitCode> {
     let c = client()?;
@@ -437,6 +443,13 @@ pub async fn invocations(cmd: InvocationsCommand) -> anyhow::Result<ExitCode> {
                                 ""
                             }
                         );
+                    }
+                    let silent = inv
+                        .steps
+                        .iter()
+                        .all(|s| s.stdout.is_empty() && s.stderr.is_empty());
+                    if silent && c.get_command(&id).await?.output_pruned {
+                        eprintln!("{PRUNED}");
                     }
                     if !found {
                         if let Some(want) = &step {

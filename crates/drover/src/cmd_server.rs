@@ -29,6 +29,10 @@ struct FileConfig {
     handshake_timeout: Option<String>,
     max_unauthenticated: Option<usize>,
     max_unauthenticated_per_address: Option<usize>,
+    history_max_age: Option<String>,
+    history_max_invocations: Option<u64>,
+    output_max_age: Option<String>,
+    prune_interval: Option<String>,
 }
 
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration, UsageError> {
@@ -125,6 +129,56 @@ pub fn build_config(args: ServerArgs) -> Result<ServerConfig, UsageError> {
             .or(file.max_unauthenticated_per_address),
         config.limits.max_unauthenticated_per_address,
     )?;
+    let age = |what: &str, v: Option<String>, default: Duration, min: Duration| match v {
+        None => Ok(default),
+        Some(s) => {
+            let d = parse_duration(what, &s)?;
+            if d < min || d > Duration::from_secs(100 * 365 * 86400) {
+                return Err(UsageError(format!(
+                    "{what} {s:?} is out of range: from {} to 100y",
+                    humantime::format_duration(min)
+                )));
+            }
+            Ok(d)
+        }
+    };
+    let r = &mut config.retention;
+    r.max_age = age(
+        "history_max_age",
+        args.history_max_age.or(file.history_max_age),
+        r.max_age,
+        Duration::from_secs(1),
+    )?;
+    r.output_max_age = age(
+        "output_max_age",
+        args.output_max_age.or(file.output_max_age),
+        r.output_max_age,
+        Duration::from_secs(1),
+    )?;
+    r.interval = age(
+        "prune_interval",
+        args.prune_interval.or(file.prune_interval),
+        r.interval,
+        Duration::from_secs(1),
+    )?;
+    if r.interval > Duration::from_secs(86400) {
+        return Err(UsageError(format!(
+            "prune_interval {} is out of range: from 1s to 1d",
+            humantime::format_duration(r.interval)
+        )));
+    }
+    r.max_invocations = match args
+        .history_max_invocations
+        .or(file.history_max_invocations)
+    {
+        Some(0) => {
+            return Err(UsageError(
+                "history_max_invocations must be at least 1".into(),
+            ))
+        }
+        Some(n) => n,
+        None => r.max_invocations,
+    };
     config.hostname = rustix_hostname();
     Ok(config)
 }

@@ -42,6 +42,7 @@ async fn view(state: &AppState, c: Command) -> Result<CommandView, ApiError> {
         counts,
         done,
         version: *state.commands.updates().changed().borrow(),
+        output_pruned: c.output_pruned,
         id: c.id,
     })
 }

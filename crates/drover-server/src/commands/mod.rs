@@ -234,6 +234,7 @@ impl Commands {
             status: "Pending".into(),
             payload: serde_json::to_string(&payload.invoke).unwrap_or_default(),
             cancel_requested: false,
+            output_pruned: false,
         };
         self.ctx
             .store

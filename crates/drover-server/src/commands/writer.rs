@@ -272,6 +272,7 @@ mod tests {
             status: "Pending".into(),
             payload: "{}".into(),
             cancel_requested: false,
+            output_pruned: false,
         }
     }
 

@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     super::certs::MIGRATION,
     crate::sqlite_commands::MIGRATION_OUTPUT_CHUNKS,
     crate::sqlite_commands::MIGRATION_INVOCATION_COUNTS,
+    crate::sqlite_commands::MIGRATION_RETENTION,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"

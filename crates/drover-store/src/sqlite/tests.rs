@@ -210,6 +210,7 @@ fn command(id: &str) -> Command {
         status: "Pending".into(),
         payload: "{}".into(),
         cancel_requested: false,
+        output_pruned: false,
     }
 }
 
@@ -552,6 +553,24 @@ async fn no_hot_statement_scans_a_table_that_grows_with_history() {
     s.status_counts("cmd-1").await.unwrap();
     s.get_command("cmd-1").await.unwrap();
     s.get_node(&node.id).await.unwrap();
+    s.list_commands(None, 50).await.unwrap();
+    s.list_commands(Some("cmd-old10"), 50).await.unwrap();
+    // Pruning is not on the hot path, but it runs beside it: each batch must cost what it
+    // removes, not what is stored.
+    for retention in [
+        Retention {
+            delete_before: 0,
+            max_invocations: u64::MAX,
+            output_before: 10,
+        },
+        Retention {
+            delete_before: 10,
+            max_invocations: 5,
+            output_before: 0,
+        },
+    ] {
+        s.prune_history(&retention, 30).await.unwrap();
+    }
     s.conn.lock().unwrap().trace(None);
 
     let statements = std::mem::take(&mut *TRACED.lock().unwrap());
@@ -562,6 +581,7 @@ async fn no_hot_statement_scans_a_table_that_grows_with_history() {
         "output_chunks",
         "commands",
         "invocation_counts",
+        "history_size",
     ];
     let conn = s.conn.lock().unwrap();
     let mut scans = Vec::new();
@@ -578,10 +598,16 @@ async fn no_hot_statement_scans_a_table_that_grows_with_history() {
             .map(Result::unwrap)
             .collect();
         for step in plan {
-            // `SCAN t USING INDEX i` walks the whole index too: only SEARCH is bounded.
-            let scans_growing = growing
-                .iter()
-                .any(|t| step == format!("SCAN {t}") || step.starts_with(&format!("SCAN {t} ")));
+            // `SCAN t USING INDEX i` walks the whole index too: only SEARCH is bounded, and a
+            // walk in index order with no filter, which stops at its LIMIT.
+            let top_n = sql.contains(" LIMIT ") && !sql.contains(" WHERE ");
+            // A partial index that holds at most one row: the command being pruned.
+            let bounded = step.ends_with("INDEX commands_deleting");
+            let scans_growing = !top_n
+                && !bounded
+                && growing.iter().any(|t| {
+                    step == format!("SCAN {t}") || step.starts_with(&format!("SCAN {t} "))
+                });
             if scans_growing {
                 scans.push(format!("{step}\n    in {sql}"));
             }
@@ -592,4 +618,145 @@ async fn no_hot_statement_scans_a_table_that_grows_with_history() {
         "full scans of growing tables:\n{}",
         scans.join("\n")
     );
+}
+
+fn seeded_store_rows(s: &SqliteStore, sql: &str) -> i64 {
+    s.conn
+        .lock()
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Three finished commands of five invocations (created at 100, 101, 102) and a running one
+/// created before all of them.
+async fn history() -> (tempfile::TempDir, SqliteStore) {
+    let (d, s) = store().await;
+    s.create_command(
+        &Command {
+            created_at: 50,
+            status: "InProgress".into(),
+            ..command("cmd-1")
+        },
+        &[invocation("inv-1")],
+    )
+    .await
+    .unwrap();
+    s.apply_invocation_updates(&[step_started(), output(0, "running")])
+        .await
+        .unwrap();
+    assert_eq!(s.seed_history(3, 5, 100).unwrap(), 15);
+    (d, s)
+}
+
+async fn prune_all(s: &SqliteStore, r: &Retention, budget: usize) -> Pruned {
+    let mut total = Pruned::default();
+    loop {
+        let p = s.prune_history(r, budget).await.unwrap();
+        assert!(
+            (p.outputs + p.invocations) as usize <= budget,
+            "a batch of budget {budget} did {p:?}"
+        );
+        total.outputs += p.outputs;
+        total.invocations += p.invocations;
+        total.commands += p.commands;
+        if !p.more {
+            return total;
+        }
+    }
+}
+
+#[tokio::test]
+async fn retention_prunes_output_first_then_old_commands_and_never_a_running_one() {
+    let (_d, s) = history().await;
+    let r = Retention {
+        delete_before: 101,
+        max_invocations: 1_000,
+        output_before: 102,
+    };
+    let p = prune_all(&s, &r, 2).await;
+    assert_eq!((p.outputs, p.invocations, p.commands), (10, 5, 1), "{p:?}");
+
+    // The oldest finished command is gone, everything of it.
+    assert!(s.get_command("cmd-seed-00000000").await.unwrap().is_none());
+    for table in ["invocations", "invocation_steps", "output_chunks"] {
+        let column = if table == "invocations" {
+            "id"
+        } else {
+            "invocation_id"
+        };
+        let left = seeded_store_rows(
+            &s,
+            &format!("SELECT COUNT(*) FROM {table} WHERE {column} LIKE 'inv-seed-00000000-%'"),
+        );
+        assert_eq!(left, 0, "{table}");
+    }
+    assert!(s
+        .status_counts("cmd-seed-00000000")
+        .await
+        .unwrap()
+        .is_empty());
+    // The next one kept its results but not its output.
+    let kept = s.get_command("cmd-seed-00000001").await.unwrap().unwrap();
+    assert!(kept.output_pruned);
+    let q = |command: &str| InvocationQuery {
+        command_id: Some(command.into()),
+        limit: 100,
+        with_steps: true,
+        ..InvocationQuery::default()
+    };
+    let invs = s.list_invocations(&q("cmd-seed-00000001")).await.unwrap();
+    assert_eq!(invs.len(), 5);
+    for inv in &invs {
+        assert_eq!(inv.status, "Success");
+        assert_eq!(
+            (inv.steps[0].stdout.as_str(), inv.steps[0].stdout_bytes),
+            ("", 3)
+        );
+    }
+    // The newest is whole, and so is the running command, older than all of them.
+    assert!(
+        !s.get_command("cmd-seed-00000002")
+            .await
+            .unwrap()
+            .unwrap()
+            .output_pruned
+    );
+    for inv in s.list_invocations(&q("cmd-seed-00000002")).await.unwrap() {
+        assert_eq!(inv.steps[0].stdout, "ok\n");
+    }
+    let running = s.list_invocations(&q("cmd-1")).await.unwrap();
+    assert_eq!(running[0].steps[0].stdout, "running");
+    assert_eq!(
+        seeded_store_rows(&s, "SELECT invocations FROM history_size"),
+        11
+    );
+    // Nothing more to do.
+    assert_eq!(prune_all(&s, &r, 2).await, Pruned::default());
+}
+
+#[tokio::test]
+async fn retention_by_count_deletes_the_oldest_finished_commands_whole() {
+    let (_d, s) = history().await;
+    let r = Retention {
+        delete_before: 0,
+        max_invocations: 8,
+        output_before: 0,
+    };
+    // 16 stored: the two oldest finished commands go (16 → 11 → 6), the running one stays.
+    let p = prune_all(&s, &r, 3).await;
+    assert_eq!((p.outputs, p.invocations, p.commands), (0, 10, 2), "{p:?}");
+    let left: Vec<String> = s
+        .list_commands(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, ["cmd-seed-00000002", "cmd-1"]);
+    assert_eq!(
+        seeded_store_rows(&s, "SELECT invocations FROM history_size"),
+        6
+    );
+    assert_eq!(seeded_store_rows(&s, "SELECT COUNT(*) FROM invocations"), 6);
 }

@@ -1,0 +1,132 @@
+//! Command history retention: a background task that prunes the output of old commands, then
+//! old commands themselves, and the oldest ones past a count, so that a server running for
+//! years keeps a bounded database. It works in short store transactions and rests between them
+//! at least as long as each took, so dispatch and progress writes always get the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_store::{Pruned, Retention, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// How much history to keep, from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Commands older than this are deleted with their invocations and output.
+    pub max_age: Duration,
+    /// Past this many stored invocations, the oldest commands are deleted.
+    pub max_invocations: u64,
+    /// The output of commands older than this is deleted; their results stay.
+    pub output_max_age: Duration,
+    /// How often the task looks for something to prune.
+    pub interval: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(90 * 86400),
+            max_invocations: 1_000_000,
+            output_max_age: Duration::from_secs(30 * 86400),
+            interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Invocations per transaction: a few milliseconds of the store's time.
+const BATCH: usize = 500;
+
+impl RetentionPolicy {
+    fn at(&self, now: i64) -> Retention {
+        let before =
+            |age: Duration| now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
+        Retention {
+            delete_before: before(self.max_age),
+            max_invocations: self.max_invocations,
+            output_before: before(self.output_max_age),
+        }
+    }
+}
+
+/// Prunes everything the policy allows now; returns the totals.
+pub async fn prune(
+    store: &dyn Store,
+    policy: &RetentionPolicy,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Result<Pruned, drover_store::StoreError> {
+    let retention = policy.at(crate::secrets::now());
+    let mut total = Pruned::default();
+    loop {
+        let started = Instant::now();
+        let p = store.prune_history(&retention, BATCH).await?;
+        metrics.pruned(&p);
+        total.outputs += p.outputs;
+        total.invocations += p.invocations;
+        total.commands += p.commands;
+        if !p.more {
+            return Ok(total);
+        }
+        // Rest as long as the batch took: pruning gets at most half of the store.
+        tokio::select! {
+            _ = tokio::time::sleep(started.elapsed().max(Duration::from_millis(1))) => {}
+            _ = stop.cancelled() => return Ok(total),
+        }
+    }
+}
+
+/// Runs until `stop`: prunes at start, then every `policy.interval`.
+pub async fn run(
+    store: Arc<dyn Store>,
+    policy: RetentionPolicy,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    loop {
+        let started = Instant::now();
+        match prune(store.as_ref(), &policy, &metrics, &stop).await {
+            Ok(p) if p != Pruned::default() => tracing::info!(
+                outputs = p.outputs,
+                invocations = p.invocations,
+                commands = p.commands,
+                ms = started.elapsed().as_millis() as u64,
+                "pruned command history"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the command history failed; will try again")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(policy.interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_become_cutoffs() {
+        let p = RetentionPolicy {
+            max_age: Duration::from_secs(100),
+            max_invocations: 7,
+            output_max_age: Duration::from_secs(10),
+            interval: Duration::from_secs(1),
+        };
+        let r = p.at(1_000);
+        assert_eq!(
+            (r.delete_before, r.output_before, r.max_invocations),
+            (900, 990, 7)
+        );
+        let huge = RetentionPolicy {
+            max_age: Duration::MAX,
+            ..p
+        };
+        assert_eq!(huge.at(1_000).delete_before, 1_000 - i64::MAX);
+    }
+}
