@@ -45,12 +45,48 @@ fn start_sim(base: &Path, url: &str, fp: &str, n: usize) -> Result<Proc> {
 
 /// A release server and `n` simulated agents, all Online.
 fn fleet(n: usize) -> Result<Fleet> {
-    let base = target_dir().join("bench-sim").join(n.to_string());
+    fleet_with(n, &History::default())
+}
+
+/// Command history stored before the server starts, and the server's retention.
+#[derive(Default)]
+struct History {
+    /// Invocations already stored (seeded by `seed-history`).
+    seeded: usize,
+    /// `--history-max-invocations` for the server (the default when `None`).
+    keep: Option<usize>,
+}
+
+fn fleet_with(n: usize, history: &History) -> Result<Fleet> {
+    // A fleet of its own per history, so that seeded rows never reach the plain runs.
+    let name = match history.seeded {
+        0 => n.to_string(),
+        h => format!("{n}-history{h}"),
+    };
+    let base = target_dir().join("bench-sim").join(name);
     let data = base.join("server");
     let cli_config = base.join("cli.toml");
     std::fs::create_dir_all(&data)?;
+    if history.seeded > 0 {
+        log(&format!(
+            "seeding the history up to {} invocations",
+            history.seeded
+        ));
+        run(Command::new(release_bin("seed-history"))
+            .arg("--db")
+            .arg(data.join("drover.db"))
+            .args(["--invocations", &history.seeded.to_string()]))?;
+    }
+    let keep = match history.keep {
+        Some(k) => vec!["--history-max-invocations".to_string(), k.to_string()],
+        // Never prune during a plain run: the runs add to the history.
+        None => vec![
+            "--history-max-invocations".to_string(),
+            "1000000000".to_string(),
+        ],
+    };
     let server_log = base.join("server-run.log");
-    let (server, url, fp) = start_server(&data, "127.0.0.1:0", &server_log)?;
+    let (server, url, fp) = start_server(&data, "127.0.0.1:0", &server_log, &keep)?;
     let token_file = data.join("admin.token");
     run(Command::new(release_bin("drover"))
         .env("DROVER_CONFIG", &cli_config)
@@ -113,32 +149,63 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn parse_counts(args: &[String]) -> Result<(Vec<usize>, usize)> {
+struct RunArgs {
+    counts: Vec<usize>,
+    runs: usize,
+    history: History,
+}
+
+fn parse_counts(args: &[String]) -> Result<RunArgs> {
     let mut counts = Vec::new();
     let mut runs = 3;
+    let mut history = History::default();
     let mut it = args.iter();
+    let num = |it: &mut std::slice::Iter<'_, String>, flag: &str| -> Result<usize> {
+        it.next()
+            .with_context(|| format!("{flag} N"))?
+            .replace('_', "")
+            .parse()
+            .with_context(|| flag.to_string())
+    };
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--count" => counts.push(it.next().context("--count N")?.parse().context("--count")?),
-            "--runs" => runs = it.next().context("--runs N")?.parse().context("--runs")?,
-            other => bail!("unknown argument {other:?}: use --count N (repeatable) and --runs R"),
+            "--count" => counts.push(num(&mut it, "--count")?),
+            "--runs" => runs = num(&mut it, "--runs")?,
+            "--history" => history.seeded = num(&mut it, "--history")?,
+            "--keep" => history.keep = Some(num(&mut it, "--keep")?),
+            other => bail!(
+                "unknown argument {other:?}: use --count N (repeatable), --runs R, \
+                 --history INVOCATIONS (seeded first), --keep INVOCATIONS (the server's retention)"
+            ),
         }
     }
     if counts.is_empty() {
         counts = vec![100, 1000, 10_000];
     }
-    Ok((counts, runs))
+    Ok(RunArgs {
+        counts,
+        runs,
+        history,
+    })
 }
 
-/// `bench run [--count N]... [--runs R]`
+/// `bench run [--count N]... [--runs R] [--history H] [--keep K]`
 pub fn bench_run(args: &[String], build: bool) -> Result<()> {
-    let (counts, runs) = parse_counts(args)?;
+    let RunArgs {
+        counts,
+        runs,
+        history,
+    } = parse_counts(args)?;
     if build {
-        build_release(&[("drover", "drover"), ("drover-bench", "drover-sim")])?;
+        build_release(&[
+            ("drover", "drover"),
+            ("drover-bench", "drover-sim"),
+            ("drover-bench", "seed-history"),
+        ])?;
     }
     let mut results = Vec::new();
     for n in counts {
-        let mut f = fleet(n)?;
+        let mut f = fleet_with(n, &history)?;
         log(&format!("{n} agents Online; warm-up run"));
         let (_, oks) = run_once(&f.cli_config, &["--targets", "all"])?;
         if oks != n {
@@ -167,7 +234,11 @@ pub fn bench_run(args: &[String], build: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(",");
         results.push(format!(
-            "RESULT run.echo_ok.n{n}={:.0} unit=ms stat=median runs={runs} all={all} server_cpu_ms_per_1000_invocations={:.0} server_rss_mib={:.0} server_peak_rss_mib={:.0}",
+            "RESULT run.echo_ok.n{n}{}={:.0} unit=ms stat=median runs={runs} all={all} server_cpu_ms_per_1000_invocations={:.0} server_rss_mib={:.0} server_peak_rss_mib={:.0}",
+            match history.seeded {
+                0 => String::new(),
+                h => format!(".history{h}"),
+            },
             median(times),
             median(cpu) * 1000.0 / n as f64,
             rss as f64 / 1024.0,

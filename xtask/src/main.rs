@@ -322,13 +322,19 @@ fn parse_agents_args(args: &[String]) -> Result<AgentsArgs> {
     Ok(out)
 }
 
-fn start_server(data: &Path, listen: &str, log_path: &Path) -> Result<(Proc, String, String)> {
+fn start_server(
+    data: &Path,
+    listen: &str,
+    log_path: &Path,
+    extra: &[String],
+) -> Result<(Proc, String, String)> {
     let mut cmd = Command::new(release_bin("drover"));
     cmd.arg("server")
         .arg("--data-dir")
         .arg(data)
         .arg("--listen")
-        .arg(listen);
+        .arg(listen)
+        .args(extra);
     let mut server = Proc::spawn("server", &mut cmd, log_path)?;
     let (_, line) = server.wait_line("drover server listening on", Duration::from_secs(60))?;
     let url = line
@@ -411,7 +417,7 @@ fn bench_agents(args: &[String], build: bool) -> Result<()> {
     let name = format!("agents.n{n}");
 
     // 1. The server, on a port the kernel picks.
-    let (mut server, url, fp) = start_server(&data, "127.0.0.1:0", &server_log)?;
+    let (mut server, url, fp) = start_server(&data, "127.0.0.1:0", &server_log, &[])?;
     let listen = url.trim_start_matches("https://").to_string();
     log(&format!("server pid {} at {url}, CA {fp}", server.pid()));
     let token_file = data.join("admin.token");
@@ -512,7 +518,7 @@ fn bench_agents(args: &[String], build: bool) -> Result<()> {
     log("SIGKILL the server");
     let t_kill = Instant::now();
     server.kill()?;
-    let (server2, url2, _) = start_server(&data, &listen, &server_log)?;
+    let (server2, url2, _) = start_server(&data, &listen, &server_log, &[])?;
     let t_listening = Instant::now();
     server = server2;
     log(&format!(

@@ -42,9 +42,13 @@ impl SqliteStore {
         // FULL: in WAL mode every commit is flushed to disk before it returns. The server tells
         // an agent it may forget a result once that result is committed, so a commit must
         // survive a power loss (NORMAL keeps only what the last checkpoint wrote).
+        // The server is the database's only user: EXCLUSIVE locking takes the file lock once
+        // instead of twice per transaction (`fcntl`), and a 64 MiB page cache keeps a
+        // 10,000-node command's working set in memory (the default is 2 MiB).
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+             PRAGMA cache_size = -65536;",
         )
         .map_err(open_err)?;
         // rusqlite keeps 16 prepared statements by default; the hot paths use more than that
@@ -57,8 +61,8 @@ impl SqliteStore {
         })
     }
 
-    /// Fills the history with `commands` finished commands of `per_command` successful
-    /// invocations each, the oldest created at `first_created_at` (Unix seconds) and one second
+    /// Tops the history up to `commands` seeded, finished commands of `per_command` successful
+    /// invocations each, the first created at `first_created_at` (Unix seconds) and one second
     /// apart; returns the number of invocations added. Blocking. For benchmarks and tests of a
     /// server with a long history: the server never calls it.
     pub fn seed_history(

@@ -790,9 +790,10 @@ fn invocation_ids(
     .map_err(db("prune the history"))
 }
 
-/// Fills the history with `commands` finished commands of `per_command` successful invocations
-/// each (one step that printed `ok`), the oldest created at `first_created_at` and one second
-/// apart. For benchmarks and tests of a server with a long history; the server never calls it.
+/// Tops the history up to `commands` seeded commands (`cmd-seed-NNNNNNNN`) of `per_command`
+/// successful invocations each (one step that printed `ok`), the first created at
+/// `first_created_at` and one second apart. For benchmarks and tests of a server with a long
+/// history; the server never calls it.
 pub(crate) fn seed_history(
     c: &mut Connection,
     commands: usize,
@@ -801,8 +802,15 @@ pub(crate) fn seed_history(
 ) -> Result<u64, StoreError> {
     let err = db("seed the history");
     let tx = c.transaction().map_err(err)?;
+    let seeded: i64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM commands WHERE id > 'cmd-seed-' AND id < 'cmd-seed.'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db("seed the history"))?;
     let mut n = 0u64;
-    for k in 0..commands {
+    for k in usize::try_from(seeded).unwrap_or(0)..commands {
         let at = first_created_at + k as i64;
         let command = format!("cmd-seed-{k:08}");
         tx.prepare_cached(&format!(

@@ -198,13 +198,18 @@ impl Commands {
         let max_concurrency = rate("max concurrency", &req.max_concurrency, n, true)?;
         let max_errors = rate("max errors", &req.max_errors, n, false)?;
         let now = secrets::now();
-        let id = format!("cmd-{}", secrets::random_hex(10));
+        // IDs that sort by time, and a command's invocations next to each other: the store's
+        // B-trees then take new rows at their right edge, and a batch of progress for one
+        // command touches a few neighbouring pages instead of one random page per invocation.
+        let key = format!("{:010x}{}", now.max(0), secrets::random_hex(5));
+        let id = format!("cmd-{key}");
         let invocations: Vec<Invocation> = nodes
             .iter()
-            .map(|node| {
+            .enumerate()
+            .map(|(i, node)| {
                 let gone = node.status == NodeStatus::Inactive;
                 Invocation {
-                    id: format!("inv-{}", secrets::random_hex(12)),
+                    id: format!("inv-{key}-{i:06}"),
                     command_id: id.clone(),
                     node_id: node.id.to_string(),
                     node_name: node.name.clone(),

@@ -317,6 +317,16 @@ mod tests {
     async fn a_failed_update_fails_only_its_invocation_and_refuses_its_final_status() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
+        // A real failure inside SQLite for one chunk, as a full disk or an I/O error would be.
+        // (The store holds the database exclusively, so the trigger goes in before it opens.)
+        drop(SqliteStore::open(&path).unwrap());
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE INSERT ON output_chunks \
+                 WHEN NEW.data LIKE '%BOOM%' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;",
+            )
+            .unwrap();
         let store = SqliteStore::open(&path).unwrap();
         store
             .create_command(
@@ -327,14 +337,6 @@ mod tests {
                 ],
             )
             .await
-            .unwrap();
-        // A real failure inside SQLite for one chunk, as a full disk or an I/O error would be.
-        rusqlite::Connection::open(&path)
-            .unwrap()
-            .execute_batch(
-                "CREATE TRIGGER boom BEFORE INSERT ON output_chunks \
-                 WHEN NEW.data LIKE '%BOOM%' BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;",
-            )
             .unwrap();
         let store: Arc<dyn Store> = Arc::new(store);
         let (updates, writer) = Updates::new(store.clone());
