@@ -212,9 +212,13 @@ async fn shutdown_signal() -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> Result<()> {
+    // The same allocator setting as the drover binary: the simulated agents are real ones.
+    drover_tunnel::heap::keep_freed_heap();
+    tokio::runtime::Runtime::new()?.block_on(run(Args::parse()))
+}
+
+async fn run(args: Args) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_SIM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt()

@@ -33,6 +33,10 @@ const MIB: u64 = 1024 * 1024;
 #[derive(Debug, Parser)]
 #[command(about = "Throughput of the Drover agent tunnel on loopback")]
 struct Args {
+    /// Leave glibc's allocator as shipped instead of the setting the drover binary applies
+    /// (`drover_tunnel::heap`), to measure what it gives.
+    #[arg(long)]
+    glibc_defaults: bool,
     /// Runs per measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -553,9 +557,16 @@ async fn bench_one(args: &Args, cfg: &TunnelConfig) -> Result<Vec<String>> {
     Ok(results)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let args = Args::parse();
+    // Before the runtime's threads exist, as the drover binary does it.
+    if !args.glibc_defaults {
+        drover_tunnel::heap::keep_freed_heap();
+    }
+    tokio::runtime::Runtime::new()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
     // yamux logs through `log`; errors there say why a connection was torn down.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TUNNEL_BENCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -8,6 +8,7 @@
 mod buffered;
 mod codec;
 pub mod dial;
+pub mod heap;
 mod mux;
 
 pub use codec::{CodecError, FrameCodec, Framed};

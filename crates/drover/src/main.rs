@@ -33,6 +33,7 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
+    drover_tunnel::heap::keep_freed_heap();
     let cli = cli::Cli::parse();
     init_tracing(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
