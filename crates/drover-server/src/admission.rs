@@ -49,7 +49,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_unauthenticated: 2_048,
-            max_unauthenticated_per_address: 1_024,
+            max_unauthenticated_per_address: 2_048,
             evict_after: Duration::from_secs(1),
             max_connections_per_node: 2,
             handshake_timeout: Duration::from_secs(10),
@@ -117,6 +117,8 @@ impl Counts {
 pub struct Admission {
     limits: Limits,
     counts: Mutex<Counts>,
+    /// Notified whenever an unauthenticated slot is freed.
+    room: tokio::sync::Notify,
 }
 
 impl Admission {
@@ -124,6 +126,7 @@ impl Admission {
         Arc::new(Self {
             limits,
             counts: Mutex::new(Counts::default()),
+            room: tokio::sync::Notify::new(),
         })
     }
 
@@ -135,6 +138,35 @@ impl Admission {
         // Every update is a counter change completed under the lock: a panic elsewhere cannot
         // leave it half-done, so a poisoned lock is still consistent.
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until a new connection could be admitted: a slot is free, or the oldest has had
+    /// its time and may be evicted. The listener waits here before it accepts, so that in a
+    /// storm (a fleet reconnecting after a restart) connections wait in the kernel's listen
+    /// queue instead of being refused and coming back after a backoff.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let freed = self.room.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let stale_at = {
+                let counts = self.lock();
+                if counts.unauthenticated < self.limits.max_unauthenticated {
+                    return;
+                }
+                match counts.by_age.first_key_value() {
+                    Some((_, (_, _, admitted))) => *admitted + self.limits.evict_after,
+                    None => return,
+                }
+            };
+            if stale_at <= Instant::now() {
+                return;
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = tokio::time::sleep_until(stale_at.into()) => {}
+            }
+        }
     }
 
     /// Admits a new connection from `addr` as unauthenticated (evicting another when the total
@@ -239,6 +271,8 @@ impl Drop for Unauthenticated {
         // An evicted slot was released when it was evicted.
         if let Some((addr, ..)) = counts.by_age.remove(&self.seq) {
             counts.release(addr);
+            drop(counts);
+            self.admission.room.notify_waiters();
         }
     }
 }
@@ -355,6 +389,44 @@ mod tests {
         let _fifth = a.admit_at(nat, later).unwrap();
         assert!(second.evicted().is_cancelled());
         assert_eq!((a.unauthenticated(), a.evicted()), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn the_listener_waits_for_room_instead_of_refusing() {
+        let a = Admission::new(Limits {
+            evict_after: Duration::from_secs(3600),
+            ..limits()
+        });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = a.admit(ip).unwrap();
+        let _others = [
+            a.admit(ip).unwrap(),
+            a.admit("192.0.2.2".parse().unwrap()).unwrap(),
+        ];
+        let waiting = tokio::spawn({
+            let a = a.clone();
+            async move { a.wait_for_room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        // A full house whose oldest has had its time does not wait.
+        let b = Admission::new(Limits {
+            evict_after: Duration::ZERO,
+            ..limits()
+        });
+        let _full = [
+            b.admit(ip).unwrap(),
+            b.admit(ip).unwrap(),
+            b.admit("192.0.2.2".parse().unwrap()).unwrap(),
+        ];
+        tokio::time::timeout(Duration::from_secs(5), b.wait_for_room())
+            .await
+            .unwrap();
     }
 
     #[test]

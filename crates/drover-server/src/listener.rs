@@ -81,7 +81,10 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            accepted = async {
+                state.admission.wait_for_room().await;
+                listener.accept().await
+            } => match accepted {
                 Ok((tcp, peer)) => {
                     tracker.spawn(handle(
                         state.clone(),

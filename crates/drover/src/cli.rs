@@ -247,7 +247,7 @@ pub struct ServerArgs {
     /// to make room [default: 2048].
     #[arg(long, env = "DROVER_MAX_UNAUTHENTICATED")]
     pub max_unauthenticated: Option<usize>,
-    /// Most connections not yet authenticated from one IP address [default: 1024].
+    /// Most connections not yet authenticated from one IP address [default: 2048].
     #[arg(long, env = "DROVER_MAX_UNAUTHENTICATED_PER_ADDRESS")]
     pub max_unauthenticated_per_address: Option<usize>,
     /// Delete commands older than this, with their results and output, e.g. 90d
