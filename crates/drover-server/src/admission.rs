@@ -50,7 +50,7 @@ impl Default for Limits {
         Self {
             max_unauthenticated: 2_048,
             max_unauthenticated_per_address: 2_048,
-            evict_after: Duration::from_secs(1),
+            evict_after: Duration::from_secs(3),
             max_connections_per_node: 2,
             handshake_timeout: Duration::from_secs(10),
         }

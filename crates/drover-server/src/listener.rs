@@ -85,16 +85,24 @@ pub async fn serve(
                 state.admission.wait_for_room().await;
                 listener.accept().await
             } => match accepted {
-                Ok((tcp, peer)) => {
-                    tracker.spawn(handle(
-                        state.clone(),
-                        acceptor.clone(),
-                        router.clone(),
-                        tcp,
-                        peer,
-                        stop.clone(),
-                    ));
-                }
+                // Admitted here, before the next accept, so that `wait_for_room` sees it.
+                // Refused connections are closed at once: holding them would spend the
+                // descriptors the caps are there to protect.
+                Ok((tcp, peer)) => match state.admission.admit(peer.ip()) {
+                    Ok(slot) => {
+                        tracker.spawn(handle(
+                            state.clone(),
+                            acceptor.clone(),
+                            router.clone(),
+                            (tcp, peer, slot),
+                            stop.clone(),
+                        ));
+                    }
+                    Err(refusal) => {
+                        tracing::debug!(%peer, ?refusal, "connection refused");
+                        state.metrics.refused(refusal.metric());
+                    }
+                },
                 Err(e) => {
                     // Out of file descriptors or similar: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -126,20 +134,9 @@ async fn handle(
     state: Arc<AppState>,
     acceptor: TlsAcceptor,
     router: axum::Router,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    (tcp, peer, unauthenticated): (TcpStream, SocketAddr, crate::admission::Unauthenticated),
     stop: CancellationToken,
 ) {
-    // Refused connections are closed at once: holding them would spend the descriptors the
-    // caps are there to protect.
-    let unauthenticated = match state.admission.admit(peer.ip()) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            tracing::debug!(%peer, ?refusal, "connection refused");
-            state.metrics.refused(refusal.metric());
-            return;
-        }
-    };
     let deadline = Instant::now() + state.admission.limits().handshake_timeout;
     let evicted = unauthenticated.evicted();
     let _ = tcp.set_nodelay(true);
