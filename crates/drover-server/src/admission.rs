@@ -178,18 +178,25 @@ impl Admission {
     fn admit_at(self: &Arc<Self>, addr: IpAddr, now: Instant) -> Result<Unauthenticated, Refusal> {
         let addr = source(addr);
         let mut counts = self.lock();
-        if counts.per_address.get(&addr).copied().unwrap_or(0)
-            >= self.limits.max_unauthenticated_per_address
-        {
+        // One connection makes room when the total is reached (it never goes past it).
+        let victim = if counts.unauthenticated >= self.limits.max_unauthenticated {
+            let seq = counts
+                .victim(addr, now, self.limits.evict_after)
+                .ok_or(Refusal::TooManyUnauthenticated)?;
+            Some(seq)
+        } else {
+            None
+        };
+        // The address's own cap, counting the room its own oldest may make: nothing is
+        // evicted for a newcomer that is refused anyway.
+        let mine = counts.per_address.get(&addr).copied().unwrap_or(0);
+        let own_victim = victim
+            .and_then(|seq| counts.by_age.get(&seq))
+            .is_some_and(|(a, ..)| *a == addr);
+        if mine - usize::from(own_victim) >= self.limits.max_unauthenticated_per_address {
             return Err(Refusal::TooManyFromAddress);
         }
-        while counts.unauthenticated >= self.limits.max_unauthenticated {
-            let victim = counts
-                .victim(addr, now, self.limits.evict_after)
-                .and_then(|seq| counts.by_age.remove(&seq));
-            let Some((old_addr, evict, _)) = victim else {
-                return Err(Refusal::TooManyUnauthenticated);
-            };
+        if let Some((old_addr, evict, _)) = victim.and_then(|seq| counts.by_age.remove(&seq)) {
             evict.cancel();
             counts.release(old_addr);
             counts.evicted += 1;
@@ -325,7 +332,7 @@ impl HttpConnection {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn limits() -> Limits {
@@ -389,6 +396,24 @@ mod tests {
         let _fifth = a.admit_at(nat, later).unwrap();
         assert!(second.evicted().is_cancelled());
         assert_eq!((a.unauthenticated(), a.evicted()), (3, 2));
+    }
+
+    #[test]
+    fn one_address_holding_every_slot_still_replaces_its_stale_ones() {
+        let a = Admission::new(Limits {
+            max_unauthenticated_per_address: 3,
+            ..limits()
+        });
+        let nat: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        let held: Vec<_> = (0..3).map(|_| a.admit_at(nat, t0).unwrap()).collect();
+        assert_eq!(
+            a.admit_at(nat, t0).err(),
+            Some(Refusal::TooManyUnauthenticated)
+        );
+        let _next = a.admit_at(nat, t0 + Duration::from_secs(1)).unwrap();
+        assert!(held[0].evicted().is_cancelled());
+        assert_eq!(a.unauthenticated(), 3);
     }
 
     #[tokio::test]
