@@ -18,8 +18,9 @@
 //! The counts are per server process on purpose: what they protect (descriptors, memory) is
 //! per process, so a second replica keeps its own.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -76,13 +77,20 @@ impl Refusal {
     }
 }
 
+/// One unauthenticated connection: its source, how to evict it, when it was admitted.
+type Slot = (IpAddr, CancellationToken, Instant);
+
 #[derive(Default)]
 struct Counts {
     unauthenticated: usize,
     per_address: HashMap<IpAddr, usize>,
     per_node: HashMap<NodeId, usize>,
-    /// Unauthenticated connections by age (admission order), to evict the oldest.
-    by_age: std::collections::BTreeMap<u64, (IpAddr, CancellationToken, Instant)>,
+    /// Unauthenticated connections still waiting for the peer's ClientHello, by age
+    /// (admission order), to evict the oldest.
+    by_age: BTreeMap<u64, Slot>,
+    /// Those whose ClientHello is in: evicted only from an address holding the most, never for
+    /// their age (they wait for our CPU, not for the peer).
+    handshaking: BTreeMap<u64, Slot>,
     next_seq: u64,
     evicted: u64,
 }
@@ -93,14 +101,22 @@ impl Counts {
         let mine = self.per_address.get(&newcomer).copied().unwrap_or(0);
         let (hog, held) = self.per_address.iter().max_by_key(|(_, n)| **n)?;
         if *held > mine + 1 {
-            return self
-                .by_age
-                .iter()
-                .find(|(_, (addr, ..))| addr == hog)
-                .map(|(seq, _)| *seq);
+            let of_hog = |m: &BTreeMap<u64, Slot>| {
+                m.iter().find(|(_, (a, ..))| a == hog).map(|(seq, _)| *seq)
+            };
+            return of_hog(&self.by_age).or_else(|| of_hog(&self.handshaking));
         }
         let (seq, (_, _, admitted)) = self.by_age.first_key_value()?;
         (now.saturating_duration_since(*admitted) >= evict_after).then_some(*seq)
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Slot> {
+        let slot = self
+            .by_age
+            .remove(&seq)
+            .or_else(|| self.handshaking.remove(&seq))?;
+        self.release(slot.0);
+        Some(slot)
     }
 
     fn release(&mut self, addr: IpAddr) {
@@ -156,7 +172,8 @@ impl Admission {
                 }
                 match counts.by_age.first_key_value() {
                     Some((_, (_, _, admitted))) => *admitted + self.limits.evict_after,
-                    None => return,
+                    // Every one is a handshake in progress: room comes as they finish.
+                    None => Instant::now() + self.limits.handshake_timeout,
                 }
             };
             if stale_at <= Instant::now() {
@@ -191,14 +208,18 @@ impl Admission {
         // evicted for a newcomer that is refused anyway.
         let mine = counts.per_address.get(&addr).copied().unwrap_or(0);
         let own_victim = victim
-            .and_then(|seq| counts.by_age.get(&seq))
+            .and_then(|seq| {
+                counts
+                    .by_age
+                    .get(&seq)
+                    .or_else(|| counts.handshaking.get(&seq))
+            })
             .is_some_and(|(a, ..)| *a == addr);
         if mine - usize::from(own_victim) >= self.limits.max_unauthenticated_per_address {
             return Err(Refusal::TooManyFromAddress);
         }
-        if let Some((old_addr, evict, _)) = victim.and_then(|seq| counts.by_age.remove(&seq)) {
+        if let Some((_, evict, _)) = victim.and_then(|seq| counts.remove(seq)) {
             evict.cancel();
-            counts.release(old_addr);
             counts.evicted += 1;
         }
         *counts.per_address.entry(addr).or_insert(0) += 1;
@@ -209,7 +230,7 @@ impl Admission {
         counts.by_age.insert(seq, (addr, evicted.clone(), now));
         Ok(Unauthenticated {
             admission: self.clone(),
-            seq,
+            seq: AtomicU64::new(seq),
             evicted,
         })
     }
@@ -260,11 +281,36 @@ fn source(addr: IpAddr) -> IpAddr {
 /// Held while a connection is unauthenticated; dropping it frees the slot.
 pub struct Unauthenticated {
     admission: Arc<Admission>,
-    seq: u64,
+    /// Its key in `by_age` or `handshaking` (a new one each time it waits on the peer again).
+    seq: AtomicU64,
     evicted: CancellationToken,
 }
 
 impl Unauthenticated {
+    /// The connection now waits on the server (its ClientHello or its agent Hello is in): it
+    /// is not evicted for its age, since in a reconnect storm it waits for our CPU.
+    pub fn waiting_on_us(&self) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        let mut counts = self.admission.lock();
+        if let Some(slot) = counts.by_age.remove(&seq) {
+            counts.handshaking.insert(seq, slot);
+        }
+    }
+
+    /// The connection waits on the peer again (TLS is done; its Hello or first request is due):
+    /// it has [`Limits::evict_after`] from now before it may be evicted for its age.
+    pub fn waiting_on_peer(&self) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        let mut counts = self.admission.lock();
+        if let Some((addr, evict, _)) = counts.handshaking.remove(&seq) {
+            // A new place in the age order: the map's order is the order of these times.
+            let next = counts.next_seq;
+            counts.next_seq += 1;
+            counts.by_age.insert(next, (addr, evict, Instant::now()));
+            self.seq.store(next, Ordering::Relaxed);
+        }
+    }
+
     /// Cancelled when the connection is evicted to make room for a newer one: its task must
     /// close it.
     pub fn evicted(&self) -> CancellationToken {
@@ -276,8 +322,7 @@ impl Drop for Unauthenticated {
     fn drop(&mut self) {
         let mut counts = self.admission.lock();
         // An evicted slot was released when it was evicted.
-        if let Some((addr, ..)) = counts.by_age.remove(&self.seq) {
-            counts.release(addr);
+        if counts.remove(*self.seq.get_mut()).is_some() {
             drop(counts);
             self.admission.room.notify_waiters();
         }
@@ -414,6 +459,29 @@ mod tests {
         let _next = a.admit_at(nat, t0 + Duration::from_secs(1)).unwrap();
         assert!(held[0].evicted().is_cancelled());
         assert_eq!(a.unauthenticated(), 3);
+    }
+
+    #[test]
+    fn a_connection_waiting_on_the_server_is_never_evicted_for_its_age() {
+        let a = Admission::new(Limits {
+            max_unauthenticated: 2,
+            max_unauthenticated_per_address: 2,
+            evict_after: Duration::ZERO,
+            ..limits()
+        });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let busy: Vec<_> = (0..2).map(|_| a.admit(ip).unwrap()).collect();
+        for slot in &busy {
+            slot.waiting_on_us();
+        }
+        assert_eq!(a.admit(ip).err(), Some(Refusal::TooManyUnauthenticated));
+        // Once TLS is done it waits on the peer again, and may be evicted for its age.
+        busy[1].waiting_on_peer();
+        let _next = a.admit(ip).unwrap();
+        assert!(busy[1].evicted().is_cancelled());
+        assert!(!busy[0].evicted().is_cancelled());
+        drop(busy);
+        assert_eq!(a.unauthenticated(), 1);
     }
 
     #[tokio::test]

@@ -186,6 +186,8 @@ async fn session(
         Message::Hello(h) => h,
         other => return Err(format!("expected hello, got {}", other.kind())),
     };
+    // Checking it is our work, not the agent's: not a slow client to evict.
+    opening.unauthenticated.waiting_on_us();
     let node = match state.store.get_node(node_id).await {
         Ok(Some(n)) => n,
         Ok(None) => {

@@ -15,7 +15,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -75,7 +75,7 @@ pub async fn serve(
 ) {
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    let acceptor = TlsAcceptor::from(tls);
+    let acceptor = tls;
     let router = crate::api::router(state.clone());
     tokio::pin!(shutdown);
     loop {
@@ -132,7 +132,7 @@ pub async fn serve(
 
 async fn handle(
     state: Arc<AppState>,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<rustls::ServerConfig>,
     router: axum::Router,
     (tcp, peer, unauthenticated): (TcpStream, SocketAddr, crate::admission::Unauthenticated),
     stop: CancellationToken,
@@ -141,7 +141,16 @@ async fn handle(
     let evicted = unauthenticated.evicted();
     let _ = tcp.set_nodelay(true);
     let handshake = tokio::select! {
-        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+        r = tokio::time::timeout_at(deadline, async {
+            // The ClientHello is the peer's to send; the rest is mostly ours to compute. Once
+            // it is in, the connection is no longer a slow client to evict for its age: in a
+            // reconnect storm those are agents waiting for our CPU.
+            let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+            unauthenticated.waiting_on_us();
+            let tls = start.into_stream(acceptor).await;
+            unauthenticated.waiting_on_peer();
+            tls
+        }) => r,
         _ = evicted.cancelled() => {
             state.metrics.refused("evicted");
             return;
