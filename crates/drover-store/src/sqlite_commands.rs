@@ -790,7 +790,7 @@ fn invocation_ids(
     .map_err(db("prune the history"))
 }
 
-/// Tops the history up to `commands` seeded commands (`cmd-seed-NNNNNNNN`) of `per_command`
+/// Tops the history up to `commands` seeded commands (`cmd-seed-NNNNNNNN`, the missing ones) of `per_command`
 /// successful invocations each (one step that printed `ok`), the first created at
 /// `first_created_at` and one second apart. For benchmarks and tests of a server with a long
 /// history; the server never calls it.
@@ -802,23 +802,20 @@ pub(crate) fn seed_history(
 ) -> Result<u64, StoreError> {
     let err = db("seed the history");
     let tx = c.transaction().map_err(err)?;
-    let seeded: i64 = tx
-        .query_row(
-            "SELECT COUNT(*) FROM commands WHERE id > 'cmd-seed-' AND id < 'cmd-seed.'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db("seed the history"))?;
     let mut n = 0u64;
-    for k in usize::try_from(seeded).unwrap_or(0)..commands {
+    for k in 0..commands {
         let at = first_created_at + k as i64;
         let command = format!("cmd-seed-{k:08}");
-        tx.prepare_cached(&format!(
-            "INSERT INTO commands ({CMD_COLS}) VALUES (?1, 'AWS-RunShellScript', '1', '{{}}', \
+        // One already there (or pruned and seeded again) is kept as it is.
+        let added = tx.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO commands ({CMD_COLS}) VALUES (?1, 'AWS-RunShellScript', '1', '{{}}', \
              '[\"all\"]', '50', '0', 600, 3600, 2500, 'seeded history', ?2, 'Success', '{{}}', 0, 0)"
         ))
         .and_then(|mut st| st.execute(params![command, at]))
         .map_err(db("seed the history"))?;
+        if added == 0 {
+            continue;
+        }
         for i in 0..per_command {
             let id = format!("inv-seed-{k:08}-{i:06}");
             let node = format!("seed-node-{i:06}");

@@ -746,6 +746,10 @@ async fn retention_by_count_deletes_the_oldest_finished_commands_whole() {
     // 16 stored: the two oldest finished commands go (16 → 11 → 6), the running one stays.
     let p = prune_all(&s, &r, 3).await;
     assert_eq!((p.outputs, p.invocations, p.commands), (0, 10, 2), "{p:?}");
+    // Seeding again puts back only what is missing.
+    assert_eq!(s.seed_history(3, 5, 100).unwrap(), 10);
+    assert_eq!(s.seed_history(3, 5, 100).unwrap(), 0);
+    prune_all(&s, &r, 3).await;
     let left: Vec<String> = s
         .list_commands(None, 10)
         .await
