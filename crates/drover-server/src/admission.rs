@@ -77,6 +77,11 @@ impl Refusal {
     }
 }
 
+/// A connection in the TLS handshake after its ClientHello waits mostly for the server's CPU,
+/// but may also wait for the peer's next flight (a client that stalls there holds its slot):
+/// it may be evicted for its age after this many times [`Limits::evict_after`].
+const HANDSHAKING_ALLOWANCE: u32 = 2;
+
 /// One unauthenticated connection: its source, how to evict it, when it was admitted.
 type Slot = (IpAddr, CancellationToken, Instant);
 
@@ -106,8 +111,20 @@ impl Counts {
             };
             return of_hog(&self.by_age).or_else(|| of_hog(&self.handshaking));
         }
-        let (seq, (_, _, admitted)) = self.by_age.first_key_value()?;
-        (now.saturating_duration_since(*admitted) >= evict_after).then_some(*seq)
+        let stale = |m: &BTreeMap<u64, Slot>, after: Duration| {
+            let (seq, (_, _, since)) = m.first_key_value()?;
+            (now.saturating_duration_since(*since) >= after).then_some(*seq)
+        };
+        stale(&self.by_age, evict_after)
+            .or_else(|| stale(&self.handshaking, evict_after * HANDSHAKING_ALLOWANCE))
+    }
+
+    /// When the first connection may be evicted for its age, if any.
+    fn first_stale_at(&self, evict_after: Duration) -> Option<Instant> {
+        let first = |m: &BTreeMap<u64, Slot>| m.first_key_value().map(|(_, (_, _, t))| *t);
+        let waiting = first(&self.by_age).map(|t| t + evict_after);
+        let handshaking = first(&self.handshaking).map(|t| t + evict_after * HANDSHAKING_ALLOWANCE);
+        waiting.into_iter().chain(handshaking).min()
     }
 
     fn remove(&mut self, seq: u64) -> Option<Slot> {
@@ -157,7 +174,7 @@ impl Admission {
     }
 
     /// Waits until a new connection could be admitted: a slot is free, or the oldest has had
-    /// its time and may be evicted. The listener waits here before it accepts, so that in a
+    /// its time and may be evicted (3 s waiting on its peer, 6 s in its handshake). The listener waits here before it accepts, so that in a
     /// storm (a fleet reconnecting after a restart) connections wait in the kernel's listen
     /// queue instead of being refused and coming back after a backoff.
     pub async fn wait_for_room(&self) {
@@ -170,10 +187,9 @@ impl Admission {
                 if counts.unauthenticated < self.limits.max_unauthenticated {
                     return;
                 }
-                match counts.by_age.first_key_value() {
-                    Some((_, (_, _, admitted))) => *admitted + self.limits.evict_after,
-                    // Every one is a handshake in progress: room comes as they finish.
-                    None => Instant::now() + self.limits.handshake_timeout,
+                match counts.first_stale_at(self.limits.evict_after) {
+                    Some(at) => at,
+                    None => return,
                 }
             };
             if stale_at <= Instant::now() {
@@ -308,6 +324,9 @@ impl Unauthenticated {
             counts.next_seq += 1;
             counts.by_age.insert(next, (addr, evict, Instant::now()));
             self.seq.store(next, Ordering::Relaxed);
+            drop(counts);
+            // The listener may be waiting for the first of those to go stale.
+            self.admission.room.notify_waiters();
         }
     }
 
@@ -462,24 +481,29 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_waiting_on_the_server_is_never_evicted_for_its_age() {
+    fn a_connection_in_its_handshake_has_twice_the_time_before_it_may_be_evicted() {
         let a = Admission::new(Limits {
             max_unauthenticated: 2,
             max_unauthenticated_per_address: 2,
-            evict_after: Duration::ZERO,
             ..limits()
         });
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let busy: Vec<_> = (0..2).map(|_| a.admit(ip).unwrap()).collect();
+        let t0 = Instant::now();
+        let busy: Vec<_> = (0..2).map(|_| a.admit_at(ip, t0).unwrap()).collect();
         for slot in &busy {
             slot.waiting_on_us();
         }
-        assert_eq!(a.admit(ip).err(), Some(Refusal::TooManyUnauthenticated));
-        // Once TLS is done it waits on the peer again, and may be evicted for its age.
-        busy[1].waiting_on_peer();
-        let _next = a.admit(ip).unwrap();
-        assert!(busy[1].evicted().is_cancelled());
-        assert!(!busy[0].evicted().is_cancelled());
+        // Waiting for our CPU, past the 1 s a peer gets: kept.
+        let t1 = t0 + Duration::from_millis(1500);
+        assert_eq!(
+            a.admit_at(ip, t1).err(),
+            Some(Refusal::TooManyUnauthenticated)
+        );
+        // A peer that stalls in the handshake is evicted after twice that.
+        let t2 = t0 + Duration::from_secs(2);
+        let _next = a.admit_at(ip, t2).unwrap();
+        assert!(busy[0].evicted().is_cancelled());
+        assert!(!busy[1].evicted().is_cancelled());
         drop(busy);
         assert_eq!(a.unauthenticated(), 1);
     }

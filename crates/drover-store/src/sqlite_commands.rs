@@ -407,6 +407,19 @@ pub(crate) fn list_commands(
         rows
     };
     let (order, limit) = ("ORDER BY created_at DESC, id DESC LIMIT", limit as i64);
+    if let Some(before) = before {
+        // A cursor that is gone would read as the end of the list.
+        let known = c
+            .prepare_cached("SELECT COUNT(*) FROM commands WHERE id = ?1")
+            .and_then(|mut st| st.query_row([before], |r| r.get::<_, i64>(0)))
+            .map_err(db("list commands"))?;
+        if known == 0 {
+            return Err(StoreError::NotFound(format!(
+                "command {before:?} (the page cursor; the retention policy may have deleted it: \
+                 list again from the newest)"
+            )));
+        }
+    }
     match before {
         Some(before) => read(
             format!(
@@ -679,12 +692,14 @@ pub(crate) fn prune_history(
     r: &Retention,
     budget: usize,
 ) -> Result<Pruned, StoreError> {
-    let err = db("prune the history");
-    let tx = c.transaction().map_err(err)?;
+    let tx = c.transaction().map_err(db("prune the history"))?;
     let mut done = Pruned::default();
+    // Both bounds hold per transaction: invocations, and output chunks (an invocation may
+    // hold many: its output limit is the sender's choice).
     let mut left = budget.max(1);
+    let mut rows = left * CHUNKS_PER_INVOCATION;
     // Output first: it is most of the bytes, and kept for the shorter time.
-    while left > 0 {
+    while left > 0 && rows > 0 {
         let next: Option<(String, String)> = tx
             .prepare_cached(&format!(
                 "SELECT id, prune_cursor FROM commands WHERE output_pruned = 0 AND created_at < ?1 \
@@ -695,17 +710,23 @@ pub(crate) fn prune_history(
                     .optional()
             })
             .map_err(db("prune the history"))?;
-        let Some((command, cursor)) = next else { break };
-        let ids = invocation_ids(&tx, &command, &cursor, left)?;
-        for id in &ids {
-            tx.prepare_cached("DELETE FROM output_chunks WHERE invocation_id = ?1")
-                .and_then(|mut st| st.execute([id]))
-                .map_err(db("prune output"))?;
+        let Some((command, mut cursor)) = next else {
+            break;
+        };
+        // One more than the budget, to know whether this finishes the command.
+        let ids = invocation_ids(&tx, &command, &cursor, left + 1)?;
+        let mut finished = ids.len() <= left;
+        for id in ids.iter().take(left) {
+            if !delete_chunks(&tx, id, &mut rows)? {
+                finished = false;
+                break;
+            }
+            done.outputs += 1;
+            left -= 1;
+            cursor.clone_from(id);
         }
-        done.outputs += ids.len() as u64;
-        let finished = ids.len() < left;
-        left -= ids.len();
-        let cursor = ids.last().cloned().unwrap_or(cursor);
+        // A command without invocations still costs a step, so the loop ends.
+        left = left.saturating_sub(usize::from(ids.is_empty()));
         tx.prepare_cached(
             "UPDATE commands SET output_pruned = ?2, prune_cursor = ?3 WHERE id = ?1",
         )
@@ -713,7 +734,7 @@ pub(crate) fn prune_history(
         .map_err(db("prune output"))?;
     }
     // Then whole commands: past their age, or the oldest while there are too many invocations.
-    while left > 0 {
+    while left > 0 && rows > 0 {
         let stored: i64 = tx
             .prepare_cached("SELECT invocations FROM history_size WHERE id = 1")
             .and_then(|mut st| st.query_row([], |row| row.get(0)))
@@ -740,10 +761,14 @@ pub(crate) fn prune_history(
         tx.prepare_cached("UPDATE commands SET deleting = 1 WHERE id = ?1 AND deleting = 0")
             .and_then(|mut st| st.execute([&command]))
             .map_err(db("prune a command"))?;
-        let ids = invocation_ids(&tx, &command, "", left)?;
-        for id in &ids {
+        let ids = invocation_ids(&tx, &command, "", left + 1)?;
+        let mut whole = ids.len() <= left;
+        for id in ids.iter().take(left) {
+            if !delete_chunks(&tx, id, &mut rows)? {
+                whole = false;
+                break;
+            }
             for sql in [
-                "DELETE FROM output_chunks WHERE invocation_id = ?1",
                 "DELETE FROM invocation_steps WHERE invocation_id = ?1",
                 "DELETE FROM invocations WHERE id = ?1",
             ] {
@@ -751,13 +776,13 @@ pub(crate) fn prune_history(
                     .and_then(|mut st| st.execute([id]))
                     .map_err(db("prune an invocation"))?;
             }
+            done.invocations += 1;
+            left -= 1;
         }
-        done.invocations += ids.len() as u64;
-        if ids.len() == left {
-            left = 0;
+        if !whole {
             break;
         }
-        left -= ids.len();
+        left = left.saturating_sub(usize::from(ids.is_empty()));
         for sql in [
             "DELETE FROM invocation_counts WHERE command_id = ?1",
             "DELETE FROM commands WHERE id = ?1",
@@ -769,8 +794,26 @@ pub(crate) fn prune_history(
         done.commands += 1;
     }
     tx.commit().map_err(db("prune the history"))?;
-    done.more = left == 0;
+    done.more = left == 0 || rows == 0;
     Ok(done)
+}
+
+/// Output chunks a batch may delete per invocation of its budget, on average.
+const CHUNKS_PER_INVOCATION: usize = 10;
+
+/// Deletes an invocation's output chunks, at most `rows` of them (counted down); true when
+/// none is left.
+fn delete_chunks(c: &Connection, invocation: &str, rows: &mut usize) -> Result<bool, StoreError> {
+    let limit = *rows;
+    let n = c
+        .prepare_cached(
+            "DELETE FROM output_chunks WHERE rowid IN \
+             (SELECT rowid FROM output_chunks WHERE invocation_id = ?1 LIMIT ?2)",
+        )
+        .and_then(|mut st| st.execute(params![invocation, limit as i64]))
+        .map_err(db("prune output"))?;
+    *rows -= n.min(limit);
+    Ok(n < limit)
 }
 
 /// Up to `limit` invocation IDs of a command, in order, after `after`.

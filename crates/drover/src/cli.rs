@@ -254,8 +254,8 @@ pub struct ServerArgs {
     /// [default: 90d].
     #[arg(long, env = "DROVER_HISTORY_MAX_AGE")]
     pub history_max_age: Option<String>,
-    /// Keep at most this many invocations: past it the oldest commands are deleted
-    /// [default: 1000000].
+    /// Keep at most this many invocations (10000 or more): past it the oldest finished
+    /// commands are deleted [default: 1000000].
     #[arg(long, env = "DROVER_HISTORY_MAX_INVOCATIONS")]
     pub history_max_invocations: Option<u64>,
     /// Delete the output of commands older than this, keeping their results, e.g. 30d

@@ -171,10 +171,12 @@ pub fn build_config(args: ServerArgs) -> Result<ServerConfig, UsageError> {
         .history_max_invocations
         .or(file.history_max_invocations)
     {
-        Some(0) => {
-            return Err(UsageError(
-                "history_max_invocations must be at least 1".into(),
-            ))
+        // Below the largest command, one running command would keep the count over the limit
+        // and every finished command would be deleted as soon as it finished.
+        Some(n) if n < 10_000 => {
+            return Err(UsageError(format!(
+                "history_max_invocations {n} is out of range: at least 10000"
+            )))
         }
         Some(n) => n,
         None => r.max_invocations,

@@ -76,6 +76,10 @@ async fn retention_deletes_old_output_first_then_the_whole_command() -> anyhow::
     })
     .await?;
     assert!(client.list_invocations(&command, false).await.is_err());
+    // A page cursor that was pruned is an error, not a silent end of the list.
+    let gone = client.list_commands(10, Some(&command)).await.unwrap_err();
+    assert_eq!(gone.status(), Some(404), "{gone}");
+    assert!(gone.to_string().contains("retention"), "{gone}");
     let metrics = client.get_text("/metrics").await?;
     for what in ["output", "invocation", "command"] {
         assert!(
@@ -93,7 +97,7 @@ async fn history_flags_are_checked() -> anyhow::Result<()> {
         ("--history-max-age", "soon", "invalid history_max_age"),
         ("--output-max-age", "0s", "out of range"),
         ("--prune-interval", "2d", "out of range"),
-        ("--history-max-invocations", "0", "at least 1"),
+        ("--history-max-invocations", "9999", "at least 10000"),
         ("--history-max-invocations", "many", "invalid value"),
     ] {
         let out = env.cli(&["server", "--data-dir", "unused", flag, value])?;

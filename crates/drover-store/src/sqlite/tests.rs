@@ -764,3 +764,42 @@ async fn retention_by_count_deletes_the_oldest_finished_commands_whole() {
     );
     assert_eq!(seeded_store_rows(&s, "SELECT COUNT(*) FROM invocations"), 6);
 }
+
+#[tokio::test]
+async fn a_pruning_batch_deletes_a_bounded_number_of_output_rows() {
+    let (_d, s) = store().await;
+    s.create_command(
+        &Command {
+            status: "Success".into(),
+            ..command("cmd-1")
+        },
+        &[invocation("inv-1")],
+    )
+    .await
+    .unwrap();
+    let mut updates = vec![step_started()];
+    for k in 0..25 {
+        updates.push(output(k, "x"));
+    }
+    s.apply_invocation_updates(&updates).await.unwrap();
+    let chunks = |s: &SqliteStore| seeded_store_rows(s, "SELECT COUNT(*) FROM output_chunks");
+    assert_eq!(chunks(&s), 25);
+    let r = Retention {
+        delete_before: 0,
+        max_invocations: u64::MAX,
+        output_before: 10,
+    };
+    // A budget of one invocation allows 10 chunk rows per transaction.
+    let mut batches = 0;
+    loop {
+        let before = chunks(&s);
+        let p = s.prune_history(&r, 1).await.unwrap();
+        assert!(before - chunks(&s) <= 10, "{p:?}");
+        batches += 1;
+        if !p.more {
+            break;
+        }
+    }
+    assert_eq!((chunks(&s), batches), (0, 4));
+    assert!(s.get_command("cmd-1").await.unwrap().unwrap().output_pruned);
+}
