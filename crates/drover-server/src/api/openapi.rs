@@ -254,11 +254,13 @@ fn registration_inventory() -> Value {
     })
 }
 
-/// Errors particular to one operation: a resource it refers to in its body (404), or a state
-/// that forbids the change (409).
+/// Errors particular to one operation: a resource it refers to in its body or query (404: a
+/// target, a page cursor the retention policy deleted), or a state that forbids the change
+/// (409).
 fn extra_errors(path: &str, method: &str) -> Vec<&'static str> {
     match (method, path) {
         ("post", "/api/v1/commands") => vec!["404", "409"],
+        ("get", "/api/v1/commands") => vec!["404"],
         ("post" | "put" | "delete", p) if p.starts_with("/api/v1/documents") => vec!["409"],
         ("patch", "/api/v1/nodes/{id}/tags") => vec!["409"],
         ("get" | "post", p) if p.starts_with("/api/v1/nodes/{id}") => vec!["409"],
