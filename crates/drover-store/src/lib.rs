@@ -8,6 +8,8 @@ mod commands;
 mod model;
 mod sqlite;
 mod sqlite_commands;
+mod sqlite_documents;
+mod sqlite_history;
 
 use std::collections::BTreeMap;
 

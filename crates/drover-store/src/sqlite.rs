@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::sqlite_commands as sc;
+use crate::sqlite_documents as sd;
 use crate::*;
 use rows::{activation_from_row, get_node_tx, json, node_from_row, rfc3339, status_str};
 use schema::migrate;
@@ -72,7 +73,7 @@ impl SqliteStore {
         first_created_at: i64,
     ) -> Result<u64, StoreError> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::WorkerGone)?;
-        sc::seed_history(&mut conn, commands, per_command, first_created_at)
+        crate::sqlite_history::seed_history(&mut conn, commands, per_command, first_created_at)
     }
 
     /// Runs `f` with the connection on a blocking thread.
@@ -493,7 +494,7 @@ impl Store for SqliteStore {
 
     async fn create_document(&self, doc: &DocumentVersion) -> Result<DocumentVersion, StoreError> {
         let doc = doc.clone();
-        self.call(move |c| sc::create_document(c, &doc)).await
+        self.call(move |c| sd::create_document(c, &doc)).await
     }
 
     async fn update_document(
@@ -510,7 +511,7 @@ impl Store for SqliteStore {
             format.to_string(),
             description.to_string(),
         );
-        self.call(move |c| sc::update_document(c, &n, &ct, &f, &d, at))
+        self.call(move |c| sd::update_document(c, &n, &ct, &f, &d, at))
             .await
     }
 
@@ -520,16 +521,16 @@ impl Store for SqliteStore {
         version: Option<i64>,
     ) -> Result<Option<DocumentVersion>, StoreError> {
         let n = name.to_string();
-        self.call(move |c| sc::get_document(c, &n, version)).await
+        self.call(move |c| sd::get_document(c, &n, version)).await
     }
 
     async fn list_documents(&self) -> Result<Vec<DocumentVersion>, StoreError> {
-        self.call(|c| sc::list_documents(c)).await
+        self.call(|c| sd::list_documents(c)).await
     }
 
     async fn document_versions(&self, name: &str) -> Result<Vec<DocumentVersion>, StoreError> {
         let n = name.to_string();
-        self.call(move |c| sc::document_versions(c, &n)).await
+        self.call(move |c| sd::document_versions(c, &n)).await
     }
 
     async fn set_default_version(
@@ -538,13 +539,13 @@ impl Store for SqliteStore {
         version: i64,
     ) -> Result<DocumentVersion, StoreError> {
         let n = name.to_string();
-        self.call(move |c| sc::set_default_version(c, &n, version))
+        self.call(move |c| sd::set_default_version(c, &n, version))
             .await
     }
 
     async fn delete_document(&self, name: &str) -> Result<(), StoreError> {
         let n = name.to_string();
-        self.call(move |c| sc::delete_document(c, &n)).await
+        self.call(move |c| sd::delete_document(c, &n)).await
     }
 
     async fn create_command(
@@ -614,11 +615,16 @@ impl Store for SqliteStore {
         budget: usize,
     ) -> Result<Pruned, StoreError> {
         let r = *retention;
-        self.call(move |c| sc::prune_history(c, &r, budget)).await
+        self.call(move |c| crate::sqlite_history::prune_history(c, &r, budget))
+            .await
     }
 }
 
 mod certs;
+#[cfg(test)]
+mod history_tests;
+#[cfg(test)]
+mod plan_tests;
 mod rows;
 mod schema;
 #[cfg(test)]

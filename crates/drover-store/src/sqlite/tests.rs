@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn new_node(hex: &str, tags: &[(&str, &str)]) -> NewNode {
+pub(super) fn new_node(hex: &str, tags: &[(&str, &str)]) -> NewNode {
     NewNode {
         id: NodeId::random(hex).unwrap(),
         name: String::new(),
@@ -20,7 +20,7 @@ fn new_node(hex: &str, tags: &[(&str, &str)]) -> NewNode {
     }
 }
 
-fn activation(limit: i64) -> Activation {
+pub(super) fn activation(limit: i64) -> Activation {
     Activation {
         id: "act-1".into(),
         code_hash: "h".into(),
@@ -34,7 +34,7 @@ fn activation(limit: i64) -> Activation {
     }
 }
 
-async fn store() -> (tempfile::TempDir, SqliteStore) {
+pub(super) async fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
     (dir, s)
@@ -193,7 +193,7 @@ fn reopening_keeps_the_schema() {
     SqliteStore::open(&path).unwrap();
 }
 
-fn command(id: &str) -> Command {
+pub(super) fn command(id: &str) -> Command {
     Command {
         id: id.into(),
         document_name: "RunShellScript".into(),
@@ -214,7 +214,7 @@ fn command(id: &str) -> Command {
     }
 }
 
-fn invocation(id: &str) -> Invocation {
+pub(super) fn invocation(id: &str) -> Invocation {
     Invocation {
         id: id.into(),
         command_id: "cmd-1".into(),
@@ -230,7 +230,7 @@ fn invocation(id: &str) -> Invocation {
     }
 }
 
-fn output(offset: i64, data: &str) -> InvocationUpdate {
+pub(super) fn output(offset: i64, data: &str) -> InvocationUpdate {
     InvocationUpdate::Output {
         invocation_id: "inv-1".into(),
         step: "s".into(),
@@ -241,7 +241,7 @@ fn output(offset: i64, data: &str) -> InvocationUpdate {
     }
 }
 
-fn status(st: &str) -> InvocationUpdate {
+pub(super) fn status(st: &str) -> InvocationUpdate {
     InvocationUpdate::Status {
         invocation_id: "inv-1".into(),
         status: st.into(),
@@ -251,14 +251,14 @@ fn status(st: &str) -> InvocationUpdate {
     }
 }
 
-fn step_started() -> InvocationUpdate {
+pub(super) fn step_started() -> InvocationUpdate {
     InvocationUpdate::StepStarted {
         invocation_id: "inv-1".into(),
         step: "s".into(),
     }
 }
 
-fn step_finished() -> InvocationUpdate {
+pub(super) fn step_finished() -> InvocationUpdate {
     InvocationUpdate::StepFinished {
         invocation_id: "inv-1".into(),
         step: "s".into(),
@@ -462,344 +462,4 @@ async fn a_renewal_retires_the_previous_certificate_once_the_new_one_is_seen_and
         s.check_certificate(&n.id, "newer").await.unwrap(),
         CertCheck::Current
     );
-}
-
-/// Statements SQLite ran, with their parameters expanded (from `Connection::trace`, which takes
-/// a plain function: hence a global).
-static TRACED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-fn traced(sql: &str) {
-    TRACED.lock().unwrap().push(sql.to_string());
-}
-
-/// Every statement the dispatch, progress and read paths run is planned against a store with
-/// history, and none may scan a table that grows with history (it would make each update cost
-/// more as the server ages, and each command cost more with the fleet).
-#[tokio::test]
-async fn no_hot_statement_scans_a_table_that_grows_with_history() {
-    let (_d, s) = store().await;
-    s.create_activation(&activation(10)).await.unwrap();
-    let node = s
-        .redeem_activation("act-1", "h", 10, new_node("00000000000000001", &[]))
-        .await
-        .unwrap();
-    // History: earlier commands with their invocations.
-    for c in 0..20 {
-        let id = format!("cmd-old{c}");
-        let invs: Vec<Invocation> = (0..20)
-            .map(|i| Invocation {
-                id: format!("inv-old{c}-{i}"),
-                command_id: id.clone(),
-                ..invocation("x")
-            })
-            .collect();
-        s.create_command(&command(&id), &invs).await.unwrap();
-    }
-    s.conn.lock().unwrap().execute_batch("ANALYZE").unwrap();
-    s.conn.lock().unwrap().trace(Some(traced));
-
-    // The work of one command, as the server does it.
-    s.create_command(&command("cmd-1"), &[invocation("inv-1")])
-        .await
-        .unwrap();
-    s.record_presence(&[Presence {
-        id: node.id.clone(),
-        online: true,
-        at: 20,
-    }])
-    .await
-    .unwrap();
-    s.apply_invocation_updates(&[
-        status("InProgress"),
-        step_started(),
-        output(0, "hello"),
-        step_finished(),
-        status("Success"),
-    ])
-    .await
-    .unwrap();
-    for q in [
-        InvocationQuery {
-            id: Some("inv-1".into()),
-            limit: 1,
-            with_steps: true,
-            output_cap: Some(0),
-            ..InvocationQuery::default()
-        },
-        InvocationQuery {
-            command_id: Some("cmd-1".into()),
-            after: Some("inv-0".into()),
-            limit: 5000,
-            ..InvocationQuery::default()
-        },
-        InvocationQuery {
-            command_id: Some("cmd-1".into()),
-            node_id: Some(node.id.to_string()),
-            limit: 1,
-            with_steps: true,
-            ..InvocationQuery::default()
-        },
-        InvocationQuery {
-            command_id: Some("cmd-1".into()),
-            status: Some("Success".into()),
-            limit: 100,
-            with_steps: true,
-            output_cap: Some(100),
-            ..InvocationQuery::default()
-        },
-    ] {
-        s.list_invocations(&q).await.unwrap();
-    }
-    s.status_counts("cmd-1").await.unwrap();
-    s.get_command("cmd-1").await.unwrap();
-    s.get_node(&node.id).await.unwrap();
-    s.list_commands(None, 50).await.unwrap();
-    s.list_commands(Some("cmd-old10"), 50).await.unwrap();
-    // Pruning is not on the hot path, but it runs beside it: each batch must cost what it
-    // removes, not what is stored.
-    for retention in [
-        Retention {
-            delete_before: 0,
-            max_invocations: u64::MAX,
-            output_before: 10,
-        },
-        Retention {
-            delete_before: 10,
-            max_invocations: 5,
-            output_before: 0,
-        },
-    ] {
-        s.prune_history(&retention, 30).await.unwrap();
-    }
-    s.conn.lock().unwrap().trace(None);
-
-    let statements = std::mem::take(&mut *TRACED.lock().unwrap());
-    assert!(statements.len() > 10, "{statements:#?}");
-    let growing = [
-        "invocations",
-        "invocation_steps",
-        "output_chunks",
-        "commands",
-        "invocation_counts",
-        "history_size",
-    ];
-    let conn = s.conn.lock().unwrap();
-    let mut scans = Vec::new();
-    for sql in statements.iter().filter(|s| {
-        let t = s.trim_start().to_ascii_uppercase();
-        ["SELECT", "UPDATE", "INSERT", "DELETE", "WITH"]
-            .iter()
-            .any(|k| t.starts_with(k))
-    }) {
-        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let plan: Vec<String> = st
-            .query_map([], |r| r.get::<_, String>(3))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        for step in plan {
-            // `SCAN t USING INDEX i` walks the whole index too: only SEARCH is bounded, and a
-            // walk in index order with no filter, which stops at its LIMIT.
-            let top_n = sql.contains(" LIMIT ") && !sql.contains(" WHERE ");
-            // A partial index that holds at most one row: the command being pruned.
-            let bounded = step.ends_with("INDEX commands_deleting");
-            let scans_growing = !top_n
-                && !bounded
-                && growing.iter().any(|t| {
-                    step == format!("SCAN {t}") || step.starts_with(&format!("SCAN {t} "))
-                });
-            if scans_growing {
-                scans.push(format!("{step}\n    in {sql}"));
-            }
-        }
-    }
-    assert!(
-        scans.is_empty(),
-        "full scans of growing tables:\n{}",
-        scans.join("\n")
-    );
-}
-
-fn seeded_store_rows(s: &SqliteStore, sql: &str) -> i64 {
-    s.conn
-        .lock()
-        .unwrap()
-        .query_row(sql, [], |r| r.get(0))
-        .unwrap()
-}
-
-/// Three finished commands of five invocations (created at 100, 101, 102) and a running one
-/// created before all of them.
-async fn history() -> (tempfile::TempDir, SqliteStore) {
-    let (d, s) = store().await;
-    s.create_command(
-        &Command {
-            created_at: 50,
-            status: "InProgress".into(),
-            ..command("cmd-1")
-        },
-        &[invocation("inv-1")],
-    )
-    .await
-    .unwrap();
-    s.apply_invocation_updates(&[step_started(), output(0, "running")])
-        .await
-        .unwrap();
-    assert_eq!(s.seed_history(3, 5, 100).unwrap(), 15);
-    (d, s)
-}
-
-async fn prune_all(s: &SqliteStore, r: &Retention, budget: usize) -> Pruned {
-    let mut total = Pruned::default();
-    loop {
-        let p = s.prune_history(r, budget).await.unwrap();
-        assert!(
-            (p.outputs + p.invocations) as usize <= budget,
-            "a batch of budget {budget} did {p:?}"
-        );
-        total.outputs += p.outputs;
-        total.invocations += p.invocations;
-        total.commands += p.commands;
-        if !p.more {
-            return total;
-        }
-    }
-}
-
-#[tokio::test]
-async fn retention_prunes_output_first_then_old_commands_and_never_a_running_one() {
-    let (_d, s) = history().await;
-    let r = Retention {
-        delete_before: 101,
-        max_invocations: 1_000,
-        output_before: 102,
-    };
-    let p = prune_all(&s, &r, 2).await;
-    assert_eq!((p.outputs, p.invocations, p.commands), (10, 5, 1), "{p:?}");
-
-    // The oldest finished command is gone, everything of it.
-    assert!(s.get_command("cmd-seed-00000000").await.unwrap().is_none());
-    for table in ["invocations", "invocation_steps", "output_chunks"] {
-        let column = if table == "invocations" {
-            "id"
-        } else {
-            "invocation_id"
-        };
-        let left = seeded_store_rows(
-            &s,
-            &format!("SELECT COUNT(*) FROM {table} WHERE {column} LIKE 'inv-seed-00000000-%'"),
-        );
-        assert_eq!(left, 0, "{table}");
-    }
-    assert!(s
-        .status_counts("cmd-seed-00000000")
-        .await
-        .unwrap()
-        .is_empty());
-    // The next one kept its results but not its output.
-    let kept = s.get_command("cmd-seed-00000001").await.unwrap().unwrap();
-    assert!(kept.output_pruned);
-    let q = |command: &str| InvocationQuery {
-        command_id: Some(command.into()),
-        limit: 100,
-        with_steps: true,
-        ..InvocationQuery::default()
-    };
-    let invs = s.list_invocations(&q("cmd-seed-00000001")).await.unwrap();
-    assert_eq!(invs.len(), 5);
-    for inv in &invs {
-        assert_eq!(inv.status, "Success");
-        assert_eq!(
-            (inv.steps[0].stdout.as_str(), inv.steps[0].stdout_bytes),
-            ("", 3)
-        );
-    }
-    // The newest is whole, and so is the running command, older than all of them.
-    assert!(
-        !s.get_command("cmd-seed-00000002")
-            .await
-            .unwrap()
-            .unwrap()
-            .output_pruned
-    );
-    for inv in s.list_invocations(&q("cmd-seed-00000002")).await.unwrap() {
-        assert_eq!(inv.steps[0].stdout, "ok\n");
-    }
-    let running = s.list_invocations(&q("cmd-1")).await.unwrap();
-    assert_eq!(running[0].steps[0].stdout, "running");
-    assert_eq!(
-        seeded_store_rows(&s, "SELECT invocations FROM history_size"),
-        11
-    );
-    // Nothing more to do.
-    assert_eq!(prune_all(&s, &r, 2).await, Pruned::default());
-}
-
-#[tokio::test]
-async fn retention_by_count_deletes_the_oldest_finished_commands_whole() {
-    let (_d, s) = history().await;
-    let r = Retention {
-        delete_before: 0,
-        max_invocations: 8,
-        output_before: 0,
-    };
-    // 16 stored: the two oldest finished commands go (16 → 11 → 6), the running one stays.
-    let p = prune_all(&s, &r, 3).await;
-    assert_eq!((p.outputs, p.invocations, p.commands), (0, 10, 2), "{p:?}");
-    // Seeding again puts back only what is missing.
-    assert_eq!(s.seed_history(3, 5, 100).unwrap(), 10);
-    assert_eq!(s.seed_history(3, 5, 100).unwrap(), 0);
-    prune_all(&s, &r, 3).await;
-    let left: Vec<String> = s
-        .list_commands(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    assert_eq!(left, ["cmd-seed-00000002", "cmd-1"]);
-    assert_eq!(
-        seeded_store_rows(&s, "SELECT invocations FROM history_size"),
-        6
-    );
-    assert_eq!(seeded_store_rows(&s, "SELECT COUNT(*) FROM invocations"), 6);
-}
-
-#[tokio::test]
-async fn a_pruning_batch_deletes_a_bounded_number_of_output_rows() {
-    let (_d, s) = store().await;
-    s.create_command(
-        &Command {
-            status: "Success".into(),
-            ..command("cmd-1")
-        },
-        &[invocation("inv-1")],
-    )
-    .await
-    .unwrap();
-    let mut updates = vec![step_started()];
-    for k in 0..25 {
-        updates.push(output(k, "x"));
-    }
-    s.apply_invocation_updates(&updates).await.unwrap();
-    let chunks = |s: &SqliteStore| seeded_store_rows(s, "SELECT COUNT(*) FROM output_chunks");
-    assert_eq!(chunks(&s), 25);
-    let r = Retention {
-        delete_before: 0,
-        max_invocations: u64::MAX,
-        output_before: 10,
-    };
-    // A budget of one invocation allows 10 chunk rows per transaction.
-    let mut batches = 0;
-    loop {
-        let before = chunks(&s);
-        let p = s.prune_history(&r, 1).await.unwrap();
-        assert!(before - chunks(&s) <= 10, "{p:?}");
-        batches += 1;
-        if !p.more {
-            break;
-        }
-    }
-    assert_eq!((chunks(&s), batches), (0, 4));
-    assert!(s.get_command("cmd-1").await.unwrap().unwrap().output_pruned);
 }
