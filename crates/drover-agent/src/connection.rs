@@ -18,6 +18,7 @@ use crate::backoff::Backoff;
 use crate::executor::ExecCtx;
 use crate::identity::Identity;
 use crate::invocations::Runner;
+use crate::session::Sessions;
 use crate::{inventory, AgentError};
 
 /// Where the agent's inventory comes from: this machine, or a fixed one (the agent simulator,
@@ -52,6 +53,8 @@ pub struct AgentConfig {
     pub reboot: RebootMode,
     /// Largest file a downloadContent step may fetch, in bytes.
     pub max_download_bytes: u64,
+    /// The OS user sessions run as when the server names none and the agent runs as root.
+    pub session_user: String,
 }
 
 /// Default for [`AgentConfig::max_download_bytes`]: packages and installers fit, a runaway
@@ -81,6 +84,7 @@ impl AgentConfig {
             tunnel: TunnelConfig::default(),
             reboot: RebootMode::Machine,
             max_download_bytes: DEFAULT_MAX_DOWNLOAD_BYTES,
+            session_user: "drover-user".into(),
         }
     }
 }
@@ -150,6 +154,7 @@ pub async fn run(
         max_download_bytes: config.max_download_bytes,
     });
     runner.recover();
+    let sessions = Sessions::new(config.session_user.clone(), shutdown.child_token());
     loop {
         let identity = match Identity::load(&config.state_dir) {
             Ok(identity) => identity,
@@ -165,7 +170,7 @@ pub async fn run(
             Err(e) => return Err(e),
         };
         let outcome = tokio::select! {
-            o = connect_once(&config, identity, &shutdown, &emit, &runner) => o,
+            o = connect_once(&config, identity, &shutdown, &emit, (&runner, &sessions)) => o,
             Some(()) = reboot_rx.recv() => match config.reboot {
                 RebootMode::RestartAgent => {
                     tracing::warn!("a script asked for a reboot: stopping the agent so that it restarts");
@@ -230,7 +235,7 @@ async fn connect_once(
     mut identity: Identity,
     shutdown: &CancellationToken,
     emit: &impl Fn(AgentEvent),
-    runner: &Arc<Runner>,
+    workers: (&Arc<Runner>, &Arc<Sessions>),
 ) -> Outcome {
     let lost = Outcome::lost;
     let target = match Endpoint::parse(&identity.state.server, 443) {
@@ -265,7 +270,7 @@ async fn connect_once(
         &mut incoming,
         shutdown,
         emit,
-        runner,
+        workers,
     )
     .await;
     tunnel.close();
@@ -286,7 +291,7 @@ async fn session(
     incoming: &mut drover_tunnel::Incoming,
     shutdown: &CancellationToken,
     emit: &impl Fn(AgentEvent),
-    runner: &Arc<Runner>,
+    (runner, sessions): (&Arc<Runner>, &Arc<Sessions>),
 ) -> Outcome {
     let lost = Outcome::lost;
     let stream = match tunnel.open().await {
@@ -416,7 +421,7 @@ async fn session(
             }
             stream = incoming.accept() => match stream {
                 Some(s) => {
-                    streams.spawn(serve_stream(runner.clone(), s));
+                    streams.spawn(serve_stream(runner.clone(), sessions.clone(), s));
                 }
                 None => {
                     // The server may have said why just before closing: read what is buffered.
@@ -429,6 +434,8 @@ async fn session(
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             _ = shutdown.cancelled() => {
+                // Open sessions tell their users why they end before the tunnel goes.
+                sessions.wait_ended(Duration::from_secs(5)).await;
                 let _ = framed.send(Message::Goodbye { reason: "agent stopping".into() }).await;
                 return Outcome::Stopped;
             }
@@ -470,7 +477,7 @@ async fn maybe_renew(
 }
 
 /// A stream the server opened: its first frame says what it is for.
-async fn serve_stream(runner: Arc<Runner>, stream: Stream) {
+async fn serve_stream(runner: Arc<Runner>, sessions: Arc<Sessions>, stream: Stream) {
     let mut framed = FrameCodec::framed(stream);
     let first = tokio::time::timeout(Duration::from_secs(10), framed.next()).await;
     let message = match first {
@@ -481,6 +488,15 @@ async fn serve_stream(runner: Arc<Runner>, stream: Stream) {
                     return;
                 }
                 _ => "expected invoke after open".to_string(),
+            }
+        }
+        Ok(Some(Ok(Message::Open(open)))) if open.kind == StreamKind::Session => {
+            match tokio::time::timeout(Duration::from_secs(10), framed.next()).await {
+                Ok(Some(Ok(Message::SessionStart(start)))) => {
+                    crate::session::serve(sessions, framed, start).await;
+                    return;
+                }
+                _ => "expected session_start after open".to_string(),
             }
         }
         Ok(Some(Ok(Message::Open(open)))) => {

@@ -6,11 +6,17 @@
 
 mod frame;
 mod message;
+mod session;
 
 pub use frame::{decode, encode, FrameError, LENGTH_PREFIX, MAX_FRAME_LEN};
 pub use message::{
     negotiate, CertificateIssued, Hello, Inventory, Invoke, Message, OutputStream, Progress,
-    RefuseCode, Refused, StreamKind, StreamOpen, Welcome, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    RefuseCode, Refused, SessionKind, SessionStart, StreamKind, StreamOpen, Terminal, Welcome,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+pub use session::{
+    SessionClosed, SessionFrame, SessionFrameError, SessionSignal, SessionStream,
+    SESSION_DATA_MAX, SESSION_FRAME_MAX,
 };
 
 /// The ALPN protocol identifier an agent offers when it dials the server. The server routes a TLS

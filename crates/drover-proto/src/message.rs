@@ -57,6 +57,11 @@ pub enum Message {
     Cancel,
     /// Server to agent: the final result is stored; the agent may forget the invocation.
     Delivered,
+    /// Server to agent, first on a session stream: start this session.
+    SessionStart(SessionStart),
+    /// Agent to server: the session's process runs; session frames follow
+    /// ([`crate::SessionFrame`]), either way.
+    SessionStarted,
 }
 
 impl Message {
@@ -79,6 +84,8 @@ impl Message {
             Message::Progress(_) => "progress",
             Message::Cancel => "cancel",
             Message::Delivered => "delivered",
+            Message::SessionStart(_) => "session_start",
+            Message::SessionStarted => "session_started",
         }
     }
 }
@@ -90,6 +97,8 @@ pub enum StreamKind {
     Control,
     /// One invocation of a command on this node.
     Invocation,
+    /// One session (a shell, a command with or without a PTY).
+    Session,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,4 +271,53 @@ pub enum Progress {
         status: String,
         exit_code: i32,
     },
+}
+
+/// What a session runs on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// The login shell of the session's user, in a PTY.
+    Shell,
+    /// One command line, run by the user's shell, in a PTY.
+    Interactive,
+    /// One command line, run by the user's shell, stdout and stderr apart, no PTY.
+    NonInteractive,
+}
+
+/// A terminal's size and type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terminal {
+    pub cols: u16,
+    pub rows: u16,
+    /// `TERM` for the session (`xterm-256color` when the client does not say).
+    pub term: String,
+}
+
+/// Server to agent: start a session. The server has authorized it and resolved its document;
+/// the agent runs exactly this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStart {
+    pub session_id: String,
+    pub kind: SessionKind,
+    /// The command line for `Interactive` and `NonInteractive`, given to the user's shell as
+    /// `-c`. Parameters are never spliced into it: they arrive in `env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The PTY, for `Shell` and `Interactive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<Terminal>,
+    /// The OS user to run as; none: the agent's default (`drover-user` when the agent is root,
+    /// else the agent's own user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    /// Extra environment (the shell profile's variables, a document's parameters).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory; none: the user's home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Commands the shell runs first (the shell profile), for `Shell` only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub profile: String,
 }

@@ -6,15 +6,18 @@
 
 mod commands;
 mod model;
+mod sessions;
 mod sqlite;
 mod sqlite_commands;
 mod sqlite_documents;
 mod sqlite_history;
+mod sqlite_sessions;
 
 use std::collections::BTreeMap;
 
 pub use commands::*;
 pub use model::*;
+pub use sessions::*;
 pub use sqlite::SqliteStore;
 
 /// Store errors. `Conflict` and `NotFound` are the caller's to explain; the rest are faults.
@@ -221,4 +224,17 @@ pub trait Store: Send + Sync + 'static {
         retention: &Retention,
         budget: usize,
     ) -> Result<Pruned, StoreError>;
+
+    // --- sessions
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Sets the status of a session not yet ended.
+    async fn set_session_status(&self, id: &str, status: &str) -> Result<(), StoreError>;
+    /// Ends a session; false if it had already ended.
+    async fn end_session(&self, id: &str, end: &SessionEnd) -> Result<bool, StoreError>;
+    /// Ends every open session (at startup); how many there were.
+    async fn end_open_sessions(&self, at: i64, detail: &str) -> Result<u64, StoreError>;
+    async fn add_session_event(&self, event: &SessionEvent) -> Result<(), StoreError>;
+    async fn session_events(&self, session_id: &str) -> Result<Vec<SessionEvent>, StoreError>;
 }

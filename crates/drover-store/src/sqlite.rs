@@ -9,8 +9,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::sqlite_commands as sc;
 use crate::sqlite_documents as sd;
+use crate::sqlite_sessions as ss;
 use crate::*;
-use rows::{activation_from_row, get_node_tx, json, node_from_row, rfc3339, status_str};
+use rows::{activation_from_row, get_node_tx, json, node_from_row, status_str};
 use schema::migrate;
 
 const NODE_COLUMNS: &str = "id, name, tags, status, last_seen_at, registered_at, activation_id, \
@@ -347,102 +348,8 @@ impl Store for SqliteStore {
         node: NewNode,
     ) -> Result<Node, RedeemError> {
         let (aid, code_hash) = (activation_id.to_string(), code_hash.to_string());
-        self.call(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db("redeem an activation"))?;
-            let act = tx
-                .query_row(
-                    "SELECT id, code_hash, description, default_name, tags, registration_limit, \
-                     registrations, expires_at, created_at FROM activations WHERE id = ?1",
-                    [&aid],
-                    activation_from_row,
-                )
-                .optional()
-                .map_err(db("redeem an activation"))?
-                .ok_or_else(|| RedeemError::UnknownActivation(aid.clone()))?;
-            if act.code_hash != code_hash {
-                return Err(RedeemError::WrongCode(aid));
-            }
-            if now >= act.expires_at {
-                return Err(RedeemError::Expired(aid, rfc3339(act.expires_at)));
-            }
-            if act.registrations >= act.registration_limit {
-                return Err(RedeemError::UsedUp {
-                    id: aid,
-                    limit: act.registration_limit,
-                });
-            }
-            // The activation's tags are authoritative: whoever holds a code for env=dev nodes
-            // must not register an env=prod node (and receive env=prod commands). Registration
-            // may add keys the activation leaves open.
-            let mut tags = act.tags.clone();
-            for (k, v) in &node.tags {
-                match act.tags.get(k) {
-                    Some(fixed) if fixed != v => {
-                        return Err(RedeemError::TagConflict {
-                            id: aid,
-                            key: k.clone(),
-                            asked: v.clone(),
-                            fixed: fixed.clone(),
-                        })
-                    }
-                    _ => {
-                        tags.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            tx.execute(
-                "UPDATE activations SET registrations = registrations + 1 WHERE id = ?1",
-                [&aid],
-            )
-            .map_err(db("redeem an activation"))?;
-            let name = if node.name.is_empty() {
-                if act.default_name.is_empty() {
-                    node.inventory.hostname.clone()
-                } else {
-                    act.default_name.clone()
-                }
-            } else {
-                node.name.clone()
-            };
-            let inv = &node.inventory;
-            tx.execute(
-                &format!(
-                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, 'connection_lost', 0, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-                ),
-                params![
-                    node.id.as_str(),
-                    name,
-                    json(&tags),
-                    node.registered_at,
-                    aid,
-                    inv.hostname,
-                    inv.platform,
-                    inv.os_name,
-                    inv.os_version,
-                    inv.kernel,
-                    inv.arch,
-                    inv.agent_version,
-                    json(&inv.ip_addresses),
-                    inv.boot_time
-                ],
-            )
-            .map_err(db("create a node"))?;
-            for (k, v) in &tags {
-                tx.execute(
-                    "INSERT INTO node_tags (node_id, key, value) VALUES (?1, ?2, ?3)",
-                    params![node.id.as_str(), k, v],
-                )
-                .map_err(db("create a node"))?;
-            }
-            let created = get_node_tx(&tx, node.id.as_str())?
-                .ok_or_else(|| StoreError::NotFound(format!("node {}", node.id)))?;
-            tx.commit().map_err(db("redeem an activation"))?;
-            Ok(created)
-        })
-        .await
+        self.call(move |c| redeem::redeem(c, aid, &code_hash, now, node))
+            .await
     }
 
     async fn create_token(&self, t: &ApiToken) -> Result<(), StoreError> {
@@ -618,9 +525,50 @@ impl Store for SqliteStore {
         self.call(move |c| crate::sqlite_history::prune_history(c, &r, budget))
             .await
     }
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let s = session.clone();
+        self.call(move |c| ss::create(c, &s)).await
+    }
+
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| ss::get(c, &id)).await
+    }
+
+    async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<SessionRecord>, StoreError> {
+        let q = query.clone();
+        self.call(move |c| ss::list(c, &q)).await
+    }
+
+    async fn set_session_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
+        let (id, status) = (id.to_string(), status.to_string());
+        self.call(move |c| ss::set_status(c, &id, &status)).await
+    }
+
+    async fn end_session(&self, id: &str, end: &SessionEnd) -> Result<bool, StoreError> {
+        let (id, e) = (id.to_string(), end.clone());
+        self.call(move |c| ss::end(c, &id, &e)).await
+    }
+
+    async fn end_open_sessions(&self, at: i64, detail: &str) -> Result<u64, StoreError> {
+        let detail = detail.to_string();
+        self.call(move |c| ss::end_open(c, at, &detail)).await
+    }
+
+    async fn add_session_event(&self, event: &SessionEvent) -> Result<(), StoreError> {
+        let e = event.clone();
+        self.call(move |c| ss::add_event(c, &e)).await
+    }
+
+    async fn session_events(&self, session_id: &str) -> Result<Vec<SessionEvent>, StoreError> {
+        let id = session_id.to_string();
+        self.call(move |c| ss::events(c, &id)).await
+    }
 }
 
 mod certs;
+mod redeem;
 #[cfg(test)]
 mod history_tests;
 #[cfg(test)]

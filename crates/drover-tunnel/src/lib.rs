@@ -10,6 +10,8 @@ mod codec;
 pub mod dial;
 pub mod heap;
 mod mux;
+mod session_codec;
 
 pub use codec::{CodecError, FrameCodec, Framed};
+pub use session_codec::{into_session, SessionCodec, SessionFramed};
 pub use mux::{Incoming, Role, Stream, Tunnel, TunnelConfig, TunnelError};

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     crate::sqlite_commands::MIGRATION_OUTPUT_CHUNKS,
     crate::sqlite_commands::MIGRATION_INVOCATION_COUNTS,
     crate::sqlite_commands::MIGRATION_RETENTION,
+    crate::sqlite_sessions::MIGRATION_SESSIONS,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"

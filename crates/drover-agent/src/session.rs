@@ -1,0 +1,459 @@
+//! Sessions on the node: a shell or a command, in a PTY or with pipes, relayed over one tunnel
+//! stream as [`SessionFrame`]s. The server has authorized the session and decided what it runs
+//! and as whom; the agent starts exactly that and relays bytes until the process ends, the
+//! server closes the stream, or the agent stops. Whatever ends it, the session's process group
+//! goes with it: no orphaned shells.
+//!
+//! Output and input are pumped by two futures, so a program that stops reading its input never
+//! stops its output from flowing (and the reverse).
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use drover_proto::{
+    Message, SessionClosed, SessionFrame, SessionKind, SessionStart, SessionStream,
+};
+use drover_tunnel::{into_session, Framed, SessionFramed, Stream};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::os_user::{self, OsUser};
+
+/// How long output may still arrive after the process exits (from its background children,
+/// which may hold the PTY open for good).
+const DRAIN: Duration = Duration::from_millis(300);
+/// How long the process group has between SIGHUP and SIGKILL when a session is cut off.
+const HANGUP_GRACE: Duration = Duration::from_secs(2);
+const READ_BUF: usize = 32 * 1024;
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What every session of this agent shares.
+pub struct Sessions {
+    /// The user sessions run as when the server names none and the agent is root.
+    pub default_user: String,
+    create_user: Mutex<()>,
+    /// The agent is stopping: every session ends, telling its user why.
+    pub stop: CancellationToken,
+    running: tokio_util::task::TaskTracker,
+}
+
+impl Sessions {
+    pub fn new(default_user: String, stop: CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            default_user,
+            create_user: Mutex::new(()),
+            stop,
+            running: tokio_util::task::TaskTracker::new(),
+        })
+    }
+
+    /// Waits (at most `limit`) for every session to end, once the agent is stopping.
+    pub async fn wait_ended(&self, limit: Duration) {
+        self.running.close();
+        let _ = tokio::time::timeout(limit, self.running.wait()).await;
+    }
+}
+
+type Sink = SplitSink<SessionFramed<Stream>, SessionFrame>;
+type Source = SplitStream<SessionFramed<Stream>>;
+
+enum Io {
+    Pty(pty_process::Pty),
+    Pipes {
+        stdin: Option<tokio::process::ChildStdin>,
+        stdout: tokio::process::ChildStdout,
+        stderr: tokio::process::ChildStderr,
+    },
+}
+
+struct Proc {
+    child: tokio::process::Child,
+    pgid: Option<rustix::process::Pid>,
+    io: Io,
+}
+
+/// Serves one session stream until the session ends.
+pub async fn serve(ctx: Arc<Sessions>, mut framed: Framed<Stream>, start: SessionStart) {
+    let _running = ctx.running.token();
+    let id = start.session_id.clone();
+    let proc = match spawn(&ctx, &start).await {
+        Ok(p) => p,
+        Err(message) => {
+            tracing::warn!(session = %id, error = %message, "could not start a session");
+            let _ = framed
+                .send(Message::Error {
+                    code: "session_failed".into(),
+                    message,
+                })
+                .await;
+            return;
+        }
+    };
+    if framed.send(Message::SessionStarted).await.is_err() {
+        let mut proc = proc;
+        hang_up(&mut proc.child, proc.pgid).await;
+        return;
+    }
+    tracing::info!(session = %id, kind = ?start.kind, "session started");
+    let (sink, source) = into_session(framed).split();
+    relay(ctx, sink, source, proc).await;
+    tracing::info!(session = %id, "session ended");
+}
+
+/// Decides the user, then starts the process.
+async fn spawn(ctx: &Sessions, start: &SessionStart) -> Result<Proc, String> {
+    let me = os_user::current().await?;
+    let user = match (&start.run_as, me.uid == 0) {
+        (Some(name), true) => os_user::lookup(name)
+            .await?
+            .ok_or_else(|| format!("there is no user {name:?} on this node"))?,
+        (None, true) => os_user::ensure_default(&ctx.default_user, &ctx.create_user).await?,
+        (Some(name), false) if *name == me.name => me.clone(),
+        (Some(name), false) => {
+            return Err(format!(
+                "the agent runs as {:?}, not root, so it cannot start a session as {name:?}",
+                me.name
+            ))
+        }
+        (None, false) => me.clone(),
+    };
+    let argv = match (start.kind, &start.command) {
+        (SessionKind::Shell, _) if start.profile.trim().is_empty() => {
+            vec![user.shell.clone(), "-l".into()]
+        }
+        (SessionKind::Shell, _) => vec![
+            user.shell.clone(),
+            "-l".into(),
+            "-c".into(),
+            format!("{}\nexec \"$SHELL\" -l", start.profile),
+        ],
+        (_, Some(cmd)) => vec![user.shell.clone(), "-c".into(), cmd.clone()],
+        (_, None) => return Err("a command session needs a command".into()),
+    };
+    let line = os_user::command_line(&user, user.uid != me.uid, argv)?;
+    let env = environment(&user, start)?;
+    let dir = match &start.workdir {
+        Some(d) => std::path::PathBuf::from(d),
+        None if user.home.is_dir() => user.home.clone(),
+        None => "/".into(),
+    };
+    let (program, args) = line
+        .split_first()
+        .ok_or_else(|| "empty command line".to_string())?;
+    match (&start.terminal, start.kind) {
+        (Some(term), SessionKind::Shell | SessionKind::Interactive) => {
+            let (pty, pts) = pty_process::open().map_err(|e| format!("opening a PTY: {e}"))?;
+            pty.resize(pty_process::Size::new(term.rows, term.cols))
+                .map_err(|e| format!("sizing the PTY: {e}"))?;
+            let child = pty_process::Command::new(program)
+                .args(args)
+                .env_clear()
+                .envs(&env)
+                .current_dir(&dir)
+                .kill_on_drop(true)
+                .spawn(pts)
+                .map_err(|e| format!("starting {program}: {e}"))?;
+            // The child leads a new session (and so a process group) of its own.
+            let pgid = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32));
+            Ok(Proc {
+                child,
+                pgid,
+                io: Io::Pty(pty),
+            })
+        }
+        (None, SessionKind::NonInteractive) => {
+            let mut child = tokio::process::Command::new(program)
+                .args(args)
+                .env_clear()
+                .envs(&env)
+                .current_dir(&dir)
+                .process_group(0)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("starting {program}: {e}"))?;
+            let pgid = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32));
+            let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+                return Err("the command's output pipes are missing".into());
+            };
+            Ok(Proc {
+                io: Io::Pipes {
+                    stdin: child.stdin.take(),
+                    stdout,
+                    stderr,
+                },
+                child,
+                pgid,
+            })
+        }
+        (_, kind) => Err(format!(
+            "a {kind:?} session {} a terminal",
+            if kind == SessionKind::NonInteractive {
+                "cannot have"
+            } else {
+                "needs"
+            }
+        )),
+    }
+}
+
+/// A clean environment: nothing of the agent's own (it may hold secrets) leaks into a session.
+fn environment(user: &OsUser, start: &SessionStart) -> Result<BTreeMap<String, String>, String> {
+    let mut env = BTreeMap::from([
+        ("HOME".to_string(), user.home.display().to_string()),
+        ("USER".into(), user.name.clone()),
+        ("LOGNAME".into(), user.name.clone()),
+        ("SHELL".into(), user.shell.clone()),
+        ("PATH".into(), PATH.into()),
+        (
+            "LANG".into(),
+            std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+        ),
+        ("DROVER_SESSION_ID".into(), start.session_id.clone()),
+    ]);
+    if let Some(t) = &start.terminal {
+        env.insert("TERM".into(), t.term.clone());
+    }
+    for (k, v) in &start.env {
+        let ok = k
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok || v.contains('\0') {
+            return Err(format!("environment variable {k:?} is not valid"));
+        }
+        env.insert(k.clone(), v.clone());
+    }
+    Ok(env)
+}
+
+enum End {
+    /// The process exited.
+    Exited(i32),
+    /// The server closed the stream or said the session is over.
+    CutOff(String),
+    /// The agent is stopping.
+    Stopping,
+}
+
+async fn relay(ctx: Arc<Sessions>, mut sink: Sink, mut source: Source, proc: Proc) {
+    let Proc {
+        mut child,
+        pgid,
+        io,
+    } = proc;
+    let started = Instant::now();
+    let (mut pty_keep, mut stdin, pipes) = match io {
+        Io::Pty(pty) => (Some(pty), None, None),
+        Io::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => (None, stdin, Some((stdout, stderr))),
+    };
+    let end = {
+        let mut readers: Vec<Reader<'_>> = Vec::new();
+        let mut pty_write = None;
+        if let Some(p) = pty_keep.as_mut() {
+            let (r, w) = p.split();
+            readers.push((SessionStream::Stdout, Box::new(r), vec![0; READ_BUF]));
+            pty_write = Some(w);
+        }
+        if let Some((stdout, stderr)) = pipes {
+            readers.push((SessionStream::Stdout, Box::new(stdout), vec![0; READ_BUF]));
+            readers.push((SessionStream::Stderr, Box::new(stderr), vec![0; READ_BUF]));
+        }
+        let out = pump_out(&mut sink, readers, started);
+        let input = pump_in(&mut source, pty_write, &mut stdin, pgid);
+        tokio::pin!(out, input);
+        let mut out_done = false;
+        let mut exited: Option<i32> = None;
+        let drain = tokio::time::sleep(Duration::from_secs(86_400));
+        tokio::pin!(drain);
+        loop {
+            tokio::select! {
+                r = &mut out, if !out_done => {
+                    out_done = true;
+                    if let Err(e) = r {
+                        break End::CutOff(e);
+                    }
+                    if let Some(code) = exited {
+                        break End::Exited(code);
+                    }
+                }
+                status = child.wait(), if exited.is_none() => {
+                    let code = match status {
+                        Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+                        Err(_) => 255,
+                    };
+                    if out_done {
+                        break End::Exited(code);
+                    }
+                    exited = Some(code);
+                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+                }
+                _ = &mut drain, if exited.is_some() => break End::Exited(exited.unwrap_or(255)),
+                why = &mut input => break End::CutOff(why),
+                _ = ctx.stop.cancelled() => break End::Stopping,
+            }
+        }
+    };
+    let closed = match end {
+        End::Exited(code) => Some(SessionClosed {
+            status: "Terminated".into(),
+            exit_code: Some(code),
+            message: String::new(),
+        }),
+        End::CutOff(why) => {
+            tracing::debug!(reason = %why, "session cut off");
+            None
+        }
+        End::Stopping => Some(SessionClosed {
+            status: "Terminated".into(),
+            exit_code: None,
+            message: "the agent on the node is stopping".into(),
+        }),
+    };
+    drop(pty_keep);
+    drop(stdin);
+    hang_up(&mut child, pgid).await;
+    if let Some(c) = closed {
+        let _ = sink.send(SessionFrame::Closed(c)).await;
+        let _ = sink.close().await;
+    }
+}
+
+/// Ends the session's processes: SIGHUP to the group (what a closing terminal sends), then
+/// SIGKILL to whatever is left after a grace period. A process that already exited is reaped.
+async fn hang_up(child: &mut tokio::process::Child, pgid: Option<rustix::process::Pid>) {
+    use rustix::process::{kill_process_group, Signal};
+    let Some(pgid) = pgid else {
+        let _ = child.kill().await;
+        return;
+    };
+    let _ = kill_process_group(pgid, Signal::Hup);
+    let _ = kill_process_group(pgid, Signal::Cont);
+    if tokio::time::timeout(HANGUP_GRACE, child.wait()).await.is_err() {
+        let _ = kill_process_group(pgid, Signal::Kill);
+        let _ = child.wait().await;
+    }
+    // Children that ignored SIGHUP and outlived the leader.
+    let _ = kill_process_group(pgid, Signal::Kill);
+}
+
+/// An output stream, and the buffer its reads land in.
+type Reader<'a> = (SessionStream, Box<dyn AsyncRead + Unpin + Send + 'a>, Vec<u8>);
+
+/// Sends output as it comes, each read as one frame, until every stream ends.
+async fn pump_out(
+    sink: &mut Sink,
+    mut readers: Vec<Reader<'_>>,
+    started: Instant,
+) -> Result<(), String> {
+    let mut offsets = [0u64; 2];
+    while !readers.is_empty() {
+        // Reads are cancel-safe: the ones that lose the race lose no bytes.
+        let reads = readers
+            .iter_mut()
+            .map(|(_, r, buf)| Box::pin(r.read(buf)));
+        let (result, which, _) = futures::future::select_all(reads).await;
+        let n = match result {
+            Ok(n) => n,
+            // A PTY whose every slave end is closed reads as EIO: that is its end of file.
+            Err(e) if e.raw_os_error() == Some(5) => 0,
+            Err(e) => return Err(format!("reading the session's output: {e}")),
+        };
+        if n == 0 {
+            readers.remove(which);
+            continue;
+        }
+        let Some((stream, _, buf)) = readers.get(which) else {
+            continue;
+        };
+        let stream = *stream;
+        let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+        let idx = usize::from(stream == SessionStream::Stderr);
+        let offset = offsets.get(idx).copied().unwrap_or(0);
+        if let Some(o) = offsets.get_mut(idx) {
+            *o += n as u64;
+        }
+        let at_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        sink.send(SessionFrame::Output {
+            stream,
+            offset,
+            at_us,
+            data,
+        })
+        .await
+        .map_err(|e| format!("sending output: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Applies what the server sends; returns why the stream ended.
+async fn pump_in(
+    source: &mut Source,
+    mut pty: Option<pty_process::WritePty<'_>>,
+    stdin: &mut Option<tokio::process::ChildStdin>,
+    pgid: Option<rustix::process::Pid>,
+) -> String {
+    let mut received = 0u64;
+    while let Some(frame) = source.next().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return format!("bad frame from the server: {e}"),
+        };
+        match frame {
+            SessionFrame::Input { offset, data } => {
+                // The server resends after a reconnect: skip what was already written.
+                if offset > received {
+                    return format!("input at {offset} leaves a gap after {received}");
+                }
+                let skip = usize::try_from(received - offset).unwrap_or(usize::MAX);
+                let Some(fresh) = data.get(skip..).filter(|d| !d.is_empty()) else {
+                    continue;
+                };
+                received += fresh.len() as u64;
+                let written = match (&mut pty, stdin.as_mut()) {
+                    (Some(p), _) => p.write_all(fresh).await,
+                    (None, Some(s)) => s.write_all(fresh).await,
+                    // Input after end of file is dropped, like a closed pipe's.
+                    (None, None) => Ok(()),
+                };
+                if let Err(e) = written {
+                    tracing::debug!(error = %e, "the session's process stopped reading input");
+                }
+            }
+            SessionFrame::Resize { cols, rows } => {
+                if let Some(p) = &pty {
+                    let _ = p.resize(pty_process::Size::new(rows, cols));
+                }
+            }
+            SessionFrame::Signal(sig) => {
+                if let (Some(pgid), Some(sig)) = (pgid, rustix::process::Signal::from_raw(sig.number())) {
+                    let _ = rustix::process::kill_process_group(pgid, sig);
+                }
+            }
+            SessionFrame::Eof => match &mut pty {
+                // Ctrl-D: end of file to the program reading the terminal.
+                Some(p) => {
+                    let _ = p.write_all(&[4]).await;
+                }
+                None => drop(stdin.take()),
+            },
+            SessionFrame::Closed(c) => return format!("closed by the server: {}", c.status),
+            // Acknowledgements are the server's business with its client.
+            _ => {}
+        }
+    }
+    "the server closed the stream".into()
+}
