@@ -57,6 +57,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// For WebSockets (HTTP/1.1 only), which reqwest does not do.
+    ws_tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for Client {
@@ -94,6 +96,9 @@ pub fn pinned_tls(
     Ok(cfg)
 }
 
+mod session;
+pub use session::{SessionSocket, SESSION_SUBPROTOCOL};
+
 impl Client {
     /// A client of `server` (`https://host:port`) trusting the pinned `ca_fingerprint`.
     pub fn new(
@@ -106,6 +111,7 @@ impl Client {
             return Err(ClientError::BadUrl(server.to_string()));
         }
         let tls = pinned_tls(ca_fingerprint, &[b"h2", b"http/1.1"], None)?;
+        let ws_tls = Arc::new(pinned_tls(ca_fingerprint, &[b"http/1.1"], None)?);
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
@@ -115,7 +121,12 @@ impl Client {
                 url: base.clone(),
                 detail: chain(&e),
             })?;
-        Ok(Self { http, base, token })
+        Ok(Self {
+            http,
+            base,
+            token,
+            ws_tls,
+        })
     }
 
     pub fn base_url(&self) -> &str {
@@ -147,21 +158,27 @@ impl Client {
         if status.is_success() {
             return Ok(bytes);
         }
-        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => ClientError::Api {
-                status: status.as_u16(),
-                code: body.error.code,
-                message: body.error.message,
-            },
-            Err(_) => ClientError::Api {
-                status: status.as_u16(),
-                code: status
-                    .canonical_reason()
-                    .unwrap_or("error")
-                    .to_ascii_lowercase(),
-                message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-            },
-        })
+        Err(api_error(status.as_u16(), &bytes))
+    }
+
+    /// GETs `path` and returns the response to read as a stream (after checking its status).
+    async fn stream_get(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.get(&url).timeout(Duration::from_secs(24 * 3600));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let transport = |e: reqwest::Error| ClientError::Transport {
+            url: self.base.clone(),
+            detail: chain(&e),
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp.bytes().await.map_err(transport)?;
+        Err(api_error(status.as_u16(), &bytes))
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -452,6 +469,30 @@ impl Client {
 
 fn form_query() -> form_urlencoded::Serializer<'static, String> {
     form_urlencoded::Serializer::new(String::new())
+}
+
+/// The server's error body as an error (or the status, when the body is not one).
+fn api_error(status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api {
+            status,
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: reqwest::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("error")
+                .to_ascii_lowercase(),
+            message: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+        },
+    }
+}
+
+fn seg(segment: &str) -> String {
+    escape(segment)
 }
 
 /// Percent-encodes a path segment.

@@ -47,6 +47,10 @@ pub enum Action {
     SendCommand,
     ReadCommand,
     CancelCommand,
+    StartSession,
+    ReadSession,
+    ReadSessionRecording,
+    TerminateSession,
 }
 
 impl Action {
@@ -59,6 +63,7 @@ impl Action {
                 | Action::ReadMetrics
                 | Action::ReadDocument
                 | Action::ReadCommand
+                | Action::ReadSession
         )
     }
 }
@@ -118,6 +123,10 @@ Admin WriteDocument allow
 Admin SendCommand allow
 Admin ReadCommand allow
 Admin CancelCommand allow
+Admin StartSession allow
+Admin ReadSession allow
+Admin ReadSessionRecording allow
+Admin TerminateSession allow
 Viewer ListNodes allow
 Viewer ReadNode allow
 Viewer TagNode deny
@@ -130,6 +139,10 @@ Viewer WriteDocument deny
 Viewer SendCommand deny
 Viewer ReadCommand allow
 Viewer CancelCommand deny
+Viewer StartSession deny
+Viewer ReadSession allow
+Viewer ReadSessionRecording deny
+Viewer TerminateSession deny
 Unknown ListNodes deny
 Unknown ReadNode deny
 Unknown TagNode deny
@@ -142,6 +155,10 @@ Unknown WriteDocument deny
 Unknown SendCommand deny
 Unknown ReadCommand deny
 Unknown CancelCommand deny
+Unknown StartSession deny
+Unknown ReadSession deny
+Unknown ReadSessionRecording deny
+Unknown TerminateSession deny
 ";
         assert_eq!(table, expected);
     }

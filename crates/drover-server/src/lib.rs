@@ -19,6 +19,7 @@ mod metrics;
 mod registry;
 mod retention;
 mod secrets;
+pub mod sessions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub registry: Registry,
     pub metrics: metrics::Metrics,
     pub commands: commands::Commands,
+    pub sessions: sessions::Sessions,
     pub admission: Arc<admission::Admission>,
 }
 
@@ -70,6 +72,22 @@ impl Server {
         let (commands, updates) =
             commands::Commands::new(data.store.clone(), registry.clone(), metrics.clone());
         commands.resume().await?;
+        let ended = data
+            .store
+            .end_open_sessions(now, "the server restarted")
+            .await?;
+        if ended > 0 {
+            tracing::info!(sessions = ended, "ended the sessions of the previous run");
+        }
+        let sessions = sessions::Sessions::new(
+            data.store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            Arc::new(sessions::recording::DirRecordings::new(
+                data.path.join("recordings"),
+            )),
+            config.session_preferences.clone(),
+        );
         let state = Arc::new(AppState {
             admission: admission::Admission::new(config.limits.clone()),
             config,
@@ -78,6 +96,7 @@ impl Server {
             registry,
             metrics,
             commands,
+            sessions,
         });
         Ok(Self {
             state,
@@ -119,6 +138,7 @@ impl Server {
             stop_pruning.clone(),
         ));
         listener::serve(state.clone(), tls, listener, shutdown).await;
+        state.sessions.shutdown().await;
         stop_pruning.cancel();
         let _ = pruning.await;
         state.commands.shutdown(state.config.shutdown_grace).await;

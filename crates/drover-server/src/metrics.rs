@@ -29,6 +29,10 @@ struct Inner {
     pub commands: Counter,
     pub invocations: Family<Vec<(&'static str, String)>, Counter>,
     pub pruned: Family<Direction, Counter>,
+    sessions_started: Counter,
+    sessions_active: Gauge,
+    sessions_ended: Family<Vec<(&'static str, String)>, Counter>,
+    session_bytes: Family<Direction, Counter>,
 }
 
 impl Metrics {
@@ -84,6 +88,22 @@ impl Metrics {
             "Command history removed by the retention policy: invocation outputs, invocations, commands",
             pruned.clone(),
         );
+        let sessions_started = Counter::default();
+        let sessions_active = Gauge::default();
+        let sessions_ended = Family::default();
+        let session_bytes = Family::default();
+        registry.register("sessions_started", "Sessions started", sessions_started.clone());
+        registry.register("sessions_active", "Sessions open now", sessions_active.clone());
+        registry.register(
+            "sessions_ended",
+            "Sessions ended, by status (Terminated, Failed, TimedOut)",
+            sessions_ended.clone(),
+        );
+        registry.register(
+            "session_bytes",
+            "Bytes relayed by sessions: in (client to node), out (node to client)",
+            session_bytes.clone(),
+        );
         let frames_in = frames.get_or_create(&vec![("direction", "in")]).clone();
         let frames_out = frames.get_or_create(&vec![("direction", "out")]).clone();
         Self {
@@ -91,6 +111,10 @@ impl Metrics {
                 frames_in,
                 frames_out,
                 pruned,
+                sessions_started,
+                sessions_active,
+                sessions_ended,
+                session_bytes,
                 commands,
                 invocations,
                 registry,
@@ -167,6 +191,25 @@ impl Metrics {
             .invocations
             .get_or_create(&vec![("status", status.to_string())])
             .inc();
+    }
+
+    pub fn session_started(&self) {
+        self.inner.sessions_started.inc();
+        self.inner.sessions_active.inc();
+    }
+
+    pub fn session_ended(&self, status: &str, bytes_in: u64, bytes_out: u64) {
+        self.inner.sessions_active.dec();
+        self.inner
+            .sessions_ended
+            .get_or_create(&vec![("status", status.to_string())])
+            .inc();
+        for (dir, n) in [("in", bytes_in), ("out", bytes_out)] {
+            self.inner
+                .session_bytes
+                .get_or_create(&vec![("direction", dir)])
+                .inc_by(n);
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -63,6 +63,11 @@ pub enum Command {
     /// Invocations (one node's part of a command): list, output.
     #[command(subcommand)]
     Invocations(InvocationsCommand),
+    /// An interactive shell on a node, or one command in a PTY (`-- CMD...`).
+    Shell(ShellArgs),
+    /// Session history: list, show, terminate, replay, download.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
     /// Print a shell completion script: `drover completions bash > /etc/bash_completion.d/drover`.
     Completions {
         #[arg(value_enum)]
@@ -125,6 +130,63 @@ pub struct RunArgs {
     /// The shell command to run (RunShellScript), after --.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The node: its ID or its unique name.
+    pub node: String,
+    /// Why: kept in the session history.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Run the command without a PTY: stdout and stderr stay apart (no effect on a shell).
+    #[arg(long)]
+    pub no_pty: bool,
+    /// A command to run instead of the login shell, after --.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Sessions, newest first.
+    List {
+        /// Only this node's (its ID).
+        #[arg(long)]
+        node: Option<String>,
+        /// Only sessions still open.
+        #[arg(long)]
+        active: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// One session, with its events.
+    Show {
+        id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// End a live session; its user sees who ended it.
+    Terminate { id: String },
+    /// Play a session's recording in this terminal.
+    Replay {
+        id: String,
+        /// Playback speed (2 is twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Longest pause between events, in seconds.
+        #[arg(long)]
+        idle_time_limit: Option<f64>,
+    },
+    /// Save a session's recording (asciicast v2, for `asciinema play`).
+    Download {
+        id: String,
+        /// Where (default ID.cast).
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -443,6 +505,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Docs(cmd) => crate::cmd_docs::run(cmd).await,
         Command::Commands(cmd) => crate::cmd_run::commands(cmd).await,
         Command::Invocations(cmd) => crate::cmd_run::invocations(cmd).await,
+        Command::Shell(args) => crate::cmd_shell::run(args).await,
+        Command::Sessions(cmd) => crate::cmd_sessions::run(cmd).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Into a buffer first: clap_complete panics on a failed write, and a reader that

@@ -10,6 +10,8 @@ mod cmd_docs;
 mod cmd_nodes;
 mod cmd_run;
 mod cmd_server;
+mod cmd_sessions;
+mod cmd_shell;
 mod cmd_up;
 mod output;
 

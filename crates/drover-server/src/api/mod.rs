@@ -8,6 +8,7 @@ mod nodes;
 mod openapi;
 mod register;
 mod rules;
+mod sessions;
 mod validate;
 
 use std::sync::Arc;
@@ -67,6 +68,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/commands/{id}/invocations/{node}",
             get(commands::invocation),
         )
+        .route(
+            "/api/v1/sessions",
+            post(sessions::start).get(sessions::list),
+        )
+        .route("/api/v1/sessions/{id}", get(sessions::show))
+        .route("/api/v1/sessions/{id}/terminate", post(sessions::terminate))
+        .route("/api/v1/sessions/{id}/stream", get(sessions::stream))
+        .route("/api/v1/sessions/{id}/recording", get(sessions::recording))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
@@ -238,13 +247,29 @@ fn mark_authenticated(parts: &Parts) {
     }
 }
 
+/// The prefix of the WebSocket subprotocol that carries a token.
+pub const SUBPROTOCOL_BEARER: &str = "drover.bearer.";
+
 /// Finds the principal behind the request's bearer token.
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     {
-        let token = headers
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // A browser cannot set headers on a WebSocket; it offers the token as a subprotocol
+        // (`drover.bearer.<token>`) beside the real one, as Kubernetes' API server allows.
+        let offered = || {
+            headers
+                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.split(',')
+                        .find_map(|p| p.trim().strip_prefix(SUBPROTOCOL_BEARER))
+                })
+        };
+        let token = bearer
+            .or_else(offered)
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or(ApiError::Unauthorized)?;

@@ -144,7 +144,7 @@ pub async fn list(
 }
 
 /// Finds a node by ID, or by name when the argument is not an ID and the name is unique.
-async fn find(state: &AppState, id_or_name: &str) -> Result<Node, ApiError> {
+pub(super) async fn find(state: &AppState, id_or_name: &str) -> Result<Node, ApiError> {
     if let Some(id) = drover_store::NodeId::parse(id_or_name) {
         return state
             .store

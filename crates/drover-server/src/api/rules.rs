@@ -17,6 +17,9 @@ const CONTROL: &str = r"\u0000-\u001F\u007F-\u009F";
 pub const NODE_ID: &str = r"^n-[0-9a-f]{17}$";
 pub const COMMAND_ID: &str = r"^cmd-[A-Za-z0-9-]{0,60}$";
 pub const INVOCATION_ID: &str = r"^inv-[A-Za-z0-9-]{0,60}$";
+pub const SESSION_ID: &str = r"^s-[0-9a-f]{10,40}$";
+/// A terminal type (`TERM`).
+pub const TERM: &str = r"^[A-Za-z0-9_.+-]{1,64}$";
 pub const DOCUMENT_NAME: &str = r"^[A-Za-z0-9_.-]{3,128}$";
 /// `NAME` or `NAME:VERSION` (a positive version).
 pub const DOCUMENT_REF: &str = r"^[A-Za-z0-9_.-]{3,128}(:[1-9][0-9]{0,17})?$";

@@ -1,0 +1,76 @@
+//! Sessions: start one, list and show the history, terminate, and (outside JSON) attach to its
+//! stream over a WebSocket and download its recording.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Starts a session. Without `command`: the login shell (`SessionManagerRunShell`). With it:
+/// that command line, in a PTY (`StartInteractiveCommand`) or, with `pty: false`, with stdout
+/// and stderr apart (`StartNonInteractiveCommand`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartSession {
+    /// The node's ID.
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Give the command a PTY (default true; a shell always has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<bool>,
+    /// The client terminal's size and `TERM` (default 80x24, `xterm-256color`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+    /// Why: kept in the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A session in the history.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionView {
+    pub id: String,
+    pub user: String,
+    pub node: String,
+    /// `Shell`, `Interactive`, `NonInteractive`.
+    pub kind: String,
+    pub document: String,
+    pub reason: String,
+    /// The OS user on the node; empty for the agent's default.
+    pub run_as: String,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// `Connecting`, `Connected`, `Terminated`, `Failed`, `TimedOut`.
+    pub status: String,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub recorded: bool,
+    /// Where to attach: a WebSocket of session frames.
+    pub stream_path: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<SessionEventView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionEventView {
+    pub at: String,
+    /// `started`, `ended`, `refused`, `terminate_requested`.
+    pub event: String,
+    pub actor: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+    /// Pass as `before` for the next (older) page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}

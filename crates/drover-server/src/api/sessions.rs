@@ -1,0 +1,270 @@
+//! `/api/v1/sessions`: start a session, attach to its stream (a WebSocket of session frames,
+//! the same for the CLI and the browser), list and show the history, terminate, and download
+//! the recording.
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use drover_api::{SessionEventView, SessionList, SessionView, StartSession};
+use drover_proto::{SessionKind, Terminal, SESSION_FRAME_MAX};
+use drover_store::{SessionQuery, SessionRecord};
+use serde::Deserialize;
+
+use super::{rfc3339, rules, validate, ApiError, Body, Path, Query};
+use crate::authz::{authorize, Action, Principal};
+use crate::sessions::OpenRequest;
+use crate::AppState;
+
+/// The WebSocket subprotocol of session streams.
+pub const SUBPROTOCOL: &str = "drover.session.v1";
+/// Longest command line a session may run.
+const MAX_COMMAND: usize = 16 * 1024;
+
+fn view(s: SessionRecord) -> SessionView {
+    SessionView {
+        stream_path: format!("/api/v1/sessions/{}/stream", s.id),
+        id: s.id,
+        user: s.user,
+        node: s.node_id,
+        kind: s.kind,
+        document: s.document,
+        reason: s.reason,
+        run_as: s.run_as,
+        started_at: rfc3339(s.started_at),
+        ended_at: s.ended_at.map(rfc3339),
+        status: s.status,
+        detail: s.detail,
+        exit_code: s.exit_code,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        recorded: s.recorded,
+        events: Vec::new(),
+    }
+}
+
+fn session_id(id: &str) -> Result<(), ApiError> {
+    validate::pattern("session ID", rules::SESSION_ID, id, "s- followed by hex digits")
+}
+
+/// Checks a start request and turns it into what the session manager runs.
+fn parse(req: &StartSession, node: drover_store::NodeId) -> Result<OpenRequest, ApiError> {
+    let cols = validate::range("cols", req.cols.unwrap_or(80), 1..=1000)?;
+    let rows = validate::range("rows", req.rows.unwrap_or(24), 1..=1000)?;
+    let term = req.term.clone().unwrap_or_else(|| "xterm-256color".into());
+    validate::pattern("term", rules::TERM, &term, "1 to 64 letters, digits and _ . + -")?;
+    let reason = req.reason.clone().unwrap_or_default();
+    validate::text("reason", &reason, 1024)?;
+    if let Some(c) = &req.command {
+        if c.trim().is_empty() || c.len() > MAX_COMMAND || c.contains('\0') {
+            return Err(ApiError::BadRequest(format!(
+                "invalid command: 1 to {MAX_COMMAND} bytes, not blank, no NUL"
+            )));
+        }
+    }
+    let pty = req.pty.unwrap_or(true);
+    let kind = match (&req.command, pty) {
+        (None, true) => SessionKind::Shell,
+        (None, false) => {
+            return Err(ApiError::BadRequest(
+                "pty: a shell session always has a PTY; give a command to run one without".into(),
+            ))
+        }
+        (Some(_), true) => SessionKind::Interactive,
+        (Some(_), false) => SessionKind::NonInteractive,
+    };
+    Ok(OpenRequest {
+        node,
+        kind,
+        command: req.command.clone(),
+        terminal: pty.then_some(Terminal { cols, rows, term }),
+        reason,
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/sessions", request_body = StartSession,
+    responses((status = 201, body = SessionView), (status = 400, body = drover_api::ErrorBody),
+        (status = 404, body = drover_api::ErrorBody), (status = 409, body = drover_api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Body(req): Body<StartSession>,
+) -> Result<(StatusCode, Json<SessionView>), ApiError> {
+    if let Err(e) = authorize(&who, Action::StartSession) {
+        state.sessions.refused(&who, &req.node, &e.to_string()).await;
+        return Err(e);
+    }
+    let node = super::nodes::find(&state, &req.node).await?;
+    let open = parse(&req, node.id)?;
+    let record = state.sessions.open(&who, open).await?;
+    Ok((StatusCode::CREATED, Json(view(record))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    node: Option<String>,
+    #[serde(default)]
+    active: bool,
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/sessions",
+    params(("node" = Option<String>, Query, description = "Only this node's sessions"),
+        ("active" = Option<bool>, Query, description = "Only sessions not ended"),
+        ("before" = Option<String>, Query, description = "Sessions older than this ID (paging)"),
+        ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
+    responses((status = 200, body = SessionList), (status = 400, body = drover_api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<SessionList>, ApiError> {
+    authorize(&who, Action::ReadSession)?;
+    if let Some(n) = &q.node {
+        validate::node_id(n)?;
+    }
+    if let Some(b) = &q.before {
+        session_id(b)?;
+    }
+    let limit = validate::range("limit", q.limit.unwrap_or(100), 1..=1000)?;
+    let rows = state
+        .store
+        .list_sessions(&SessionQuery {
+            node_id: q.node,
+            user: None,
+            active: q.active,
+            before: q.before,
+            limit,
+        })
+        .await?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|s| s.id.clone()))
+        .flatten();
+    Ok(Json(SessionList {
+        sessions: rows.into_iter().map(view).collect(),
+        next,
+    }))
+}
+
+async fn find(state: &AppState, id: &str) -> Result<SessionRecord, ApiError> {
+    session_id(id)?;
+    state
+        .store
+        .get_session(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("session {id} not found")))
+}
+
+#[utoipa::path(get, path = "/api/v1/sessions/{id}",
+    params(("id" = String, Path, description = "Session ID")),
+    responses((status = 200, body = SessionView), (status = 404, body = drover_api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    authorize(&who, Action::ReadSession)?;
+    let s = find(&state, &id).await?;
+    let events = state.store.session_events(&id).await?;
+    let mut v = view(s);
+    v.events = events
+        .into_iter()
+        .map(|e| SessionEventView {
+            at: rfc3339(e.at),
+            event: e.event,
+            actor: e.actor,
+            detail: e.detail,
+        })
+        .collect();
+    Ok(Json(v))
+}
+
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/terminate",
+    params(("id" = String, Path, description = "Session ID")),
+    responses((status = 202, body = SessionView), (status = 404, body = drover_api::ErrorBody),
+        (status = 409, body = drover_api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn terminate(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<SessionView>), ApiError> {
+    authorize(&who, Action::TerminateSession)?;
+    let s = find(&state, &id).await?;
+    if s.ended_at.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "session {id} has already ended ({})",
+            s.status
+        )));
+    }
+    state.sessions.terminate(&id, &who).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(s))))
+}
+
+/// Attaches to a live session: a WebSocket (subprotocol `drover.session.v1`) of binary session
+/// frames. The client's first frame is an `Ack` saying how much output it has (zeros at first).
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&who, Action::StartSession)?;
+    session_id(&id)?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::BadRequest(format!("expected a WebSocket upgrade: {}", e.body_text()))
+    })?;
+    let broker = state.sessions.attach_check(&id, &who)?;
+    Ok(upgrade
+        .protocols([SUBPROTOCOL])
+        .max_message_size(SESSION_FRAME_MAX)
+        .max_frame_size(SESSION_FRAME_MAX)
+        .on_upgrade(move |socket| async move {
+            let _ = broker.send(socket).await;
+        }))
+}
+
+/// The session's recording (asciicast v2), streamed from storage.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/recording",
+    params(("id" = String, Path, description = "Session ID")),
+    responses((status = 200, description = "asciicast v2", content_type = "application/x-asciicast"),
+        (status = 404, body = drover_api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn recording(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&who, Action::ReadSessionRecording)?;
+    find(&state, &id).await?;
+    let Some((len, reader)) = state
+        .sessions
+        .recordings()
+        .open(&id)
+        .await
+        .map_err(|e| ApiError::Internal(format!("opening the recording of {id}: {e}")))?
+    else {
+        return Err(ApiError::NotFound(format!("session {id} has no recording")));
+    };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-asciicast".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{id}.cast\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

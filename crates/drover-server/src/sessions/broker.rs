@@ -1,0 +1,409 @@
+//! One task per session relays between the node's stream and the client's WebSocket, records,
+//! and enforces the idle timeout and the maximum duration. It holds no lock across I/O, and a
+//! slow client only slows its own session: output waits in this session's bounded replay
+//! buffer, then (when that is full) in the node's stream window, and finally in the PTY.
+//!
+//! Resuming: the client acknowledges output by offset; what it has not acknowledged stays in
+//! the replay buffer. A client whose connection drops has [`RESUME_WINDOW`] to attach again
+//! and say what it has (its first frame is an `Ack`); the broker then sends the rest and tells
+//! it how much input arrived (`InputAck`), so it resends only what was lost.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use bytes::Bytes;
+use drover_proto::{SessionClosed, SessionFrame, SessionStream};
+use drover_tunnel::{SessionFramed, Stream};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::recording::CastWriter;
+
+/// Output kept for a client that has not acknowledged it.
+const REPLAY_MAX: usize = 1024 * 1024;
+/// How long a session waits for its client to come back.
+pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
+/// Input acknowledged to the client every this many bytes (and on every attach).
+const INPUT_ACK_EVERY: u64 = 64 * 1024;
+/// How long a closing session may take to hand its last output to the client.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// What the broker reports when the session is over.
+pub struct Outcome {
+    pub closed: SessionClosed,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// The broker's inputs from the rest of the server.
+pub struct Control {
+    pub attach: mpsc::Receiver<WebSocket>,
+    pub terminate: mpsc::Receiver<String>,
+    /// Told once, when the first client attaches.
+    pub connected: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub struct Limits {
+    pub idle: Duration,
+    pub max: Option<Duration>,
+}
+
+struct Out {
+    stream: SessionStream,
+    offset: u64,
+    at_us: u64,
+    data: Bytes,
+}
+
+impl Out {
+    fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+
+    fn frame(&self) -> SessionFrame {
+        SessionFrame::Output {
+            stream: self.stream,
+            offset: self.offset,
+            at_us: self.at_us,
+            data: self.data.clone(),
+        }
+    }
+}
+
+/// Sends frames to one WebSocket, so a client that reads slowly never blocks the broker.
+async fn write_client(mut sink: SplitSink<WebSocket, WsMessage>, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(b) = rx.recv().await {
+        if sink.send(WsMessage::Binary(b)).await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// The attached client, if any: its writer's queue, its frames, and whether its first `Ack`
+/// (where it resumes) has arrived. Kept apart so one `select!` can wait on both.
+#[derive(Default)]
+struct Client {
+    tx: Option<mpsc::Sender<Bytes>>,
+    rx: Option<SplitStream<WebSocket>>,
+    ready: bool,
+    detached_at: Option<Instant>,
+}
+
+impl Client {
+    fn attach(&mut self, ws: WebSocket, input_received: u64) {
+        let (sink, rx) = ws.split();
+        let (tx, wrx) = mpsc::channel(64);
+        tokio::spawn(write_client(sink, wrx));
+        let _ = tx.try_send(
+            SessionFrame::InputAck {
+                offset: input_received,
+            }
+            .to_bytes(),
+        );
+        *self = Client {
+            tx: Some(tx),
+            rx: Some(rx),
+            ready: false,
+            detached_at: None,
+        };
+    }
+
+    fn detach(&mut self) {
+        *self = Client {
+            detached_at: Some(Instant::now()),
+            ..Client::default()
+        };
+    }
+}
+
+/// What the session does next once it is ending.
+struct Closing {
+    closed: SessionClosed,
+    at: Instant,
+}
+
+/// Relays until the session ends.
+pub async fn run(
+    agent: SessionFramed<Stream>,
+    mut recorder: Option<CastWriter>,
+    limits: Limits,
+    mut ctl: Control,
+) -> Outcome {
+    let started = Instant::now();
+    let now_us = || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let (mut to_agent, mut from_agent) = agent.split();
+    let mut buf: VecDeque<Out> = VecDeque::new();
+    let mut buf_bytes = 0usize;
+    let mut unsent = 0usize;
+    let mut client = Client {
+        detached_at: Some(started),
+        ..Client::default()
+    };
+    let (mut input_received, mut input_acked) = (0u64, 0u64);
+    let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+    let mut last_activity = started;
+    let mut closing: Option<Closing> = None;
+    let mut agent_done = false;
+    let mut dirty = false;
+    let max_at = limits.max.map(|m| started + m);
+    loop {
+        let sendable = client.ready && unsent < buf.len();
+        if let Some(c) = &closing {
+            if client.ready && !sendable {
+                if let Some(tx) = &client.tx {
+                    let last = SessionFrame::Closed(c.closed.clone()).to_bytes();
+                    let _ = tokio::time::timeout(DRAIN, tx.send(last)).await;
+                }
+                break;
+            }
+        }
+        // A closing session waits a little for its attached client to take the last output,
+        // or for a detached one to come back for it.
+        let give_up = closing.as_ref().map(|c| match client.detached_at {
+            Some(d) => d + RESUME_WINDOW,
+            None => c.at + DRAIN,
+        });
+        tokio::select! {
+            f = from_agent.next(), if closing.is_none() && buf_bytes < REPLAY_MAX => match f {
+                Some(Ok(SessionFrame::Output { stream, offset, at_us, data })) => {
+                    last_activity = Instant::now();
+                    bytes_out += data.len() as u64;
+                    if let Some(r) = &mut recorder {
+                        if stream == SessionStream::Stdout {
+                            r.output(at_us, &data).await;
+                            dirty = true;
+                        }
+                    }
+                    buf_bytes += data.len();
+                    buf.push_back(Out { stream, offset, at_us, data });
+                }
+                Some(Ok(SessionFrame::Closed(c))) => {
+                    agent_done = true;
+                    closing = Some(Closing { closed: c, at: Instant::now() });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    agent_done = true;
+                    closing = Some(Closing { closed: failed(format!("bad frame from the node: {e}")), at: Instant::now() });
+                }
+                None => {
+                    agent_done = true;
+                    closing = Some(Closing { closed: failed("the connection to the node was lost".into()), at: Instant::now() });
+                }
+            },
+            sent = send_next(&client.tx, buf.get(unsent)), if sendable => {
+                if sent {
+                    unsent += 1;
+                }
+            }
+            msg = next_client(&mut client.rx) => {
+                let Some(frame) = msg else {
+                    client.detach();
+                    continue;
+                };
+                match frame {
+                    SessionFrame::Input { offset, data } if closing.is_none() => {
+                        if offset > input_received {
+                            // A gap: this client lost input it believes was sent.
+                            client.detach();
+                            continue;
+                        }
+                        let skip = usize::try_from(input_received - offset).unwrap_or(usize::MAX);
+                        if skip >= data.len() {
+                            continue;
+                        }
+                        let fresh = data.slice(skip..);
+                        last_activity = Instant::now();
+                        if let Some(r) = &mut recorder {
+                            r.input(now_us(), &fresh).await;
+                            dirty = true;
+                        }
+                        let n = fresh.len() as u64;
+                        if to_agent.send(SessionFrame::Input { offset: input_received, data: fresh }).await.is_err() {
+                            agent_done = true;
+                            closing = Some(Closing { closed: failed("the connection to the node was lost".into()), at: Instant::now() });
+                            continue;
+                        }
+                        input_received += n;
+                        bytes_in += n;
+                        if input_received - input_acked >= INPUT_ACK_EVERY {
+                            input_acked = input_received;
+                            if let Some(tx) = &client.tx {
+                                let _ = tx.try_send(SessionFrame::InputAck { offset: input_received }.to_bytes());
+                            }
+                        }
+                    }
+                    SessionFrame::Resize { cols, rows } if closing.is_none() => {
+                        if let Some(r) = &mut recorder {
+                            r.resize(now_us(), cols, rows).await;
+                            dirty = true;
+                        }
+                        let _ = to_agent.send(SessionFrame::Resize { cols, rows }).await;
+                    }
+                    f @ (SessionFrame::Signal(_) | SessionFrame::Eof) if closing.is_none() => {
+                        last_activity = Instant::now();
+                        let _ = to_agent.send(f).await;
+                    }
+                    SessionFrame::Ack { stdout, stderr } => {
+                        let dropped = trim(&mut buf, &mut buf_bytes, stdout, stderr);
+                        unsent = unsent.saturating_sub(dropped);
+                        if !client.ready {
+                            // Where this client resumes: everything it has not got.
+                            client.ready = true;
+                            unsent = 0;
+                            if let Some(tx) = ctl.connected.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                    }
+                    SessionFrame::Closed(_) if closing.is_none() => {
+                        closing = Some(Closing {
+                            closed: SessionClosed { status: "Terminated".into(), exit_code: None, message: "ended by the client".into() },
+                            at: Instant::now(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            ws = ctl.attach.recv() => {
+                if let Some(ws) = ws {
+                    // A new connection replaces the old one (which may be half-dead).
+                    client.attach(ws, input_received);
+                    if closing.is_some() {
+                        // It came back for the end of the session.
+                        if let Some(c) = &mut closing {
+                            c.at = Instant::now();
+                        }
+                    }
+                }
+            }
+            why = ctl.terminate.recv(), if closing.is_none() => {
+                closing = Some(Closing {
+                    closed: SessionClosed { status: "Terminated".into(), exit_code: None, message: why.unwrap_or_else(|| "the server is stopping".into()) },
+                    at: Instant::now(),
+                });
+            }
+            _ = tokio::time::sleep_until(last_activity + limits.idle), if closing.is_none() => {
+                closing = Some(Closing {
+                    closed: SessionClosed { status: "TimedOut".into(), exit_code: None, message: format!("the session was idle for {} minutes", limits.idle.as_secs() / 60) },
+                    at: Instant::now(),
+                });
+            }
+            _ = sleep_until_opt(max_at), if closing.is_none() && max_at.is_some() => {
+                let minutes = limits.max.map(|m| m.as_secs() / 60).unwrap_or(0);
+                closing = Some(Closing {
+                    closed: SessionClosed { status: "TimedOut".into(), exit_code: None, message: format!("the session reached its maximum duration of {minutes} minutes") },
+                    at: Instant::now(),
+                });
+            }
+            _ = sleep_until_opt(client.detached_at.map(|d| d + RESUME_WINDOW)), if closing.is_none() && client.detached_at.is_some() => {
+                closing = Some(Closing {
+                    closed: SessionClosed { status: "Terminated".into(), exit_code: None, message: format!("no client was attached for {} seconds", RESUME_WINDOW.as_secs()) },
+                    at: Instant::now(),
+                });
+            }
+            _ = sleep_until_opt(give_up), if give_up.is_some() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)), if dirty => {
+                dirty = false;
+                if let Some(r) = &mut recorder {
+                    r.flush().await;
+                }
+            }
+        }
+        // Tell the node at once, so its process stops while the client takes the rest.
+        if closing.is_some() && !agent_done {
+            agent_done = true;
+            if let Some(c) = &closing {
+                let _ = to_agent.send(SessionFrame::Closed(c.closed.clone())).await;
+            }
+            let _ = to_agent.close().await;
+        }
+    }
+    let _ = to_agent.close().await;
+    if let Some(r) = recorder.take() {
+        r.finish().await;
+    }
+    Outcome {
+        closed: closing
+            .map(|c| c.closed)
+            .unwrap_or_else(|| failed("ended".into())),
+        bytes_in,
+        bytes_out,
+    }
+}
+
+fn failed(message: String) -> SessionClosed {
+    SessionClosed {
+        status: "Failed".into(),
+        exit_code: None,
+        message,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Queues the next output frame for the client once its writer has room. Cancel-safe: the
+/// frame is queued in the same poll that finds room, or not at all.
+async fn send_next(tx: &Option<mpsc::Sender<Bytes>>, next: Option<&Out>) -> bool {
+    let (Some(tx), Some(o)) = (tx, next) else {
+        return std::future::pending().await;
+    };
+    match tx.reserve().await {
+        Ok(permit) => {
+            permit.send(o.frame().to_bytes());
+            true
+        }
+        // The writer is gone; the client's reader notices and detaches.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The next session frame from the client; `None` when it is gone (or sent something that
+/// is not a session frame, which ends its attachment, not the session).
+async fn next_client(rx: &mut Option<SplitStream<WebSocket>>) -> Option<SessionFrame> {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.next().await {
+            Some(Ok(WsMessage::Binary(b))) => return SessionFrame::decode(b).ok(),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Text(_))) => return None,
+            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// Drops output the client has; a frame it has in part keeps only the rest. Returns how many
+/// whole frames left the front of the buffer.
+fn trim(buf: &mut VecDeque<Out>, bytes: &mut usize, stdout: u64, stderr: u64) -> usize {
+    let acked = |s: SessionStream| match s {
+        SessionStream::Stdout => stdout,
+        SessionStream::Stderr => stderr,
+    };
+    let before = buf.len();
+    buf.retain_mut(|o| {
+        let a = acked(o.stream);
+        if o.end() <= a {
+            *bytes -= o.data.len();
+            return false;
+        }
+        if o.offset < a {
+            let cut = usize::try_from(a - o.offset).unwrap_or(0);
+            *bytes -= cut;
+            o.data = o.data.slice(cut..);
+            o.offset = a;
+        }
+        true
+    });
+    before - buf.len()
+}

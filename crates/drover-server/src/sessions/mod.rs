@@ -1,0 +1,347 @@
+//! Sessions: the server brokers them. `open` checks the request, opens a stream on the node's
+//! tunnel and asks the agent to start the session; a [`broker`] task then relays between that
+//! stream and whichever client WebSocket is attached, records it, and ends it. The history
+//! (and the events an audit log will take over) is in the store.
+//!
+//! Which sessions are live is known only to the server process that holds its node's tunnel;
+//! a second replica will relay an attach to that peer, as it will for commands.
+
+pub mod broker;
+pub mod prefs;
+pub mod recording;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::WebSocket;
+use drover_proto::{Message, SessionKind, SessionStart, StreamKind, StreamOpen, Terminal};
+use drover_store::{NodeId, SessionEnd, SessionEvent, SessionRecord, Store};
+use drover_tunnel::FrameCodec;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::api::ApiError;
+use crate::authz::Principal;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::secrets;
+use prefs::Preferences;
+use recording::{CastWriter, Recordings};
+
+/// How long the agent has to start the session's process.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A live session, as the rest of the server reaches it.
+struct Live {
+    owner: String,
+    attach: mpsc::Sender<WebSocket>,
+    terminate: mpsc::Sender<String>,
+}
+
+/// What a client asks for, already parsed.
+pub struct OpenRequest {
+    pub node: NodeId,
+    pub kind: SessionKind,
+    pub command: Option<String>,
+    pub terminal: Option<Terminal>,
+    pub reason: String,
+}
+
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    registry: Registry,
+    metrics: Metrics,
+    recordings: Arc<dyn Recordings>,
+    prefs: Preferences,
+    live: Arc<Mutex<HashMap<String, Live>>>,
+}
+
+/// A user name the agent may be asked to run a session as.
+pub fn user_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl Sessions {
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        metrics: Metrics,
+        recordings: Arc<dyn Recordings>,
+        prefs: Preferences,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            metrics,
+            recordings,
+            prefs,
+            live: Arc::default(),
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn event(&self, session_id: &str, event: &str, actor: &str, node: &str, detail: &str) {
+        let e = SessionEvent {
+            at: secrets::now(),
+            session_id: session_id.to_string(),
+            event: event.to_string(),
+            actor: actor.to_string(),
+            node_id: node.to_string(),
+            detail: detail.to_string(),
+        };
+        if let Err(err) = self.store.add_session_event(&e).await {
+            tracing::warn!(error = %err, event, "could not store a session event");
+        }
+    }
+
+    /// Records a refusal (authorization, an offline node, a failed start) with who and why.
+    pub async fn refused(&self, who: &Principal, node: &str, why: &str) {
+        self.event("", "refused", &who.name, node, why).await;
+    }
+
+    /// Starts a session on the node and its broker; the client attaches next.
+    pub async fn open(&self, who: &Principal, req: OpenRequest) -> Result<SessionRecord, ApiError> {
+        let node = req.node.to_string();
+        let Some(tunnel) = self.registry.tunnel(&req.node) else {
+            let why = match self.store.get_node(&req.node).await? {
+                None => return Err(ApiError::NotFound(format!("node {node}"))),
+                Some(n) => format!("node {node} is {:?} (its agent is not connected)", n.status),
+            };
+            self.refused(who, &node, &why).await;
+            return Err(ApiError::Conflict(why));
+        };
+        let id = format!(
+            "s-{:010x}{}",
+            secrets::now().max(0),
+            secrets::random_hex(5)
+        );
+        let run_as = self
+            .prefs
+            .run_as_enabled
+            .then(|| self.prefs.run_as_default_user.clone());
+        let document = match req.kind {
+            SessionKind::Shell => "SessionManagerRunShell",
+            SessionKind::Interactive => "StartInteractiveCommand",
+            SessionKind::NonInteractive => "StartNonInteractiveCommand",
+        };
+        let recorded = self.prefs.record_sessions && req.kind != SessionKind::NonInteractive;
+        let record = SessionRecord {
+            id: id.clone(),
+            user: who.name.clone(),
+            node_id: node.clone(),
+            kind: format!("{:?}", req.kind),
+            document: document.into(),
+            reason: req.reason.clone(),
+            run_as: run_as.clone().unwrap_or_default(),
+            started_at: secrets::now(),
+            ended_at: None,
+            status: "Connecting".into(),
+            detail: String::new(),
+            exit_code: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            recorded,
+        };
+        self.store.create_session(&record).await?;
+        let start = SessionStart {
+            session_id: id.clone(),
+            kind: req.kind,
+            command: req.command.clone(),
+            terminal: req.terminal.clone(),
+            run_as,
+            env: self.prefs.shell_environment.clone(),
+            workdir: self.prefs.working_directory.clone(),
+            profile: if req.kind == SessionKind::Shell {
+                self.prefs.shell_profile.clone()
+            } else {
+                String::new()
+            },
+        };
+        let agent = match tokio::time::timeout(START_TIMEOUT, start_on(&tunnel, start)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(why)) => return Err(self.failed_start(who, &id, &node, why).await),
+            Err(_) => {
+                let why = "the agent did not start the session in time".to_string();
+                return Err(self.failed_start(who, &id, &node, why).await);
+            }
+        };
+        let recorder = match (recorded, &req.terminal) {
+            (true, Some(t)) => match self.recordings.create(&id).await {
+                Ok(sink) => Some(
+                    CastWriter::start(
+                        sink,
+                        t.cols,
+                        t.rows,
+                        &t.term,
+                        record.started_at,
+                        self.prefs.record_input,
+                    )
+                    .await,
+                ),
+                Err(e) => {
+                    // Recording is required when on: no recording, no session.
+                    let why = format!("could not create the session's recording: {e}");
+                    return Err(self.failed_start(who, &id, &node, why).await);
+                }
+            },
+            _ => None,
+        };
+        self.metrics.session_started();
+        self.event(&id, "started", &who.name, &node, &req.reason).await;
+        let (attach_tx, attach) = mpsc::channel(4);
+        let (terminate_tx, terminate) = mpsc::channel(4);
+        let (connected_tx, connected) = tokio::sync::oneshot::channel();
+        self.live().insert(
+            id.clone(),
+            Live {
+                owner: who.token_id.clone(),
+                attach: attach_tx,
+                terminate: terminate_tx,
+            },
+        );
+        let limits = broker::Limits {
+            idle: self.prefs.idle_timeout,
+            max: self.prefs.max_duration,
+        };
+        let ctl = broker::Control {
+            attach,
+            terminate,
+            connected: Some(connected_tx),
+        };
+        let (store, metrics, live) = (self.store.clone(), self.metrics.clone(), self.live.clone());
+        let sid = id.clone();
+        tokio::spawn(async move {
+            let store2 = store.clone();
+            let sid2 = sid.clone();
+            tokio::spawn(async move {
+                if connected.await.is_ok() {
+                    let _ = store2.set_session_status(&sid2, "Connected").await;
+                }
+            });
+            let out = broker::run(agent, recorder, limits, ctl).await;
+            live.lock().unwrap_or_else(|e| e.into_inner()).remove(&sid);
+            let end = SessionEnd {
+                status: out.closed.status.clone(),
+                detail: out.closed.message.clone(),
+                exit_code: out.closed.exit_code.map(i64::from),
+                ended_at: secrets::now(),
+                bytes_in: i64::try_from(out.bytes_in).unwrap_or(i64::MAX),
+                bytes_out: i64::try_from(out.bytes_out).unwrap_or(i64::MAX),
+            };
+            metrics.session_ended(&end.status, out.bytes_in, out.bytes_out);
+            if let Err(e) = store.end_session(&sid, &end).await {
+                tracing::warn!(session = %sid, error = %e, "could not store the end of a session");
+            }
+            let detail = match end.exit_code {
+                Some(c) => format!("{}: exit status {c}", end.status),
+                None => format!("{}: {}", end.status, end.detail),
+            };
+            let _ = store
+                .add_session_event(&SessionEvent {
+                    at: end.ended_at,
+                    session_id: sid.clone(),
+                    event: "ended".into(),
+                    actor: String::new(),
+                    node_id: node,
+                    detail,
+                })
+                .await;
+            tracing::info!(session = %sid, status = %end.status, "session ended");
+        });
+        Ok(record)
+    }
+
+    async fn failed_start(&self, who: &Principal, id: &str, node: &str, why: String) -> ApiError {
+        let end = SessionEnd {
+            status: "Failed".into(),
+            detail: why.clone(),
+            exit_code: None,
+            ended_at: secrets::now(),
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let _ = self.store.end_session(id, &end).await;
+        self.event(id, "refused", &who.name, node, &why).await;
+        ApiError::Conflict(format!("the session could not start: {why}"))
+    }
+
+    /// Hands a client's WebSocket to the session's broker. Only the session's owner attaches.
+    pub fn attach_check(&self, id: &str, who: &Principal) -> Result<mpsc::Sender<WebSocket>, ApiError> {
+        let live = self.live();
+        let Some(l) = live.get(id) else {
+            return Err(ApiError::Conflict(format!(
+                "session {id} is not live (it ended, or never existed)"
+            )));
+        };
+        if l.owner != who.token_id {
+            return Err(ApiError::Forbidden(format!(
+                "session {id} belongs to someone else"
+            )));
+        }
+        Ok(l.attach.clone())
+    }
+
+    /// Ends a live session; the user sees who ended it.
+    pub async fn terminate(&self, id: &str, who: &Principal) -> Result<(), ApiError> {
+        let tx = self.live().get(id).map(|l| l.terminate.clone());
+        let Some(tx) = tx else {
+            return Err(ApiError::Conflict(format!("session {id} is not live")));
+        };
+        self.event(id, "terminate_requested", &who.name, "", "").await;
+        let _ = tx.send(format!("the session was terminated by {}", who.name)).await;
+        Ok(())
+    }
+
+    /// Ends every live session (the server is stopping).
+    pub async fn shutdown(&self) {
+        let all: Vec<_> = self.live().values().map(|l| l.terminate.clone()).collect();
+        for tx in all {
+            let _ = tx.send("the server is stopping".into()).await;
+        }
+    }
+
+    pub fn recordings(&self) -> &Arc<dyn Recordings> {
+        &self.recordings
+    }
+}
+
+/// Opens the session's stream and waits for the agent to say the process runs.
+async fn start_on(
+    tunnel: &drover_tunnel::Tunnel,
+    start: SessionStart,
+) -> Result<drover_tunnel::SessionFramed<drover_tunnel::Stream>, String> {
+    let s = tunnel
+        .open()
+        .await
+        .map_err(|e| format!("could not open a stream to the node: {e}"))?;
+    let mut framed = FrameCodec::framed(s);
+    framed
+        .feed(Message::Open(StreamOpen {
+            kind: StreamKind::Session,
+        }))
+        .await
+        .map_err(|e| e.to_string())?;
+    framed
+        .send(Message::SessionStart(start))
+        .await
+        .map_err(|e| e.to_string())?;
+    match framed.next().await {
+        Some(Ok(Message::SessionStarted)) => Ok(drover_tunnel::into_session(framed)),
+        Some(Ok(Message::Error { code, message })) if code == "unsupported_stream" => Err(format!(
+            "the agent on this node is too old for sessions ({message}); upgrade it"
+        )),
+        Some(Ok(Message::Error { message, .. })) => Err(message),
+        Some(Ok(other)) => Err(format!("the agent answered {}", other.kind())),
+        Some(Err(e)) => Err(format!("bad answer from the agent: {e}")),
+        None => Err("the node closed the stream".into()),
+    }
+}
