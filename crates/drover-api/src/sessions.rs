@@ -10,8 +10,16 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartSession {
-    /// The node's ID.
+    /// The node's ID, or its unique name.
     pub node: String,
+    /// A session document (`NAME` or `NAME:VERSION`); none: the shell, or the built-in for
+    /// `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
+    /// The document's parameters.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub parameters: std::collections::BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     /// Give the command a PTY (default true; a shell always has one).

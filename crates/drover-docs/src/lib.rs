@@ -6,8 +6,12 @@ mod interpolate;
 mod model;
 mod params;
 mod parse;
+mod prefs;
+mod session;
 
 pub use interpolate::{resolve, Resolution, ResolvedStep};
 pub use model::*;
-pub use params::{validate_values, ParamError, ParamValue};
+pub use params::{validate_declared, validate_values, ParamError, ParamValue};
+pub use prefs::{env_name_ok, user_name_ok, Preferences};
+pub use session::{is_session_document, parse_session, SessionDocument, SessionType};
 pub use parse::{parse, DocError, MAX_DOCUMENT_BYTES};

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::model::{Document, ParamType, Parameter};
 
+
 /// A checked value: its JSON form has the declared type.
 pub type ParamValue = Value;
 
@@ -24,9 +25,17 @@ pub fn validate_values(
     doc: &Document,
     provided: &BTreeMap<String, Value>,
 ) -> Result<BTreeMap<String, ParamValue>, ParamError> {
+    validate_declared(&doc.parameters, provided)
+}
+
+/// [`validate_values`] against a map of declarations (a session document's, say).
+pub fn validate_declared(
+    parameters: &BTreeMap<String, Parameter>,
+    provided: &BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, ParamValue>, ParamError> {
     for name in provided.keys() {
-        if !doc.parameters.contains_key(name) {
-            let known: Vec<&str> = doc.parameters.keys().map(String::as_str).collect();
+        if !parameters.contains_key(name) {
+            let known: Vec<&str> = parameters.keys().map(String::as_str).collect();
             return Err(ParamError {
                 name: name.clone(),
                 reason: if known.is_empty() {
@@ -41,7 +50,7 @@ pub fn validate_values(
         }
     }
     let mut out = BTreeMap::new();
-    for (name, p) in &doc.parameters {
+    for (name, p) in parameters {
         let value = match provided.get(name).or(p.default.as_ref()) {
             Some(v) => v.clone(),
             None => {

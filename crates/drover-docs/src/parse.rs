@@ -29,7 +29,7 @@ impl fmt::Display for DocError {
 /// Largest document accepted, like SSM's 64 KB.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 
-fn err(text: &str, needle: Option<&str>, reason: String) -> DocError {
+pub(crate) fn err(text: &str, needle: Option<&str>, reason: String) -> DocError {
     let (line, column) = needle.and_then(|n| locate(text, n)).unzip();
     DocError {
         line,
@@ -55,6 +55,14 @@ pub(crate) static REFERENCE: std::sync::LazyLock<Regex> = std::sync::LazyLock::n
 
 /// Parses a document from YAML or JSON (JSON when it starts with `{`) and validates it.
 pub fn parse(text: &str) -> Result<Document, DocError> {
+    let doc: Document = deserialize(text)?;
+    validate(text, &doc)?;
+    Ok(doc)
+}
+
+/// Reads YAML or JSON into `T`, within the size limit and without YAML aliases; a refusal
+/// says where.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, DocError> {
     if text.len() > MAX_DOCUMENT_BYTES {
         return Err(err(
             text,
@@ -65,12 +73,12 @@ pub fn parse(text: &str) -> Result<Document, DocError> {
             ),
         ));
     }
-    let doc: Document = if text.trim_start().starts_with('{') {
+    if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| DocError {
             line: Some(e.line()),
             column: Some(e.column()),
             reason: strip_location(&e.to_string()),
-        })?
+        })
     } else {
         refuse_aliases(text)?;
         serde_yaml_ng::from_str(text).map_err(|e| {
@@ -80,10 +88,8 @@ pub fn parse(text: &str) -> Result<Document, DocError> {
                 column: loc.as_ref().map(|l| l.column()),
                 reason: strip_location(&e.to_string()),
             }
-        })?
-    };
-    validate(text, &doc)?;
-    Ok(doc)
+        })
+    }
 }
 
 /// Refuses YAML anchors and aliases. An alias repeats what its anchor names, so nested aliases
@@ -134,20 +140,14 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-fn validate(text: &str, doc: &Document) -> Result<(), DocError> {
-    if doc.schema_version != "2.2" {
-        return Err(err(
-            text,
-            Some("schemaVersion"),
-            format!(
-                "schemaVersion {:?} is not supported: use \"2.2\"",
-                doc.schema_version
-            ),
-        ));
-    }
+/// Parameter declarations: names, patterns that compile, defaults that pass their own checks.
+pub(crate) fn check_parameters(
+    text: &str,
+    parameters: &std::collections::BTreeMap<String, crate::model::Parameter>,
+) -> Result<(), DocError> {
     let name_re =
         Regex::new(r"^[A-Za-z0-9_]{1,128}$").map_err(|e| err(text, None, e.to_string()))?;
-    for (name, p) in &doc.parameters {
+    for (name, p) in parameters {
         if !name_re.is_match(name) {
             return Err(err(
                 text,
@@ -174,6 +174,21 @@ fn validate(text: &str, doc: &Document) -> Result<(), DocError> {
             })?;
         }
     }
+    Ok(())
+}
+
+fn validate(text: &str, doc: &Document) -> Result<(), DocError> {
+    if doc.schema_version != "2.2" {
+        return Err(err(
+            text,
+            Some("schemaVersion"),
+            format!(
+                "schemaVersion {:?} is not supported: use \"2.2\"",
+                doc.schema_version
+            ),
+        ));
+    }
+    check_parameters(text, &doc.parameters)?;
     if doc.main_steps.is_empty() {
         return Err(err(
             text,

@@ -31,8 +31,6 @@ pub struct ServerConfig {
     pub hostname: String,
     /// How much command history to keep.
     pub retention: crate::retention::RetentionPolicy,
-    /// Session preferences (until they come from the `SessionManagerRunShell` document).
-    pub session_preferences: crate::sessions::prefs::Preferences,
 }
 
 impl ServerConfig {
@@ -50,7 +48,6 @@ impl ServerConfig {
             metrics_public: false,
             hostname: String::new(),
             retention: crate::retention::RetentionPolicy::default(),
-            session_preferences: Default::default(),
         }
     }
 }

@@ -44,6 +44,29 @@ pub struct AppState {
     pub admission: Arc<admission::Admission>,
 }
 
+/// Creates `SessionManagerRunShell` with the default preferences on first start, so that
+/// operators change them by updating it (`drover docs update`).
+async fn seed_session_preferences(store: &dyn Store, now: i64) -> Result<(), ServerError> {
+    let (name, text) = commands::resolve::SESSION_PREFERENCES;
+    if store.get_document(name, None).await?.is_some() {
+        return Ok(());
+    }
+    let doc = drover_store::DocumentVersion {
+        name: name.to_string(),
+        version: 1,
+        content: text.to_string(),
+        format: "YAML".into(),
+        description: commands::resolve::describe(text),
+        created_at: now,
+        is_default: true,
+        latest_version: 1,
+    };
+    match store.create_document(&doc).await {
+        Ok(_) | Err(drover_store::StoreError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A server whose data directory is ready; [`Server::serve`] runs it.
 pub struct Server {
     state: Arc<AppState>,
@@ -86,8 +109,8 @@ impl Server {
             Arc::new(sessions::recording::DirRecordings::new(
                 data.path.join("recordings"),
             )),
-            config.session_preferences.clone(),
         );
+        seed_session_preferences(data.store.as_ref(), now).await?;
         let state = Arc::new(AppState {
             admission: admission::Admission::new(config.limits.clone()),
             config,

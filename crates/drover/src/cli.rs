@@ -139,9 +139,16 @@ pub struct ShellArgs {
     /// Why: kept in the session history.
     #[arg(long)]
     pub reason: Option<String>,
-    /// Run the command without a PTY: stdout and stderr stay apart (no effect on a shell).
-    #[arg(long)]
+    /// Run the command without a PTY: stdout and stderr stay apart.
+    #[arg(long, requires = "command")]
     pub no_pty: bool,
+    /// A session document to start (NAME or NAME:VERSION), for example an interactive command
+    /// such as TailAppLog.
+    #[arg(long = "doc", conflicts_with = "command")]
+    pub document: Option<String>,
+    /// Parameter of the document as NAME=VALUE (repeat a name to build a list).
+    #[arg(long = "param", requires = "document")]
+    pub params: Vec<String>,
     /// A command to run instead of the login shell, after --.
     #[arg(last = true)]
     pub command: Vec<String>,

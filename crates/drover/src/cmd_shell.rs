@@ -102,9 +102,12 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
     let pty = !args.no_pty;
     let (cols, rows) = terminal_size().unwrap_or((80, 24));
     let command = (!args.command.is_empty()).then(|| args.command.join(" "));
+    let parameters = crate::cmd_run::parse_params(&args.params, &[])?;
     let session = client
         .start_session(&StartSession {
             node: args.node.clone(),
+            document: args.document.clone(),
+            parameters,
             command,
             pty: Some(pty),
             cols: Some(cols),

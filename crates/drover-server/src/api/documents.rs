@@ -51,14 +51,21 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 
 /// Parses and validates a document; a refusal says line, column and reason.
 fn check_content(content: &str) -> Result<(String, String), ApiError> {
-    let doc = drover_docs::parse(content)
-        .map_err(|e| ApiError::BadRequest(format!("invalid document: {e}")))?;
+    let description = if drover_docs::is_session_document(content) {
+        drover_docs::parse_session(content)
+            .map_err(|e| ApiError::BadRequest(format!("invalid session document: {e}")))?
+            .description
+    } else {
+        drover_docs::parse(content)
+            .map_err(|e| ApiError::BadRequest(format!("invalid document: {e}")))?
+            .description
+    };
     let format = if content.trim_start().starts_with('{') {
         "JSON"
     } else {
         "YAML"
     };
-    Ok((format.to_string(), doc.description))
+    Ok((format.to_string(), description))
 }
 
 #[utoipa::path(post, path = "/api/v1/documents", request_body = CreateDocument,

@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use drover_api::{SessionEventView, SessionList, SessionView, StartSession};
-use drover_proto::{SessionKind, Terminal, SESSION_FRAME_MAX};
+use drover_proto::{Terminal, SESSION_FRAME_MAX};
 use drover_store::{SessionQuery, SessionRecord};
 use serde::Deserialize;
 
@@ -65,22 +65,24 @@ fn parse(req: &StartSession, node: drover_store::NodeId) -> Result<OpenRequest, 
             )));
         }
     }
-    let pty = req.pty.unwrap_or(true);
-    let kind = match (&req.command, pty) {
-        (None, true) => SessionKind::Shell,
-        (None, false) => {
-            return Err(ApiError::BadRequest(
-                "pty: a shell session always has a PTY; give a command to run one without".into(),
-            ))
-        }
-        (Some(_), true) => SessionKind::Interactive,
-        (Some(_), false) => SessionKind::NonInteractive,
-    };
+    if let Some(d) = &req.document {
+        validate::pattern(
+            "document",
+            rules::DOCUMENT_REF,
+            d,
+            "NAME or NAME:VERSION (3 to 128 letters, digits, '_', '.' or '-')",
+        )?;
+    }
+    if req.parameters.len() > 100 {
+        return Err(ApiError::BadRequest("parameters: at most 100".into()));
+    }
     Ok(OpenRequest {
         node,
-        kind,
+        document: req.document.clone(),
+        parameters: req.parameters.clone(),
         command: req.command.clone(),
-        terminal: pty.then_some(Terminal { cols, rows, term }),
+        terminal: Terminal { cols, rows, term },
+        pty: req.pty.unwrap_or(true),
         reason,
     })
 }

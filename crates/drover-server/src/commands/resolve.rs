@@ -22,7 +22,22 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "ApplyAnsiblePlaybooks",
         include_str!("builtin/ApplyAnsiblePlaybooks.yaml"),
     ),
+    (
+        "StartInteractiveCommand",
+        include_str!("builtin/StartInteractiveCommand.yaml"),
+    ),
+    (
+        "StartNonInteractiveCommand",
+        include_str!("builtin/StartNonInteractiveCommand.yaml"),
+    ),
 ];
+
+/// The session preferences document: created in the store on first start (as SSM creates its
+/// own on first use), so that operators change preferences by updating it.
+pub const SESSION_PREFERENCES: (&str, &str) = (
+    "SessionManagerRunShell",
+    include_str!("builtin/SessionManagerRunShell.yaml"),
+);
 
 /// Built-in documents carry the server's version as their version.
 pub const BUILTIN_VERSION: i64 = 1;
@@ -50,14 +65,25 @@ pub fn builtin_versions(created_at: i64) -> Vec<DocumentVersion> {
             version: BUILTIN_VERSION,
             content: text.to_string(),
             format: "YAML".into(),
-            description: drover_docs::parse(text)
-                .map(|d| d.description)
-                .unwrap_or_default(),
+            description: describe(text),
             created_at,
             is_default: true,
             latest_version: BUILTIN_VERSION,
         })
         .collect()
+}
+
+/// A document's description, command or session document alike.
+pub fn describe(text: &str) -> String {
+    if drover_docs::is_session_document(text) {
+        drover_docs::parse_session(text)
+            .map(|d| d.description)
+            .unwrap_or_default()
+    } else {
+        drover_docs::parse(text)
+            .map(|d| d.description)
+            .unwrap_or_default()
+    }
 }
 
 /// Splits `name[:version]`.
@@ -105,6 +131,12 @@ pub async fn find(store: &dyn Store, reference: &str) -> Result<DocumentVersion,
 }
 
 fn parse(record: &DocumentVersion) -> Result<Document, ApiError> {
+    if drover_docs::is_session_document(&record.content) {
+        return Err(ApiError::BadRequest(format!(
+            "{} is a session document: start it with `drover shell` (POST /api/v1/sessions), not Run Command",
+            record.name
+        )));
+    }
     drover_docs::parse(&record.content).map_err(|e| {
         ApiError::Internal(format!(
             "stored document {}:{} no longer parses: {e}",
@@ -253,10 +285,21 @@ mod tests {
     #[test]
     fn builtin_documents_parse() {
         for (name, text) in BUILTIN {
-            drover_docs::parse(text)
-                .map_err(|e| format!("{name}: {e}"))
-                .unwrap();
+            if drover_docs::is_session_document(text) {
+                drover_docs::parse_session(text)
+                    .map_err(|e| format!("{name}: {e}"))
+                    .unwrap();
+            } else {
+                drover_docs::parse(text)
+                    .map_err(|e| format!("{name}: {e}"))
+                    .unwrap();
+            }
         }
+        let prefs = drover_docs::parse_session(SESSION_PREFERENCES.1).unwrap();
+        assert_eq!(
+            drover_docs::Preferences::from_inputs(&prefs.inputs).unwrap(),
+            drover_docs::Preferences::default()
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct Control {
 pub struct Limits {
     pub idle: Duration,
     pub max: Option<Duration>,
+    /// The limits as the preferences say them, for the user's message.
+    pub idle_words: String,
+    pub max_words: String,
 }
 
 struct Out {
@@ -289,14 +292,13 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(last_activity + limits.idle), if closing.is_none() => {
                 closing = Some(Closing {
-                    closed: SessionClosed { status: "TimedOut".into(), exit_code: None, message: format!("the session was idle for {} minutes", limits.idle.as_secs() / 60) },
+                    closed: SessionClosed { status: "TimedOut".into(), exit_code: None, message: format!("the session was idle for {}", limits.idle_words) },
                     at: Instant::now(),
                 });
             }
             _ = sleep_until_opt(max_at), if closing.is_none() && max_at.is_some() => {
-                let minutes = limits.max.map(|m| m.as_secs() / 60).unwrap_or(0);
                 closing = Some(Closing {
-                    closed: SessionClosed { status: "TimedOut".into(), exit_code: None, message: format!("the session reached its maximum duration of {minutes} minutes") },
+                    closed: SessionClosed { status: "TimedOut".into(), exit_code: None, message: format!("the session reached its maximum duration of {}", limits.max_words) },
                     at: Instant::now(),
                 });
             }

@@ -7,26 +7,26 @@
 //! a second replica will relay an attach to that peer, as it will for commands.
 
 pub mod broker;
-pub mod prefs;
 pub mod recording;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
 use drover_proto::{Message, SessionKind, SessionStart, StreamKind, StreamOpen, Terminal};
-use drover_store::{NodeId, SessionEnd, SessionEvent, SessionRecord, Store};
+use drover_store::{DocumentVersion, NodeId, SessionEnd, SessionEvent, SessionRecord, Store};
 use drover_tunnel::FrameCodec;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::api::ApiError;
 use crate::authz::Principal;
+use crate::commands::resolve::{self, SESSION_PREFERENCES};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::secrets;
-use prefs::Preferences;
+use drover_docs::{Preferences, SessionType};
 use recording::{CastWriter, Recordings};
 
 /// How long the agent has to start the session's process.
@@ -39,13 +39,26 @@ struct Live {
     terminate: mpsc::Sender<String>,
 }
 
-/// What a client asks for, already parsed.
+/// What a client asks for, already checked at the boundary.
 pub struct OpenRequest {
     pub node: NodeId,
-    pub kind: SessionKind,
+    /// A session document and its parameters; none: the shell, or `command`'s built-in.
+    pub document: Option<String>,
+    pub parameters: BTreeMap<String, serde_json::Value>,
     pub command: Option<String>,
-    pub terminal: Option<Terminal>,
+    /// The client's terminal; a command session without a PTY ignores it.
+    pub terminal: Terminal,
+    pub pty: bool,
     pub reason: String,
+}
+
+/// What a session runs, decided from its document.
+struct Plan {
+    document: String,
+    kind: SessionKind,
+    command: Option<String>,
+    env: BTreeMap<String, String>,
+    prefs: Preferences,
 }
 
 pub struct Sessions {
@@ -53,18 +66,24 @@ pub struct Sessions {
     registry: Registry,
     metrics: Metrics,
     recordings: Arc<dyn Recordings>,
-    prefs: Preferences,
     live: Arc<Mutex<HashMap<String, Live>>>,
 }
 
-/// A user name the agent may be asked to run a session as.
-pub fn user_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 32
-        && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+/// One minute of session limits. Tests shorten it (feature `test-hooks`, variable
+/// `DROVER_TEST_SESSION_MINUTE_MS`) so that an idle timeout of "1 minute" is testable.
+fn minute() -> Duration {
+    #[cfg(feature = "test-hooks")]
+    if let Some(ms) = std::env::var("DROVER_TEST_SESSION_MINUTE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    Duration::from_secs(60)
+}
+
+fn scaled(d: Duration) -> Duration {
+    minute().mul_f64(d.as_secs_f64() / 60.0)
 }
 
 impl Sessions {
@@ -73,16 +92,103 @@ impl Sessions {
         registry: Registry,
         metrics: Metrics,
         recordings: Arc<dyn Recordings>,
-        prefs: Preferences,
     ) -> Self {
         Self {
             store,
             registry,
             metrics,
             recordings,
-            prefs,
             live: Arc::default(),
         }
+    }
+
+    /// The server-wide preferences: the default version of `SessionManagerRunShell`.
+    async fn preferences(&self) -> Result<Preferences, ApiError> {
+        let Some(d) = self.store.get_document(SESSION_PREFERENCES.0, None).await? else {
+            return Ok(Preferences::default());
+        };
+        let doc = drover_docs::parse_session(&d.content).map_err(|e| {
+            ApiError::Internal(format!("{} no longer parses: {e}", d.name))
+        })?;
+        Preferences::from_inputs(&doc.inputs)
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", d.name)))
+    }
+
+    /// Decides what the session runs: its document, kind, command line and preferences.
+    async fn plan(&self, req: &OpenRequest) -> Result<Plan, ApiError> {
+        let (name, params) = match (&req.document, &req.command) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "give a session document or a command, not both".into(),
+                ))
+            }
+            (Some(d), None) => (d.clone(), req.parameters.clone()),
+            (None, Some(c)) if req.parameters.is_empty() => (
+                if req.pty { "StartInteractiveCommand" } else { "StartNonInteractiveCommand" }.to_string(),
+                BTreeMap::from([("command".to_string(), serde_json::Value::String(c.clone()))]),
+            ),
+            (None, None) if req.parameters.is_empty() => (SESSION_PREFERENCES.0.to_string(), BTreeMap::new()),
+            (None, _) => {
+                return Err(ApiError::BadRequest(
+                    "parameters: only a session document takes parameters".into(),
+                ))
+            }
+        };
+        let record = match resolve::find(self.store.as_ref(), &name).await {
+            // Deleted by an operator: the defaults, as before it was first created.
+            Err(ApiError::NotFound(_)) if name == SESSION_PREFERENCES.0 => DocumentVersion {
+                name: name.clone(),
+                version: 0,
+                content: SESSION_PREFERENCES.1.to_string(),
+                format: "YAML".into(),
+                description: String::new(),
+                created_at: 0,
+                is_default: true,
+                latest_version: 0,
+            },
+            other => other?,
+        };
+        if !drover_docs::is_session_document(&record.content) {
+            return Err(ApiError::BadRequest(format!(
+                "{name} is a command document: run it with `drover run`, not as a session"
+            )));
+        }
+        let doc = drover_docs::parse_session(&record.content)
+            .map_err(|e| ApiError::Internal(format!("{name} no longer parses: {e}")))?;
+        let values = drover_docs::validate_declared(&doc.parameters, &params)
+            .map_err(|e| ApiError::BadRequest(format!("invalid parameters: {e}")))?;
+        let mut prefs = self.preferences().await?;
+        let (kind, command, env) = match doc.session_type {
+            SessionType::StandardStream => {
+                // A shell document of its own carries its own preferences.
+                prefs = Preferences::from_inputs(&doc.inputs)
+                    .map_err(|e| ApiError::Internal(format!("{name}: {e}")))?;
+                (SessionKind::Shell, None, BTreeMap::new())
+            }
+            t @ (SessionType::InteractiveCommands | SessionType::NonInteractiveCommands) => {
+                let (line, env) = doc
+                    .resolve_command(&values)
+                    .map_err(|e| ApiError::Internal(format!("{name}: {e}")))?;
+                let kind = if t == SessionType::InteractiveCommands {
+                    SessionKind::Interactive
+                } else {
+                    SessionKind::NonInteractive
+                };
+                (kind, Some(line), env)
+            }
+            SessionType::Port => {
+                return Err(ApiError::BadRequest(format!(
+                    "{name} is a port forwarding document; port sessions are not served yet"
+                )))
+            }
+        };
+        Ok(Plan {
+            document: record.name,
+            kind,
+            command,
+            env,
+            prefs,
+        })
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
@@ -119,27 +225,24 @@ impl Sessions {
             self.refused(who, &node, &why).await;
             return Err(ApiError::Conflict(why));
         };
+        let plan = self.plan(&req).await?;
         let id = format!(
             "s-{:010x}{}",
             secrets::now().max(0),
             secrets::random_hex(5)
         );
-        let run_as = self
-            .prefs
+        let prefs = &plan.prefs;
+        let run_as = prefs
             .run_as_enabled
-            .then(|| self.prefs.run_as_default_user.clone());
-        let document = match req.kind {
-            SessionKind::Shell => "SessionManagerRunShell",
-            SessionKind::Interactive => "StartInteractiveCommand",
-            SessionKind::NonInteractive => "StartNonInteractiveCommand",
-        };
-        let recorded = self.prefs.record_sessions && req.kind != SessionKind::NonInteractive;
+            .then(|| prefs.run_as_default_user.clone());
+        let terminal = (plan.kind != SessionKind::NonInteractive).then(|| req.terminal.clone());
+        let recorded = prefs.record_sessions && terminal.is_some();
         let record = SessionRecord {
             id: id.clone(),
             user: who.name.clone(),
             node_id: node.clone(),
-            kind: format!("{:?}", req.kind),
-            document: document.into(),
+            kind: format!("{:?}", plan.kind),
+            document: plan.document.clone(),
             reason: req.reason.clone(),
             run_as: run_as.clone().unwrap_or_default(),
             started_at: secrets::now(),
@@ -152,16 +255,18 @@ impl Sessions {
             recorded,
         };
         self.store.create_session(&record).await?;
+        let mut env = prefs.shell_environment.clone();
+        env.extend(plan.env.clone());
         let start = SessionStart {
             session_id: id.clone(),
-            kind: req.kind,
-            command: req.command.clone(),
-            terminal: req.terminal.clone(),
+            kind: plan.kind,
+            command: plan.command.clone(),
+            terminal: terminal.clone(),
             run_as,
-            env: self.prefs.shell_environment.clone(),
-            workdir: self.prefs.working_directory.clone(),
-            profile: if req.kind == SessionKind::Shell {
-                self.prefs.shell_profile.clone()
+            env,
+            workdir: prefs.working_directory.clone(),
+            profile: if plan.kind == SessionKind::Shell {
+                prefs.shell_profile.clone()
             } else {
                 String::new()
             },
@@ -174,7 +279,7 @@ impl Sessions {
                 return Err(self.failed_start(who, &id, &node, why).await);
             }
         };
-        let recorder = match (recorded, &req.terminal) {
+        let recorder = match (recorded, &terminal) {
             (true, Some(t)) => match self.recordings.create(&id).await {
                 Ok(sink) => Some(
                     CastWriter::start(
@@ -183,7 +288,7 @@ impl Sessions {
                         t.rows,
                         &t.term,
                         record.started_at,
-                        self.prefs.record_input,
+                        prefs.record_input,
                     )
                     .await,
                 ),
@@ -209,8 +314,13 @@ impl Sessions {
             },
         );
         let limits = broker::Limits {
-            idle: self.prefs.idle_timeout,
-            max: self.prefs.max_duration,
+            idle: scaled(prefs.idle_timeout),
+            max: prefs.max_duration.map(scaled),
+            idle_words: format!("{} minutes", prefs.idle_timeout.as_secs() / 60),
+            max_words: prefs
+                .max_duration
+                .map(|m| format!("{} minutes", m.as_secs() / 60))
+                .unwrap_or_default(),
         };
         let ctl = broker::Control {
             attach,

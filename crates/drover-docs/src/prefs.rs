@@ -79,6 +79,17 @@ fn string(field: &str, v: &Value) -> Result<Option<String>, String> {
     }
 }
 
+/// A user name a node may be asked to run a session as: POSIX portable names, nothing a
+/// command line could read as more than a name.
+pub fn user_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// An environment variable name a shell accepts.
 pub fn env_name_ok(k: &str) -> bool {
     k.bytes()
@@ -128,7 +139,7 @@ impl Preferences {
         p.max_duration = minutes("maxSessionDuration", get("maxSessionDuration"), 1440)?;
         p.run_as_enabled = boolean("runAsEnabled", get("runAsEnabled"))?.unwrap_or(false);
         p.run_as_default_user = string("runAsDefaultUser", get("runAsDefaultUser"))?.unwrap_or_default();
-        if p.run_as_enabled && !crate::sessions::user_name_ok(&p.run_as_default_user) {
+        if p.run_as_enabled && !user_name_ok(&p.run_as_default_user) {
             return Err(format!(
                 "runAsDefaultUser: {:?} is not a valid user name (needed when runAsEnabled is true)",
                 p.run_as_default_user
