@@ -14,9 +14,10 @@ pub mod inventory;
 mod invocations;
 mod journal;
 mod os_user;
+pub use os_user::valid_name as valid_user_name;
 mod register;
-mod session;
 pub mod service;
+mod session;
 mod shell;
 mod step;
 

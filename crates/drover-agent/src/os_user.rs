@@ -157,16 +157,13 @@ pub fn command_line(user: &OsUser, switch: bool, argv: Vec<String>) -> Result<Ve
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]
     fn passwd_lines_parse() {
         let u = parse_passwd("alice:x:1001:1002:Alice:/home/alice:/bin/zsh\n").unwrap();
-        assert_eq!(
-            (u.uid, u.gid, u.shell.as_str()),
-            (1001, 1002, "/bin/zsh")
-        );
+        assert_eq!((u.uid, u.gid, u.shell.as_str()), (1001, 1002, "/bin/zsh"));
         assert_eq!(parse_passwd("bob:x:1:2::/:").unwrap().shell, "/bin/sh");
         assert!(parse_passwd("garbage").is_none());
     }

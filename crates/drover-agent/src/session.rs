@@ -160,7 +160,9 @@ async fn spawn(ctx: &Sessions, start: &SessionStart) -> Result<Proc, String> {
                 .spawn(pts)
                 .map_err(|e| format!("starting {program}: {e}"))?;
             // The child leads a new session (and so a process group) of its own.
-            let pgid = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32));
+            let pgid = child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32));
             Ok(Proc {
                 child,
                 pgid,
@@ -180,7 +182,9 @@ async fn spawn(ctx: &Sessions, start: &SessionStart) -> Result<Proc, String> {
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| format!("starting {program}: {e}"))?;
-            let pgid = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32));
+            let pgid = child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32));
             let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
                 return Err("the command's output pipes are missing".into());
             };
@@ -342,7 +346,10 @@ async fn hang_up(child: &mut tokio::process::Child, pgid: Option<rustix::process
     };
     let _ = kill_process_group(pgid, Signal::Hup);
     let _ = kill_process_group(pgid, Signal::Cont);
-    if tokio::time::timeout(HANGUP_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(HANGUP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         let _ = kill_process_group(pgid, Signal::Kill);
         let _ = child.wait().await;
     }
@@ -351,7 +358,11 @@ async fn hang_up(child: &mut tokio::process::Child, pgid: Option<rustix::process
 }
 
 /// An output stream, and the buffer its reads land in.
-type Reader<'a> = (SessionStream, Box<dyn AsyncRead + Unpin + Send + 'a>, Vec<u8>);
+type Reader<'a> = (
+    SessionStream,
+    Box<dyn AsyncRead + Unpin + Send + 'a>,
+    Vec<u8>,
+);
 
 /// Sends output as it comes, each read as one frame, until every stream ends.
 async fn pump_out(
@@ -362,9 +373,7 @@ async fn pump_out(
     let mut offsets = [0u64; 2];
     while !readers.is_empty() {
         // Reads are cancel-safe: the ones that lose the race lose no bytes.
-        let reads = readers
-            .iter_mut()
-            .map(|(_, r, buf)| Box::pin(r.read(buf)));
+        let reads = readers.iter_mut().map(|(_, r, buf)| Box::pin(r.read(buf)));
         let (result, which, _) = futures::future::select_all(reads).await;
         let n = match result {
             Ok(n) => n,
@@ -439,7 +448,9 @@ async fn pump_in(
                 }
             }
             SessionFrame::Signal(sig) => {
-                if let (Some(pgid), Some(sig)) = (pgid, rustix::process::Signal::from_raw(sig.number())) {
+                if let (Some(pgid), Some(sig)) =
+                    (pgid, rustix::process::Signal::from_raw(sig.number()))
+                {
                     let _ = rustix::process::kill_process_group(pgid, sig);
                 }
             }

@@ -97,7 +97,7 @@ pub fn pinned_tls(
 }
 
 mod session;
-pub use session::{SessionSocket, SESSION_SUBPROTOCOL};
+pub use session::{Download, SessionSocket, SESSION_SUBPROTOCOL};
 
 impl Client {
     /// A client of `server` (`https://host:port`) trusting the pinned `ca_fingerprint`.

@@ -53,6 +53,22 @@ impl SessionSocket {
     }
 }
 
+/// A response body read as it arrives.
+pub struct Download {
+    resp: reqwest::Response,
+    base: String,
+}
+
+impl Download {
+    /// The next chunk; `None` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        self.resp.chunk().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            detail: crate::chain(&e),
+        })
+    }
+}
+
 impl Client {
     pub async fn start_session(&self, req: &StartSession) -> Result<SessionView, ClientError> {
         self.call(Method::POST, "/api/v1/sessions", Some(req)).await
@@ -90,10 +106,13 @@ impl Client {
         self.call::<(), _>(Method::POST, &path, None).await
     }
 
-    /// The recording, as a response to stream (never read whole).
-    pub async fn recording(&self, id: &str) -> Result<reqwest::Response, ClientError> {
+    /// The recording, to read chunk by chunk (never whole).
+    pub async fn recording(&self, id: &str) -> Result<Download, ClientError> {
         let path = format!("/api/v1/sessions/{}/recording", crate::seg(id));
-        self.stream_get(&path).await
+        Ok(Download {
+            resp: self.stream_get(&path).await?,
+            base: self.base.clone(),
+        })
     }
 
     /// Attaches to a live session's stream.
@@ -134,8 +153,9 @@ impl Client {
         .map_err(|e| transport(e.to_string()))?;
         // Keystrokes are tiny: send each at once.
         let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-            .map_err(|e| ClientError::BadUrl(format!("{host}: {e}")))?;
+        let name =
+            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                .map_err(|e| ClientError::BadUrl(format!("{host}: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(self.ws_tls.clone())
             .connect(name, tcp)
             .await
@@ -166,7 +186,10 @@ fn split_host_port(authority: &str) -> (String, u16) {
     let authority = authority.split('/').next().unwrap_or(authority);
     if let Some(rest) = authority.strip_prefix('[') {
         if let Some((h, p)) = rest.split_once(']') {
-            let port = p.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(443);
+            let port = p
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(443);
             return (h.to_string(), port);
         }
     }
@@ -182,8 +205,14 @@ mod tests {
 
     #[test]
     fn authorities_split() {
-        assert_eq!(split_host_port("127.0.0.1:8443"), ("127.0.0.1".into(), 8443));
+        assert_eq!(
+            split_host_port("127.0.0.1:8443"),
+            ("127.0.0.1".into(), 8443)
+        );
         assert_eq!(split_host_port("[::1]:9"), ("::1".into(), 9));
-        assert_eq!(split_host_port("drover.example"), ("drover.example".into(), 443));
+        assert_eq!(
+            split_host_port("drover.example"),
+            ("drover.example".into(), 443)
+        );
     }
 }

@@ -12,6 +12,6 @@ mod session;
 pub use interpolate::{resolve, Resolution, ResolvedStep};
 pub use model::*;
 pub use params::{validate_declared, validate_values, ParamError, ParamValue};
+pub use parse::{parse, DocError, MAX_DOCUMENT_BYTES};
 pub use prefs::{env_name_ok, user_name_ok, Preferences};
 pub use session::{is_session_document, parse_session, SessionDocument, SessionType};
-pub use parse::{parse, DocError, MAX_DOCUMENT_BYTES};

@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use crate::model::{Document, ParamType, Parameter};
 
-
 /// A checked value: its JSON form has the declared type.
 pub type ParamValue = Value;
 

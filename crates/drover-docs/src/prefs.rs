@@ -138,7 +138,8 @@ impl Preferences {
         }
         p.max_duration = minutes("maxSessionDuration", get("maxSessionDuration"), 1440)?;
         p.run_as_enabled = boolean("runAsEnabled", get("runAsEnabled"))?.unwrap_or(false);
-        p.run_as_default_user = string("runAsDefaultUser", get("runAsDefaultUser"))?.unwrap_or_default();
+        p.run_as_default_user =
+            string("runAsDefaultUser", get("runAsDefaultUser"))?.unwrap_or_default();
         if p.run_as_enabled && !user_name_ok(&p.run_as_default_user) {
             return Err(format!(
                 "runAsDefaultUser: {:?} is not a valid user name (needed when runAsEnabled is true)",
@@ -151,9 +152,17 @@ impl Preferences {
             Value::Object(m) => match m.get("linux") {
                 None | Some(Value::Null) => String::new(),
                 Some(Value::String(s)) => s.clone(),
-                Some(other) => return Err(format!("shellProfile.linux: expected a string, got {other}")),
+                Some(other) => {
+                    return Err(format!(
+                        "shellProfile.linux: expected a string, got {other}"
+                    ))
+                }
             },
-            other => return Err(format!("shellProfile: expected {{\"linux\": \"...\"}}, got {other}")),
+            other => {
+                return Err(format!(
+                    "shellProfile: expected {{\"linux\": \"...\"}}, got {other}"
+                ))
+            }
         };
         match get("shellEnvironment") {
             Value::Null => {}
@@ -170,8 +179,8 @@ impl Preferences {
             }
             other => return Err(format!("shellEnvironment: expected an object, got {other}")),
         }
-        p.working_directory = string("workingDirectory", get("workingDirectory"))?
-            .filter(|d| !d.is_empty());
+        p.working_directory =
+            string("workingDirectory", get("workingDirectory"))?.filter(|d| !d.is_empty());
         if let Some(d) = &p.working_directory {
             if !d.starts_with('/') || d.contains('\0') {
                 return Err(format!("workingDirectory: {d:?} is not an absolute path"));
@@ -210,7 +219,10 @@ mod tests {
         assert_eq!(p.run_as_default_user, "app");
         assert_eq!(p.shell_profile, "cd /srv");
         assert!(p.record_sessions && p.record_input);
-        assert_eq!(Preferences::from_inputs(&Value::Null).unwrap(), Preferences::default());
+        assert_eq!(
+            Preferences::from_inputs(&Value::Null).unwrap(),
+            Preferences::default()
+        );
     }
 
     #[test]
@@ -220,9 +232,15 @@ mod tests {
             (json!({"idleSessionTimeout": 61}), "idleSessionTimeout"),
             (json!({"maxSessionDuration": "1441"}), "maxSessionDuration"),
             (json!({"maxSessionDuration": "soon"}), "maxSessionDuration"),
-            (json!({"runAsEnabled": true, "runAsDefaultUser": "a;b"}), "runAsDefaultUser"),
+            (
+                json!({"runAsEnabled": true, "runAsDefaultUser": "a;b"}),
+                "runAsDefaultUser",
+            ),
             (json!({"runAsEnabled": "yes"}), "runAsEnabled"),
-            (json!({"shellEnvironment": {"1X": "y"}}), "shellEnvironment.1X"),
+            (
+                json!({"shellEnvironment": {"1X": "y"}}),
+                "shellEnvironment.1X",
+            ),
             (json!({"workingDirectory": "relative"}), "workingDirectory"),
             (json!({"colour": "blue"}), "inputs.colour"),
         ] {

@@ -59,7 +59,9 @@ pub fn parse_session(text: &str) -> Result<SessionDocument, DocError> {
             Preferences::from_inputs(&doc.inputs).map_err(|e| err(text, Some("inputs"), e))?;
         }
         SessionType::InteractiveCommands | SessionType::NonInteractiveCommands => {
-            let cmd = doc.command().map_err(|e| err(text, Some("properties"), e))?;
+            let cmd = doc
+                .command()
+                .map_err(|e| err(text, Some("properties"), e))?;
             for c in REFERENCE.captures_iter(&cmd) {
                 let name = c.get(1).map(|m| m.as_str()).unwrap_or_default();
                 if !doc.parameters.contains_key(name) {
@@ -132,7 +134,11 @@ impl SessionDocument {
                     Value::String(s) => s.clone(),
                     Value::Array(items) => items
                         .iter()
-                        .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+                        .map(|i| {
+                            i.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| i.to_string())
+                        })
                         .collect::<Vec<_>>()
                         .join(" "),
                     other => other.to_string(),
@@ -146,7 +152,7 @@ impl SessionDocument {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use serde_json::json;
 
     use super::*;
@@ -182,7 +188,12 @@ properties:
     #[test]
     fn crafted_values_are_refused_by_the_pattern() {
         let doc = parse_session(TAIL).unwrap();
-        for bad in ["/var/log/x; sh", "/etc/shadow", "/var/log/$(id)", "/var/log/a b"] {
+        for bad in [
+            "/var/log/x; sh",
+            "/etc/shadow",
+            "/var/log/$(id)",
+            "/var/log/a b",
+        ] {
             let r = crate::validate_declared(
                 &doc.parameters,
                 &BTreeMap::from([("logfile".to_string(), json!(bad))]),
@@ -194,14 +205,25 @@ properties:
     #[test]
     fn refusals_say_what_is_wrong() {
         let undeclared = TAIL.replace("{{ logfile }}", "{{ other }}");
-        assert!(parse_session(&undeclared).unwrap_err().reason.contains("other"));
+        assert!(parse_session(&undeclared)
+            .unwrap_err()
+            .reason
+            .contains("other"));
         let bad_prefs = "schemaVersion: '1.0'\nsessionType: Standard_Stream\ninputs:\n  idleSessionTimeout: '0'\n";
-        assert!(parse_session(bad_prefs).unwrap_err().reason.contains("idleSessionTimeout"));
+        assert!(parse_session(bad_prefs)
+            .unwrap_err()
+            .reason
+            .contains("idleSessionTimeout"));
         let no_cmd = "schemaVersion: '1.0'\nsessionType: NonInteractiveCommands\n";
-        assert!(parse_session(no_cmd).unwrap_err().reason.contains("properties.linux.commands"));
+        assert!(parse_session(no_cmd)
+            .unwrap_err()
+            .reason
+            .contains("properties.linux.commands"));
         let v = "schemaVersion: '2.2'\nsessionType: Standard_Stream\n";
         assert!(parse_session(v).unwrap_err().reason.contains("1.0"));
         assert!(is_session_document(TAIL));
-        assert!(!is_session_document("schemaVersion: '2.2'\nmainSteps: []\n"));
+        assert!(!is_session_document(
+            "schemaVersion: '2.2'\nmainSteps: []\n"
+        ));
     }
 }

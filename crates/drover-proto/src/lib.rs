@@ -15,8 +15,8 @@ pub use message::{
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use session::{
-    SessionClosed, SessionFrame, SessionFrameError, SessionSignal, SessionStream,
-    SESSION_DATA_MAX, SESSION_FRAME_MAX,
+    SessionClosed, SessionFrame, SessionFrameError, SessionSignal, SessionStream, SESSION_DATA_MAX,
+    SESSION_FRAME_MAX,
 };
 
 /// The ALPN protocol identifier an agent offers when it dials the server. The server routes a TLS

@@ -266,7 +266,7 @@ impl SessionFrame {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use proptest::prelude::*;
 
     use super::*;
@@ -322,7 +322,10 @@ mod tests {
         );
         assert_eq!(
             SessionFrame::decode(Bytes::from_static(&[RESIZE, 0])),
-            Err(SessionFrameError::Short { tag: RESIZE, len: 2 })
+            Err(SessionFrameError::Short {
+                tag: RESIZE,
+                len: 2
+            })
         );
         assert_eq!(
             SessionFrame::decode(Bytes::from_static(&[SIGNAL, 200])),

@@ -92,8 +92,16 @@ impl Metrics {
         let sessions_active = Gauge::default();
         let sessions_ended = Family::default();
         let session_bytes = Family::default();
-        registry.register("sessions_started", "Sessions started", sessions_started.clone());
-        registry.register("sessions_active", "Sessions open now", sessions_active.clone());
+        registry.register(
+            "sessions_started",
+            "Sessions started",
+            sessions_started.clone(),
+        );
+        registry.register(
+            "sessions_active",
+            "Sessions open now",
+            sessions_active.clone(),
+        );
         registry.register(
             "sessions_ended",
             "Sessions ended, by status (Terminated, Failed, TimedOut)",

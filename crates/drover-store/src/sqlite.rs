@@ -568,11 +568,11 @@ impl Store for SqliteStore {
 }
 
 mod certs;
-mod redeem;
 #[cfg(test)]
 mod history_tests;
 #[cfg(test)]
 mod plan_tests;
+mod redeem;
 mod rows;
 mod schema;
 #[cfg(test)]

@@ -145,7 +145,10 @@ pub(crate) fn list(c: &mut Connection, q: &SessionQuery) -> Result<Vec<SessionRe
         args.push(b.clone());
         sql.push_str(&format!(" AND id < ?{}", args.len()));
     }
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", q.limit.clamp(1, 1000)));
+    sql.push_str(&format!(
+        " ORDER BY id DESC LIMIT {}",
+        q.limit.clamp(1, 1000)
+    ));
     let mut st = c.prepare(&sql).map_err(db("list sessions"))?;
     let rows = st
         .query_map(rusqlite::params_from_iter(args.iter()), row)
@@ -160,13 +163,23 @@ pub(crate) fn add_event(c: &mut Connection, e: &SessionEvent) -> Result<(), Stor
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .and_then(|mut st| {
-        st.execute(params![e.at, e.session_id, e.event, e.actor, e.node_id, e.detail])
+        st.execute(params![
+            e.at,
+            e.session_id,
+            e.event,
+            e.actor,
+            e.node_id,
+            e.detail
+        ])
     })
     .map_err(db("record a session event"))?;
     Ok(())
 }
 
-pub(crate) fn events(c: &mut Connection, session_id: &str) -> Result<Vec<SessionEvent>, StoreError> {
+pub(crate) fn events(
+    c: &mut Connection,
+    session_id: &str,
+) -> Result<Vec<SessionEvent>, StoreError> {
     let mut st = c
         .prepare_cached(
             "SELECT at, session_id, event, actor, node_id, detail FROM session_events \
@@ -191,7 +204,7 @@ pub(crate) fn events(c: &mut Connection, session_id: &str) -> Result<Vec<Session
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn record(id: &str, node: &str) -> SessionRecord {
@@ -245,7 +258,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(all.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["s-2", "s-1"]);
+        assert_eq!(
+            all.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["s-2", "s-1"]
+        );
         let open = store
             .list_sessions(&SessionQuery {
                 active: true,
@@ -255,7 +271,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(open.len(), 1);
-        assert_eq!(store.end_open_sessions(9, "server restarted").await.unwrap(), 1);
+        assert_eq!(
+            store
+                .end_open_sessions(9, "server restarted")
+                .await
+                .unwrap(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -276,6 +298,9 @@ mod tests {
                 .unwrap();
         }
         let got = store.session_events("s-1").await.unwrap();
-        assert_eq!(got.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["started", "ended"]);
+        assert_eq!(
+            got.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+            ["started", "ended"]
+        );
     }
 }

@@ -253,8 +253,21 @@ impl Env {
 
     /// Starts a server on 127.0.0.1 (port 0 unless `port` is given) and logs the CLI in to it.
     pub fn start_server(&self, port: u16, extra: &[&str]) -> anyhow::Result<Server> {
+        self.start_server_with_env(port, extra, &[])
+    }
+
+    /// [`Env::start_server`] with extra environment variables for the server.
+    pub fn start_server_with_env(
+        &self,
+        port: u16,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         let data = self.path("server");
         let mut cmd = self.command();
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
         cmd.args(["server", "--data-dir"])
             .arg(&data)
             .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -13,5 +13,5 @@ mod mux;
 mod session_codec;
 
 pub use codec::{CodecError, FrameCodec, Framed};
-pub use session_codec::{into_session, SessionCodec, SessionFramed};
 pub use mux::{Incoming, Role, Stream, Tunnel, TunnelConfig, TunnelError};
+pub use session_codec::{into_session, SessionCodec, SessionFramed};

@@ -20,10 +20,10 @@ impl Decoder for SessionCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<SessionFrame>, CodecError> {
-        let Some(prefix) = src.get(..4) else {
+        let Some(prefix) = src.get(..4).and_then(|p| <[u8; 4]>::try_from(p).ok()) else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        let len = u32::from_be_bytes(prefix) as usize;
         if len > SESSION_FRAME_MAX {
             return Err(bad(format!(
                 "session frame of {len} bytes exceeds {SESSION_FRAME_MAX}"
@@ -82,7 +82,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use bytes::Bytes;
     use drover_proto::SessionStream;
 

@@ -394,6 +394,10 @@ pub struct AgentRunArgs {
     /// Largest file a downloadContent step may fetch, in bytes [default: 4 GiB].
     #[arg(long, env = "DROVER_MAX_DOWNLOAD_BYTES")]
     pub max_download_bytes: Option<u64>,
+    /// The OS user sessions run as when the server names none and the agent runs as root;
+    /// created on first use, with sudo rights.
+    #[arg(long, env = "DROVER_SESSION_USER", default_value = "drover-user")]
+    pub session_user: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -98,6 +98,13 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
                 crate::cli::RebootModeArg::Machine => drover_agent::RebootMode::Machine,
                 crate::cli::RebootModeArg::RestartAgent => drover_agent::RebootMode::RestartAgent,
             };
+            if !drover_agent::valid_user_name(&args.session_user) {
+                anyhow::bail!(
+                    "--session-user {:?} is not a valid user name (letters, digits, '_', '.', '-'; at most 32)",
+                    args.session_user
+                );
+            }
+            config.session_user = args.session_user.clone();
             if let Some(max) = args.max_download_bytes {
                 config.max_download_bytes = max;
             }

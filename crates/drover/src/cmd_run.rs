@@ -19,7 +19,10 @@ use crate::UsageError;
 
 /// `NAME=VALUE` pairs, then `NAME=FILE` pairs whose value is the file's text; a name given
 /// twice builds a list.
-pub(crate) fn parse_params(pairs: &[String], files: &[String]) -> Result<BTreeMap<String, Value>, UsageError> {
+pub(crate) fn parse_params(
+    pairs: &[String],
+    files: &[String],
+) -> Result<BTreeMap<String, Value>, UsageError> {
     let split = |p: &str, flag: &str, what: &str| {
         p.split_once('=')
             .filter(|(k, _)| !k.trim().is_empty())

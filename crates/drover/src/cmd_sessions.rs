@@ -71,34 +71,15 @@ async fn replay(
     speed: f64,
     idle_limit: Option<f64>,
 ) -> anyhow::Result<()> {
-    let mut resp = client.recording(id).await?;
+    let mut lines = Lines {
+        resp: client.recording(id).await?,
+        pending: Vec::new(),
+        ready: std::collections::VecDeque::new(),
+    };
     let mut stdout = std::io::stdout();
     let mut last = 0.0f64;
     let mut first = true;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut lines: std::collections::VecDeque<String> = Default::default();
-    loop {
-        let Some(line) = (match lines.pop_front() {
-            Some(l) => Some(l),
-            None => match resp.chunk().await.context("reading the recording")? {
-                Some(chunk) => {
-                    pending.extend_from_slice(&chunk);
-                    // Whole lines only; the rest waits for the next chunk.
-                    while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-                        let rest = pending.split_off(nl + 1);
-                        let line = std::mem::replace(&mut pending, rest);
-                        lines.push_back(String::from_utf8_lossy(&line).trim_end().to_string());
-                    }
-                    continue;
-                }
-                None if !pending.is_empty() => {
-                    Some(String::from_utf8_lossy(&std::mem::take(&mut pending)).into_owned())
-                }
-                None => None,
-            },
-        }) else {
-            break;
-        };
+    while let Some(line) = lines.next().await? {
         if first {
             first = false;
             continue; // the header
@@ -132,10 +113,46 @@ async fn replay(
     Ok(())
 }
 
+/// A streamed response, line by line.
+struct Lines {
+    resp: drover_client::Download,
+    pending: Vec<u8>,
+    ready: std::collections::VecDeque<String>,
+}
+
+impl Lines {
+    async fn next(&mut self) -> anyhow::Result<Option<String>> {
+        loop {
+            if let Some(l) = self.ready.pop_front() {
+                return Ok(Some(l));
+            }
+            match self.resp.chunk().await.context("reading the recording")? {
+                Some(chunk) => {
+                    self.pending.extend_from_slice(&chunk);
+                    // Whole lines only; the rest waits for the next chunk.
+                    while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+                        let rest = self.pending.split_off(nl + 1);
+                        let line = std::mem::replace(&mut self.pending, rest);
+                        self.ready
+                            .push_back(String::from_utf8_lossy(&line).trim_end().to_string());
+                    }
+                }
+                None if self.pending.is_empty() => return Ok(None),
+                None => {
+                    let rest = std::mem::take(&mut self.pending);
+                    return Ok(Some(String::from_utf8_lossy(&rest).into_owned()));
+                }
+            }
+        }
+    }
+}
+
 fn print_table(sessions: &[SessionView]) {
     let mut t = Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["ID", "USER", "NODE", "KIND", "STATUS", "STARTED", "ENDED", "EXIT"]);
+    t.set_header([
+        "ID", "USER", "NODE", "KIND", "STATUS", "STARTED", "ENDED", "EXIT",
+    ]);
     for s in sessions {
         t.add_row([
             s.id.clone(),

@@ -78,6 +78,14 @@ struct State {
 }
 
 impl State {
+    fn received_mut(&mut self, stream: SessionStream) -> &mut u64 {
+        let [out, err] = &mut self.received;
+        match stream {
+            SessionStream::Stdout => out,
+            SessionStream::Stderr => err,
+        }
+    }
+
     fn ack_frame(&self) -> SessionFrame {
         SessionFrame::Ack {
             stdout: self.received[0],
@@ -145,14 +153,16 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         let lost: Option<ClientError> = tokio::select! {
             frame = socket.next() => match frame {
                 Some(Ok(SessionFrame::Output { stream, offset, data, .. })) => {
-                    let i = usize::from(stream == SessionStream::Stderr);
-                    let have = state.received[i];
+                    let have = *state.received_mut(stream);
                     // A frame the client already has (in part) after a resume.
                     let skip = usize::try_from(have.saturating_sub(offset)).unwrap_or(usize::MAX);
                     if let Some(fresh) = data.get(skip..).filter(|d| !d.is_empty()) {
-                        let out: &mut dyn Write = if i == 0 { &mut stdout } else { &mut stderr };
+                        let out: &mut dyn Write = match stream {
+                            SessionStream::Stdout => &mut stdout,
+                            SessionStream::Stderr => &mut stderr,
+                        };
                         out.write_all(fresh).and_then(|_| out.flush()).context("writing output")?;
-                        state.received[i] = offset.max(have) + fresh.len() as u64;
+                        *state.received_mut(stream) = offset.max(have) + fresh.len() as u64;
                     }
                     let unacked = state.received[0] + state.received[1] - state.acked[0] - state.acked[1];
                     if unacked >= ACK_EVERY {
@@ -263,7 +273,11 @@ async fn attach_and_replay(
     // The server says first how much input it has.
     let have = match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
         Ok(Some(Ok(SessionFrame::InputAck { offset }))) => offset,
-        _ => return Err(ClientError::Decode("no input acknowledgement on attach".into())),
+        _ => {
+            return Err(ClientError::Decode(
+                "no input acknowledgement on attach".into(),
+            ))
+        }
     };
     state.input_acked(have);
     for (offset, data) in state.unacked.clone() {

@@ -47,7 +47,12 @@ fn view(s: SessionRecord) -> SessionView {
 }
 
 fn session_id(id: &str) -> Result<(), ApiError> {
-    validate::pattern("session ID", rules::SESSION_ID, id, "s- followed by hex digits")
+    validate::pattern(
+        "session ID",
+        rules::SESSION_ID,
+        id,
+        "s- followed by hex digits",
+    )
 }
 
 /// Checks a start request and turns it into what the session manager runs.
@@ -55,7 +60,12 @@ fn parse(req: &StartSession, node: drover_store::NodeId) -> Result<OpenRequest, 
     let cols = validate::range("cols", req.cols.unwrap_or(80), 1..=1000)?;
     let rows = validate::range("rows", req.rows.unwrap_or(24), 1..=1000)?;
     let term = req.term.clone().unwrap_or_else(|| "xterm-256color".into());
-    validate::pattern("term", rules::TERM, &term, "1 to 64 letters, digits and _ . + -")?;
+    validate::pattern(
+        "term",
+        rules::TERM,
+        &term,
+        "1 to 64 letters, digits and _ . + -",
+    )?;
     let reason = req.reason.clone().unwrap_or_default();
     validate::text("reason", &reason, 1024)?;
     if let Some(c) = &req.command {
@@ -97,7 +107,10 @@ pub async fn start(
     Body(req): Body<StartSession>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
     if let Err(e) = authorize(&who, Action::StartSession) {
-        state.sessions.refused(&who, &req.node, &e.to_string()).await;
+        state
+            .sessions
+            .refused(&who, &req.node, &e.to_string())
+            .await;
         return Err(e);
     }
     let node = super::nodes::find(&state, &req.node).await?;

@@ -82,6 +82,13 @@ fn minute() -> Duration {
     Duration::from_secs(60)
 }
 
+fn minutes(d: Duration) -> String {
+    match d.as_secs() / 60 {
+        1 => "1 minute".into(),
+        n => format!("{n} minutes"),
+    }
+}
+
 fn scaled(d: Duration) -> Duration {
     minute().mul_f64(d.as_secs_f64() / 60.0)
 }
@@ -107,9 +114,8 @@ impl Sessions {
         let Some(d) = self.store.get_document(SESSION_PREFERENCES.0, None).await? else {
             return Ok(Preferences::default());
         };
-        let doc = drover_docs::parse_session(&d.content).map_err(|e| {
-            ApiError::Internal(format!("{} no longer parses: {e}", d.name))
-        })?;
+        let doc = drover_docs::parse_session(&d.content)
+            .map_err(|e| ApiError::Internal(format!("{} no longer parses: {e}", d.name)))?;
         Preferences::from_inputs(&doc.inputs)
             .map_err(|e| ApiError::Internal(format!("{}: {e}", d.name)))
     }
@@ -124,10 +130,17 @@ impl Sessions {
             }
             (Some(d), None) => (d.clone(), req.parameters.clone()),
             (None, Some(c)) if req.parameters.is_empty() => (
-                if req.pty { "StartInteractiveCommand" } else { "StartNonInteractiveCommand" }.to_string(),
+                if req.pty {
+                    "StartInteractiveCommand"
+                } else {
+                    "StartNonInteractiveCommand"
+                }
+                .to_string(),
                 BTreeMap::from([("command".to_string(), serde_json::Value::String(c.clone()))]),
             ),
-            (None, None) if req.parameters.is_empty() => (SESSION_PREFERENCES.0.to_string(), BTreeMap::new()),
+            (None, None) if req.parameters.is_empty() => {
+                (SESSION_PREFERENCES.0.to_string(), BTreeMap::new())
+            }
             (None, _) => {
                 return Err(ApiError::BadRequest(
                     "parameters: only a session document takes parameters".into(),
@@ -226,11 +239,7 @@ impl Sessions {
             return Err(ApiError::Conflict(why));
         };
         let plan = self.plan(&req).await?;
-        let id = format!(
-            "s-{:010x}{}",
-            secrets::now().max(0),
-            secrets::random_hex(5)
-        );
+        let id = format!("s-{:010x}{}", secrets::now().max(0), secrets::random_hex(5));
         let prefs = &plan.prefs;
         let run_as = prefs
             .run_as_enabled
@@ -301,7 +310,8 @@ impl Sessions {
             _ => None,
         };
         self.metrics.session_started();
-        self.event(&id, "started", &who.name, &node, &req.reason).await;
+        self.event(&id, "started", &who.name, &node, &req.reason)
+            .await;
         let (attach_tx, attach) = mpsc::channel(4);
         let (terminate_tx, terminate) = mpsc::channel(4);
         let (connected_tx, connected) = tokio::sync::oneshot::channel();
@@ -316,11 +326,8 @@ impl Sessions {
         let limits = broker::Limits {
             idle: scaled(prefs.idle_timeout),
             max: prefs.max_duration.map(scaled),
-            idle_words: format!("{} minutes", prefs.idle_timeout.as_secs() / 60),
-            max_words: prefs
-                .max_duration
-                .map(|m| format!("{} minutes", m.as_secs() / 60))
-                .unwrap_or_default(),
+            idle_words: minutes(prefs.idle_timeout),
+            max_words: prefs.max_duration.map(minutes).unwrap_or_default(),
         };
         let ctl = broker::Control {
             attach,
@@ -385,7 +392,11 @@ impl Sessions {
     }
 
     /// Hands a client's WebSocket to the session's broker. Only the session's owner attaches.
-    pub fn attach_check(&self, id: &str, who: &Principal) -> Result<mpsc::Sender<WebSocket>, ApiError> {
+    pub fn attach_check(
+        &self,
+        id: &str,
+        who: &Principal,
+    ) -> Result<mpsc::Sender<WebSocket>, ApiError> {
         let live = self.live();
         let Some(l) = live.get(id) else {
             return Err(ApiError::Conflict(format!(
@@ -406,8 +417,11 @@ impl Sessions {
         let Some(tx) = tx else {
             return Err(ApiError::Conflict(format!("session {id} is not live")));
         };
-        self.event(id, "terminate_requested", &who.name, "", "").await;
-        let _ = tx.send(format!("the session was terminated by {}", who.name)).await;
+        self.event(id, "terminate_requested", &who.name, "", "")
+            .await;
+        let _ = tx
+            .send(format!("the session was terminated by {}", who.name))
+            .await;
         Ok(())
     }
 

@@ -15,7 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 #[async_trait::async_trait]
 pub trait Recordings: Send + Sync + 'static {
     /// A new, empty recording for the session.
-    async fn create(&self, session_id: &str) -> std::io::Result<Box<dyn AsyncWrite + Send + Unpin>>;
+    async fn create(&self, session_id: &str)
+        -> std::io::Result<Box<dyn AsyncWrite + Send + Unpin>>;
     /// The recording and its size in bytes; none if there is none.
     async fn open(
         &self,
@@ -197,7 +198,7 @@ fn incomplete_tail(b: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[tokio::test]

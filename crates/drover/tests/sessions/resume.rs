@@ -1,0 +1,112 @@
+//! A client whose connection to the server is cut resumes its session with every byte.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_testkit::{Proc, DEADLINE};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::{env, node, set_prefs, AS_ROOT};
+
+/// A TCP proxy that can drop every connection and refuse new ones (a network outage).
+struct Proxy {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let down = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (d, c) = (down.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                c.lock().unwrap().push(task);
+            }
+        });
+        Ok(Self {
+            addr,
+            down,
+            conns,
+            accept,
+        })
+    }
+
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_off_for_ten_seconds_resumes_with_no_gap_and_no_duplicate(
+) -> anyhow::Result<()> {
+    let env = env();
+    let (server, _id, _agent) = node(&env, &[], &[]).await?;
+    set_prefs(&env, AS_ROOT)?;
+    let target: SocketAddr = server.url.trim_start_matches("https://").parse()?;
+    let proxy = Proxy::start(target).await?;
+    // The CLI talks to the server through the proxy.
+    env.cli_ok(&[
+        "login",
+        "--server",
+        &format!("https://{}", proxy.addr),
+        "--token-file",
+        &env.path("server/admin.token").to_string_lossy(),
+        "--ca-fingerprint",
+        &server.fingerprint,
+    ])?;
+    let mut cmd = env.command();
+    cmd.args([
+        "shell",
+        "n1",
+        "--no-pty",
+        "--",
+        "for i in $(seq 1 150); do echo tick-$i; sleep 0.1; done",
+    ]);
+    let mut shell = Proc::spawn("shell", cmd)?;
+    shell.wait_for_line("tick-10", DEADLINE)?;
+    proxy.cut();
+    // The outage is the test's stimulus, not a wait for something to happen.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    proxy.heal();
+    assert_eq!(shell.wait_exit(DEADLINE * 2)?.code(), Some(0));
+    let ticks: Vec<String> = shell
+        .output()
+        .lines()
+        .filter(|l| l.starts_with("tick-"))
+        .map(str::to_string)
+        .collect();
+    let expected: Vec<String> = (1..=150).map(|i| format!("tick-{i}")).collect();
+    assert_eq!(ticks, expected);
+    Ok(())
+}
