@@ -36,6 +36,11 @@ use utoipa::{Modify, OpenApi};
         super::commands::cancel,
         super::commands::invocations,
         super::commands::invocation,
+        super::sessions::start,
+        super::sessions::list,
+        super::sessions::show,
+        super::sessions::terminate,
+        super::sessions::recording,
     ),
     modifiers(&Bearer)
 )]
@@ -88,8 +93,13 @@ fn tag_map() -> Value {
 fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
     use super::rules::*;
     let commands = path.starts_with("/api/v1/commands");
+    let sessions = path.starts_with("/api/v1/sessions");
     Some(match (location, name) {
         ("path", "id") if commands => string(COMMAND_ID),
+        ("path", "id") if sessions => string(SESSION_ID),
+        ("query", "limit") if sessions => integer(1, 1000),
+        ("query", "before") if sessions => string(SESSION_ID),
+        ("query", "active") => json!({"type": "boolean"}),
         ("path", "id") => string(&text(1, 256)),
         ("path", "node") => string(NODE_ID),
         ("path", "name") => string(DOCUMENT_NAME),
@@ -198,6 +208,25 @@ fn constrain_schemas(doc: &mut Value) {
                 "maximum": super::commands::OUTPUT_LIMITS.end(),
             }),
         ),
+        ("StartSession", "node", string(&text(1, 256))),
+        ("StartSession", "document", json!({"type": ["string", "null"], "pattern": DOCUMENT_REF})),
+        (
+            "StartSession",
+            "parameters",
+            json!({"type": "object", "maxProperties": super::sessions::MAX_PARAMETERS}),
+        ),
+        (
+            "StartSession",
+            "command",
+            json!({
+                "type": ["string", "null"], "pattern": COMMAND_LINE,
+                "maxLength": super::sessions::MAX_COMMAND,
+            }),
+        ),
+        ("StartSession", "cols", json!({"type": ["integer", "null"], "minimum": 1, "maximum": 1000})),
+        ("StartSession", "rows", json!({"type": ["integer", "null"], "minimum": 1, "maximum": 1000})),
+        ("StartSession", "term", json!({"type": ["string", "null"], "pattern": TERM})),
+        ("StartSession", "reason", json!({"type": ["string", "null"], "pattern": text(0, 1024)})),
         ("TagUpdate", "set", tag_map()),
         (
             "TagUpdate",

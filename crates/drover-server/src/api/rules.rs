@@ -18,6 +18,8 @@ pub const NODE_ID: &str = r"^n-[0-9a-f]{17}$";
 pub const COMMAND_ID: &str = r"^cmd-[A-Za-z0-9-]{0,60}$";
 pub const INVOCATION_ID: &str = r"^inv-[A-Za-z0-9-]{0,60}$";
 pub const SESSION_ID: &str = r"^s-[0-9a-f]{10,40}$";
+/// A command line: not blank, no NUL.
+pub const COMMAND_LINE: &str = r"^[^\u0000]*[^\u0000\s][^\u0000]*$";
 /// A terminal type (`TERM`).
 pub const TERM: &str = r"^[A-Za-z0-9_.+-]{1,64}$";
 pub const DOCUMENT_NAME: &str = r"^[A-Za-z0-9_.-]{3,128}$";

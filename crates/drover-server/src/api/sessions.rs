@@ -21,8 +21,10 @@ use crate::AppState;
 
 /// The WebSocket subprotocol of session streams.
 pub const SUBPROTOCOL: &str = "drover.session.v1";
-/// Longest command line a session may run.
-const MAX_COMMAND: usize = 16 * 1024;
+/// Longest command line a session may run, in characters.
+pub const MAX_COMMAND: usize = 16 * 1024;
+/// Most parameters a session document is given.
+pub const MAX_PARAMETERS: usize = 100;
 
 fn view(s: SessionRecord) -> SessionView {
     SessionView {
@@ -69,9 +71,9 @@ fn parse(req: &StartSession, node: drover_store::NodeId) -> Result<OpenRequest, 
     let reason = req.reason.clone().unwrap_or_default();
     validate::text("reason", &reason, 1024)?;
     if let Some(c) = &req.command {
-        if c.trim().is_empty() || c.len() > MAX_COMMAND || c.contains('\0') {
+        if !rules::matches(rules::COMMAND_LINE, c) || c.chars().count() > MAX_COMMAND {
             return Err(ApiError::BadRequest(format!(
-                "invalid command: 1 to {MAX_COMMAND} bytes, not blank, no NUL"
+                "invalid command: 1 to {MAX_COMMAND} characters, not blank, no NUL"
             )));
         }
     }
@@ -83,8 +85,10 @@ fn parse(req: &StartSession, node: drover_store::NodeId) -> Result<OpenRequest, 
             "NAME or NAME:VERSION (3 to 128 letters, digits, '_', '.' or '-')",
         )?;
     }
-    if req.parameters.len() > 100 {
-        return Err(ApiError::BadRequest("parameters: at most 100".into()));
+    if req.parameters.len() > MAX_PARAMETERS {
+        return Err(ApiError::BadRequest(format!(
+            "parameters: at most {MAX_PARAMETERS}"
+        )));
     }
     Ok(OpenRequest {
         node,
