@@ -1,7 +1,7 @@
 //! `cargo xtask`: project automation. Kept light (std and anyhow only) because CI builds it.
 //!
 //! ```text
-//! cargo xtask test                       run the workspace tests (installing strace and schemathesis)
+//! cargo xtask test                       run the workspace tests (installing what they need)
 //! cargo xtask bench tunnel [ARGS]        tunnel throughput (ARGS go to tunnel-bench)
 //! cargo xtask bench agents --count N     N simulated agents against a real server
 //! cargo xtask bench peers-forward        `ssh -L` throughput (../shared/peers/forward.sh)
@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use process::{clock_ticks_per_sec, cpu_ticks, memory_kib, Proc};
 
 mod bench_run;
+mod bench_sessions;
 mod packages;
 mod process;
 
@@ -44,6 +45,9 @@ commands:
                                     M slow clients (default 5000, from 20 addresses) hold
                                     connections while N agents (default 1000) connect: time to
                                     all Online, server RSS and descriptors
+  bench sessions                    Session Manager beside OpenSSH: keystroke round trip and
+                                    one-shot start (../shared/peers latency.sh, session_start.sh),
+                                    agent RSS idle and with 100 shells, 100 sessions x 10 MB
   bench fanout [N ...]              ../shared/peers/fanout.sh (parallel-ssh, Ansible) with Drover
                                     as the extra contender on simulated nodes node0001..
 
@@ -91,8 +95,15 @@ fn test(args: &[String]) -> Result<()> {
         run(cargo().args(["install", "cargo-nextest", "--locked"]))?;
     }
     // Debian packages the tests run: strace watches the agent's system calls (the journal's
-    // durability test).
-    packages::ensure_debian(&[("strace", "strace")])?;
+    // durability test); asciinema plays session recordings and top is the full-screen program
+    // of the session tests; setpriv and useradd switch and create session users.
+    packages::ensure_debian(&[
+        ("strace", "strace"),
+        ("asciinema", "asciinema"),
+        ("top", "procps"),
+        ("setpriv", "util-linux"),
+        ("useradd", "passwd"),
+    ])?;
     // Schemathesis (PyPI) fuzzes the API against its OpenAPI document (tests/openapi.rs).
     let st = packages::ensure_schemathesis(&target_dir().join("tools"))?;
     run(cargo()
@@ -122,6 +133,7 @@ fn bench(args: &[String]) -> Result<()> {
         "fanout" => bench_run::bench_fanout(rest, build),
         "output" => bench_run::bench_output(rest, build),
         "stress" => bench_run::bench_stress(rest, build),
+        "sessions" => bench_sessions::bench_sessions(build),
         other => bail!("unknown benchmark {other:?}\n\n{USAGE}"),
     }
 }
