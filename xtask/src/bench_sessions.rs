@@ -44,7 +44,14 @@ fn setup() -> Result<Setup> {
         &[],
     )?;
     run(drover(&cli_config)
-        .args(["login", "--server", &url, "--ca-fingerprint", &fp, "--token-file"])
+        .args([
+            "login",
+            "--server",
+            &url,
+            "--ca-fingerprint",
+            &fp,
+            "--token-file",
+        ])
         .arg(base.join("server/admin.token")))?;
     let out = drover(&cli_config)
         .args(["activation", "create", "--count", "1", "-o", "json"])
@@ -53,7 +60,14 @@ fn setup() -> Result<Setup> {
     let activation = format!("{}:{}", json_str(&text, "id")?, json_str(&text, "code")?);
     let state = base.join("agent");
     run(drover(&cli_config)
-        .args(["agent", "register", "--server", &url, "--activation", &activation])
+        .args([
+            "agent",
+            "register",
+            "--server",
+            &url,
+            "--activation",
+            &activation,
+        ])
         .args(["--ca-fingerprint", &fp, "--name", NODE, "--state-dir"])
         .arg(&state))?;
     let mut cmd = drover(&cli_config);
@@ -101,7 +115,10 @@ fn peers_dir() -> PathBuf {
 fn peers(script: &str, vars: &[(&str, String)]) -> Result<Vec<String>> {
     let dir = peers_dir();
     if !dir.join(script).is_file() {
-        bail!("{} not found (set DROVER_PEERS_DIR)", dir.join(script).display());
+        bail!(
+            "{} not found (set DROVER_PEERS_DIR)",
+            dir.join(script).display()
+        );
     }
     let mut cmd = Command::new("bash");
     cmd.arg(dir.join(script)).stderr(Stdio::inherit());
@@ -172,7 +189,10 @@ pub fn bench_sessions(build: bool) -> Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     let (idle_rss, _) = memory_kib(s.agent.pid())?;
     log(&format!("agent idle RSS {idle_rss} KiB"));
-    results.push(format!("RESULT sessions.agent_idle_rss={:.1} unit=MiB", idle_rss as f64 / 1024.0));
+    results.push(format!(
+        "RESULT sessions.agent_idle_rss={:.1} unit=MiB",
+        idle_rss as f64 / 1024.0
+    ));
 
     // Keystroke round trip and session start, beside OpenSSH.
     let lat = peers(
@@ -181,7 +201,10 @@ pub fn bench_sessions(build: bool) -> Result<()> {
             ("LATENCY_EXTRA_NAME", "drover".into()),
             (
                 "LATENCY_EXTRA_CMD",
-                format!("{env_prefix} {} shell {NODE} -- \"$REMOTE_CMD\"", exe.display()),
+                format!(
+                    "{env_prefix} {} shell {NODE} -- \"$REMOTE_CMD\"",
+                    exe.display()
+                ),
             ),
         ],
     )?;
@@ -216,7 +239,9 @@ pub fn bench_sessions(build: bool) -> Result<()> {
     }
     let (rss100, _) = memory_kib(s.agent.pid())?;
     let per = (rss100.saturating_sub(idle_rss)) as f64 / 100.0;
-    log(&format!("agent RSS with 100 shells {rss100} KiB ({per:.0} KiB each)"));
+    log(&format!(
+        "agent RSS with 100 shells {rss100} KiB ({per:.0} KiB each)"
+    ));
     results.push(format!(
         "RESULT sessions.agent_rss_100_shells={:.1} unit=MiB per_session_kib={per:.0}",
         rss100 as f64 / 1024.0

@@ -493,7 +493,7 @@ async fn serve_stream(runner: Arc<Runner>, sessions: Arc<Sessions>, stream: Stre
         Ok(Some(Ok(Message::Open(open)))) if open.kind == StreamKind::Session => {
             match tokio::time::timeout(Duration::from_secs(10), framed.next()).await {
                 Ok(Some(Ok(Message::SessionStart(start)))) => {
-                    crate::session::serve(sessions, framed, start).await;
+                    sessions.start(framed, start);
                     return;
                 }
                 _ => "expected session_start after open".to_string(),

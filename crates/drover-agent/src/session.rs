@@ -7,7 +7,7 @@
 //! Output and input are pumped by two futures, so a program that stops reading its input never
 //! stops its output from flowing (and the reverse).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::os_user::{self, OsUser};
 
-/// How long output may still arrive after the process exits (from its background children,
-/// which may hold the PTY open for good).
+/// After the process exits, output is still relayed until none has come for this long (its
+/// background children may hold the PTY or the pipes open for good).
 const DRAIN: Duration = Duration::from_millis(300);
 /// How long the process group has between SIGHUP and SIGKILL when a session is cut off.
 const HANGUP_GRACE: Duration = Duration::from_secs(2);
@@ -51,6 +51,12 @@ impl Sessions {
             stop,
             running: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// Runs a session on a task of its own, not the connection's: when the connection is lost
+    /// its stream fails, and the session ends through [`hang_up`] like any other.
+    pub fn start(self: &Arc<Self>, framed: Framed<Stream>, start: SessionStart) {
+        self.running.spawn(serve(self.clone(), framed, start));
     }
 
     /// Waits (at most `limit`) for every session to end, once the agent is stopping.
@@ -79,8 +85,7 @@ struct Proc {
 }
 
 /// Serves one session stream until the session ends.
-pub async fn serve(ctx: Arc<Sessions>, mut framed: Framed<Stream>, start: SessionStart) {
-    let _running = ctx.running.token();
+async fn serve(ctx: Arc<Sessions>, mut framed: Framed<Stream>, start: SessionStart) {
     let id = start.session_id.clone();
     let proc = match spawn(&ctx, &start).await {
         Ok(p) => p,
@@ -255,6 +260,7 @@ async fn relay(ctx: Arc<Sessions>, mut sink: Sink, mut source: Source, proc: Pro
         pgid,
         io,
     } = proc;
+    let mut guard = GroupGuard(pgid);
     let started = Instant::now();
     let (mut pty_keep, mut stdin, pipes) = match io {
         Io::Pty(pty) => (Some(pty), None, None),
@@ -276,11 +282,18 @@ async fn relay(ctx: Arc<Sessions>, mut sink: Sink, mut source: Source, proc: Pro
             readers.push((SessionStream::Stdout, Box::new(stdout), vec![0; READ_BUF]));
             readers.push((SessionStream::Stderr, Box::new(stderr), vec![0; READ_BUF]));
         }
-        let out = pump_out(&mut sink, readers, started);
-        let input = pump_in(&mut source, pty_write, &mut stdin, pgid);
+        let progress = std::sync::atomic::AtomicU64::new(0);
+        let sending = std::sync::atomic::AtomicBool::new(false);
+        let out = pump_out(&mut sink, readers, started, &progress, &sending);
+        let sink = match pty_write {
+            Some(w) => InputSink::Pty(w),
+            None => InputSink::Stdin(stdin.take()),
+        };
+        let input = pump_in(&mut source, sink, pgid);
         tokio::pin!(out, input);
         let mut out_done = false;
         let mut exited: Option<i32> = None;
+        let mut drained = 0u64;
         let drain = tokio::time::sleep(Duration::from_secs(86_400));
         tokio::pin!(drain);
         loop {
@@ -303,9 +316,18 @@ async fn relay(ctx: Arc<Sessions>, mut sink: Sink, mut source: Source, proc: Pro
                         break End::Exited(code);
                     }
                     exited = Some(code);
+                    drained = progress.load(std::sync::atomic::Ordering::Relaxed);
                     drain.as_mut().reset(tokio::time::Instant::now() + DRAIN);
                 }
-                _ = &mut drain, if exited.is_some() => break End::Exited(exited.unwrap_or(255)),
+                _ = &mut drain, if exited.is_some() => {
+                    // Output still flowing (a slow reader at the other end) is not silence.
+                    let now = progress.load(std::sync::atomic::Ordering::Relaxed);
+                    if now == drained && !sending.load(std::sync::atomic::Ordering::Relaxed) {
+                        break End::Exited(exited.unwrap_or(255));
+                    }
+                    drained = now;
+                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+                }
                 why = &mut input => break End::CutOff(why),
                 _ = ctx.stop.cancelled() => break End::Stopping,
             }
@@ -330,9 +352,22 @@ async fn relay(ctx: Arc<Sessions>, mut sink: Sink, mut source: Source, proc: Pro
     drop(pty_keep);
     drop(stdin);
     hang_up(&mut child, pgid).await;
+    guard.0 = None;
     if let Some(c) = closed {
         let _ = sink.send(SessionFrame::Closed(c)).await;
         let _ = sink.close().await;
+    }
+}
+
+/// Kills the session's process group if the session's task ends without hanging up (it was
+/// dropped: the runtime is going away).
+struct GroupGuard(Option<rustix::process::Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::Kill);
+        }
     }
 }
 
@@ -369,6 +404,8 @@ async fn pump_out(
     sink: &mut Sink,
     mut readers: Vec<Reader<'_>>,
     started: Instant,
+    progress: &std::sync::atomic::AtomicU64,
+    sending: &std::sync::atomic::AtomicBool,
 ) -> Result<(), String> {
     let mut offsets = [0u64; 2];
     while !readers.is_empty() {
@@ -396,6 +433,7 @@ async fn pump_out(
             *o += n as u64;
         }
         let at_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        sending.store(true, std::sync::atomic::Ordering::Relaxed);
         sink.send(SessionFrame::Output {
             stream,
             offset,
@@ -404,67 +442,122 @@ async fn pump_out(
         })
         .await
         .map_err(|e| format!("sending output: {e}"))?;
+        // Counted once sent: a send that waits on a slow reader keeps the count still, and
+        // the drain below waits for it too (see `relay`).
+        progress.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        sending.store(false, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Input received but not yet taken by the session's program. Frames are always read (so a
+/// `Closed` or a lost stream is seen at once); a program that leaves this much unread ends its
+/// session instead of making the agent hold more.
+const PENDING_INPUT_MAX: usize = 4 * 1024 * 1024;
+
+/// Where input goes: the PTY or the command's stdin.
+enum InputSink<'a> {
+    Pty(pty_process::WritePty<'a>),
+    Stdin(Option<tokio::process::ChildStdin>),
+}
+
+impl InputSink<'_> {
+    /// Writes some of `data`; cancel-safe (a write either happened or did not).
+    async fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            InputSink::Pty(p) => p.write(data).await,
+            InputSink::Stdin(Some(s)) => s.write(data).await,
+            // Input after end of file is dropped, like a closed pipe's.
+            InputSink::Stdin(None) => Ok(data.len()),
+        }
+    }
 }
 
 /// Applies what the server sends; returns why the stream ended.
 async fn pump_in(
     source: &mut Source,
-    mut pty: Option<pty_process::WritePty<'_>>,
-    stdin: &mut Option<tokio::process::ChildStdin>,
+    mut sink: InputSink<'_>,
     pgid: Option<rustix::process::Pid>,
 ) -> String {
     let mut received = 0u64;
-    while let Some(frame) = source.next().await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => return format!("bad frame from the server: {e}"),
-        };
-        match frame {
-            SessionFrame::Input { offset, data } => {
-                // The server resends after a reconnect: skip what was already written.
-                if offset > received {
-                    return format!("input at {offset} leaves a gap after {received}");
-                }
-                let skip = usize::try_from(received - offset).unwrap_or(usize::MAX);
-                let Some(fresh) = data.get(skip..).filter(|d| !d.is_empty()) else {
-                    continue;
-                };
-                received += fresh.len() as u64;
-                let written = match (&mut pty, stdin.as_mut()) {
-                    (Some(p), _) => p.write_all(fresh).await,
-                    (None, Some(s)) => s.write_all(fresh).await,
-                    // Input after end of file is dropped, like a closed pipe's.
-                    (None, None) => Ok(()),
-                };
-                if let Err(e) = written {
-                    tracing::debug!(error = %e, "the session's process stopped reading input");
-                }
-            }
-            SessionFrame::Resize { cols, rows } => {
-                if let Some(p) = &pty {
-                    let _ = p.resize(pty_process::Size::new(rows, cols));
-                }
-            }
-            SessionFrame::Signal(sig) => {
-                if let (Some(pgid), Some(sig)) =
-                    (pgid, rustix::process::Signal::from_raw(sig.number()))
-                {
-                    let _ = rustix::process::kill_process_group(pgid, sig);
-                }
-            }
-            SessionFrame::Eof => match &mut pty {
+    let mut pending: VecDeque<Bytes> = VecDeque::new();
+    let mut pending_bytes = 0usize;
+    // Ctrl-D or closing stdin, once the input before it is written.
+    let mut eof = false;
+    loop {
+        if pending.is_empty() && eof {
+            eof = false;
+            match &mut sink {
                 // Ctrl-D: end of file to the program reading the terminal.
-                Some(p) => {
-                    let _ = p.write_all(&[4]).await;
+                InputSink::Pty(_) => pending.push_back(Bytes::from_static(&[4])),
+                InputSink::Stdin(s) => drop(s.take()),
+            }
+        }
+        let front = pending.front().cloned();
+        tokio::select! {
+            written = sink.write(front.as_deref().unwrap_or_default()), if front.is_some() => {
+                match written {
+                    Ok(n) => {
+                        pending_bytes -= n.min(pending_bytes);
+                        if let Some(f) = pending.front_mut() {
+                            *f = f.slice(n.min(f.len())..);
+                            if f.is_empty() {
+                                pending.pop_front();
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the session's process stopped reading input");
+                        pending.clear();
+                        pending_bytes = 0;
+                    }
                 }
-                None => drop(stdin.take()),
-            },
-            SessionFrame::Closed(c) => return format!("closed by the server: {}", c.status),
-            // Acknowledgements are the server's business with its client.
-            _ => {}
+            }
+            frame = source.next() => {
+                let frame = match frame {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => return format!("bad frame from the server: {e}"),
+                    None => return "the server closed the stream".into(),
+                };
+                match frame {
+                    SessionFrame::Input { offset, data } => {
+                        // The server resends after a reconnect: skip what was already taken.
+                        if offset > received {
+                            return format!("input at {offset} leaves a gap after {received}");
+                        }
+                        let skip = usize::try_from(received - offset).unwrap_or(usize::MAX);
+                        if skip >= data.len() {
+                            continue;
+                        }
+                        let fresh = data.slice(skip..);
+                        received += fresh.len() as u64;
+                        pending_bytes += fresh.len();
+                        pending.push_back(fresh);
+                        if pending_bytes > PENDING_INPUT_MAX {
+                            return format!(
+                                "the session's program left {} MiB of input unread",
+                                PENDING_INPUT_MAX >> 20
+                            );
+                        }
+                    }
+                    SessionFrame::Resize { cols, rows } => {
+                        if let InputSink::Pty(p) = &sink {
+                            let _ = p.resize(pty_process::Size::new(rows, cols));
+                        }
+                    }
+                    SessionFrame::Signal(sig) => {
+                        if let (Some(pgid), Some(sig)) =
+                            (pgid, rustix::process::Signal::from_raw(sig.number()))
+                        {
+                            let _ = rustix::process::kill_process_group(pgid, sig);
+                        }
+                    }
+                    SessionFrame::Eof => eof = true,
+                    SessionFrame::Closed(c) => return format!("closed by the server: {}", c.status),
+                    // Acknowledgements are the server's business with its client.
+                    _ => {}
+                }
+            }
         }
     }
-    "the server closed the stream".into()
 }

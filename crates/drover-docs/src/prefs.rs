@@ -174,6 +174,15 @@ impl Preferences {
                     if !env_name_ok(k) {
                         return Err(format!("shellEnvironment.{k}: not a valid variable name"));
                     }
+                    // Variables that make the dynamic loader or a shell run code of their
+                    // choosing, before the session's user is even switched to.
+                    if k.starts_with("LD_")
+                        || matches!(k.as_str(), "BASH_ENV" | "ENV" | "PROMPT_COMMAND")
+                    {
+                        return Err(format!(
+                            "shellEnvironment.{k}: this variable may not be set"
+                        ));
+                    }
                     p.shell_environment.insert(k.clone(), v.to_string());
                 }
             }

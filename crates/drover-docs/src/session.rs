@@ -114,19 +114,13 @@ impl SessionDocument {
         Ok(text)
     }
 
-    /// The command line with every `{{ name }}` as `${SSM_name}`, and the environment that
-    /// carries the (already validated) values.
+    /// The command line with every `{{ name }}` as a quoted `"${SSM_name}"` (one word, never
+    /// split or globbed), and the environment that carries the (already validated) values.
     pub fn resolve_command(
         &self,
         values: &BTreeMap<String, Value>,
     ) -> Result<(String, BTreeMap<String, String>), String> {
-        let cmd = self.command()?;
-        let line = REFERENCE
-            .replace_all(&cmd, |c: &regex::Captures<'_>| {
-                let name = c.get(1).map(|m| m.as_str()).unwrap_or_default();
-                format!("${{SSM_{name}}}")
-            })
-            .into_owned();
+        let line = quote_references(&self.command()?)?;
         let env = values
             .iter()
             .map(|(k, v)| {
@@ -148,6 +142,57 @@ impl SessionDocument {
             .collect();
         Ok((line, env))
     }
+}
+
+/// Replaces each `{{ name }}` with a reference to `SSM_name` that the shell expands to exactly
+/// one word: `"${SSM_name}"` outside quotes, `${SSM_name}` inside double quotes. Inside single
+/// quotes nothing expands, so a reference there is refused.
+fn quote_references(cmd: &str) -> Result<String, String> {
+    #[derive(PartialEq)]
+    enum Quote {
+        None,
+        Single,
+        Double,
+    }
+    let mut out = String::with_capacity(cmd.len());
+    let mut state = Quote::None;
+    let mut rest = cmd;
+    while !rest.is_empty() {
+        if let Some(m) = REFERENCE.find(rest).filter(|m| m.start() == 0) {
+            let name = REFERENCE
+                .captures(m.as_str())
+                .and_then(|c| c.get(1))
+                .map(|g| g.as_str())
+                .unwrap_or_default();
+            match state {
+                Quote::None => out.push_str(&format!("\"${{SSM_{name}}}\"")),
+                Quote::Double => out.push_str(&format!("${{SSM_{name}}}")),
+                Quote::Single => return Err(format!(
+                    "{{{{ {name} }}}} is inside single quotes, where the shell would not expand it"
+                )),
+            }
+            rest = rest.get(m.end()..).unwrap_or_default();
+            continue;
+        }
+        let mut chars = rest.chars();
+        let Some(c) = chars.next() else { break };
+        out.push(c);
+        match (c, &state) {
+            ('\\', Quote::None | Quote::Double) => {
+                // An escaped character is taken as it is.
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                }
+            }
+            ('\'', Quote::None) => state = Quote::Single,
+            ('\'', Quote::Single) => state = Quote::None,
+            ('"', Quote::None) => state = Quote::Double,
+            ('"', Quote::Double) => state = Quote::None,
+            _ => {}
+        }
+        rest = chars.as_str();
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -181,8 +226,25 @@ properties:
         )
         .unwrap();
         let (line, env) = doc.resolve_command(&values).unwrap();
-        assert_eq!(line, "tail -f ${SSM_logfile}");
+        assert_eq!(line, "tail -f \"${SSM_logfile}\"");
         assert_eq!(env["SSM_logfile"], "/var/log/app.log");
+    }
+
+    #[test]
+    fn references_expand_to_one_word_in_every_quoting() {
+        let q = |s: &str| quote_references(s);
+        assert_eq!(q("find {{d}} -x").unwrap(), "find \"${SSM_d}\" -x");
+        assert_eq!(q("eval \"{{ c }}\"").unwrap(), "eval \"${SSM_c}\"");
+        assert_eq!(q("echo \\\"{{a}}").unwrap(), "echo \\\"\"${SSM_a}\"");
+        assert_eq!(q("echo 'x' {{a}}").unwrap(), "echo 'x' \"${SSM_a}\"");
+        assert!(q("echo '{{a}}'").unwrap_err().contains("single quotes"));
+        // In the shell: a value with spaces and globs stays one word.
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("set -- {}; echo $#", q("{{v}}").unwrap())])
+            .env("SSM_v", "/ -exec sh ; *")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
     }
 
     #[test]

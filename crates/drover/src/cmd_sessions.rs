@@ -58,6 +58,9 @@ pub async fn run(cmd: SessionsCommand) -> anyhow::Result<ExitCode> {
             if !(speed > 0.0 && speed.is_finite()) {
                 anyhow::bail!("--speed must be a positive number, got {speed}");
             }
+            if let Some(l) = idle_time_limit.filter(|l| !(*l >= 0.0 && l.is_finite())) {
+                anyhow::bail!("--idle-time-limit must be zero or more seconds, got {l}");
+            }
             replay(&client, &id, speed, idle_time_limit).await?;
         }
     }

@@ -95,7 +95,7 @@ impl State {
 
     fn input_acked(&mut self, upto: u64) {
         while let Some((off, b)) = self.unacked.front() {
-            if off + b.len() as u64 > upto {
+            if off.saturating_add(b.len() as u64) > upto {
                 break;
             }
             self.unacked_bytes -= b.len();
@@ -162,9 +162,11 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
                             SessionStream::Stderr => &mut stderr,
                         };
                         out.write_all(fresh).and_then(|_| out.flush()).context("writing output")?;
-                        *state.received_mut(stream) = offset.max(have) + fresh.len() as u64;
+                        *state.received_mut(stream) = offset.max(have).saturating_add(fresh.len() as u64);
                     }
-                    let unacked = state.received[0] + state.received[1] - state.acked[0] - state.acked[1];
+                    let [r0, r1] = state.received;
+                    let [a0, a1] = state.acked;
+                    let unacked = r0.saturating_sub(a0).saturating_add(r1.saturating_sub(a1));
                     if unacked >= ACK_EVERY {
                         ack_due = Some(Instant::now());
                     } else if ack_due.is_none() {

@@ -234,7 +234,9 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let who = authenticate(state, &parts.headers).await?;
+        // Only a session stream may carry its token in a WebSocket subprotocol.
+        let stream = parts.uri.path().ends_with("/stream");
+        let who = authenticate(state, &parts.headers, stream).await?;
         mark_authenticated(parts);
         Ok(who)
     }
@@ -251,7 +253,11 @@ fn mark_authenticated(parts: &Parts) {
 pub const SUBPROTOCOL_BEARER: &str = "drover.bearer.";
 
 /// Finds the principal behind the request's bearer token.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    subprotocol_ok: bool,
+) -> Result<Principal, ApiError> {
     {
         let bearer = headers
             .get(header::AUTHORIZATION)
@@ -260,6 +266,9 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
         // A browser cannot set headers on a WebSocket; it offers the token as a subprotocol
         // (`drover.bearer.<token>`) beside the real one, as Kubernetes' API server allows.
         let offered = || {
+            if !subprotocol_ok {
+                return None;
+            }
             headers
                 .get(header::SEC_WEBSOCKET_PROTOCOL)
                 .and_then(|v| v.to_str().ok())
@@ -297,7 +306,7 @@ async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")), security(("bearer" = [])))]
 async fn metrics(State(state): State<Arc<AppState>>, parts: Parts) -> Result<Response, ApiError> {
     if !state.config.metrics_public {
-        let who = authenticate(&state, &parts.headers).await?;
+        let who = authenticate(&state, &parts.headers, false).await?;
         mark_authenticated(&parts);
         authorize(&who, Action::ReadMetrics)?;
     }

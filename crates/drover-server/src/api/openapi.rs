@@ -209,7 +209,11 @@ fn constrain_schemas(doc: &mut Value) {
             }),
         ),
         ("StartSession", "node", string(&text(1, 256))),
-        ("StartSession", "document", json!({"type": ["string", "null"], "pattern": DOCUMENT_REF})),
+        (
+            "StartSession",
+            "document",
+            json!({"type": ["string", "null"], "pattern": DOCUMENT_REF}),
+        ),
         (
             "StartSession",
             "parameters",
@@ -223,10 +227,26 @@ fn constrain_schemas(doc: &mut Value) {
                 "maxLength": super::sessions::MAX_COMMAND,
             }),
         ),
-        ("StartSession", "cols", json!({"type": ["integer", "null"], "minimum": 1, "maximum": 1000})),
-        ("StartSession", "rows", json!({"type": ["integer", "null"], "minimum": 1, "maximum": 1000})),
-        ("StartSession", "term", json!({"type": ["string", "null"], "pattern": TERM})),
-        ("StartSession", "reason", json!({"type": ["string", "null"], "pattern": text(0, 1024)})),
+        (
+            "StartSession",
+            "cols",
+            json!({"type": ["integer", "null"], "minimum": 1, "maximum": 1000}),
+        ),
+        (
+            "StartSession",
+            "rows",
+            json!({"type": ["integer", "null"], "minimum": 1, "maximum": 1000}),
+        ),
+        (
+            "StartSession",
+            "term",
+            json!({"type": ["string", "null"], "pattern": TERM}),
+        ),
+        (
+            "StartSession",
+            "reason",
+            json!({"type": ["string", "null"], "pattern": text(0, 1024)}),
+        ),
         ("TagUpdate", "set", tag_map()),
         (
             "TagUpdate",

@@ -63,7 +63,7 @@ struct Out {
 
 impl Out {
     fn end(&self) -> u64 {
-        self.offset + self.data.len() as u64
+        self.offset.saturating_add(self.data.len() as u64)
     }
 
     fn frame(&self) -> SessionFrame {
@@ -76,14 +76,36 @@ impl Out {
     }
 }
 
+/// How long one write to a client or to the node may take before that side counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames queued for the node; while full, the client's input waits in its own socket.
+const AGENT_QUEUE: usize = 64;
+
 /// Sends frames to one WebSocket, so a client that reads slowly never blocks the broker.
 async fn write_client(mut sink: SplitSink<WebSocket, WsMessage>, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(b) = rx.recv().await {
-        if sink.send(WsMessage::Binary(b)).await.is_err() {
-            return;
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(WsMessage::Binary(b))).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+}
+
+/// Sends frames to the node's stream, so a node that stops reading never blocks the broker
+/// (its end, idle and duration limits, and the other direction keep running).
+async fn write_agent(
+    mut sink: SplitSink<SessionFramed<Stream>, SessionFrame>,
+    mut rx: mpsc::Receiver<SessionFrame>,
+) {
+    while let Some(f) = rx.recv().await {
+        let last = matches!(f, SessionFrame::Closed(_));
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(f)).await {
+            Ok(Ok(())) if !last => {}
+            _ => break,
+        }
+    }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
 }
 
 /// The attached client, if any: its writer's queue, its frames, and whether its first `Ack`
@@ -92,15 +114,17 @@ async fn write_client(mut sink: SplitSink<WebSocket, WsMessage>, mut rx: mpsc::R
 struct Client {
     tx: Option<mpsc::Sender<Bytes>>,
     rx: Option<SplitStream<WebSocket>>,
+    writer: Option<tokio::task::JoinHandle<()>>,
     ready: bool,
     detached_at: Option<Instant>,
 }
 
 impl Client {
     fn attach(&mut self, ws: WebSocket, input_received: u64) {
+        self.stop_writer();
         let (sink, rx) = ws.split();
         let (tx, wrx) = mpsc::channel(64);
-        tokio::spawn(write_client(sink, wrx));
+        let writer = tokio::spawn(write_client(sink, wrx));
         let _ = tx.try_send(
             SessionFrame::InputAck {
                 offset: input_received,
@@ -110,16 +134,32 @@ impl Client {
         *self = Client {
             tx: Some(tx),
             rx: Some(rx),
+            writer: Some(writer),
             ready: false,
             detached_at: None,
         };
     }
 
     fn detach(&mut self) {
+        self.stop_writer();
         *self = Client {
             detached_at: Some(Instant::now()),
             ..Client::default()
         };
+    }
+
+    /// A replaced or dropped client's writer holds its socket and queue: end it.
+    fn stop_writer(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.abort();
+        }
+    }
+
+    /// At the end: the writer may finish sending what is queued (the last output and the
+    /// `Closed` frame), within its write timeout.
+    fn finish_writer(&mut self) {
+        self.tx = None;
+        self.writer = None;
     }
 }
 
@@ -138,7 +178,11 @@ pub async fn run(
 ) -> Outcome {
     let started = Instant::now();
     let now_us = || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let (mut to_agent, mut from_agent) = agent.split();
+    let (agent_sink, mut from_agent) = agent.split();
+    let (to_agent, agent_rx) = mpsc::channel::<SessionFrame>(AGENT_QUEUE);
+    let agent_writer = tokio::spawn(write_agent(agent_sink, agent_rx));
+    // Output offsets are counted here, never taken from the node.
+    let mut out_offsets = [0u64; 2];
     let mut buf: VecDeque<Out> = VecDeque::new();
     let mut buf_bytes = 0usize;
     let mut unsent = 0usize;
@@ -172,21 +216,23 @@ pub async fn run(
         });
         tokio::select! {
             f = from_agent.next(), if closing.is_none() && buf_bytes < REPLAY_MAX => match f {
-                Some(Ok(SessionFrame::Output { stream, offset, at_us, data })) => {
+                Some(Ok(SessionFrame::Output { stream, at_us, data, .. })) => {
+                    let [o_out, o_err] = &mut out_offsets;
+                    let slot = if stream == SessionStream::Stdout { o_out } else { o_err };
+                    let offset = *slot;
+                    *slot = slot.saturating_add(data.len() as u64);
                     last_activity = Instant::now();
                     bytes_out += data.len() as u64;
                     if let Some(r) = &mut recorder {
-                        if stream == SessionStream::Stdout {
-                            r.output(at_us, &data).await;
-                            dirty = true;
-                        }
+                        r.output(stream, at_us, &data).await;
+                        dirty = true;
                     }
                     buf_bytes += data.len();
                     buf.push_back(Out { stream, offset, at_us, data });
                 }
                 Some(Ok(SessionFrame::Closed(c))) => {
                     agent_done = true;
-                    closing = Some(Closing { closed: c, at: Instant::now() });
+                    closing = Some(Closing { closed: from_node(c), at: Instant::now() });
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
@@ -203,7 +249,7 @@ pub async fn run(
                     unsent += 1;
                 }
             }
-            msg = next_client(&mut client.rx) => {
+            msg = next_client(&mut client.rx), if to_agent.capacity() > 0 => {
                 let Some(frame) = msg else {
                     client.detach();
                     continue;
@@ -226,7 +272,8 @@ pub async fn run(
                             dirty = true;
                         }
                         let n = fresh.len() as u64;
-                        if to_agent.send(SessionFrame::Input { offset: input_received, data: fresh }).await.is_err() {
+                        // Room is there: this branch runs only while the queue has some.
+                        if to_agent.try_send(SessionFrame::Input { offset: input_received, data: fresh }).is_err() {
                             agent_done = true;
                             closing = Some(Closing { closed: failed("the connection to the node was lost".into()), at: Instant::now() });
                             continue;
@@ -245,14 +292,14 @@ pub async fn run(
                             r.resize(now_us(), cols, rows).await;
                             dirty = true;
                         }
-                        let _ = to_agent.send(SessionFrame::Resize { cols, rows }).await;
+                        let _ = to_agent.try_send(SessionFrame::Resize { cols, rows });
                     }
                     f @ (SessionFrame::Signal(_) | SessionFrame::Eof) if closing.is_none() => {
                         last_activity = Instant::now();
-                        let _ = to_agent.send(f).await;
+                        let _ = to_agent.try_send(f);
                     }
                     SessionFrame::Ack { stdout, stderr } => {
-                        let dropped = trim(&mut buf, &mut buf_bytes, stdout, stderr);
+                        let dropped = trim(&mut buf, &mut buf_bytes, unsent, stdout, stderr);
                         unsent = unsent.saturating_sub(dropped);
                         if !client.ready {
                             // Where this client resumes: everything it has not got.
@@ -320,12 +367,22 @@ pub async fn run(
         if closing.is_some() && !agent_done {
             agent_done = true;
             if let Some(c) = &closing {
-                let _ = to_agent.send(SessionFrame::Closed(c.closed.clone())).await;
+                // A node whose queue is full is not reading: its stream is dropped below.
+                let _ = to_agent.try_send(SessionFrame::Closed(c.closed.clone()));
             }
-            let _ = to_agent.close().await;
         }
     }
-    let _ = to_agent.close().await;
+    drop(to_agent);
+    client.finish_writer();
+    // The writer ends after `Closed`, or within its timeout; then the stream goes with it.
+    tokio::spawn(async move {
+        if tokio::time::timeout(WRITE_TIMEOUT, agent_writer)
+            .await
+            .is_err()
+        {
+            tracing::debug!("the node did not take the end of a session in time");
+        }
+    });
     if let Some(r) = recorder.take() {
         r.finish().await;
     }
@@ -335,6 +392,20 @@ pub async fn run(
             .unwrap_or_else(|| failed("ended".into())),
         bytes_in,
         bytes_out,
+    }
+}
+
+/// What a node says about its session's end, kept to the statuses the history knows and a
+/// message of sensible length (a node is not trusted to fill the store or the metrics).
+fn from_node(c: SessionClosed) -> SessionClosed {
+    let status = match c.status.as_str() {
+        "Terminated" | "Failed" | "TimedOut" => c.status,
+        _ => "Failed".into(),
+    };
+    SessionClosed {
+        status,
+        exit_code: c.exit_code,
+        message: c.message.chars().take(1024).collect(),
     }
 }
 
@@ -386,26 +457,38 @@ async fn next_client(rx: &mut Option<SplitStream<WebSocket>>) -> Option<SessionF
 }
 
 /// Drops output the client has; a frame it has in part keeps only the rest. Returns how many
-/// whole frames left the front of the buffer.
-fn trim(buf: &mut VecDeque<Out>, bytes: &mut usize, stdout: u64, stderr: u64) -> usize {
+/// of the first `unsent` frames (those already sent) left the buffer.
+fn trim(
+    buf: &mut VecDeque<Out>,
+    bytes: &mut usize,
+    unsent: usize,
+    stdout: u64,
+    stderr: u64,
+) -> usize {
     let acked = |s: SessionStream| match s {
         SessionStream::Stdout => stdout,
         SessionStream::Stderr => stderr,
     };
-    let before = buf.len();
+    let mut sent_removed = 0;
+    let mut i = 0;
     buf.retain_mut(|o| {
+        let index = i;
+        i += 1;
         let a = acked(o.stream);
         if o.end() <= a {
             *bytes -= o.data.len();
+            if index < unsent {
+                sent_removed += 1;
+            }
             return false;
         }
         if o.offset < a {
-            let cut = usize::try_from(a - o.offset).unwrap_or(0);
+            let cut = usize::try_from(a - o.offset).unwrap_or(0).min(o.data.len());
             *bytes -= cut;
             o.data = o.data.slice(cut..);
             o.offset = a;
         }
         true
     });
-    before - buf.len()
+    sent_removed
 }

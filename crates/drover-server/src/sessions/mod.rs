@@ -82,6 +82,21 @@ fn minute() -> Duration {
     Duration::from_secs(60)
 }
 
+/// A shell document's preferences within the server-wide ones.
+fn stricter(server: Preferences, own: Preferences) -> Preferences {
+    Preferences {
+        idle_timeout: server.idle_timeout.min(own.idle_timeout),
+        max_duration: match (server.max_duration, own.max_duration) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+        shell_profile: own.shell_profile,
+        shell_environment: own.shell_environment,
+        working_directory: own.working_directory,
+        ..server
+    }
+}
+
 fn minutes(d: Duration) -> String {
     match d.as_secs() / 60 {
         1 => "1 minute".into(),
@@ -173,9 +188,12 @@ impl Sessions {
         let mut prefs = self.preferences().await?;
         let (kind, command, env) = match doc.session_type {
             SessionType::StandardStream => {
-                // A shell document of its own carries its own preferences.
-                prefs = Preferences::from_inputs(&doc.inputs)
+                // A shell document of its own may set its own profile and make the limits
+                // stricter; who a session runs as and whether it is recorded stay the
+                // server-wide preferences'.
+                let own = Preferences::from_inputs(&doc.inputs)
                     .map_err(|e| ApiError::Internal(format!("{name}: {e}")))?;
+                prefs = stricter(prefs, own);
                 (SessionKind::Shell, None, BTreeMap::new())
             }
             t @ (SessionType::InteractiveCommands | SessionType::NonInteractiveCommands) => {
@@ -224,7 +242,9 @@ impl Sessions {
 
     /// Records a refusal (authorization, an offline node, a failed start) with who and why.
     pub async fn refused(&self, who: &Principal, node: &str, why: &str) {
-        self.event("", "refused", &who.name, node, why).await;
+        // The node is as the client gave it: keep the record short.
+        let node: String = node.chars().take(256).collect();
+        self.event("", "refused", &who.name, &node, why).await;
     }
 
     /// Starts a session on the node and its broker; the client attaches next.
@@ -245,7 +265,9 @@ impl Sessions {
             .run_as_enabled
             .then(|| prefs.run_as_default_user.clone());
         let terminal = (plan.kind != SessionKind::NonInteractive).then(|| req.terminal.clone());
-        let recorded = prefs.record_sessions && terminal.is_some();
+        // Every kind is recorded when recording is on: a command without a PTY can read a
+        // shell's commands from its input as well as a terminal can.
+        let recorded = prefs.record_sessions;
         let record = SessionRecord {
             id: id.clone(),
             user: who.name.clone(),
@@ -288,14 +310,14 @@ impl Sessions {
                 return Err(self.failed_start(who, &id, &node, why).await);
             }
         };
-        let recorder = match (recorded, &terminal) {
-            (true, Some(t)) => match self.recordings.create(&id).await {
+        let recorder = match recorded {
+            true => match self.recordings.create(&id).await {
                 Ok(sink) => Some(
                     CastWriter::start(
                         sink,
-                        t.cols,
-                        t.rows,
-                        &t.term,
+                        req.terminal.cols,
+                        req.terminal.rows,
+                        &req.terminal.term,
                         record.started_at,
                         prefs.record_input,
                     )

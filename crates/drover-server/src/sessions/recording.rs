@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use drover_proto::SessionStream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 
 /// Where recordings are kept.
@@ -84,7 +85,8 @@ impl Recordings for DirRecordings {
 /// character split across reads over to the next one.
 pub struct CastWriter {
     out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
-    carry: Vec<u8>,
+    /// Per output stream (stdout, stderr).
+    carry: [Vec<u8>; 2],
     record_input: bool,
     pub failed: bool,
 }
@@ -100,7 +102,7 @@ impl CastWriter {
     ) -> Self {
         let mut w = Self {
             out: BufWriter::with_capacity(64 * 1024, sink),
-            carry: Vec::new(),
+            carry: [Vec::new(), Vec::new()],
             record_input,
             failed: false,
         };
@@ -133,11 +135,17 @@ impl CastWriter {
         format!("[{secs:.6}, \"{code}\", {text}]")
     }
 
-    pub async fn output(&mut self, at_us: u64, data: &[u8]) {
-        let mut bytes = std::mem::take(&mut self.carry);
+    /// Output of either stream (a command without a PTY has two; the cast has one screen).
+    pub async fn output(&mut self, stream: SessionStream, at_us: u64, data: &[u8]) {
+        let [out, err] = &mut self.carry;
+        let carry = match stream {
+            SessionStream::Stdout => out,
+            SessionStream::Stderr => err,
+        };
+        let mut bytes = std::mem::take(carry);
         bytes.extend_from_slice(data);
         let keep = incomplete_tail(&bytes);
-        self.carry = bytes.split_off(bytes.len() - keep);
+        *carry = bytes.split_off(bytes.len() - keep);
         if bytes.is_empty() {
             return;
         }
@@ -166,11 +174,12 @@ impl CastWriter {
     }
 
     pub async fn finish(mut self) {
-        if !self.carry.is_empty() {
-            let text = String::from_utf8_lossy(&self.carry).into_owned();
-            self.carry.clear();
-            let line = Self::event(0, "o", &text);
-            self.line(line).await;
+        for carry in std::mem::take(&mut self.carry) {
+            if !carry.is_empty() {
+                let text = String::from_utf8_lossy(&carry).into_owned();
+                let line = Self::event(0, "o", &text);
+                self.line(line).await;
+            }
         }
         self.flush().await;
         let _ = self.out.shutdown().await;
@@ -208,8 +217,8 @@ mod tests {
         let sink = rec.create("s-1").await.unwrap();
         let mut w = CastWriter::start(sink, 80, 24, "xterm", 5, true).await;
         let e = "é".as_bytes();
-        w.output(10, &[b'a', e[0]]).await;
-        w.output(20, &[e[1], b'b']).await;
+        w.output(SessionStream::Stdout, 10, &[b'a', e[0]]).await;
+        w.output(SessionStream::Stdout, 20, &[e[1], b'b']).await;
         w.input(30, b"ls\r").await;
         w.resize(40, 100, 30).await;
         w.finish().await;

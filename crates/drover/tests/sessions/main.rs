@@ -194,6 +194,28 @@ async fn command_sessions_keep_streams_apart_and_return_the_exit_status() -> any
     let out = child.wait_with_output()?;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000");
     assert!(out.status.success());
+
+    // Output still in flight when the command exits is all delivered, however slowly the
+    // client reads it (a pause here holds it up on every hop back to the node).
+    let mut child = env
+        .command()
+        .args(["shell", "n1", "--no-pty", "--", "head -c 8000000 /dev/zero"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().unwrap();
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = stdout.read(&mut buf)?;
+    // The stimulus: a reader that stalls for a second.
+    std::thread::sleep(Duration::from_secs(1));
+    loop {
+        match stdout.read(&mut buf)? {
+            0 => break,
+            n => total += n,
+        }
+    }
+    assert!(child.wait()?.success());
+    assert_eq!(total, 8_000_000);
     Ok(())
 }
 
