@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::os_user::{self, OsUser};
 
-/// After the process exits, output is still relayed until none has come for this long (its
-/// background children may hold the PTY or the pipes open for good).
-const DRAIN: Duration = Duration::from_millis(300);
+/// After a PTY session's process exits, output is still relayed until none has come for this
+/// long (its background children may hold the PTY open for good). A session with pipes ends at
+/// their end of file, as ssh's does: whatever was written is delivered, however slowly.
+const DRAIN: Duration = Duration::from_secs(1);
 /// How long the process group has between SIGHUP and SIGKILL when a session is cut off.
 const HANGUP_GRACE: Duration = Duration::from_secs(2);
 const READ_BUF: usize = 32 * 1024;
@@ -270,6 +271,7 @@ async fn relay(ctx: Arc<Sessions>, mut sink: Sink, mut source: Source, proc: Pro
             stderr,
         } => (None, stdin, Some((stdout, stderr))),
     };
+    let pty_mode = pty_keep.is_some();
     let end = {
         let mut readers: Vec<Reader<'_>> = Vec::new();
         let mut pty_write = None;
@@ -319,7 +321,7 @@ async fn relay(ctx: Arc<Sessions>, mut sink: Sink, mut source: Source, proc: Pro
                     drained = progress.load(std::sync::atomic::Ordering::Relaxed);
                     drain.as_mut().reset(tokio::time::Instant::now() + DRAIN);
                 }
-                _ = &mut drain, if exited.is_some() => {
+                _ = &mut drain, if exited.is_some() && pty_mode => {
                     // Output still flowing (a slow reader at the other end) is not silence.
                     let now = progress.load(std::sync::atomic::Ordering::Relaxed);
                     if now == drained && !sending.load(std::sync::atomic::Ordering::Relaxed) {

@@ -156,6 +156,7 @@ impl Server {
         let stop_pruning = tokio_util::sync::CancellationToken::new();
         let pruning = tokio::spawn(retention::run(
             state.store.clone(),
+            state.sessions.recordings().clone(),
             state.config.retention.clone(),
             state.metrics.clone(),
             stop_pruning.clone(),

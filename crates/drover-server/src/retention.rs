@@ -1,6 +1,7 @@
-//! Command history retention: a background task that prunes the output of old commands, then
-//! old commands themselves, and the oldest ones past a count, so that a server running for
-//! years keeps a bounded database. It works in short store transactions and rests between them
+//! History retention: a background task that prunes the output of old commands, then old
+//! commands themselves, and the oldest ones past a count, and sessions (with their events and
+//! recordings) past the same maximum age, so that a server running for years keeps a bounded
+//! database and data directory. It works in short store transactions and rests between them
 //! at least as long as each took, so dispatch and progress writes always get the store.
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use drover_store::{Pruned, Retention, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::sessions::recording::Recordings;
 
 /// How much history to keep, from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,15 +80,50 @@ pub async fn prune(
     }
 }
 
+/// Deletes the sessions that ended longer ago than the history's maximum age, with their
+/// events and recordings; returns how many.
+pub async fn prune_sessions(
+    store: &dyn Store,
+    recordings: &dyn Recordings,
+    policy: &RetentionPolicy,
+    stop: &CancellationToken,
+) -> Result<u64, drover_store::StoreError> {
+    let before = policy.at(crate::secrets::now()).delete_before;
+    let mut total = 0u64;
+    loop {
+        let started = Instant::now();
+        let ids = store.prune_sessions(before, BATCH).await?;
+        for id in &ids {
+            if let Err(e) = recordings.delete(id).await {
+                tracing::warn!(session = %id, error = %e, "could not delete a recording");
+            }
+        }
+        total += ids.len() as u64;
+        if ids.len() < BATCH {
+            return Ok(total);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(started.elapsed().max(Duration::from_millis(1))) => {}
+            _ = stop.cancelled() => return Ok(total),
+        }
+    }
+}
+
 /// Runs until `stop`: prunes at start, then every `policy.interval`.
 pub async fn run(
     store: Arc<dyn Store>,
+    recordings: Arc<dyn Recordings>,
     policy: RetentionPolicy,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
     loop {
         let started = Instant::now();
+        match prune_sessions(store.as_ref(), recordings.as_ref(), &policy, &stop).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "pruned session history and recordings"),
+            Err(e) => tracing::warn!(error = %e, "pruning sessions failed; will try again"),
+        }
         match prune(store.as_ref(), &policy, &metrics, &stop).await {
             Ok(p) if p != Pruned::default() => tracing::info!(
                 outputs = p.outputs,
@@ -129,5 +166,59 @@ mod tests {
             ..p
         };
         assert_eq!(huge.at(1_000).delete_before, 1_000 - i64::MAX);
+    }
+
+    #[tokio::test]
+    async fn old_sessions_go_with_their_recordings_and_recent_ones_stay() {
+        #![allow(clippy::unwrap_used)]
+        use crate::sessions::recording::DirRecordings;
+        use drover_store::{SessionEnd, SessionRecord, SqliteStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let recordings = DirRecordings::new(dir.path().join("rec"));
+        let now = crate::secrets::now();
+        for (id, ended) in [("s-01", now - 1_000), ("s-02", now - 10)] {
+            store
+                .create_session(&SessionRecord {
+                    id: id.into(),
+                    user: "admin".into(),
+                    node_id: "n-x".into(),
+                    kind: "Shell".into(),
+                    document: "SessionManagerRunShell".into(),
+                    reason: String::new(),
+                    run_as: String::new(),
+                    started_at: ended - 5,
+                    ended_at: None,
+                    status: "Connecting".into(),
+                    detail: String::new(),
+                    exit_code: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    recorded: true,
+                })
+                .await
+                .unwrap();
+            let end = SessionEnd {
+                status: "Terminated".into(),
+                detail: String::new(),
+                exit_code: Some(0),
+                ended_at: ended,
+                bytes_in: 0,
+                bytes_out: 0,
+            };
+            store.end_session(id, &end).await.unwrap();
+            drop(recordings.create(id).await.unwrap());
+        }
+        let policy = RetentionPolicy {
+            max_age: Duration::from_secs(100),
+            ..RetentionPolicy::default()
+        };
+        let n = prune_sessions(&store, &recordings, &policy, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(store.get_session("s-01").await.unwrap().is_none());
+        assert!(recordings.open("s-01").await.unwrap().is_none());
+        assert!(recordings.open("s-02").await.unwrap().is_some());
     }
 }

@@ -236,5 +236,8 @@ pub trait Store: Send + Sync + 'static {
     /// Ends every open session (at startup); how many there were.
     async fn end_open_sessions(&self, at: i64, detail: &str) -> Result<u64, StoreError>;
     async fn add_session_event(&self, event: &SessionEvent) -> Result<(), StoreError>;
+    /// Deletes up to `limit` sessions that ended before `before` (and their events); returns
+    /// their IDs.
+    async fn prune_sessions(&self, before: i64, limit: usize) -> Result<Vec<String>, StoreError>;
     async fn session_events(&self, session_id: &str) -> Result<Vec<SessionEvent>, StoreError>;
 }

@@ -561,6 +561,10 @@ impl Store for SqliteStore {
         self.call(move |c| ss::add_event(c, &e)).await
     }
 
+    async fn prune_sessions(&self, before: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.call(move |c| ss::prune(c, before, limit)).await
+    }
+
     async fn session_events(&self, session_id: &str) -> Result<Vec<SessionEvent>, StoreError> {
         let id = session_id.to_string();
         self.call(move |c| ss::events(c, &id)).await

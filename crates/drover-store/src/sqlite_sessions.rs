@@ -157,6 +157,31 @@ pub(crate) fn list(c: &mut Connection, q: &SessionQuery) -> Result<Vec<SessionRe
     Ok(rows)
 }
 
+/// Deletes up to `limit` sessions that ended before `before`, with their events; returns their
+/// IDs (their recordings are the caller's to delete).
+pub(crate) fn prune(c: &mut Connection, before: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+    let tx = c.transaction().map_err(db("prune sessions"))?;
+    let ids: Vec<String> = tx
+        .prepare_cached(
+            "SELECT id FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?1 ORDER BY id LIMIT ?2",
+        )
+        .and_then(|mut st| {
+            st.query_map(params![before, limit as i64], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(db("prune sessions"))?;
+    for id in &ids {
+        tx.prepare_cached("DELETE FROM session_events WHERE session_id = ?1")
+            .and_then(|mut st| st.execute([id]))
+            .map_err(db("prune sessions"))?;
+        tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")
+            .and_then(|mut st| st.execute([id]))
+            .map_err(db("prune sessions"))?;
+    }
+    tx.commit().map_err(db("prune sessions"))?;
+    Ok(ids)
+}
+
 pub(crate) fn add_event(c: &mut Connection, e: &SessionEvent) -> Result<(), StoreError> {
     c.prepare_cached(
         "INSERT INTO session_events (at, session_id, event, actor, node_id, detail) \

@@ -23,6 +23,8 @@ pub trait Recordings: Send + Sync + 'static {
         &self,
         session_id: &str,
     ) -> std::io::Result<Option<(u64, Box<dyn AsyncRead + Send + Unpin>)>>;
+    /// Deletes the recording, if there is one.
+    async fn delete(&self, session_id: &str) -> std::io::Result<()>;
 }
 
 /// Recordings as files in a directory, readable by the server's user only.
@@ -77,6 +79,13 @@ impl Recordings for DirRecordings {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, id: &str) -> std::io::Result<()> {
+        match tokio::fs::remove_file(self.path(id)?).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 }
