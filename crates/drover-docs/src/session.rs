@@ -167,9 +167,11 @@ fn quote_references(cmd: &str) -> Result<String, String> {
             match state {
                 Quote::None => out.push_str(&format!("\"${{SSM_{name}}}\"")),
                 Quote::Double => out.push_str(&format!("${{SSM_{name}}}")),
-                Quote::Single => return Err(format!(
+                Quote::Single => {
+                    return Err(format!(
                     "{{{{ {name} }}}} is inside single quotes, where the shell would not expand it"
-                )),
+                ))
+                }
             }
             rest = rest.get(m.end()..).unwrap_or_default();
             continue;

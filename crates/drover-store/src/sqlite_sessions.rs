@@ -159,7 +159,11 @@ pub(crate) fn list(c: &mut Connection, q: &SessionQuery) -> Result<Vec<SessionRe
 
 /// Deletes up to `limit` sessions that ended before `before`, with their events; returns their
 /// IDs (their recordings are the caller's to delete).
-pub(crate) fn prune(c: &mut Connection, before: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+pub(crate) fn prune(
+    c: &mut Connection,
+    before: i64,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
     let tx = c.transaction().map_err(db("prune sessions"))?;
     let ids: Vec<String> = tx
         .prepare_cached(

@@ -39,6 +39,21 @@ async fn schemathesis_finds_nothing_the_openapi_document_does_not_say() -> anyho
         "schemaVersion: '2.2'\nmainSteps:\n  - action: aws:runShellScript\n    name: s\n    inputs:\n      runCommand: [echo probe]\n",
     )?;
     env.cli_ok(&["docs", "create", "Probe", "--file", &doc.to_string_lossy()])?;
+    // Sessions that the fuzzer starts run nothing: they are to run as a user the node lacks,
+    // so the agent refuses each one (a generated command line never reaches a shell).
+    let prefs = env.path("prefs.yaml");
+    std::fs::write(
+        &prefs,
+        "schemaVersion: \"1.0\"\nsessionType: Standard_Stream\ninputs:\n  runAsEnabled: true\n  runAsDefaultUser: drover-nobody-here\n",
+    )?;
+    env.cli_ok(&[
+        "docs",
+        "update",
+        "SessionManagerRunShell",
+        "--file",
+        &prefs.to_string_lossy(),
+    ])?;
+    env.cli_ok(&["docs", "set-default", "SessionManagerRunShell", "2"])?;
     let command = env
         .cli_ok(&[
             "run",

@@ -210,6 +210,11 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     authorize(&who, Action::WriteDocument)?;
     check_name(&name)?;
+    if name == resolve::SESSION_PREFERENCES.0 {
+        return Err(ApiError::Conflict(format!(
+            "{name} holds the session preferences: update it (and set its default version) instead"
+        )));
+    }
     state.store.delete_document(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
