@@ -28,7 +28,8 @@ const REPLAY_MAX: usize = 1024 * 1024;
 pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
 /// Input acknowledged to the client every this many bytes (and on every attach).
 const INPUT_ACK_EVERY: u64 = 64 * 1024;
-/// How long a closing session may take to hand its last output to the client.
+/// How long a closing session waits for its attached client to take more of its last output
+/// (a slow client that keeps taking it is waited for; one that stops is not).
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// What the broker reports when the session is over.
@@ -157,9 +158,20 @@ impl Client {
 
     /// At the end: the writer may finish sending what is queued (the last output and the
     /// `Closed` frame), within its write timeout.
+    ///
+    /// Meanwhile the client's frames (its last acknowledgements, its close) are still read:
+    /// a socket closed with unread data is reset, and a reset makes the client's kernel drop
+    /// the output it had received but not yet read. Both halves go once the client has
+    /// closed, or after the write timeout.
     fn finish_writer(&mut self) {
         self.tx = None;
         self.writer = None;
+        if let Some(mut rx) = self.rx.take() {
+            tokio::spawn(async move {
+                let drain = async { while let Some(Ok(_)) = rx.next().await {} };
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, drain).await;
+            });
+        }
     }
 }
 
@@ -247,6 +259,10 @@ pub async fn run(
             sent = send_next(&client.tx, buf.get(unsent)), if sendable => {
                 if sent {
                     unsent += 1;
+                    // Progress: the drain's patience starts again.
+                    if let Some(c) = &mut closing {
+                        c.at = Instant::now();
+                    }
                 }
             }
             msg = next_client(&mut client.rx), if to_agent.capacity() > 0 => {

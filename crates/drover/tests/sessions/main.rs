@@ -7,6 +7,7 @@
     clippy::panic
 )]
 
+mod browser;
 mod pty;
 mod resume;
 
@@ -196,26 +197,27 @@ async fn command_sessions_keep_streams_apart_and_return_the_exit_status() -> any
     assert!(out.status.success());
 
     // Output still in flight when the command exits is all delivered, however slowly the
-    // client reads it (a pause here holds it up on every hop back to the node).
+    // client reads it: a reader taking ~160 KB/s leaves a megabyte queued on the hops when the
+    // command has long exited, for longer than any of the relay's patience timers (5 s).
     let mut child = env
         .command()
-        .args(["shell", "n1", "--no-pty", "--", "head -c 8000000 /dev/zero"])
+        .args(["shell", "n1", "--no-pty", "--", "head -c 2000000 /dev/zero"])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let mut stdout = child.stdout.take().unwrap();
     use std::io::Read;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = stdout.read(&mut buf)?;
-    // The stimulus: a reader that stalls for a second.
-    std::thread::sleep(Duration::from_secs(1));
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0;
     loop {
         match stdout.read(&mut buf)? {
             0 => break,
             n => total += n,
         }
+        // The stimulus: a slow reader.
+        std::thread::sleep(Duration::from_millis(100));
     }
     assert!(child.wait()?.success());
-    assert_eq!(total, 8_000_000);
+    assert_eq!(total, 2_000_000);
     Ok(())
 }
 
@@ -275,7 +277,7 @@ async fn idle_timeout_and_maximum_duration_end_sessions_with_a_message() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_and_an_agent_stop_end_live_sessions_and_their_processes() -> anyhow::Result<()> {
     let env = env();
-    let (_server, _id, agent) = node(&env, &[], &[]).await?;
+    let (server, _id, agent) = node(&env, &[], &[]).await?;
     set_prefs(&env, AS_ROOT)?;
     let mut cmd = env.command();
     cmd.args([
@@ -299,6 +301,14 @@ async fn terminate_and_an_agent_stop_end_live_sessions_and_their_processes() -> 
     assert!(shown.contains("terminate_requested"), "{shown}");
     let again = env.cli(&["sessions", "terminate", &id])?;
     assert!(String::from_utf8_lossy(&again.stderr).contains("already ended"));
+    let metrics = server.client()?.get_text("/metrics").await?;
+    for needle in [
+        "drover_sessions_started_total 1",
+        "drover_sessions_active 0",
+        "drover_sessions_ended_total{status=\"Terminated\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
+    }
 
     // An agent that stops ends its sessions, and the user sees why.
     let mut cmd = env.command();

@@ -67,15 +67,14 @@ impl Drop for Proxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_cut_off_for_ten_seconds_resumes_with_no_gap_and_no_duplicate(
-) -> anyhow::Result<()> {
-    let env = env();
-    let (server, _id, _agent) = node(&env, &[], &[]).await?;
-    set_prefs(&env, AS_ROOT)?;
+/// A node, and the CLI logged in to its server through a proxy.
+async fn behind_proxy(
+    env: &drover_testkit::Env,
+) -> anyhow::Result<(drover_testkit::Server, Proc, Proxy)> {
+    let (server, _id, agent) = node(env, &[], &[]).await?;
+    set_prefs(env, AS_ROOT)?;
     let target: SocketAddr = server.url.trim_start_matches("https://").parse()?;
     let proxy = Proxy::start(target).await?;
-    // The CLI talks to the server through the proxy.
     env.cli_ok(&[
         "login",
         "--server",
@@ -85,6 +84,14 @@ async fn a_client_cut_off_for_ten_seconds_resumes_with_no_gap_and_no_duplicate(
         "--ca-fingerprint",
         &server.fingerprint,
     ])?;
+    Ok((server, agent, proxy))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_off_for_ten_seconds_resumes_with_no_gap_and_no_duplicate(
+) -> anyhow::Result<()> {
+    let env = env();
+    let (_server, _agent, proxy) = behind_proxy(&env).await?;
     let mut cmd = env.command();
     cmd.args([
         "shell",
@@ -108,5 +115,58 @@ async fn a_client_cut_off_for_ten_seconds_resumes_with_no_gap_and_no_duplicate(
         .collect();
     let expected: Vec<String> = (1..=150).map(|i| format!("tick-{i}")).collect();
     assert_eq!(ticks, expected);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_typed_while_cut_off_arrives_once() -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let env = env();
+    let (_server, _agent, proxy) = behind_proxy(&env).await?;
+    let mut child = env
+        .command()
+        .args(["shell", "n1", "--no-pty", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |needle: &str, seen: &mut Vec<String>| -> anyhow::Result<()> {
+        while !seen.iter().any(|l| l == needle) {
+            seen.push(rx.recv_timeout(DEADLINE)?);
+        }
+        Ok(())
+    };
+    for i in 1..=5 {
+        writeln!(stdin, "in-{i}")?;
+    }
+    wait_for("in-5", &mut seen)?;
+    proxy.cut();
+    for i in 6..=10 {
+        writeln!(stdin, "in-{i}")?;
+    }
+    // The stimulus: an outage while input is typed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.heal();
+    for i in 11..=15 {
+        writeln!(stdin, "in-{i}")?;
+    }
+    drop(stdin);
+    wait_for("in-15", &mut seen)?;
+    assert!(child.wait()?.success());
+    // The pipe is closed once the CLI exits: whatever it still held comes now.
+    seen.extend(rx.iter());
+    let expected: Vec<String> = (1..=15).map(|i| format!("in-{i}")).collect();
+    assert_eq!(seen, expected);
     Ok(())
 }
