@@ -59,6 +59,21 @@ fn set_prefs(env: &Env, inputs: &str) -> anyhow::Result<()> {
 /// Sessions run as root in most tests, so they create no OS users (one test does).
 const AS_ROOT: &str = "  runAsEnabled: true\n  runAsDefaultUser: root\n";
 
+/// `drover shell n1 --no-pty -- SCRIPT` in the background.
+fn background_shell(env: &Env, name: &str, script: &str) -> anyhow::Result<Proc> {
+    let mut cmd = env.command();
+    cmd.args(["shell", "n1", "--no-pty", "--", script]);
+    Proc::spawn(name, cmd)
+}
+
+/// Waits until no process has `cmdline` in its command line.
+async fn gone(cmdline: &str) -> anyhow::Result<()> {
+    wait_until("the session's process to end", DEADLINE, || async {
+        Ok(pids_with_cmdline(cmdline).is_empty().then_some(()))
+    })
+    .await
+}
+
 fn latest_session(env: &Env) -> anyhow::Result<serde_json::Value> {
     let list: serde_json::Value =
         serde_json::from_str(&env.cli_ok(&["sessions", "list", "-o", "json"])?)?;
@@ -98,8 +113,12 @@ async fn a_shell_runs_commands_and_full_screen_programs_follows_resizes_and_ctrl
 
     // Ctrl-C reaches the remote foreground process, not this client.
     let from = cli.len();
-    cli.send(b"echo SLEEPING; sleep 30\r").await?;
-    cli.expect_after(from, "SLEEPING\r\n", DEADLINE).await?;
+    cli.send(b"sleep 30.75\r").await?;
+    // Ctrl-C once the sleep runs (before, the shell itself would take it).
+    wait_until("the remote sleep to start", DEADLINE, || async {
+        Ok((!pids_with_cmdline("sleep 30.75").is_empty()).then_some(()))
+    })
+    .await?;
     cli.send(b"\x03").await?;
     cli.send(b"echo AFTER-$((2+3))\r").await?;
     cli.expect_after(from, "AFTER-5", Duration::from_secs(10))
@@ -279,24 +298,13 @@ async fn terminate_and_an_agent_stop_end_live_sessions_and_their_processes() -> 
     let env = env();
     let (server, _id, agent) = node(&env, &[], &[]).await?;
     set_prefs(&env, AS_ROOT)?;
-    let mut cmd = env.command();
-    cmd.args([
-        "shell",
-        "n1",
-        "--no-pty",
-        "--",
-        "echo started; exec sleep 61.25",
-    ]);
-    let mut shell = Proc::spawn("shell", cmd)?;
+    let mut shell = background_shell(&env, "shell", "echo started; exec sleep 61.25")?;
     shell.wait_for_line("started", DEADLINE)?;
     let id = latest_session(&env)?["id"].as_str().unwrap().to_string();
     env.cli_ok(&["sessions", "terminate", &id])?;
     assert_eq!(shell.wait_exit(DEADLINE)?.code(), Some(255));
     shell.wait_for_line("terminated by", DEADLINE)?;
-    wait_until("the session's process to end", DEADLINE, || async {
-        Ok(pids_with_cmdline("sleep 61.25").is_empty().then_some(()))
-    })
-    .await?;
+    gone("sleep 61.25").await?;
     let shown = env.cli_ok(&["sessions", "show", &id])?;
     assert!(shown.contains("terminate_requested"), "{shown}");
     let again = env.cli(&["sessions", "terminate", &id])?;
@@ -311,23 +319,12 @@ async fn terminate_and_an_agent_stop_end_live_sessions_and_their_processes() -> 
     }
 
     // An agent that stops ends its sessions, and the user sees why.
-    let mut cmd = env.command();
-    cmd.args([
-        "shell",
-        "n1",
-        "--no-pty",
-        "--",
-        "echo started; exec sleep 62.25",
-    ]);
-    let mut shell = Proc::spawn("shell", cmd)?;
+    let mut shell = background_shell(&env, "shell", "echo started; exec sleep 62.25")?;
     shell.wait_for_line("started", DEADLINE)?;
     agent.sigterm();
     assert_eq!(shell.wait_exit(DEADLINE)?.code(), Some(255));
     shell.wait_for_line("the agent on the node is stopping", DEADLINE)?;
-    wait_until("the session's process to end", DEADLINE, || async {
-        Ok(pids_with_cmdline("sleep 62.25").is_empty().then_some(()))
-    })
-    .await?;
+    gone("sleep 62.25").await?;
     Ok(())
 }
 
@@ -338,9 +335,8 @@ async fn twenty_sessions_on_one_node_at_once() -> anyhow::Result<()> {
     set_prefs(&env, AS_ROOT)?;
     let mut shells = Vec::new();
     for i in 0..20 {
-        let mut cmd = env.command();
-        cmd.args(["shell", "n1", "--no-pty", "--", &format!("seq {i} 2000")]);
-        shells.push((i, Proc::spawn(&format!("shell{i}"), cmd)?));
+        let shell = background_shell(&env, &format!("shell{i}"), &format!("seq {i} 2000"))?;
+        shells.push((i, shell));
     }
     for (i, p) in &mut shells {
         assert_eq!(p.wait_exit(DEADLINE)?.code(), Some(0), "session {i}");

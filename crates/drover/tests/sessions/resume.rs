@@ -92,15 +92,8 @@ async fn a_client_cut_off_for_ten_seconds_resumes_with_no_gap_and_no_duplicate(
 ) -> anyhow::Result<()> {
     let env = env();
     let (_server, _agent, proxy) = behind_proxy(&env).await?;
-    let mut cmd = env.command();
-    cmd.args([
-        "shell",
-        "n1",
-        "--no-pty",
-        "--",
-        "for i in $(seq 1 150); do echo tick-$i; sleep 0.1; done",
-    ]);
-    let mut shell = Proc::spawn("shell", cmd)?;
+    let script = "for i in $(seq 1 150); do echo tick-$i; sleep 0.1; done";
+    let mut shell = super::background_shell(&env, "shell", script)?;
     shell.wait_for_line("tick-10", DEADLINE)?;
     proxy.cut();
     // The outage is the test's stimulus, not a wait for something to happen.
