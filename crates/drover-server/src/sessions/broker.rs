@@ -77,101 +77,113 @@ impl Out {
     }
 }
 
-/// How long one write to a client or to the node may take before that side counts as gone.
+/// How long the end of a session may take to reach a peer before that side is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames queued for the node; while full, the client's input waits in its own socket.
 const AGENT_QUEUE: usize = 64;
+/// Frames queued for the client's socket; the rest waits in the replay buffer.
+const CLIENT_QUEUE: usize = 32;
 
-/// Sends frames to one WebSocket, so a client that reads slowly never blocks the broker.
-async fn write_client(mut sink: SplitSink<WebSocket, WsMessage>, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(b) = rx.recv().await {
-        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(WsMessage::Binary(b))).await {
-            Ok(Ok(())) => {}
-            _ => return,
+/// Hands queued frames to a sink and flushes it; completes when the queue is empty and all of
+/// it flushed. Cancel-safe: a frame leaves the queue only in the poll that gives it to the
+/// sink, so the broker drives both sinks from its own loop (no writer task on the keystroke's
+/// path) and a peer that stops reading only leaves its branch pending.
+async fn drive<S, T>(sink: &mut S, queue: &mut VecDeque<T>) -> Result<(), S::Error>
+where
+    S: futures::Sink<T> + Unpin,
+{
+    futures::future::poll_fn(|cx| {
+        while !queue.is_empty() {
+            futures::ready!(sink.poll_ready_unpin(cx))?;
+            if let Some(item) = queue.pop_front() {
+                sink.start_send_unpin(item)?;
+            }
         }
-    }
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+        sink.poll_flush_unpin(cx)
+    })
+    .await
 }
 
-/// Sends frames to the node's stream, so a node that stops reading never blocks the broker
-/// (its end, idle and duration limits, and the other direction keep running).
-async fn write_agent(
-    mut sink: SplitSink<SessionFramed<Stream>, SessionFrame>,
-    mut rx: mpsc::Receiver<SessionFrame>,
-) {
-    while let Some(f) = rx.recv().await {
-        let last = matches!(f, SessionFrame::Closed(_));
-        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(f)).await {
-            Ok(Ok(())) if !last => {}
-            _ => break,
-        }
+type ClientSink = SplitSink<WebSocket, WsMessage>;
+
+/// [`drive`] for a client that may not be there.
+async fn drive_client(
+    sink: &mut Option<ClientSink>,
+    queue: &mut VecDeque<WsMessage>,
+) -> Result<(), axum::Error> {
+    match sink {
+        Some(s) => drive(s, queue).await,
+        None => std::future::pending().await,
     }
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
 }
 
-/// The attached client, if any: its writer's queue, its frames, and whether its first `Ack`
-/// (where it resumes) has arrived. Kept apart so one `select!` can wait on both.
+/// The attached client, if any: its socket's halves, the frames queued for it, and whether its
+/// first `Ack` (where it resumes) has arrived.
 #[derive(Default)]
 struct Client {
-    tx: Option<mpsc::Sender<Bytes>>,
+    sink: Option<ClientSink>,
     rx: Option<SplitStream<WebSocket>>,
-    writer: Option<tokio::task::JoinHandle<()>>,
+    queue: VecDeque<WsMessage>,
+    /// Frames were queued since the sink was last flushed.
+    flush: bool,
     ready: bool,
     detached_at: Option<Instant>,
 }
 
 impl Client {
     fn attach(&mut self, ws: WebSocket, input_received: u64) {
-        self.stop_writer();
         let (sink, rx) = ws.split();
-        let (tx, wrx) = mpsc::channel(64);
-        let writer = tokio::spawn(write_client(sink, wrx));
-        let _ = tx.try_send(
-            SessionFrame::InputAck {
-                offset: input_received,
-            }
-            .to_bytes(),
-        );
+        // A replaced connection (maybe half-dead) is dropped with what was queued for it;
+        // the replay buffer still has the output.
         *self = Client {
-            tx: Some(tx),
+            sink: Some(sink),
             rx: Some(rx),
-            writer: Some(writer),
+            queue: VecDeque::from([WsMessage::Binary(
+                SessionFrame::InputAck {
+                    offset: input_received,
+                }
+                .to_bytes(),
+            )]),
+            flush: true,
             ready: false,
             detached_at: None,
         };
     }
 
     fn detach(&mut self) {
-        self.stop_writer();
         *self = Client {
             detached_at: Some(Instant::now()),
             ..Client::default()
         };
     }
 
-    /// A replaced or dropped client's writer holds its socket and queue: end it.
-    fn stop_writer(&mut self) {
-        if let Some(w) = self.writer.take() {
-            w.abort();
-        }
+    fn push(&mut self, f: &SessionFrame) {
+        self.queue.push_back(WsMessage::Binary(f.to_bytes()));
+        self.flush = true;
     }
 
-    /// At the end: the writer may finish sending what is queued (the last output and the
-    /// `Closed` frame), within its write timeout.
-    ///
-    /// Meanwhile the client's frames (its last acknowledgements, its close) are still read:
-    /// a socket closed with unread data is reset, and a reset makes the client's kernel drop
-    /// the output it had received but not yet read. Both halves go once the client has
-    /// closed, or after the write timeout.
-    fn finish_writer(&mut self) {
-        self.tx = None;
-        self.writer = None;
-        if let Some(mut rx) = self.rx.take() {
-            tokio::spawn(async move {
-                let drain = async { while let Some(Ok(_)) = rx.next().await {} };
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, drain).await;
-            });
-        }
+    /// At the end: what is queued (the last output and `Closed`) still goes, and the client's
+    /// frames (its last acknowledgements, its close) are still read: a socket closed with
+    /// unread data is reset, and a reset makes the client's kernel drop the output it had
+    /// received but not yet read. All within the write timeout.
+    fn finish(&mut self) {
+        let (Some(mut sink), rx, mut queue) = (
+            self.sink.take(),
+            self.rx.take(),
+            std::mem::take(&mut self.queue),
+        ) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+                let _ = drive(&mut sink, &mut queue).await;
+                let _ = sink.close().await;
+                if let Some(mut rx) = rx {
+                    while let Some(Ok(_)) = rx.next().await {}
+                }
+            })
+            .await;
+        });
     }
 }
 
@@ -190,9 +202,10 @@ pub async fn run(
 ) -> Outcome {
     let started = Instant::now();
     let now_us = || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let (agent_sink, mut from_agent) = agent.split();
-    let (to_agent, agent_rx) = mpsc::channel::<SessionFrame>(AGENT_QUEUE);
-    let agent_writer = tokio::spawn(write_agent(agent_sink, agent_rx));
+    let (mut agent_sink, mut from_agent) = agent.split();
+    let mut agent_queue: VecDeque<SessionFrame> = VecDeque::new();
+    let mut agent_flush = false;
+    let mut closed_queued = false;
     // Output offsets are counted here, never taken from the node.
     let mut out_offsets = [0u64; 2];
     let mut buf: VecDeque<Out> = VecDeque::new();
@@ -210,14 +223,25 @@ pub async fn run(
     let mut dirty = false;
     let max_at = limits.max.map(|m| started + m);
     loop {
-        let sendable = client.ready && unsent < buf.len();
+        // Output the client has not had yet moves to its socket's queue as that drains.
+        while client.ready && client.queue.len() < CLIENT_QUEUE {
+            let Some(o) = buf.get(unsent) else { break };
+            client.push(&o.frame());
+            unsent += 1;
+            // Progress: a closing session's patience starts again.
+            if let Some(c) = &mut closing {
+                c.at = Instant::now();
+            }
+        }
         if let Some(c) = &closing {
-            if client.ready && !sendable {
-                if let Some(tx) = &client.tx {
-                    let last = SessionFrame::Closed(c.closed.clone()).to_bytes();
-                    let _ = tokio::time::timeout(DRAIN, tx.send(last)).await;
+            if client.ready && unsent == buf.len() {
+                if !closed_queued {
+                    closed_queued = true;
+                    client.push(&SessionFrame::Closed(c.closed.clone()));
+                } else if !client.flush {
+                    // The client has everything, `Closed` last.
+                    break;
                 }
-                break;
             }
         }
         // A closing session waits a little for its attached client to take the last output,
@@ -256,18 +280,26 @@ pub async fn run(
                     closing = Some(Closing { closed: failed("the connection to the node was lost".into()), at: Instant::now() });
                 }
             },
-            sent = send_next(&client.tx, buf.get(unsent)), if sendable => {
-                if sent {
-                    unsent += 1;
-                    // Progress: the drain's patience starts again.
-                    if let Some(c) = &mut closing {
-                        c.at = Instant::now();
+            r = drive_client(&mut client.sink, &mut client.queue), if client.flush => {
+                match r {
+                    Ok(()) => client.flush = false,
+                    Err(_) => {
+                        client.detach();
+                        closed_queued = false;
                     }
                 }
             }
-            msg = next_client(&mut client.rx), if to_agent.capacity() > 0 => {
+            r = drive(&mut agent_sink, &mut agent_queue), if agent_flush => {
+                agent_flush = false;
+                if r.is_err() && closing.is_none() {
+                    agent_done = true;
+                    closing = Some(Closing { closed: failed("the connection to the node was lost".into()), at: Instant::now() });
+                }
+            }
+            msg = next_client(&mut client.rx), if agent_queue.len() < AGENT_QUEUE => {
                 let Some(frame) = msg else {
                     client.detach();
+                    closed_queued = false;
                     continue;
                 };
                 match frame {
@@ -275,6 +307,7 @@ pub async fn run(
                         if offset > input_received {
                             // A gap: this client lost input it believes was sent.
                             client.detach();
+                            closed_queued = false;
                             continue;
                         }
                         let skip = usize::try_from(input_received - offset).unwrap_or(usize::MAX);
@@ -288,19 +321,13 @@ pub async fn run(
                             dirty = true;
                         }
                         let n = fresh.len() as u64;
-                        // Room is there: this branch runs only while the queue has some.
-                        if to_agent.try_send(SessionFrame::Input { offset: input_received, data: fresh }).is_err() {
-                            agent_done = true;
-                            closing = Some(Closing { closed: failed("the connection to the node was lost".into()), at: Instant::now() });
-                            continue;
-                        }
+                        agent_queue.push_back(SessionFrame::Input { offset: input_received, data: fresh });
+                        agent_flush = true;
                         input_received += n;
                         bytes_in += n;
                         if input_received - input_acked >= INPUT_ACK_EVERY {
                             input_acked = input_received;
-                            if let Some(tx) = &client.tx {
-                                let _ = tx.try_send(SessionFrame::InputAck { offset: input_received }.to_bytes());
-                            }
+                            client.push(&SessionFrame::InputAck { offset: input_received });
                         }
                     }
                     SessionFrame::Resize { cols, rows } if closing.is_none() => {
@@ -308,11 +335,13 @@ pub async fn run(
                             r.resize(now_us(), cols, rows).await;
                             dirty = true;
                         }
-                        let _ = to_agent.try_send(SessionFrame::Resize { cols, rows });
+                        agent_queue.push_back(SessionFrame::Resize { cols, rows });
+                        agent_flush = true;
                     }
                     f @ (SessionFrame::Signal(_) | SessionFrame::Eof) if closing.is_none() => {
                         last_activity = Instant::now();
-                        let _ = to_agent.try_send(f);
+                        agent_queue.push_back(f);
+                        agent_flush = true;
                     }
                     SessionFrame::Ack { stdout, stderr } => {
                         let dropped = trim(&mut buf, &mut buf_bytes, unsent, stdout, stderr);
@@ -339,6 +368,7 @@ pub async fn run(
                 if let Some(ws) = ws {
                     // A new connection replaces the old one (which may be half-dead).
                     client.attach(ws, input_received);
+                    closed_queued = false;
                     if closing.is_some() {
                         // It came back for the end of the session.
                         if let Some(c) = &mut closing {
@@ -383,19 +413,21 @@ pub async fn run(
         if closing.is_some() && !agent_done {
             agent_done = true;
             if let Some(c) = &closing {
-                // A node whose queue is full is not reading: its stream is dropped below.
-                let _ = to_agent.try_send(SessionFrame::Closed(c.closed.clone()));
+                agent_queue.push_back(SessionFrame::Closed(c.closed.clone()));
+                agent_flush = true;
             }
         }
     }
-    drop(to_agent);
-    client.finish_writer();
-    // The writer ends after `Closed`, or within its timeout; then the stream goes with it.
+    client.finish();
+    // The node gets what is queued (`Closed` last) and the stream's end, within the write
+    // timeout; a node that does not read has its stream dropped.
     tokio::spawn(async move {
-        if tokio::time::timeout(WRITE_TIMEOUT, agent_writer)
-            .await
-            .is_err()
-        {
+        let ended = tokio::time::timeout(WRITE_TIMEOUT, async {
+            let _ = drive(&mut agent_sink, &mut agent_queue).await;
+            let _ = agent_sink.close().await;
+        })
+        .await;
+        if ended.is_err() {
             tracing::debug!("the node did not take the end of a session in time");
         }
     });
@@ -437,22 +469,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Queues the next output frame for the client once its writer has room. Cancel-safe: the
-/// frame is queued in the same poll that finds room, or not at all.
-async fn send_next(tx: &Option<mpsc::Sender<Bytes>>, next: Option<&Out>) -> bool {
-    let (Some(tx), Some(o)) = (tx, next) else {
-        return std::future::pending().await;
-    };
-    match tx.reserve().await {
-        Ok(permit) => {
-            permit.send(o.frame().to_bytes());
-            true
-        }
-        // The writer is gone; the client's reader notices and detaches.
-        Err(_) => std::future::pending().await,
     }
 }
 
