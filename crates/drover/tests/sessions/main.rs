@@ -477,3 +477,33 @@ properties:
     assert!(String::from_utf8_lossy(&out.stderr).contains("command document"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_profile_sets_the_environment_the_directory_and_runs_its_commands(
+) -> anyhow::Result<()> {
+    let env = env();
+    let (_server, _id, _agent) = node(&env, &[], &[]).await?;
+    set_prefs(
+        &env,
+        &format!(
+            "{AS_ROOT}  shellProfile:\n    linux: \"export FROM_PROFILE=yes\"\n  \
+             shellEnvironment:\n    APP_ENV: prod\n  workingDirectory: /tmp\n"
+        ),
+    )?;
+    let mut cli = PtyCli::spawn(&env, &["shell", "n1"], &[])?;
+    cli.send(b"echo \"P=$FROM_PROFILE E=$APP_ENV D=$(pwd)\"\r")
+        .await?;
+    cli.expect("P=yes E=prod D=/tmp", DEADLINE).await?;
+    cli.send(b"exit\r").await?;
+    assert_eq!(cli.exit_code(DEADLINE).await?, 0);
+    // A command session gets the environment and the directory, not the profile's commands.
+    let out = env.cli_ok(&[
+        "shell",
+        "n1",
+        "--no-pty",
+        "--",
+        "echo \"P=$FROM_PROFILE E=$APP_ENV D=$(pwd)\"",
+    ])?;
+    assert_eq!(out.trim(), "P= E=prod D=/tmp");
+    Ok(())
+}
