@@ -45,6 +45,11 @@ pub struct Control {
     pub terminate: mpsc::Receiver<String>,
     /// Told once, when the first client attaches.
     pub connected: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The metrics' bytes relayed, in and out, counted as they pass.
+    pub bytes: (
+        prometheus_client::metrics::counter::Counter,
+        prometheus_client::metrics::counter::Counter,
+    ),
 }
 
 pub struct Limits {
@@ -259,6 +264,7 @@ pub async fn run(
                     *slot = slot.saturating_add(data.len() as u64);
                     last_activity = Instant::now();
                     bytes_out += data.len() as u64;
+                    ctl.bytes.1.inc_by(data.len() as u64);
                     if let Some(r) = &mut recorder {
                         r.output(stream, at_us, &data).await;
                         dirty = true;
@@ -325,6 +331,7 @@ pub async fn run(
                         agent_flush = true;
                         input_received += n;
                         bytes_in += n;
+                        ctl.bytes.0.inc_by(n);
                         if input_received - input_acked >= INPUT_ACK_EVERY {
                             input_acked = input_received;
                             client.push(&SessionFrame::InputAck { offset: input_received });

@@ -355,6 +355,7 @@ impl Sessions {
             attach,
             terminate,
             connected: Some(connected_tx),
+            bytes: self.metrics.session_byte_counters(),
         };
         let (store, metrics, live) = (self.store.clone(), self.metrics.clone(), self.live.clone());
         let sid = id.clone();
@@ -376,7 +377,7 @@ impl Sessions {
                 bytes_in: i64::try_from(out.bytes_in).unwrap_or(i64::MAX),
                 bytes_out: i64::try_from(out.bytes_out).unwrap_or(i64::MAX),
             };
-            metrics.session_ended(&end.status, out.bytes_in, out.bytes_out);
+            metrics.session_ended(&end.status);
             if let Err(e) = store.end_session(&sid, &end).await {
                 tracing::warn!(session = %sid, error = %e, "could not store the end of a session");
             }

@@ -314,6 +314,8 @@ async fn terminate_and_an_agent_stop_end_live_sessions_and_their_processes() -> 
         "drover_sessions_started_total 1",
         "drover_sessions_active 0",
         "drover_sessions_ended_total{status=\"Terminated\"} 1",
+        // "started\n"
+        "drover_session_bytes_total{direction=\"out\"} 8",
     ] {
         assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
     }
