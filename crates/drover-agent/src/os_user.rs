@@ -40,15 +40,10 @@ pub async fn lookup(name: &str) -> Result<Option<OsUser>, String> {
         .ok_or_else(|| format!("getent passwd {name}: unexpected output"))
 }
 
-/// POSIX portable user names (and the `$` of machine accounts), which rules out anything a
-/// shell or a command line could read as more than a name.
+/// The same rule as the server's (`drover_docs::user_name_ok`): POSIX portable names, nothing
+/// a shell or a command line could read as more than a name.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 32
-        && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$'))
+    drover_docs::user_name_ok(name)
 }
 
 fn parse_passwd(line: &str) -> Option<OsUser> {
@@ -173,7 +168,7 @@ mod tests {
         for bad in ["", "-rf", "a b", "a;b", "$(id)", "a/b", &"x".repeat(33)] {
             assert!(!valid_name(bad), "{bad:?}");
         }
-        for good in ["alice", "drover-user", "svc_app.1", "host$"] {
+        for good in ["alice", "drover-user", "svc_app.1"] {
             assert!(valid_name(good), "{good:?}");
         }
     }

@@ -233,11 +233,7 @@ fn environment(user: &OsUser, start: &SessionStart) -> Result<BTreeMap<String, S
         env.insert("TERM".into(), t.term.clone());
     }
     for (k, v) in &start.env {
-        let ok = k
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let ok = drover_docs::env_name_ok(k);
         if !ok || v.contains('\0') {
             return Err(format!("environment variable {k:?} is not valid"));
         }

@@ -215,28 +215,26 @@ async fn command_sessions_keep_streams_apart_and_return_the_exit_status() -> any
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000");
     assert!(out.status.success());
 
-    // Output still in flight when the command exits is all delivered, however slowly the
-    // client reads it: a reader taking ~160 KB/s leaves a megabyte queued on the hops when the
-    // command has long exited, for longer than any of the relay's patience timers (5 s).
+    // Output still in flight when the command exits is all delivered: nothing is read here
+    // until the command has exited on the node, so the 600 kB are all queued on the hops then (the replay buffer holds 1 MiB).
+    let done = env.path("printed");
+    let script = format!("head -c 600000 /dev/zero; touch {}", done.display());
     let mut child = env
         .command()
-        .args(["shell", "n1", "--no-pty", "--", "head -c 2000000 /dev/zero"])
+        .args(["shell", "n1", "--no-pty", "--", &script])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
+    wait_until("the command to print everything", DEADLINE, || async {
+        Ok(done.exists().then_some(()))
+    })
+    .await?;
     let mut stdout = child.stdout.take().unwrap();
     use std::io::Read;
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut total = 0;
-    loop {
-        match stdout.read(&mut buf)? {
-            0 => break,
-            n => total += n,
-        }
-        // The stimulus: a slow reader.
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut all = Vec::new();
+    stdout.read_to_end(&mut all)?;
+    let total = all.len();
     assert!(child.wait()?.success());
-    assert_eq!(total, 2_000_000);
+    assert_eq!(total, 600_000);
     Ok(())
 }
 

@@ -1,9 +1,8 @@
 //! A client whose connection to the server is cut resumes its session with every byte.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use drover_testkit::{Proc, DEADLINE};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +14,8 @@ use super::{env, node, set_prefs, AS_ROOT};
 struct Proxy {
     addr: SocketAddr,
     down: Arc<AtomicBool>,
+    /// Connections refused while down: the client noticed and is trying again.
+    refused: Arc<AtomicUsize>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -24,11 +25,13 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let down = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicUsize::new(0));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (d, c) = (down.clone(), conns.clone());
+        let (d, c, r) = (down.clone(), conns.clone(), refused.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if d.load(Ordering::SeqCst) {
+                    r.fetch_add(1, Ordering::SeqCst);
                     drop(client);
                     continue;
                 }
@@ -43,6 +46,7 @@ impl Proxy {
         Ok(Self {
             addr,
             down,
+            refused,
             conns,
             accept,
         })
@@ -53,6 +57,16 @@ impl Proxy {
         for t in self.conns.lock().unwrap().drain(..) {
             t.abort();
         }
+    }
+
+    /// Waits until the client has been refused `n` times during the outage.
+    async fn wait_refused(&self, n: usize) -> anyhow::Result<()> {
+        let r = self.refused.clone();
+        drover_testkit::wait_until("the client to try to reconnect", DEADLINE, || {
+            let r = r.clone();
+            async move { Ok((r.load(Ordering::SeqCst) >= n).then_some(())) }
+        })
+        .await
     }
 
     fn heal(&self) {
@@ -91,13 +105,28 @@ async fn behind_proxy(
 async fn a_client_cut_off_for_ten_seconds_resumes_with_no_gap_and_no_duplicate(
 ) -> anyhow::Result<()> {
     let env = env();
-    let (_server, _agent, proxy) = behind_proxy(&env).await?;
+    let (server, _agent, proxy) = behind_proxy(&env).await?;
     let script = "for i in $(seq 1 150); do echo tick-$i; sleep 0.1; done";
     let mut shell = super::background_shell(&env, "shell", script)?;
     shell.wait_for_line("tick-10", DEADLINE)?;
     proxy.cut();
-    // The outage is the test's stimulus, not a wait for something to happen.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The outage lasts until the client has tried to come back and the node has printed 100
+    // more ticks (10 s): the server has relayed "tick-1\n" to "tick-110\n", 882 bytes.
+    proxy.wait_refused(1).await?;
+    let client = server.client()?;
+    drover_testkit::wait_until("10 s of output during the outage", DEADLINE, || {
+        let client = client.clone();
+        async move {
+            let m = client.get_text("/metrics").await?;
+            let out = m
+                .lines()
+                .find_map(|l| l.strip_prefix("drover_session_bytes_total{direction=\"out\"} "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            Ok((out >= 882).then_some(()))
+        }
+    })
+    .await?;
     proxy.heal();
     assert_eq!(shell.wait_exit(DEADLINE * 2)?.code(), Some(0));
     let ticks: Vec<String> = shell
@@ -148,8 +177,8 @@ async fn input_typed_while_cut_off_arrives_once() -> anyhow::Result<()> {
     for i in 6..=10 {
         writeln!(stdin, "in-{i}")?;
     }
-    // The stimulus: an outage while input is typed.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The outage lasts until the client has tried to come back twice with that input held.
+    proxy.wait_refused(2).await?;
     proxy.heal();
     for i in 11..=15 {
         writeln!(stdin, "in-{i}")?;
