@@ -499,6 +499,15 @@ async fn serve_stream(runner: Arc<Runner>, sessions: Arc<Sessions>, stream: Stre
                 _ => "expected session_start after open".to_string(),
             }
         }
+        Ok(Some(Ok(Message::Open(open)))) if open.kind == StreamKind::Forward => {
+            match tokio::time::timeout(Duration::from_secs(10), framed.next()).await {
+                Ok(Some(Ok(Message::ForwardConnect(req)))) => {
+                    crate::forward::serve(framed, req).await;
+                    return;
+                }
+                _ => "expected forward_connect after open".to_string(),
+            }
+        }
         Ok(Some(Ok(Message::Open(open)))) => {
             format!("stream kind {:?} is not served by this agent", open.kind)
         }

@@ -9,6 +9,7 @@ mod connection;
 mod crash;
 mod download;
 mod executor;
+mod forward;
 mod identity;
 pub mod inventory;
 mod invocations;

@@ -4,10 +4,12 @@
 //! **API Boundary:** old agents stay deployed for years, so every change here is additive and
 //! guarded by [`PROTOCOL_VERSION`], negotiated once per connection by [`negotiate`].
 
+mod forward;
 mod frame;
 mod message;
 mod session;
 
+pub use forward::{ForwardConnect, MUX_UPGRADE};
 pub use frame::{decode, encode, FrameError, LENGTH_PREFIX, MAX_FRAME_LEN};
 pub use message::{
     negotiate, CertificateIssued, Hello, Inventory, Invoke, Message, OutputStream, Progress,

@@ -62,6 +62,11 @@ pub enum Message {
     /// Agent to server: the session's process runs; session frames follow
     /// ([`crate::SessionFrame`]), either way.
     SessionStarted,
+    /// Server to agent (and client to server, on a forwarded connection's stream): connect
+    /// this stream to a TCP port.
+    ForwardConnect(crate::ForwardConnect),
+    /// The connection is made; the stream carries its raw bytes from now on, either way.
+    ForwardConnected,
 }
 
 impl Message {
@@ -86,6 +91,8 @@ impl Message {
             Message::Delivered => "delivered",
             Message::SessionStart(_) => "session_start",
             Message::SessionStarted => "session_started",
+            Message::ForwardConnect(_) => "forward_connect",
+            Message::ForwardConnected => "forward_connected",
         }
     }
 }
@@ -99,6 +106,8 @@ pub enum StreamKind {
     Invocation,
     /// One session (a shell, a command with or without a PTY).
     Session,
+    /// One TCP connection of a port forwarding (or SSH) session.
+    Forward,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

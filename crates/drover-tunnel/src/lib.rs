@@ -8,10 +8,12 @@
 mod buffered;
 mod codec;
 pub mod dial;
+pub mod forward;
 pub mod heap;
 mod mux;
 mod session_codec;
 
 pub use codec::{CodecError, FrameCodec, Framed};
+pub use forward::{into_raw, splice, Counted, Counters, Raw};
 pub use mux::{Incoming, Role, Stream, Tunnel, TunnelConfig, TunnelError};
 pub use session_codec::{into_session, SessionCodec, SessionFramed};
