@@ -43,7 +43,7 @@ pub struct SessionView {
     pub id: String,
     pub user: String,
     pub node: String,
-    /// `Shell`, `Interactive`, `NonInteractive`.
+    /// `Shell`, `Interactive`, `NonInteractive`, `Port` (port forwarding and SSH).
     pub kind: String,
     pub document: String,
     pub reason: String,
@@ -60,8 +60,15 @@ pub struct SessionView {
     pub bytes_in: i64,
     pub bytes_out: i64,
     pub recorded: bool,
-    /// Where to attach: a WebSocket of session frames.
+    /// Where to attach: a WebSocket of session frames, or for a `Port` session an HTTP/1.1
+    /// request upgraded to `drover-mux/1`.
     pub stream_path: String,
+    /// Where a `Port` session leads, `host:port` as the node connects to it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// Connections a `Port` session carried.
+    #[serde(default)]
+    pub connections: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<SessionEventView>,
 }

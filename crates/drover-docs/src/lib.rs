@@ -6,6 +6,7 @@ mod interpolate;
 mod model;
 mod params;
 mod parse;
+mod port;
 mod prefs;
 mod session;
 
@@ -13,5 +14,6 @@ pub use interpolate::{resolve, Resolution, ResolvedStep};
 pub use model::*;
 pub use params::{validate_declared, validate_values, ParamError, ParamValue};
 pub use parse::{parse, DocError, MAX_DOCUMENT_BYTES};
+pub use port::{host_ok, PortTarget, LOCAL_HOST};
 pub use prefs::{env_name_ok, user_name_ok, Preferences};
 pub use session::{is_session_document, parse_session, SessionDocument, SessionType};

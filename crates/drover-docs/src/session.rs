@@ -73,7 +73,20 @@ pub fn parse_session(text: &str) -> Result<SessionDocument, DocError> {
                 }
             }
         }
-        SessionType::Port => {}
+        SessionType::Port => {
+            let names = doc
+                .port_references()
+                .map_err(|e| err(text, Some("properties"), e))?;
+            for name in names {
+                if !doc.parameters.contains_key(&name) {
+                    return Err(err(
+                        text,
+                        Some(&name),
+                        format!("{{{{ {name} }}}} is not a parameter of this document"),
+                    ));
+                }
+            }
+        }
     }
     Ok(doc)
 }

@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub hostname: String,
     /// How much command history to keep.
     pub retention: crate::retention::RetentionPolicy,
+    /// Networks (CIDR) or addresses that forwarded connections may not reach, beyond what
+    /// agents always refuse (the cloud metadata addresses and the link-local ranges).
+    pub forward_deny: Vec<String>,
 }
 
 impl ServerConfig {
@@ -48,6 +51,7 @@ impl ServerConfig {
             metrics_public: false,
             hostname: String::new(),
             retention: crate::retention::RetentionPolicy::default(),
+            forward_deny: Vec::new(),
         }
     }
 }

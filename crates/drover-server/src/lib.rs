@@ -80,6 +80,13 @@ impl Server {
     /// Opens the data directory, creating on first start the database, the CA, the server
     /// certificate and the admin token.
     pub async fn open(config: ServerConfig) -> Result<Self, ServerError> {
+        for e in &config.forward_deny {
+            if e.parse::<ipnet::IpNet>().is_err() && e.parse::<std::net::IpAddr>().is_err() {
+                return Err(ServerError::Config(format!(
+                    "forward deny entry {e:?} is not a network (CIDR, like 10.0.0.0/8) or an address"
+                )));
+            }
+        }
         let data = DataDir::open(&config).await?;
         let now = secrets::now();
         let reset = data.store.mark_all_disconnected(now).await?;
@@ -109,6 +116,7 @@ impl Server {
             Arc::new(sessions::recording::DirRecordings::new(
                 data.path.join("recordings"),
             )),
+            config.forward_deny.clone(),
         );
         seed_session_preferences(data.store.as_ref(), now).await?;
         let state = Arc::new(AppState {

@@ -25,6 +25,10 @@ pub struct SessionRecord {
     pub bytes_in: i64,
     pub bytes_out: i64,
     pub recorded: bool,
+    /// Where a port forwarding or SSH session leads (`host:port`); empty for other kinds.
+    pub target: String,
+    /// Connections a port forwarding or SSH session carried.
+    pub connections: i64,
 }
 
 /// How a session ended.
@@ -36,6 +40,7 @@ pub struct SessionEnd {
     pub ended_at: i64,
     pub bytes_in: i64,
     pub bytes_out: i64,
+    pub connections: i64,
 }
 
 /// Something that happened to a session: `started`, `ended`, `refused`, `terminate_requested`.

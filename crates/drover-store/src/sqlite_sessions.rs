@@ -37,8 +37,14 @@ CREATE TABLE session_events (
 CREATE INDEX session_events_session ON session_events(session_id, seq);
 "#;
 
+/// Port forwarding and SSH sessions: where they lead and how many connections they carried.
+pub(crate) const MIGRATION_SESSION_TARGETS: &str = r#"
+ALTER TABLE sessions ADD COLUMN target TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN connections INTEGER NOT NULL DEFAULT 0;
+"#;
+
 const COLS: &str = "id, user, node_id, kind, document, reason, run_as, started_at, ended_at, \
-                    status, detail, exit_code, bytes_in, bytes_out, recorded";
+                    status, detail, exit_code, bytes_in, bytes_out, recorded, target, connections";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -57,17 +63,20 @@ fn row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         bytes_in: r.get(12)?,
         bytes_out: r.get(13)?,
         recorded: r.get(14)?,
+        target: r.get(15)?,
+        connections: r.get(16)?,
     })
 }
 
 pub(crate) fn create(c: &mut Connection, s: &SessionRecord) -> Result<(), StoreError> {
     c.prepare_cached(&format!(
-        "INSERT INTO sessions ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        "INSERT INTO sessions ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
     ))
     .and_then(|mut st| {
         st.execute(params![
             s.id, s.user, s.node_id, s.kind, s.document, s.reason, s.run_as, s.started_at,
-            s.ended_at, s.status, s.detail, s.exit_code, s.bytes_in, s.bytes_out, s.recorded
+            s.ended_at, s.status, s.detail, s.exit_code, s.bytes_in, s.bytes_out, s.recorded,
+            s.target, s.connections
         ])
     })
     .map_err(db("create a session"))?;
@@ -97,7 +106,7 @@ pub(crate) fn end(c: &mut Connection, id: &str, e: &SessionEnd) -> Result<bool, 
     let n = c
         .prepare_cached(
             "UPDATE sessions SET status = ?2, detail = ?3, exit_code = ?4, ended_at = ?5, \
-             bytes_in = ?6, bytes_out = ?7 WHERE id = ?1 AND ended_at IS NULL",
+             bytes_in = ?6, bytes_out = ?7, connections = ?8 WHERE id = ?1 AND ended_at IS NULL",
         )
         .and_then(|mut st| {
             st.execute(params![
@@ -107,7 +116,8 @@ pub(crate) fn end(c: &mut Connection, id: &str, e: &SessionEnd) -> Result<bool, 
                 e.exit_code,
                 e.ended_at,
                 e.bytes_in,
-                e.bytes_out
+                e.bytes_out,
+                e.connections
             ])
         })
         .map_err(db("end a session"))?;
@@ -253,6 +263,8 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             recorded: true,
+            target: "db.internal:5432".into(),
+            connections: 0,
         }
     }
 
@@ -270,6 +282,7 @@ mod tests {
             ended_at: 5,
             bytes_in: 3,
             bytes_out: 4,
+            connections: 2,
         };
         assert!(store.end_session("s-1", &end).await.unwrap());
         let again = SessionEnd {
@@ -279,6 +292,7 @@ mod tests {
         assert!(!store.end_session("s-1", &again).await.unwrap());
         let s = store.get_session("s-1").await.unwrap().unwrap();
         assert_eq!((s.status.as_str(), s.bytes_out), ("TimedOut", 4));
+        assert_eq!((s.target.as_str(), s.connections), ("db.internal:5432", 2));
         assert!(store.set_session_status("s-1", "Connected").await.is_err());
         let all = store
             .list_sessions(&SessionQuery {

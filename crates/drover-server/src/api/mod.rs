@@ -75,6 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sessions/{id}", get(sessions::show))
         .route("/api/v1/sessions/{id}/terminate", post(sessions::terminate))
         .route("/api/v1/sessions/{id}/stream", get(sessions::stream))
+        .route("/api/v1/sessions/{id}/tunnel", get(sessions::tunnel))
         .route("/api/v1/sessions/{id}/recording", get(sessions::recording))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)

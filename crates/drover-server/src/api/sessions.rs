@@ -27,8 +27,11 @@ pub const MAX_COMMAND: usize = 16 * 1024;
 pub const MAX_PARAMETERS: usize = 100;
 
 fn view(s: SessionRecord) -> SessionView {
+    let attach = if s.kind == "Port" { "tunnel" } else { "stream" };
     SessionView {
-        stream_path: format!("/api/v1/sessions/{}/stream", s.id),
+        stream_path: format!("/api/v1/sessions/{}/{attach}", s.id),
+        target: s.target,
+        connections: s.connections,
         id: s.id,
         user: s.user,
         node: s.node_id,
@@ -249,6 +252,52 @@ pub async fn stream(
         .on_upgrade(move |socket| async move {
             let _ = broker.send(socket).await;
         }))
+}
+
+/// Attaches to a live port session: the HTTP/1.1 request is upgraded to
+/// [`drover_proto::MUX_UPGRADE`], a yamux connection on which each stream the client opens is
+/// one forwarded TCP connection.
+pub async fn tunnel(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    Path(id): Path<String>,
+    mut req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    authorize(&who, Action::StartSession)?;
+    session_id(&id)?;
+    let wants = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(drover_proto::MUX_UPGRADE));
+    if !wants {
+        return Err(ApiError::BadRequest(format!(
+            "expected an HTTP/1.1 request with Upgrade: {}",
+            drover_proto::MUX_UPGRADE
+        )));
+    }
+    let broker = state.sessions.attach_mux_check(&id, &who)?;
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return Err(ApiError::BadRequest(
+            "this connection cannot be upgraded (use HTTP/1.1)".into(),
+        ));
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => {
+                let _ = broker.send(hyper_util::rt::TokioIo::new(io)).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "a session tunnel upgrade failed"),
+        }
+    });
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::UPGRADE, drover_proto::MUX_UPGRADE),
+            (header::CONNECTION, "upgrade"),
+        ],
+    )
+        .into_response())
 }
 
 /// The session's recording (asciicast v2), streamed from storage.

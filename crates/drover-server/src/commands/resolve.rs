@@ -30,6 +30,15 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "StartNonInteractiveCommand",
         include_str!("builtin/StartNonInteractiveCommand.yaml"),
     ),
+    (
+        "StartPortForwardingSession",
+        include_str!("builtin/StartPortForwardingSession.yaml"),
+    ),
+    (
+        "StartPortForwardingSessionToRemoteHost",
+        include_str!("builtin/StartPortForwardingSessionToRemoteHost.yaml"),
+    ),
+    ("StartSSHSession", include_str!("builtin/StartSSHSession.yaml")),
 ];
 
 /// The session preferences document: created in the store on first start (as SSM creates its

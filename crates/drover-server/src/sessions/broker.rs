@@ -37,6 +37,8 @@ pub struct Outcome {
     pub closed: SessionClosed,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Connections a port session carried; none for the others.
+    pub connections: u64,
 }
 
 /// The broker's inputs from the rest of the server.
@@ -447,6 +449,7 @@ pub async fn run(
             .unwrap_or_else(|| failed("ended".into())),
         bytes_in,
         bytes_out,
+        connections: 0,
     }
 }
 

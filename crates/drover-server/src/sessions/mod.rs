@@ -7,6 +7,7 @@
 //! a second replica will relay an attach to that peer, as it will for commands.
 
 pub mod broker;
+pub mod forward;
 pub mod recording;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::secrets;
 use drover_docs::{Preferences, SessionType};
+use forward::PortOpen;
 use recording::{CastWriter, Recordings};
 
 /// How long the agent has to start the session's process.
@@ -35,8 +37,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// A live session, as the rest of the server reaches it.
 struct Live {
     owner: String,
-    attach: mpsc::Sender<WebSocket>,
+    attach: Attach,
     terminate: mpsc::Sender<String>,
+}
+
+/// How a client attaches: a WebSocket of session frames (shells and commands), or a
+/// multiplexed connection of forwarded streams (port forwarding and SSH).
+#[derive(Clone)]
+enum Attach {
+    Stream(mpsc::Sender<WebSocket>),
+    Mux(mpsc::Sender<forward::ClientIo>),
 }
 
 /// What a client asks for, already checked at the boundary.
@@ -55,10 +65,17 @@ pub struct OpenRequest {
 /// What a session runs, decided from its document.
 struct Plan {
     document: String,
-    kind: SessionKind,
-    command: Option<String>,
-    env: BTreeMap<String, String>,
+    runs: Runs,
     prefs: Preferences,
+}
+
+enum Runs {
+    Process {
+        kind: SessionKind,
+        command: Option<String>,
+        env: BTreeMap<String, String>,
+    },
+    Port(drover_docs::PortTarget),
 }
 
 pub struct Sessions {
@@ -66,6 +83,8 @@ pub struct Sessions {
     registry: Registry,
     metrics: Metrics,
     recordings: Arc<dyn Recordings>,
+    /// Networks forwarded connections may not reach, beyond the agents' own list.
+    forward_deny: Vec<String>,
     live: Arc<Mutex<HashMap<String, Live>>>,
 }
 
@@ -114,12 +133,14 @@ impl Sessions {
         registry: Registry,
         metrics: Metrics,
         recordings: Arc<dyn Recordings>,
+        forward_deny: Vec<String>,
     ) -> Self {
         Self {
             store,
             registry,
             metrics,
             recordings,
+            forward_deny,
             live: Arc::default(),
         }
     }
@@ -186,7 +207,7 @@ impl Sessions {
         let values = drover_docs::validate_declared(&doc.parameters, &params)
             .map_err(|e| ApiError::BadRequest(format!("invalid parameters: {e}")))?;
         let mut prefs = self.preferences().await?;
-        let (kind, command, env) = match doc.session_type {
+        let runs = match doc.session_type {
             SessionType::StandardStream => {
                 // A shell document of its own may set its own profile and make the limits
                 // stricter; who a session runs as and whether it is recorded stay the
@@ -194,7 +215,11 @@ impl Sessions {
                 let own = Preferences::from_inputs(&doc.inputs)
                     .map_err(|e| ApiError::Internal(format!("{name}: {e}")))?;
                 prefs = stricter(prefs, own);
-                (SessionKind::Shell, None, BTreeMap::new())
+                Runs::Process {
+                    kind: SessionKind::Shell,
+                    command: None,
+                    env: BTreeMap::new(),
+                }
             }
             t @ (SessionType::InteractiveCommands | SessionType::NonInteractiveCommands) => {
                 let (line, env) = doc
@@ -205,19 +230,20 @@ impl Sessions {
                 } else {
                     SessionKind::NonInteractive
                 };
-                (kind, Some(line), env)
+                Runs::Process {
+                    kind,
+                    command: Some(line),
+                    env,
+                }
             }
-            SessionType::Port => {
-                return Err(ApiError::BadRequest(format!(
-                    "{name} is a port forwarding document; port sessions are not served yet"
-                )))
-            }
+            SessionType::Port => Runs::Port(
+                doc.port_target(&values)
+                    .map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))?,
+            ),
         };
         Ok(Plan {
             document: record.name,
-            kind,
-            command,
-            env,
+            runs,
             prefs,
         })
     }
@@ -260,11 +286,24 @@ impl Sessions {
         };
         let plan = self.plan(&req).await?;
         let id = format!("s-{:010x}{}", secrets::now().max(0), secrets::random_hex(5));
+        let (kind, command, plan_env) = match plan.runs {
+            Runs::Port(target) => {
+                let port = PortOpen {
+                    id,
+                    document: plan.document,
+                    prefs: plan.prefs,
+                    target,
+                    tunnel,
+                };
+                return self.open_port(who, &req, port).await;
+            }
+            Runs::Process { kind, command, env } => (kind, command, env),
+        };
         let prefs = &plan.prefs;
         let run_as = prefs
             .run_as_enabled
             .then(|| prefs.run_as_default_user.clone());
-        let terminal = (plan.kind != SessionKind::NonInteractive).then(|| req.terminal.clone());
+        let terminal = (kind != SessionKind::NonInteractive).then(|| req.terminal.clone());
         // Every kind is recorded when recording is on: a command without a PTY can read a
         // shell's commands from its input as well as a terminal can.
         let recorded = prefs.record_sessions;
@@ -272,7 +311,7 @@ impl Sessions {
             id: id.clone(),
             user: who.name.clone(),
             node_id: node.clone(),
-            kind: format!("{:?}", plan.kind),
+            kind: format!("{kind:?}"),
             document: plan.document.clone(),
             reason: req.reason.clone(),
             run_as: run_as.clone().unwrap_or_default(),
@@ -284,19 +323,21 @@ impl Sessions {
             bytes_in: 0,
             bytes_out: 0,
             recorded,
+            target: String::new(),
+            connections: 0,
         };
         self.store.create_session(&record).await?;
         let mut env = prefs.shell_environment.clone();
-        env.extend(plan.env.clone());
+        env.extend(plan_env);
         let start = SessionStart {
             session_id: id.clone(),
-            kind: plan.kind,
-            command: plan.command.clone(),
+            kind,
+            command,
             terminal: terminal.clone(),
             run_as,
             env,
             workdir: prefs.working_directory.clone(),
-            profile: if plan.kind == SessionKind::Shell {
+            profile: if kind == SessionKind::Shell {
                 prefs.shell_profile.clone()
             } else {
                 String::new()
@@ -341,7 +382,7 @@ impl Sessions {
             id.clone(),
             Live {
                 owner: who.token_id.clone(),
-                attach: attach_tx,
+                attach: Attach::Stream(attach_tx),
                 terminate: terminate_tx,
             },
         );
@@ -357,8 +398,20 @@ impl Sessions {
             connected: Some(connected_tx),
             bytes: self.metrics.session_byte_counters(),
         };
+        self.spawn_broker(&id, &node, connected, broker::run(agent, recorder, limits, ctl));
+        Ok(record)
+    }
+
+    /// Runs a session's broker on a task of its own, then records how the session ended.
+    fn spawn_broker(
+        &self,
+        id: &str,
+        node: &str,
+        connected: tokio::sync::oneshot::Receiver<()>,
+        broker: impl std::future::Future<Output = broker::Outcome> + Send + 'static,
+    ) {
         let (store, metrics, live) = (self.store.clone(), self.metrics.clone(), self.live.clone());
-        let sid = id.clone();
+        let (sid, node) = (id.to_string(), node.to_string());
         tokio::spawn(async move {
             let store2 = store.clone();
             let sid2 = sid.clone();
@@ -367,7 +420,7 @@ impl Sessions {
                     let _ = store2.set_session_status(&sid2, "Connected").await;
                 }
             });
-            let out = broker::run(agent, recorder, limits, ctl).await;
+            let out = broker.await;
             live.lock().unwrap_or_else(|e| e.into_inner()).remove(&sid);
             let end = SessionEnd {
                 status: out.closed.status.clone(),
@@ -376,6 +429,7 @@ impl Sessions {
                 ended_at: secrets::now(),
                 bytes_in: i64::try_from(out.bytes_in).unwrap_or(i64::MAX),
                 bytes_out: i64::try_from(out.bytes_out).unwrap_or(i64::MAX),
+                connections: i64::try_from(out.connections).unwrap_or(i64::MAX),
             };
             metrics.session_ended(&end.status);
             if let Err(e) = store.end_session(&sid, &end).await {
@@ -397,7 +451,6 @@ impl Sessions {
                 .await;
             tracing::info!(session = %sid, status = %end.status, "session ended");
         });
-        Ok(record)
     }
 
     async fn failed_start(&self, who: &Principal, id: &str, node: &str, why: String) -> ApiError {
@@ -408,6 +461,7 @@ impl Sessions {
             ended_at: secrets::now(),
             bytes_in: 0,
             bytes_out: 0,
+            connections: 0,
         };
         let _ = self.store.end_session(id, &end).await;
         self.event(id, "refused", &who.name, node, &why).await;
@@ -420,6 +474,30 @@ impl Sessions {
         id: &str,
         who: &Principal,
     ) -> Result<mpsc::Sender<WebSocket>, ApiError> {
+        match self.owned(id, who)? {
+            Attach::Stream(tx) => Ok(tx),
+            Attach::Mux(_) => Err(ApiError::BadRequest(format!(
+                "session {id} is a port session: attach to /api/v1/sessions/{id}/tunnel"
+            ))),
+        }
+    }
+
+    /// Hands a client's multiplexed connection to a port session's broker.
+    pub fn attach_mux_check(
+        &self,
+        id: &str,
+        who: &Principal,
+    ) -> Result<mpsc::Sender<forward::ClientIo>, ApiError> {
+        match self.owned(id, who)? {
+            Attach::Mux(tx) => Ok(tx),
+            Attach::Stream(_) => Err(ApiError::BadRequest(format!(
+                "session {id} is not a port session: attach to /api/v1/sessions/{id}/stream"
+            ))),
+        }
+    }
+
+    /// The live session's way in, for its owner only.
+    fn owned(&self, id: &str, who: &Principal) -> Result<Attach, ApiError> {
         let live = self.live();
         let Some(l) = live.get(id) else {
             return Err(ApiError::Conflict(format!(

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     crate::sqlite_commands::MIGRATION_INVOCATION_COUNTS,
     crate::sqlite_commands::MIGRATION_RETENTION,
     crate::sqlite_sessions::MIGRATION_SESSIONS,
+    crate::sqlite_sessions::MIGRATION_SESSION_TARGETS,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"
