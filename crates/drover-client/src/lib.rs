@@ -96,7 +96,9 @@ pub fn pinned_tls(
     Ok(cfg)
 }
 
+mod port;
 mod session;
+pub use port::{ConnectError, PortTunnel};
 pub use session::{Download, SessionSocket, SESSION_SUBPROTOCOL};
 
 impl Client {

@@ -125,7 +125,6 @@ impl Client {
             .base
             .strip_prefix("https://")
             .ok_or_else(|| ClientError::BadUrl(self.base.clone()))?;
-        let (host, port) = split_host_port(authority);
         let url = format!(
             "wss://{authority}/api/v1/sessions/{}/stream",
             crate::seg(id)
@@ -144,22 +143,7 @@ impl Client {
                 .map_err(|_| ClientError::Decode("the token is not a valid header".into()))?;
             headers.insert("Authorization", v);
         }
-        let tcp = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        .map_err(|_| transport("connect timed out".into()))?
-        .map_err(|e| transport(e.to_string()))?;
-        // Keystrokes are tiny: send each at once.
-        let _ = tcp.set_nodelay(true);
-        let name =
-            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-                .map_err(|e| ClientError::BadUrl(format!("{host}: {e}")))?;
-        let tls = tokio_rustls::TlsConnector::from(self.ws_tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| transport(format!("TLS: {e}")))?;
+        let tls = self.connect_tls().await?;
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(drover_proto::SESSION_FRAME_MAX);
         config.max_frame_size = Some(drover_proto::SESSION_FRAME_MAX);
@@ -178,6 +162,37 @@ impl Client {
                 other => transport(format!("WebSocket: {other}")),
             })?;
         Ok(SessionSocket { ws })
+    }
+}
+
+impl Client {
+    /// A TLS connection to the server (pinned, HTTP/1.1), for a stream of its own.
+    pub(crate) async fn connect_tls(&self) -> Result<TlsStream<TcpStream>, ClientError> {
+        let transport = |detail: String| ClientError::Transport {
+            url: self.base.clone(),
+            detail,
+        };
+        let authority = self
+            .base
+            .strip_prefix("https://")
+            .ok_or_else(|| ClientError::BadUrl(self.base.clone()))?;
+        let (host, port) = split_host_port(authority);
+        let tcp = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| transport("connect timed out".into()))?
+        .map_err(|e| transport(e.to_string()))?;
+        // Keystrokes are tiny: send each at once.
+        let _ = tcp.set_nodelay(true);
+        let name =
+            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                .map_err(|e| ClientError::BadUrl(format!("{host}: {e}")))?;
+        tokio_rustls::TlsConnector::from(self.ws_tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| transport(format!("TLS: {e}")))
     }
 }
 

@@ -44,11 +44,7 @@ pub fn host_ok(host: &str) -> bool {
 }
 
 /// The property's text with every `{{ name }}` replaced by the parameter's value.
-fn property(
-    doc: &SessionDocument,
-    name: &str,
-    values: &BTreeMap<String, Value>,
-) -> Option<String> {
+fn property(doc: &SessionDocument, name: &str, values: &BTreeMap<String, Value>) -> Option<String> {
     let raw = match doc.properties.get(name)? {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -102,9 +98,7 @@ impl SessionDocument {
         let host = property(self, "host", values).unwrap_or_else(|| LOCAL_HOST.to_string());
         let host = host.trim().trim_start_matches('[').trim_end_matches(']');
         if !host_ok(host) {
-            return Err(format!(
-                "host {host:?} is not a host name or an IP address"
-            ));
+            return Err(format!("host {host:?} is not a host name or an IP address"));
         }
         Ok(PortTarget {
             host: host.to_string(),
@@ -146,7 +140,13 @@ properties:
         let t = doc
             .port_target(&values(&[("host", "db.internal"), ("portNumber", "5432")]))
             .unwrap();
-        assert_eq!(t, PortTarget { host: "db.internal".into(), port: 5432 });
+        assert_eq!(
+            t,
+            PortTarget {
+                host: "db.internal".into(),
+                port: 5432
+            }
+        );
         let t = doc
             .port_target(&values(&[("host", "[fd00::1]"), ("portNumber", "22")]))
             .unwrap();
@@ -158,10 +158,26 @@ properties:
         let doc = parse_session(REMOTE).unwrap();
         for (host, port, want) in [
             ("db", "0", "portNumber \"0\" is not a port (1 to 65535)"),
-            ("db", "70000", "portNumber \"70000\" is not a port (1 to 65535)"),
-            ("a b", "22", "host \"a b\" is not a host name or an IP address"),
-            ("-x", "22", "host \"-x\" is not a host name or an IP address"),
-            ("h;rm", "22", "host \"h;rm\" is not a host name or an IP address"),
+            (
+                "db",
+                "70000",
+                "portNumber \"70000\" is not a port (1 to 65535)",
+            ),
+            (
+                "a b",
+                "22",
+                "host \"a b\" is not a host name or an IP address",
+            ),
+            (
+                "-x",
+                "22",
+                "host \"-x\" is not a host name or an IP address",
+            ),
+            (
+                "h;rm",
+                "22",
+                "host \"h;rm\" is not a host name or an IP address",
+            ),
         ] {
             let e = doc
                 .port_target(&values(&[("host", host), ("portNumber", port)]))
@@ -188,6 +204,12 @@ properties:
         )
         .unwrap();
         let t = doc.port_target(&BTreeMap::new()).unwrap();
-        assert_eq!(t, PortTarget { host: LOCAL_HOST.into(), port: 5432 });
+        assert_eq!(
+            t,
+            PortTarget {
+                host: LOCAL_HOST.into(),
+                port: 5432
+            }
+        );
     }
 }

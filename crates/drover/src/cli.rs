@@ -68,6 +68,11 @@ pub enum Command {
     /// Session history: list, show, terminate, replay, download.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Forward local TCP connections through a node, to a port on it or on a host it reaches.
+    Forward(crate::cmd_forward::ForwardArgs),
+    /// OpenSSH's ProxyCommand: `ProxyCommand drover ssh-proxy %h %p` reaches a node's sshd
+    /// through the tunnel (ssh, scp, sftp, rsync, Ansible), with no port open on the node.
+    SshProxy(crate::cmd_forward::SshProxyArgs),
     /// Print a shell completion script: `drover completions bash > /etc/bash_completion.d/drover`.
     Completions {
         #[arg(value_enum)]
@@ -518,6 +523,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invocations(cmd) => crate::cmd_run::invocations(cmd).await,
         Command::Shell(args) => crate::cmd_shell::run(args).await,
         Command::Sessions(cmd) => crate::cmd_sessions::run(cmd).await,
+        Command::Forward(args) => crate::cmd_forward::forward(args).await,
+        Command::SshProxy(args) => crate::cmd_forward::ssh_proxy(args).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Into a buffer first: clap_complete panics on a failed write, and a reader that

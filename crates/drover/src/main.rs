@@ -7,6 +7,7 @@ mod client_config;
 mod cmd_activation;
 mod cmd_agent;
 mod cmd_docs;
+mod cmd_forward;
 mod cmd_nodes;
 mod cmd_run;
 mod cmd_server;
@@ -14,6 +15,7 @@ mod cmd_sessions;
 mod cmd_shell;
 mod cmd_up;
 mod output;
+mod stdio;
 
 use std::process::ExitCode;
 

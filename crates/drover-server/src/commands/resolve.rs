@@ -38,7 +38,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "StartPortForwardingSessionToRemoteHost",
         include_str!("builtin/StartPortForwardingSessionToRemoteHost.yaml"),
     ),
-    ("StartSSHSession", include_str!("builtin/StartSSHSession.yaml")),
+    (
+        "StartSSHSession",
+        include_str!("builtin/StartSSHSession.yaml"),
+    ),
 ];
 
 /// The session preferences document: created in the store on first start (as SSM creates its

@@ -89,7 +89,8 @@ impl Sessions {
             "" => record.target.clone(),
             r => format!("{}: {r}", record.target),
         };
-        self.event(&p.id, "started", &who.name, &node, &detail).await;
+        self.event(&p.id, "started", &who.name, &node, &detail)
+            .await;
         let (attach_tx, attach) = mpsc::channel(4);
         let (terminate_tx, terminate) = mpsc::channel(4);
         let (connected_tx, connected) = tokio::sync::oneshot::channel();
@@ -244,8 +245,7 @@ pub async fn run(mut b: PortBroker) -> Outcome {
 /// One attached client connection: streams in, one task per forwarded connection. Its
 /// connections end with it.
 async fn client(io: ClientIo, shared: Arc<Shared>) {
-    let (_handle, mut incoming, driver) =
-        Tunnel::start(io, Role::Server, &TunnelConfig::default());
+    let (_handle, mut incoming, driver) = Tunnel::start(io, Role::Server, &TunnelConfig::default());
     let mut connections: JoinSet<()> = JoinSet::new();
     tokio::pin!(driver);
     loop {
@@ -311,9 +311,7 @@ async fn connection(stream: Stream, shared: Arc<Shared>) {
 }
 
 /// Opens the connection's stream on the node's tunnel and waits for the agent's answer.
-async fn connect_on_node(
-    shared: &Shared,
-) -> Result<drover_tunnel::Raw<Stream>, (String, String)> {
+async fn connect_on_node(shared: &Shared) -> Result<drover_tunnel::Raw<Stream>, (String, String)> {
     let failed = |m: String| ("forward_failed".to_string(), m);
     let s = shared
         .node

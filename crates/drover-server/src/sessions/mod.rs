@@ -398,7 +398,12 @@ impl Sessions {
             connected: Some(connected_tx),
             bytes: self.metrics.session_byte_counters(),
         };
-        self.spawn_broker(&id, &node, connected, broker::run(agent, recorder, limits, ctl));
+        self.spawn_broker(
+            &id,
+            &node,
+            connected,
+            broker::run(agent, recorder, limits, ctl),
+        );
         Ok(record)
     }
 

@@ -1,0 +1,138 @@
+//! Port sessions from the client: one HTTP/1.1 request upgraded to `drover-mux/1` carries a
+//! yamux connection (the transport agents use), on which each forwarded TCP connection is a
+//! stream of its own. Measured against a WebSocket per connection, this saves the masking of
+//! every byte a client sends and a TLS handshake per connection (BENCHMARKS.md, section 5).
+
+use bytes::Bytes;
+use drover_proto::{Message, StreamKind, StreamOpen, MUX_UPGRADE};
+use drover_tunnel::{into_raw, FrameCodec, Raw, Role, Stream, Tunnel, TunnelConfig};
+use futures::{SinkExt, StreamExt};
+use http_body_util::Empty;
+use hyper::header;
+use hyper_util::rt::TokioIo;
+
+use crate::{Client, ClientError};
+
+/// Why a forwarded connection was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The node refused this one connection; the forward stays up. `code` is
+    /// `forward_denied` (the deny list) or `forward_failed` (resolving or connecting).
+    #[error("{message}")]
+    Refused { code: String, message: String },
+    /// The session's connection failed (or the session ended).
+    #[error("the session's connection failed: {0}")]
+    Lost(String),
+}
+
+/// An attached port session.
+pub struct PortTunnel {
+    tunnel: Tunnel,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PortTunnel {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl PortTunnel {
+    /// A new connection to the session's target, through the node.
+    pub async fn connect(&self) -> Result<Raw<Stream>, ConnectError> {
+        let lost = |e: String| ConnectError::Lost(e);
+        let s = self.tunnel.open().await.map_err(|e| lost(e.to_string()))?;
+        let mut framed = FrameCodec::framed(s);
+        framed
+            .send(Message::Open(StreamOpen {
+                kind: StreamKind::Forward,
+            }))
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        match framed.next().await {
+            Some(Ok(Message::ForwardConnected)) => Ok(into_raw(framed)),
+            Some(Ok(Message::Error { code, message })) => {
+                Err(ConnectError::Refused { code, message })
+            }
+            Some(Ok(other)) => Err(lost(format!("unexpected {}", other.kind()))),
+            Some(Err(e)) => Err(lost(e.to_string())),
+            None => Err(lost(
+                "the server closed the stream (the session has ended)".into(),
+            )),
+        }
+    }
+
+    /// Tells the server the session is over, so that it ends now rather than after the resume
+    /// window.
+    pub async fn goodbye(&self, reason: &str) {
+        if let Ok(s) = self.tunnel.open().await {
+            let mut framed = FrameCodec::framed(s);
+            let _ = framed
+                .send(Message::Goodbye {
+                    reason: reason.to_string(),
+                })
+                .await;
+            let _ = futures::SinkExt::close(&mut framed).await;
+        }
+        self.tunnel.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.tunnel.closed()).await;
+    }
+
+    /// Resolves when the session's connection has ended (the session ended, or the network).
+    pub async fn closed(&self) {
+        self.tunnel.closed().await
+    }
+}
+
+impl Client {
+    /// Attaches to a live port session.
+    pub async fn attach_port(&self, id: &str) -> Result<PortTunnel, ClientError> {
+        let transport = |detail: String| ClientError::Transport {
+            url: self.base.clone(),
+            detail,
+        };
+        let tls = self.connect_tls().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| transport(format!("HTTP: {e}")))?;
+        let conn = tokio::spawn(conn.with_upgrades());
+        let authority = self.base.strip_prefix("https://").unwrap_or(&self.base);
+        let mut req = hyper::Request::get(format!("/api/v1/sessions/{}/tunnel", crate::seg(id)))
+            .header(header::HOST, authority)
+            .header(header::UPGRADE, MUX_UPGRADE)
+            .header(header::CONNECTION, "upgrade");
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ClientError::Decode(format!("building the request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| transport(format!("HTTP: {e}")))?;
+        if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status().as_u16();
+            use http_body_util::BodyExt;
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            conn.abort();
+            return Err(crate::api_error(status, &body));
+        }
+        let io = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| transport(format!("upgrade: {e}")))?;
+        let (tunnel, _incoming, driver) =
+            Tunnel::start(TokioIo::new(io), Role::Agent, &TunnelConfig::default());
+        let driver = tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(error = %e, "the session tunnel ended");
+            }
+        });
+        Ok(PortTunnel { tunnel, driver })
+    }
+}
