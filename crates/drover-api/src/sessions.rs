@@ -89,3 +89,26 @@ pub struct SessionList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }
+
+/// Asks for an SSH user certificate for one node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshCertificateRequest {
+    /// The node's ID, or its unique name.
+    pub node: String,
+    /// The key to certify, in OpenSSH's format (`ssh-ed25519 AAAA...`).
+    pub public_key: String,
+}
+
+/// A short-lived OpenSSH user certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SshCertificate {
+    /// `ssh-ed25519-cert-v01@openssh.com AAAA...`, for `ssh -o CertificateFile=...`.
+    pub certificate: String,
+    /// The OS user it logs in as.
+    pub principal: String,
+    pub valid_before: String,
+    /// The node's ID (the certificate itself is valid on any node that trusts the authority,
+    /// from the node's loopback only, that is through a Drover session).
+    pub node: String,
+}

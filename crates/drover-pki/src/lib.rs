@@ -4,10 +4,14 @@
 
 mod ca;
 mod pin;
+mod ssh;
 
 use std::sync::Arc;
 
 pub use ca::{CertificateAuthority, IssuedCertificate, NodeKey, NODE_CERT_BACKDATE_SECS};
+pub use ssh::{
+    generate_ssh_key, ssh_fingerprint, SshCa, SshKeyPair, UserCertRequest, SOURCE_ADDRESSES,
+};
 pub use pin::{fingerprint, normalize_fingerprint, CaptureChain, PinnedServerVerifier};
 
 /// Errors of certificate work, each naming what was being done.
@@ -23,6 +27,8 @@ pub enum PkiError {
     InvalidCertificate(String),
     #[error("invalid fingerprint {0:?}: expected 64 hexadecimal digits (SHA-256), colons allowed")]
     InvalidFingerprint(String),
+    #[error("could not {what}: {detail}")]
+    Ssh { what: &'static str, detail: String },
     #[error("invalid PEM in {what}")]
     Pem { what: &'static str },
 }

@@ -51,6 +51,8 @@ pub enum Action {
     ReadSession,
     ReadSessionRecording,
     TerminateSession,
+    /// A short-lived SSH user certificate, to log in through an SSH session.
+    IssueSshCertificate,
 }
 
 impl Action {
@@ -127,6 +129,7 @@ Admin StartSession allow
 Admin ReadSession allow
 Admin ReadSessionRecording allow
 Admin TerminateSession allow
+Admin IssueSshCertificate allow
 Viewer ListNodes allow
 Viewer ReadNode allow
 Viewer TagNode deny
@@ -143,6 +146,7 @@ Viewer StartSession deny
 Viewer ReadSession allow
 Viewer ReadSessionRecording deny
 Viewer TerminateSession deny
+Viewer IssueSshCertificate deny
 Unknown ListNodes deny
 Unknown ReadNode deny
 Unknown TagNode deny
@@ -159,6 +163,7 @@ Unknown StartSession deny
 Unknown ReadSession deny
 Unknown ReadSessionRecording deny
 Unknown TerminateSession deny
+Unknown IssueSshCertificate deny
 ";
         assert_eq!(table, expected);
     }

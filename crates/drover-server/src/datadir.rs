@@ -8,6 +8,7 @@
 //!   server.crt    the HTTPS certificate (issued by the CA unless --tls-cert is given)
 //!   server.key    0600
 //!   admin.token   0600, written once at first start: the first admin's API token
+//!   ssh_ca        0600, the SSH user certificate authority (OpenSSH private key)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -100,6 +101,17 @@ impl DataDir {
             &read(&self.path.join("ca.crt"))?,
             &read(&self.path.join("ca.key"))?,
         )?)
+    }
+
+    /// The SSH user certificate authority, created at first use.
+    pub fn ssh_ca(&self) -> Result<drover_pki::SshCa, ServerError> {
+        let path = self.path.join("ssh_ca");
+        if !path.exists() {
+            let key = drover_pki::generate_ssh_key("Drover SSH user CA")?;
+            write_private(&path, key.private_openssh.as_bytes())?;
+            tracing::info!(path = %path.display(), "created the SSH user certificate authority");
+        }
+        Ok(drover_pki::SshCa::from_openssh(&read(&path)?)?)
     }
 
     pub fn admin_token_path(&self) -> PathBuf {

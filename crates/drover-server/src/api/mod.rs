@@ -9,6 +9,7 @@ mod openapi;
 mod register;
 mod rules;
 mod sessions;
+mod ssh;
 mod validate;
 
 use std::sync::Arc;
@@ -76,6 +77,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sessions/{id}/terminate", post(sessions::terminate))
         .route("/api/v1/sessions/{id}/stream", get(sessions::stream))
         .route("/api/v1/sessions/{id}/tunnel", get(sessions::tunnel))
+        .route("/api/v1/ssh/ca", get(ssh::ca))
+        .route("/api/v1/ssh/certificate", post(ssh::certificate))
         .route("/api/v1/sessions/{id}/recording", get(sessions::recording))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)

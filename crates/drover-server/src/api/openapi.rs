@@ -41,6 +41,8 @@ use utoipa::{Modify, OpenApi};
         super::sessions::show,
         super::sessions::terminate,
         super::sessions::recording,
+        super::ssh::ca,
+        super::ssh::certificate,
     ),
     modifiers(&Bearer)
 )]
@@ -209,6 +211,8 @@ fn constrain_schemas(doc: &mut Value) {
             }),
         ),
         ("StartSession", "node", string(&text(1, 256))),
+        ("SshCertificateRequest", "node", string(&text(1, 256))),
+        ("SshCertificateRequest", "public_key", string(&text(0, 8 * 1024))),
         (
             "StartSession",
             "document",

@@ -31,6 +31,10 @@ use drover_docs::{Preferences, SessionType};
 use forward::PortOpen;
 use recording::{CastWriter, Recordings};
 
+/// The user a root agent runs sessions as when the server names none (the agent's
+/// `--session-user` default).
+pub const DEFAULT_SESSION_USER: &str = "drover-user";
+
 /// How long the agent has to start the session's process.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -264,6 +268,23 @@ impl Sessions {
         if let Err(err) = self.store.add_session_event(&e).await {
             tracing::warn!(error = %err, event, "could not store a session event");
         }
+    }
+
+    /// The OS user an SSH certificate names: the run-as user when run-as is on, else the
+    /// user sessions run as by default on a root agent.
+    pub async fn ssh_principal(&self) -> Result<String, ApiError> {
+        let prefs = self.preferences().await?;
+        Ok(if prefs.run_as_enabled {
+            prefs.run_as_default_user
+        } else {
+            DEFAULT_SESSION_USER.to_string()
+        })
+    }
+
+    /// Records that an SSH certificate was issued (no session exists yet).
+    pub async fn ssh_certificate_issued(&self, who: &Principal, node: &str, detail: &str) {
+        self.event("", "ssh_certificate", &who.name, node, detail)
+            .await;
     }
 
     /// Records a refusal (authorization, an offline node, a failed start) with who and why.
