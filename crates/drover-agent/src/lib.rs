@@ -20,12 +20,14 @@ mod register;
 pub mod service;
 mod session;
 mod shell;
+mod sshd;
 mod step;
 
 pub use connection::{run, AgentConfig, AgentEvent, InventorySource, RebootMode};
 pub use executor::REBOOT_EXIT_CODE;
 pub use identity::{AgentState, Identity};
 pub use register::{fetch_chain_fingerprints, register, RegisterOptions};
+pub use sshd::{configure_sshd, SshdOptions, SshdReport};
 
 /// Errors of the agent, each saying what to do next where there is something to do.
 #[derive(Debug, thiserror::Error)]

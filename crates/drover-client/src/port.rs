@@ -63,7 +63,7 @@ impl PortTunnel {
     }
 
     /// Tells the server the session is over, so that it ends now rather than after the resume
-    /// window.
+    /// window, and waits (briefly) for the server to close the connection.
     pub async fn goodbye(&self, reason: &str) {
         if let Ok(s) = self.tunnel.open().await {
             let mut framed = FrameCodec::framed(s);
@@ -72,10 +72,10 @@ impl PortTunnel {
                     reason: reason.to_string(),
                 })
                 .await;
-            let _ = futures::SinkExt::close(&mut framed).await;
+            let wait = std::time::Duration::from_secs(2);
+            let _ = tokio::time::timeout(wait, self.tunnel.closed()).await;
         }
         self.tunnel.close();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.tunnel.closed()).await;
     }
 
     /// Resolves when the session's connection has ended (the session ended, or the network).
@@ -85,6 +85,25 @@ impl PortTunnel {
 }
 
 impl Client {
+    /// Certifies `public_key` for SSH to `node` through a Drover session.
+    pub async fn ssh_certificate(
+        &self,
+        req: &drover_api::SshCertificateRequest,
+    ) -> Result<drover_api::SshCertificate, ClientError> {
+        self.call(reqwest::Method::POST, "/api/v1/ssh/certificate", Some(req))
+            .await
+    }
+
+    /// The server's SSH user CA public key (one OpenSSH line).
+    pub async fn ssh_ca(&self) -> Result<String, ClientError> {
+        let resp = self.stream_get("/api/v1/ssh/ca").await?;
+        let text = resp.text().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            detail: crate::chain(&e),
+        })?;
+        Ok(text.trim().to_string())
+    }
+
     /// Attaches to a live port session.
     pub async fn attach_port(&self, id: &str) -> Result<PortTunnel, ClientError> {
         let transport = |detail: String| ClientError::Transport {

@@ -9,10 +9,10 @@ mod ssh;
 use std::sync::Arc;
 
 pub use ca::{CertificateAuthority, IssuedCertificate, NodeKey, NODE_CERT_BACKDATE_SECS};
+pub use pin::{fingerprint, normalize_fingerprint, CaptureChain, PinnedServerVerifier};
 pub use ssh::{
     generate_ssh_key, ssh_fingerprint, SshCa, SshKeyPair, UserCertRequest, SOURCE_ADDRESSES,
 };
-pub use pin::{fingerprint, normalize_fingerprint, CaptureChain, PinnedServerVerifier};
 
 /// Errors of certificate work, each naming what was being done.
 #[derive(Debug, thiserror::Error)]

@@ -82,8 +82,8 @@ impl std::fmt::Debug for SshCa {
 
 impl SshCa {
     pub fn from_openssh(private_openssh: &str) -> Result<Self, PkiError> {
-        let key = PrivateKey::from_openssh(private_openssh)
-            .map_err(ssh_err("read the SSH CA key"))?;
+        let key =
+            PrivateKey::from_openssh(private_openssh).map_err(ssh_err("read the SSH CA key"))?;
         if key.is_encrypted() {
             return Err(PkiError::Ssh {
                 what: "read the SSH CA key",
@@ -129,8 +129,7 @@ impl SshCa {
 
 /// `SHA256:...` of a public key, as `ssh-keygen -l` shows it.
 pub fn ssh_fingerprint(public_openssh: &str) -> Result<String, PkiError> {
-    let k = PublicKey::from_openssh(public_openssh.trim())
-        .map_err(ssh_err("read a public key"))?;
+    let k = PublicKey::from_openssh(public_openssh.trim()).map_err(ssh_err("read a public key"))?;
     Ok(k.fingerprint(HashAlg::Sha256).to_string())
 }
 
@@ -157,7 +156,9 @@ mod tests {
         assert_eq!(cert.cert_type(), CertType::User);
         assert_eq!((cert.valid_after(), cert.valid_before()), (1_000, 1_300));
         assert_eq!(
-            cert.critical_options().get("source-address").map(String::as_str),
+            cert.critical_options()
+                .get("source-address")
+                .map(String::as_str),
             Some(SOURCE_ADDRESSES)
         );
         assert!(!cert.extensions().contains_key("permit-port-forwarding"));
@@ -179,7 +180,11 @@ mod tests {
                 valid_before: 1,
             })
             .unwrap_err();
-        assert!(e.to_string().starts_with("could not read the public key to certify"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("could not read the public key to certify"),
+            "{e}"
+        );
         assert!(SshCa::from_openssh("nope").is_err());
     }
 }

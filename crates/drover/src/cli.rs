@@ -73,6 +73,9 @@ pub enum Command {
     /// OpenSSH's ProxyCommand: `ProxyCommand drover ssh-proxy %h %p` reaches a node's sshd
     /// through the tunnel (ssh, scp, sftp, rsync, Ansible), with no port open on the node.
     SshProxy(crate::cmd_forward::SshProxyArgs),
+    /// OpenSSH to a node through the tunnel, logged in with a certificate of a few minutes
+    /// from the server: `drover ssh NODE [ssh args]`.
+    Ssh(crate::cmd_ssh::SshArgs),
     /// Print a shell completion script: `drover completions bash > /etc/bash_completion.d/drover`.
     Completions {
         #[arg(value_enum)]
@@ -362,6 +365,8 @@ pub enum AgentCommand {
     Run(AgentRunArgs),
     /// Write a systemd unit that runs the agent.
     InstallService(InstallServiceArgs),
+    /// Make this node's sshd trust the server's SSH user certificates (for `drover ssh`).
+    ConfigureSshd(crate::cmd_ssh::ConfigureSshdArgs),
 }
 
 #[derive(Debug, Args)]
@@ -525,6 +530,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sessions(cmd) => crate::cmd_sessions::run(cmd).await,
         Command::Forward(args) => crate::cmd_forward::forward(args).await,
         Command::SshProxy(args) => crate::cmd_forward::ssh_proxy(args).await,
+        Command::Ssh(args) => crate::cmd_ssh::ssh(args).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Into a buffer first: clap_complete panics on a failed write, and a reader that

@@ -139,6 +139,7 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
                 "enable it with: systemctl daemon-reload && systemctl enable --now drover-agent"
             );
         }
+        AgentCommand::ConfigureSshd(args) => return crate::cmd_ssh::configure_sshd(args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -230,6 +230,8 @@ fn stop_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
 
 /// OpenSSH's ProxyCommand: standard input and output become one connection to the node's sshd.
 pub async fn ssh_proxy(args: SshProxyArgs) -> anyhow::Result<ExitCode> {
+    // ssh sends its ProxyCommand SIGHUP when it exits: end the session then, not 30 s later.
+    let mut stop = stop_signals()?;
     let client = crate::client_config::client()?;
     let session = client
         .start_session(&StartSession {
@@ -265,10 +267,13 @@ pub async fn ssh_proxy(args: SshProxyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut stdio = crate::stdio::Stdio::open()?;
-    let result = drover_tunnel::splice(&mut stdio, &mut stream).await;
+    let result = tokio::select! {
+        r = drover_tunnel::splice(&mut stdio, &mut stream) => r.map(|_| ()),
+        _ = stop.recv() => Ok(()),
+    };
     tunnel.goodbye("the SSH connection ended").await;
     match result {
-        Ok(_) => Ok(ExitCode::SUCCESS),
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e).context("relaying the SSH connection"),
     }
 }

@@ -193,6 +193,9 @@ fn print_one(s: &SessionView) {
     if let Some(c) = s.exit_code {
         println!("Exit:      {c}");
     }
+    if !s.target.is_empty() {
+        println!("Target:    {} ({} connections)", s.target, s.connections);
+    }
     println!("Bytes:     {} in, {} out", s.bytes_in, s.bytes_out);
     println!("Recorded:  {}", if s.recorded { "yes" } else { "no" });
     for e in &s.events {

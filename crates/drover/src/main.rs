@@ -13,6 +13,7 @@ mod cmd_run;
 mod cmd_server;
 mod cmd_sessions;
 mod cmd_shell;
+mod cmd_ssh;
 mod cmd_up;
 mod output;
 mod stdio;

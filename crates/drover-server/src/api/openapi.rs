@@ -212,7 +212,11 @@ fn constrain_schemas(doc: &mut Value) {
         ),
         ("StartSession", "node", string(&text(1, 256))),
         ("SshCertificateRequest", "node", string(&text(1, 256))),
-        ("SshCertificateRequest", "public_key", string(&text(0, 8 * 1024))),
+        (
+            "SshCertificateRequest",
+            "public_key",
+            string(&text(0, 8 * 1024)),
+        ),
         (
             "StartSession",
             "document",
