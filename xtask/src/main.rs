@@ -96,13 +96,17 @@ fn test(args: &[String]) -> Result<()> {
     }
     // Debian packages the tests run: strace watches the agent's system calls (the journal's
     // durability test); asciinema plays session recordings and top is the full-screen program
-    // of the session tests; setpriv and useradd switch and create session users.
+    // of the session tests; setpriv and useradd switch and create session users; OpenSSH's
+    // server and client, and rsync, are what SSH through the tunnel is tested with.
     packages::ensure_debian(&[
         ("strace", "strace"),
         ("asciinema", "asciinema"),
         ("top", "procps"),
         ("setpriv", "util-linux"),
         ("useradd", "passwd"),
+        ("sshd", "openssh-server"),
+        ("ssh", "openssh-client"),
+        ("rsync", "rsync"),
     ])?;
     // Schemathesis (PyPI) fuzzes the API against its OpenAPI document (tests/openapi.rs).
     let st = packages::ensure_schemathesis(&target_dir().join("tools"))?;

@@ -195,6 +195,8 @@ mod tests {
                     bytes_in: 0,
                     bytes_out: 0,
                     recorded: true,
+                    target: String::new(),
+                    connections: 0,
                 })
                 .await
                 .unwrap();
@@ -205,6 +207,7 @@ mod tests {
                 ended_at: ended,
                 bytes_in: 0,
                 bytes_out: 0,
+                connections: 0,
             };
             store.end_session(id, &end).await.unwrap();
             drop(recordings.create(id).await.unwrap());

@@ -342,6 +342,10 @@ pub struct ServerArgs {
     /// How often to look for history to delete, e.g. 10m [default: 10m].
     #[arg(long, env = "DROVER_PRUNE_INTERVAL")]
     pub prune_interval: Option<String>,
+    /// A network (CIDR) or address that forwarded connections may not reach (repeatable),
+    /// beyond what agents always refuse: the cloud metadata addresses and link-local ranges.
+    #[arg(long = "forward-deny", value_name = "CIDR")]
+    pub forward_deny: Vec<String>,
     /// TOML file with the same settings (flags and environment win).
     #[arg(long, env = "DROVER_CONFIG_FILE")]
     pub config: Option<PathBuf>,

@@ -33,6 +33,8 @@ struct FileConfig {
     history_max_invocations: Option<u64>,
     output_max_age: Option<String>,
     prune_interval: Option<String>,
+    #[serde(default)]
+    forward_deny: Vec<String>,
 }
 
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration, UsageError> {
@@ -104,6 +106,11 @@ pub fn build_config(args: ServerArgs) -> Result<ServerConfig, UsageError> {
         config.heartbeat = d;
     }
     config.metrics_public = args.metrics_public.or(file.metrics_public).unwrap_or(false);
+    config.forward_deny = if args.forward_deny.is_empty() {
+        file.forward_deny
+    } else {
+        args.forward_deny.clone()
+    };
     if let Some(s) = args.handshake_timeout.or(file.handshake_timeout) {
         let d = parse_duration("handshake timeout", &s)?;
         if d < Duration::from_secs(1) || d > Duration::from_secs(300) {

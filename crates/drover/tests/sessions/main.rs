@@ -8,8 +8,10 @@
 )]
 
 mod browser;
+mod forward;
 mod pty;
 mod resume;
+mod ssh;
 
 use std::time::Duration;
 
