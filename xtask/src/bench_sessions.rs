@@ -17,22 +17,22 @@ use anyhow::{bail, Context, Result};
 use crate::process::{cpu_ms, memory_kib, Proc};
 use crate::{build_release, log, release_bin, run, start_server, target_dir, wait_online};
 
-const NODE: &str = "bench-node";
+pub(crate) const NODE: &str = "bench-node";
 
-struct Setup {
-    base: PathBuf,
-    cli_config: PathBuf,
-    server: Proc,
-    agent: Proc,
+pub(crate) struct Setup {
+    pub base: PathBuf,
+    pub cli_config: PathBuf,
+    pub server: Proc,
+    pub agent: Proc,
 }
 
-fn drover(cli_config: &Path) -> Command {
+pub(crate) fn drover(cli_config: &Path) -> Command {
     let mut c = Command::new(release_bin("drover"));
     c.env("DROVER_CONFIG", cli_config);
     c
 }
 
-fn setup() -> Result<Setup> {
+pub(crate) fn setup() -> Result<Setup> {
     let base = target_dir().join("bench-sessions");
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
@@ -112,7 +112,7 @@ fn peers_dir() -> PathBuf {
 }
 
 /// Runs a peers script with Drover as its extra contender; returns its RESULT lines.
-fn peers(script: &str, vars: &[(&str, String)]) -> Result<Vec<String>> {
+pub(crate) fn peers(script: &str, vars: &[(&str, String)]) -> Result<Vec<String>> {
     let dir = peers_dir();
     if !dir.join(script).is_file() {
         bail!(

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use process::{clock_ticks_per_sec, cpu_ticks, memory_kib, Proc};
 
+mod bench_forward;
 mod bench_run;
 mod bench_sessions;
 mod packages;
@@ -48,6 +49,9 @@ commands:
   bench sessions                    Session Manager beside OpenSSH: keystroke round trip and
                                     one-shot start (../shared/peers latency.sh, session_start.sh),
                                     agent RSS idle and with 100 shells, 100 sessions x 10 MB
+  bench forward                     port forwarding and SSH beside OpenSSH: drover forward in
+                                    ../shared/peers/forward.sh (1 stream, 100 at once, 100 beside
+                                    an unread one), scp of 1 GiB through drover ssh-proxy; CPU/GiB
   bench fanout [N ...]              ../shared/peers/fanout.sh (parallel-ssh, Ansible) with Drover
                                     as the extra contender on simulated nodes node0001..
 
@@ -138,6 +142,7 @@ fn bench(args: &[String]) -> Result<()> {
         "output" => bench_run::bench_output(rest, build),
         "stress" => bench_run::bench_stress(rest, build),
         "sessions" => bench_sessions::bench_sessions(build),
+        "forward" => bench_forward::bench_forward(build),
         other => bail!("unknown benchmark {other:?}\n\n{USAGE}"),
     }
 }
