@@ -3,12 +3,14 @@
 //! server by the pinned fingerprint of a certificate in its chain. No I/O: callers store the PEM.
 
 mod ca;
+mod e2e;
 mod pin;
 mod ssh;
 
 use std::sync::Arc;
 
 pub use ca::{CertificateAuthority, IssuedCertificate, NodeKey, NODE_CERT_BACKDATE_SECS};
+pub use e2e::{sign_e2e_key, verify_e2e_key};
 pub use pin::{fingerprint, normalize_fingerprint, CaptureChain, PinnedServerVerifier};
 pub use ssh::{
     generate_ssh_key, ssh_fingerprint, SshCa, SshKeyPair, UserCertRequest, SOURCE_ADDRESSES,

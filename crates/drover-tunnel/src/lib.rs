@@ -8,6 +8,7 @@
 mod buffered;
 mod codec;
 pub mod dial;
+pub mod e2e;
 pub mod forward;
 pub mod heap;
 mod mux;
