@@ -43,6 +43,32 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Sets the session preferences (run as root, as `setup` does) with end-to-end encryption
+/// `mode`; `version` is the document version this update creates.
+fn set_e2e(cli: &Path, mode: &str, version: u32) -> Result<()> {
+    let prefs = cli.with_file_name(format!("prefs-{mode}.yaml"));
+    std::fs::write(
+        &prefs,
+        format!(
+            "schemaVersion: \"1.0\"\nsessionType: Standard_Stream\ninputs:\n  runAsEnabled: true\n  \
+             runAsDefaultUser: root\n  endToEndEncryption: \"{mode}\"\n"
+        ),
+    )?;
+    crate::run(
+        drover(cli)
+            .args(["docs", "update", "SessionManagerRunShell", "--file"])
+            .arg(&prefs),
+    )?;
+    crate::run(drover(cli).args([
+        "docs",
+        "set-default",
+        "SessionManagerRunShell",
+        &version.to_string(),
+    ]))?;
+    log(&format!("end-to-end encryption {mode}"));
+    Ok(())
+}
+
 /// forward.sh with `vars`, and the machine's busy seconds it took.
 fn forward_sh(vars: &[(&str, String)]) -> Result<(Vec<String>, f64)> {
     let before = machine_busy_secs()?;
@@ -66,12 +92,17 @@ pub fn bench_forward(build: bool) -> Result<()> {
         s.cli_config.display(),
         exe.display()
     );
-    let drover_vars = |modes: &str| {
+    let drover_vars = |modes: &str, name: &str| {
         vec![
             ("FORWARD_MODES", modes.to_string()),
-            ("FORWARD_EXTRA_NAME", "drover".to_string()),
+            ("FORWARD_EXTRA_NAME", name.to_string()),
             ("FORWARD_EXTRA_CMD", forward_cmd.clone()),
         ]
+    };
+    let mut version = 2;
+    let mut e2e = |mode: &str| -> Result<()> {
+        version += 1;
+        set_e2e(&s.cli_config, mode, version)
     };
 
     // One stream, each contender in a run of its own so that its CPU is its own.
@@ -87,23 +118,36 @@ pub fn bench_forward(build: bool) -> Result<()> {
             direct_cpu = cpu;
         }
     }
-    let (server0, agent0) = (cpu_ms(s.server.pid())?, cpu_ms(s.agent.pid())?);
-    let (lines, cpu) = forward_sh(&drover_vars("direct"))?;
-    let (server1, agent1) = (cpu_ms(s.server.pid())?, cpu_ms(s.agent.pid())?);
-    results.extend(lines.into_iter().filter(|l| l.contains("forward.drover")));
-    results.push(format!(
-        "RESULT forward.drover.cpu_per_gib={:.2} unit=s server={:.2} agent={:.2} \
-         (the rest: the drover forward client, the sender and the sink)",
-        (cpu - direct_cpu) / gib,
-        (server1 - server0) / 1000.0 / gib,
-        (agent1 - agent0) / 1000.0 / gib,
-    ));
+    for (mode, name) in [("off", "drover"), ("optional", "drover_e2e")] {
+        e2e(mode)?;
+        let (server0, agent0) = (cpu_ms(s.server.pid())?, cpu_ms(s.agent.pid())?);
+        let (lines, cpu) = forward_sh(&drover_vars("direct", name))?;
+        let (server1, agent1) = (cpu_ms(s.server.pid())?, cpu_ms(s.agent.pid())?);
+        results.extend(
+            lines
+                .into_iter()
+                .filter(|l| l.contains(&format!("forward.{name}="))),
+        );
+        results.push(format!(
+            "RESULT forward.{name}.cpu_per_gib={:.2} unit=s server={:.2} agent={:.2} \
+             (the rest: the drover forward client, the sender and the sink)",
+            (cpu - direct_cpu) / gib,
+            (server1 - server0) / 1000.0 / gib,
+            (agent1 - agent0) / 1000.0 / gib,
+        ));
+    }
 
     // 100 connections at once, 1 GiB in all.
-    let mut vars = drover_vars("ssh ssh_aes128gcm");
+    e2e("off")?;
+    let mut vars = drover_vars("ssh ssh_aes128gcm", "drover");
     vars.push(("FORWARD_CONNS", "100".into()));
     let (lines, _) = forward_sh(&vars)?;
     results.extend(lines);
+    e2e("optional")?;
+    let mut vars = drover_vars("direct", "drover_e2e");
+    vars.push(("FORWARD_CONNS", "100".into()));
+    let (lines, _) = forward_sh(&vars)?;
+    results.extend(lines.into_iter().filter(|l| l.contains("drover_e2e")));
 
     // The same beside a connection that nobody reads: it fills its windows and waits; the
     // others must not slow down.
@@ -127,19 +171,23 @@ pub fn bench_forward(build: bool) -> Result<()> {
         "the unread connection holds {} MiB",
         stuck / (1024 * 1024)
     ));
-    let mut vars = drover_vars("direct");
+    let mut vars = drover_vars("direct", "drover_e2e_beside_unread");
     vars.push(("FORWARD_CONNS", "100".into()));
-    vars.push(("FORWARD_EXTRA_NAME", "drover_beside_unread".into()));
     let (lines, _) = forward_sh(&vars)?;
     results.extend(
         lines
             .into_iter()
-            .filter(|l| l.contains("drover_beside_unread")),
+            .filter(|l| l.contains("drover_e2e_beside_unread")),
     );
     let _ = stalled_fwd.kill();
     let _ = stalled_fwd.wait();
 
-    results.extend(scp(&s.cli_config, &exe)?);
+    let mut scp_results = Vec::new();
+    for mode in ["off", "optional"] {
+        e2e(mode)?;
+        scp_results.push(scp(&s.cli_config, &exe, mode == "off")?);
+    }
+    results.extend(scp_results.into_iter().flatten());
     println!();
     for r in &results {
         println!("{r}");
@@ -162,7 +210,7 @@ fn first_port(child: &mut std::process::Child) -> Result<u16> {
 
 /// scp of 1 GiB (from memory, to /dev/null) straight to the peers' sshd, and through
 /// `drover ssh-proxy` to the same sshd; median of 3 each, with the machine's CPU.
-fn scp(cli_config: &Path, exe: &Path) -> Result<Vec<String>> {
+fn scp(cli_config: &Path, exe: &Path, with_direct: bool) -> Result<Vec<String>> {
     let state = std::env::var("PEERS_STATE").unwrap_or_else(|_| "/tmp/peers-bench".into());
     let cfg = format!("{state}/ssh_config");
     let file = Path::new("/dev/shm/drover-bench-scp");
@@ -179,7 +227,12 @@ fn scp(cli_config: &Path, exe: &Path) -> Result<Vec<String>> {
         exe.display()
     );
     let mut out = Vec::new();
-    for (name, extra) in [("direct", None), ("drover", Some(proxy.as_str()))] {
+    let drover_name = if with_direct { "drover" } else { "drover_e2e" };
+    let mut contenders = vec![(drover_name, Some(proxy.as_str()))];
+    if with_direct {
+        contenders.insert(0, ("direct", None));
+    }
+    for (name, extra) in contenders {
         let mut times = Vec::new();
         let before = machine_busy_secs()?;
         for _ in 0..3 {

@@ -308,6 +308,7 @@ async fn session(
             min_version: drover_proto::MIN_PROTOCOL_VERSION,
             max_version: drover_proto::PROTOCOL_VERSION,
             inventory: inv.clone(),
+            e2e_key: sessions.signed_e2e_key(identity),
         }),
     ];
     for m in hello {
@@ -502,7 +503,7 @@ async fn serve_stream(runner: Arc<Runner>, sessions: Arc<Sessions>, stream: Stre
         Ok(Some(Ok(Message::Open(open)))) if open.kind == StreamKind::Forward => {
             match tokio::time::timeout(Duration::from_secs(10), framed.next()).await {
                 Ok(Some(Ok(Message::ForwardConnect(req)))) => {
-                    crate::forward::serve(framed, req).await;
+                    crate::forward::serve(framed, req, sessions.e2e.as_ref()).await;
                     return;
                 }
                 _ => "expected forward_connect after open".to_string(),

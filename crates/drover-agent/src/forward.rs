@@ -124,7 +124,24 @@ async fn connect(req: &ForwardConnect) -> Result<TcpStream, ForwardError> {
 }
 
 /// Serves one forwarded connection's stream until both sides are done.
-pub async fn serve(mut framed: Framed<Stream>, req: ForwardConnect) {
+pub async fn serve(
+    mut framed: Framed<Stream>,
+    req: ForwardConnect,
+    e2e: Option<&drover_tunnel::e2e::E2eKey>,
+) {
+    let e2e = match (req.e2e, e2e) {
+        (false, _) => None,
+        (true, Some(k)) => Some(k),
+        (true, None) => {
+            let _ = framed
+                .send(Message::Error {
+                    code: "forward_failed".into(),
+                    message: "this agent has no end-to-end key".into(),
+                })
+                .await;
+            return;
+        }
+    };
     let socket = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&req)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -157,7 +174,14 @@ pub async fn serve(mut framed: Framed<Stream>, req: ForwardConnect) {
     }
     let mut stream = into_raw(framed);
     let mut socket = socket;
-    if let Err(e) = splice(&mut stream, &mut socket).await {
+    let result = match e2e {
+        None => splice(&mut stream, &mut socket).await,
+        Some(key) => match drover_tunnel::e2e::respond(&mut stream, key).await {
+            Ok(t) => drover_tunnel::e2e::sealed_splice(&mut socket, &mut stream, &t).await,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        },
+    };
+    if let Err(e) = result {
         tracing::debug!(session = %req.session_id, error = %e, "a forwarded connection ended with an error");
     }
 }
@@ -228,6 +252,7 @@ mod tests {
             host: "localhost".into(),
             port: 9,
             deny: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            e2e: false,
         };
         assert!(matches!(
             connect(&req).await,

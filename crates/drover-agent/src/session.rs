@@ -41,14 +41,20 @@ pub struct Sessions {
     create_user: Mutex<()>,
     /// The agent is stopping: every session ends, telling its user why.
     pub stop: CancellationToken,
+    /// This agent's end-to-end key (new each start; its private half stays in this process).
+    pub e2e: Option<drover_tunnel::e2e::E2eKey>,
     running: tokio_util::task::TaskTracker,
 }
 
 impl Sessions {
     pub fn new(default_user: String, stop: CancellationToken) -> Arc<Self> {
+        let e2e = drover_tunnel::e2e::E2eKey::generate()
+            .map_err(|e| tracing::warn!(error = %e, "no end-to-end key: sessions will not be end-to-end encrypted"))
+            .ok();
         Arc::new(Self {
             default_user,
             create_user: Mutex::new(()),
+            e2e,
             stop,
             running: tokio_util::task::TaskTracker::new(),
         })
@@ -58,6 +64,23 @@ impl Sessions {
     /// its stream fails, and the session ends through [`hang_up`] like any other.
     pub fn start(self: &Arc<Self>, framed: Framed<Stream>, start: SessionStart) {
         self.running.spawn(serve(self.clone(), framed, start));
+    }
+
+    /// The end-to-end key signed with the node's key, for the Hello.
+    pub fn signed_e2e_key(&self, identity: &crate::Identity) -> Option<drover_proto::E2eKey> {
+        use base64::Engine;
+        let key = self.e2e.as_ref()?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        match drover_pki::sign_e2e_key(&identity.key_pem, &identity.state.node_id, &key.public) {
+            Ok(sig) => Some(drover_proto::E2eKey {
+                public: b64.encode(&key.public),
+                signature: b64.encode(sig),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not sign the end-to-end key");
+                None
+            }
+        }
     }
 
     /// Waits (at most `limit`) for every session to end, once the agent is stopping.

@@ -35,6 +35,10 @@ pub struct StartSession {
     /// Why: kept in the history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The client can seal a port or SSH session end to end (it then gets the node's key in
+    /// `e2e`, and must use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<bool>,
 }
 
 /// A session in the history.
@@ -69,6 +73,13 @@ pub struct SessionView {
     /// Connections a `Port` session carried.
     #[serde(default)]
     pub connections: i64,
+    /// The session is sealed between client and agent: the server relayed bytes it could not
+    /// read.
+    #[serde(default)]
+    pub end_to_end: bool,
+    /// For the client that starts an end-to-end session: the node's key and what vouches for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<E2eOffer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<SessionEventView>,
 }
@@ -111,4 +122,14 @@ pub struct SshCertificate {
     /// The node's ID (the certificate itself is valid on any node that trusts the authority,
     /// from the node's loopback only, that is through a Drover session).
     pub node: String,
+}
+
+/// The agent's end-to-end key and its proof: the node's certificate (issued by the CA the
+/// client pins) signed the key. All base64 (DER for certificates).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct E2eOffer {
+    pub public_key: String,
+    pub signature: String,
+    pub node_certificate: String,
+    pub ca_certificate: String,
 }

@@ -59,6 +59,8 @@ pub struct Client {
     token: Option<String>,
     /// For WebSockets (HTTP/1.1 only), which reqwest does not do.
     ws_tls: Arc<rustls::ClientConfig>,
+    /// The pinned CA's fingerprint (canonical), which also vouches for agents' end-to-end keys.
+    ca_fingerprint: String,
 }
 
 impl std::fmt::Debug for Client {
@@ -128,6 +130,7 @@ impl Client {
             base,
             token,
             ws_tls,
+            ca_fingerprint: drover_pki::normalize_fingerprint(ca_fingerprint)?,
         })
     }
 

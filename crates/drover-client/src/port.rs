@@ -29,6 +29,8 @@ pub enum ConnectError {
 pub struct PortTunnel {
     tunnel: Tunnel,
     driver: tokio::task::JoinHandle<()>,
+    /// The agent's end-to-end key, once checked: every connection is sealed with it.
+    agent_key: Option<Vec<u8>>,
 }
 
 impl Drop for PortTunnel {
@@ -62,6 +64,31 @@ impl PortTunnel {
         }
     }
 
+    /// Seals every connection from now on for the agent whose key this is (checked with
+    /// [`Client::check_e2e`]).
+    pub fn seal_with(&mut self, agent_key: Vec<u8>) {
+        self.agent_key = Some(agent_key);
+    }
+
+    /// Carries one local connection through the session until both sides are done: a new
+    /// connection to the target, sealed end to end when the session is.
+    pub async fn carry<L>(&self, local: &mut L) -> Result<(), ConnectError>
+    where
+        L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut stream = self.connect().await?;
+        let r = match &self.agent_key {
+            None => drover_tunnel::splice(local, &mut stream).await,
+            Some(key) => {
+                let t = drover_tunnel::e2e::initiate(&mut stream, key)
+                    .await
+                    .map_err(|e| ConnectError::Lost(e.to_string()))?;
+                drover_tunnel::e2e::sealed_splice(local, &mut stream, &t).await
+            }
+        };
+        r.map(|_| ()).map_err(|e| ConnectError::Lost(e.to_string()))
+    }
+
     /// Tells the server the session is over, so that it ends now rather than after the resume
     /// window, and waits (briefly) for the server to close the connection.
     pub async fn goodbye(&self, reason: &str) {
@@ -85,6 +112,37 @@ impl PortTunnel {
 }
 
 impl Client {
+    /// Checks a sealed session's offer: its CA certificate is the one this client pins, that
+    /// CA issued the node's certificate, and the node's key signed the agent's end-to-end key.
+    /// Returns the key and its SHA-256 (hex), for the user's line.
+    pub fn check_e2e(
+        &self,
+        node_id: &str,
+        offer: &drover_api::E2eOffer,
+    ) -> Result<(Vec<u8>, String), ClientError> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let bad = |what: &str| ClientError::Decode(format!("end-to-end offer: {what}"));
+        let ca = b64
+            .decode(&offer.ca_certificate)
+            .map_err(|_| bad("CA certificate"))?;
+        let node = b64
+            .decode(&offer.node_certificate)
+            .map_err(|_| bad("node certificate"))?;
+        let key = b64.decode(&offer.public_key).map_err(|_| bad("key"))?;
+        let sig = b64.decode(&offer.signature).map_err(|_| bad("signature"))?;
+        if drover_pki::fingerprint(&ca) != self.ca_fingerprint {
+            return Err(bad("the CA certificate is not the one this client pins"));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        drover_pki::verify_e2e_key(&ca, &node, node_id, &key, &sig, now)?;
+        let fp = drover_pki::fingerprint(&key);
+        Ok((key, fp))
+    }
+
     /// Certifies `public_key` for SSH to `node` through a Drover session.
     pub async fn ssh_certificate(
         &self,
@@ -152,6 +210,10 @@ impl Client {
                 tracing::debug!(error = %e, "the session tunnel ended");
             }
         });
-        Ok(PortTunnel { tunnel, driver })
+        Ok(PortTunnel {
+            tunnel,
+            driver,
+            agent_key: None,
+        })
     }
 }

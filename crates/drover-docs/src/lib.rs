@@ -15,5 +15,5 @@ pub use model::*;
 pub use params::{validate_declared, validate_values, ParamError, ParamValue};
 pub use parse::{parse, DocError, MAX_DOCUMENT_BYTES};
 pub use port::{host_ok, PortTarget, LOCAL_HOST};
-pub use prefs::{env_name_ok, user_name_ok, Preferences};
+pub use prefs::{env_name_ok, user_name_ok, EndToEnd, Preferences};
 pub use session::{is_session_document, parse_session, SessionDocument, SessionType};

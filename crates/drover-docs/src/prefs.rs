@@ -1,7 +1,7 @@
 //! Session preferences: the `inputs` of the `SessionManagerRunShell` document, in SSM's names
 //! (`idleSessionTimeout`, `maxSessionDuration`, `runAsEnabled`, `runAsDefaultUser`,
 //! `shellProfile`), plus Drover's own (`recordSessions`, `recordInput`, `shellEnvironment`,
-//! `workingDirectory`). Every value is checked; a refusal names the field.
+//! `workingDirectory`, `endToEndEncryption`). Every value is checked; a refusal names the field.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +23,18 @@ pub struct Preferences {
     pub working_directory: Option<String>,
     pub record_sessions: bool,
     pub record_input: bool,
+    pub end_to_end: EndToEnd,
+}
+
+/// Whether port and SSH sessions are sealed between client and agent, so the server relays
+/// bytes it cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndToEnd {
+    Off,
+    /// When the client and the agent can (the default).
+    Optional,
+    /// Refuse a session that cannot be.
+    Required,
 }
 
 impl Default for Preferences {
@@ -37,6 +49,7 @@ impl Default for Preferences {
             working_directory: None,
             record_sessions: true,
             record_input: false,
+            end_to_end: EndToEnd::Optional,
         }
     }
 }
@@ -120,6 +133,7 @@ impl Preferences {
             "workingDirectory",
             "recordSessions",
             "recordInput",
+            "endToEndEncryption",
             // SSM's, accepted and ignored: Drover keeps recordings itself.
             "s3BucketName",
             "s3KeyPrefix",
@@ -195,6 +209,15 @@ impl Preferences {
                 return Err(format!("workingDirectory: {d:?} is not an absolute path"));
             }
         }
+        p.end_to_end = match get("endToEndEncryption") {
+            Value::Null => EndToEnd::Optional,
+            Value::String(s) if s == "off" => EndToEnd::Off,
+            Value::String(s) if s == "optional" => EndToEnd::Optional,
+            Value::String(s) if s == "required" => EndToEnd::Required,
+            other => return Err(format!(
+                "endToEndEncryption: expected \"off\", \"optional\" or \"required\", got {other}"
+            )),
+        };
         if let Some(b) = boolean("recordSessions", get("recordSessions"))? {
             p.record_sessions = b;
         }
@@ -256,5 +279,16 @@ mod tests {
             let e = Preferences::from_inputs(&inputs).unwrap_err();
             assert!(e.starts_with(field), "{e}");
         }
+    }
+
+    #[test]
+    fn end_to_end_encryption_is_off_optional_or_required() {
+        let read = |v: &str| Preferences::from_inputs(&json!({"endToEndEncryption": v}));
+        assert_eq!(read("off").unwrap().end_to_end, EndToEnd::Off);
+        assert_eq!(read("required").unwrap().end_to_end, EndToEnd::Required);
+        // Sealed whenever both ends can.
+        assert_eq!(Preferences::default().end_to_end, EndToEnd::Optional);
+        let e = read("maybe").unwrap_err();
+        assert!(e.starts_with("endToEndEncryption: expected"), "{e}");
     }
 }

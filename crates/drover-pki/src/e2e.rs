@@ -106,8 +106,15 @@ mod tests {
         assert!(verify_e2e_key(&ca_der, &cert_der, "n-1", &[8u8; 32], &sig, now).is_err());
         assert!(verify_e2e_key(&ca_der, &cert_der, "n-2", &key, &sig, now).is_err());
         let other = CertificateAuthority::generate("other").unwrap();
-        let e = verify_e2e_key(&other.cert_der().unwrap(), &cert_der, "n-1", &key, &sig, now)
-            .unwrap_err();
+        let e = verify_e2e_key(
+            &other.cert_der().unwrap(),
+            &cert_der,
+            "n-1",
+            &key,
+            &sig,
+            now,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not issued by the pinned CA"), "{e}");
         assert!(verify_e2e_key(&ca_der, &cert_der, "n-1", &key, &sig, now + 7200).is_err());
     }

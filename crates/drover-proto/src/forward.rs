@@ -24,6 +24,18 @@ pub struct ForwardConnect {
     /// metadata addresses and link-local ranges, always refused).
     #[serde(default)]
     pub deny: Vec<String>,
+    /// The client seals the connection end to end (a Noise handshake first, on the stream):
+    /// the agent answers it with its end-to-end key.
+    #[serde(default)]
+    pub e2e: bool,
+}
+
+/// An agent's end-to-end key (X25519, for Noise), signed with its node key so that a client
+/// can check it against the node's certificate. Both base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct E2eKey {
+    pub public: String,
+    pub signature: String,
 }
 
 #[cfg(test)]
@@ -45,6 +57,7 @@ mod tests {
                 host: "db".into(),
                 port: 5432,
                 deny: vec![],
+                e2e: false,
             })
         );
     }

@@ -121,6 +121,9 @@ pub struct Hello {
     pub min_version: u32,
     pub max_version: u32,
     pub inventory: Inventory,
+    /// The agent's end-to-end key, for sessions the server must not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_key: Option<crate::E2eKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

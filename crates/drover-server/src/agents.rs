@@ -32,7 +32,7 @@ pub async fn serve_agent(
     unauthenticated: Unauthenticated,
     deadline: tokio::time::Instant,
 ) {
-    let Some((node_id, fingerprint)) = identity(&tls) else {
+    let Some((node_id, fingerprint, certificate)) = identity(&tls) else {
         // No client certificate (a certificate from another CA already failed the handshake).
         tracing::info!(%peer, "agent connection without a node certificate refused");
         state.metrics.refused("no_certificate");
@@ -52,6 +52,7 @@ pub async fn serve_agent(
         unauthenticated,
         deadline,
         fingerprint,
+        certificate,
     };
     let ended = tokio::select! {
         r = session(&state, &node_id, &tunnel, &mut incoming, stop, opening) => r,
@@ -91,16 +92,18 @@ struct Opening {
     deadline: tokio::time::Instant,
     /// Of the certificate the agent connected with.
     fingerprint: String,
+    certificate: Vec<u8>,
 }
 
 /// The node ID named by the client certificate, which the TLS layer verified against the CA,
 /// and the certificate's fingerprint.
-fn identity(tls: &TlsStream<TcpStream>) -> Option<(NodeId, String)> {
+fn identity(tls: &TlsStream<TcpStream>) -> Option<(NodeId, String, Vec<u8>)> {
     let cert = tls.get_ref().1.peer_certificates()?.first()?;
     let info = drover_pki::cert_info(cert).ok()?;
     Some((
         NodeId::parse(&info.common_name)?,
         drover_pki::fingerprint(cert),
+        cert.to_vec(),
     ))
 }
 
@@ -271,12 +274,14 @@ async fn session(
             return refuse(state, &mut framed, RefuseCode::Other, why).await;
         }
     };
-    let (_registration, mut kicks) = match register(&*state.store, &state.registry, node_id, tunnel)
-        .await
-    {
-        Ok(registered) => registered,
-        Err(Refusal { code, message }) => return refuse(state, &mut framed, code, message).await,
-    };
+    let e2e = crate::e2e::node_key(state, node_id, hello.e2e_key.as_ref(), &opening.certificate);
+    let (_registration, mut kicks) =
+        match register(&*state.store, &state.registry, node_id, tunnel, e2e).await {
+            Ok(registered) => registered,
+            Err(Refusal { code, message }) => {
+                return refuse(state, &mut framed, code, message).await
+            }
+        };
     // Authenticated: the connection no longer counts against the unauthenticated caps.
     drop(opening.unauthenticated);
     let heartbeat = state.config.heartbeat;
@@ -448,8 +453,9 @@ async fn register(
     registry: &Registry,
     node_id: &NodeId,
     tunnel: &Tunnel,
+    e2e: Option<crate::registry::NodeE2e>,
 ) -> Result<(Registration, tokio::sync::mpsc::Receiver<Kick>), Refusal> {
-    let registered = registry.register(node_id, tunnel.clone());
+    let registered = registry.register(node_id, tunnel.clone(), e2e);
     match store.get_node(node_id).await {
         Ok(Some(node)) if node.status != NodeStatus::Inactive => Ok(registered),
         Ok(_) => Err(Refusal {
@@ -575,7 +581,7 @@ mod tests {
             "nothing to kick yet"
         );
 
-        let refused = register(&*store, &registry, &id, &tunnel)
+        let refused = register(&*store, &registry, &id, &tunnel, None)
             .await
             .err()
             .unwrap();

@@ -12,6 +12,7 @@ pub mod authz;
 mod commands;
 mod config;
 mod datadir;
+mod e2e;
 mod error;
 mod inventory;
 mod listener;
@@ -118,6 +119,7 @@ impl Server {
                 data.path.join("recordings"),
             )),
             config.forward_deny.clone(),
+            data.load_ca()?.cert_der()?.to_vec(),
         );
         seed_session_preferences(data.store.as_ref(), now).await?;
         let state = Arc::new(AppState {

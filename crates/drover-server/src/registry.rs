@@ -28,6 +28,16 @@ struct Entry {
     conn_id: u64,
     tunnel: Tunnel,
     kick: mpsc::Sender<Kick>,
+    e2e: Option<Arc<NodeE2e>>,
+}
+
+/// A connected agent's end-to-end key, checked against its certificate at Hello.
+#[derive(Debug)]
+pub struct NodeE2e {
+    pub public: Vec<u8>,
+    pub signature: Vec<u8>,
+    /// The certificate the agent connected with (DER), which vouches for the key.
+    pub certificate: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -82,7 +92,12 @@ impl Registry {
 
     /// Records `node` as connected over `tunnel`, replacing (and kicking) an older connection
     /// of the same node. Returns the registration and the channel on which kicks arrive.
-    pub fn register(&self, node: &NodeId, tunnel: Tunnel) -> (Registration, mpsc::Receiver<Kick>) {
+    pub fn register(
+        &self,
+        node: &NodeId,
+        tunnel: Tunnel,
+        e2e: Option<NodeE2e>,
+    ) -> (Registration, mpsc::Receiver<Kick>) {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (kick_tx, kick_rx) = mpsc::channel(1);
         let old = self.lock().insert(
@@ -91,6 +106,7 @@ impl Registry {
                 conn_id,
                 tunnel,
                 kick: kick_tx,
+                e2e: e2e.map(Arc::new),
             },
         );
         if let Some(old) = old {
@@ -152,6 +168,13 @@ impl Registry {
     /// The node's tunnel, to open a stream to it.
     pub fn tunnel(&self, node: &NodeId) -> Option<Tunnel> {
         self.lock().get(node).map(|e| e.tunnel.clone())
+    }
+
+    /// The connected agent's tunnel and end-to-end key, if it has one.
+    pub fn tunnel_and_key(&self, node: &NodeId) -> Option<(Tunnel, Option<Arc<NodeE2e>>)> {
+        self.lock()
+            .get(node)
+            .map(|e| (e.tunnel.clone(), e.e2e.clone()))
     }
 
     /// Notified whenever `node` connects. Enable the `notified()` future before checking

@@ -197,6 +197,7 @@ mod tests {
                     recorded: true,
                     target: String::new(),
                     connections: 0,
+                    end_to_end: false,
                 })
                 .await
                 .unwrap();

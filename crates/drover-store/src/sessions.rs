@@ -29,6 +29,8 @@ pub struct SessionRecord {
     pub target: String,
     /// Connections a port forwarding or SSH session carried.
     pub connections: i64,
+    /// Sealed between client and agent: the server relayed what it could not read.
+    pub end_to_end: bool,
 }
 
 /// How a session ended.

@@ -41,10 +41,11 @@ CREATE INDEX session_events_session ON session_events(session_id, seq);
 pub(crate) const MIGRATION_SESSION_TARGETS: &str = r#"
 ALTER TABLE sessions ADD COLUMN target TEXT NOT NULL DEFAULT '';
 ALTER TABLE sessions ADD COLUMN connections INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN end_to_end INTEGER NOT NULL DEFAULT 0;
 "#;
 
 const COLS: &str = "id, user, node_id, kind, document, reason, run_as, started_at, ended_at, \
-                    status, detail, exit_code, bytes_in, bytes_out, recorded, target, connections";
+                    status, detail, exit_code, bytes_in, bytes_out, recorded, target, connections, end_to_end";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -65,18 +66,19 @@ fn row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         recorded: r.get(14)?,
         target: r.get(15)?,
         connections: r.get(16)?,
+        end_to_end: r.get(17)?,
     })
 }
 
 pub(crate) fn create(c: &mut Connection, s: &SessionRecord) -> Result<(), StoreError> {
     c.prepare_cached(&format!(
-        "INSERT INTO sessions ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        "INSERT INTO sessions ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
     ))
     .and_then(|mut st| {
         st.execute(params![
             s.id, s.user, s.node_id, s.kind, s.document, s.reason, s.run_as, s.started_at,
             s.ended_at, s.status, s.detail, s.exit_code, s.bytes_in, s.bytes_out, s.recorded,
-            s.target, s.connections
+            s.target, s.connections, s.end_to_end
         ])
     })
     .map_err(db("create a session"))?;
@@ -265,6 +267,7 @@ mod tests {
             recorded: true,
             target: "db.internal:5432".into(),
             connections: 0,
+            end_to_end: true,
         }
     }
 
@@ -293,6 +296,7 @@ mod tests {
         let s = store.get_session("s-1").await.unwrap().unwrap();
         assert_eq!((s.status.as_str(), s.bytes_out), ("TimedOut", 4));
         assert_eq!((s.target.as_str(), s.connections), ("db.internal:5432", 2));
+        assert!(s.end_to_end);
         assert!(store.set_session_status("s-1", "Connected").await.is_err());
         let all = store
             .list_sessions(&SessionQuery {

@@ -50,6 +50,7 @@ pub async fn hello(server: &Server, auth: Auth) -> anyhow::Result<Hand> {
             min_version: 1,
             max_version: drover_proto::PROTOCOL_VERSION,
             inventory: Inventory::default(),
+            e2e_key: None,
         }))
         .await?;
     let answer = next(&mut control).await?;

@@ -112,7 +112,10 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 fn sealing(e: snow::Error) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("end-to-end encryption: {e}"))
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("end-to-end encryption: {e}"),
+    )
 }
 
 /// Copies both ways between `plain` and `sealed` until both directions end: what is read from
@@ -144,11 +147,15 @@ where
             let len = t
                 .write_message(nonce, buf.get(..n).unwrap_or_default(), body)
                 .map_err(sealing)?;
-            let prefix = u16::try_from(len).map_err(std::io::Error::other)?.to_be_bytes();
+            let prefix = u16::try_from(len)
+                .map_err(std::io::Error::other)?
+                .to_be_bytes();
             if let Some(p) = frame.get_mut(..2) {
                 p.copy_from_slice(&prefix);
             }
-            sealed_w.write_all(frame.get(..len + 2).unwrap_or_default()).await?;
+            sealed_w
+                .write_all(frame.get(..len + 2).unwrap_or_default())
+                .await?;
             nonce += 1;
             total += n as u64;
         }
@@ -184,11 +191,15 @@ mod tests {
         let public = agent.public.clone();
         let client = tokio::spawn(async move {
             let t = initiate(&mut client_wire, &public).await.unwrap();
-            sealed_splice(&mut client_plain, &mut client_wire, &t).await.unwrap()
+            sealed_splice(&mut client_plain, &mut client_wire, &t)
+                .await
+                .unwrap()
         });
         let server = tokio::spawn(async move {
             let t = respond(&mut agent_wire, &agent).await.unwrap();
-            sealed_splice(&mut agent_plain, &mut agent_wire, &t).await.unwrap()
+            sealed_splice(&mut agent_plain, &mut agent_wire, &t)
+                .await
+                .unwrap()
         });
         let data: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
         app.write_all(&data).await.unwrap();

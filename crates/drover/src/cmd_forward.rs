@@ -90,6 +90,7 @@ fn start_request(args: &ForwardArgs) -> anyhow::Result<StartSession> {
         rows: None,
         term: None,
         reason: args.reason.clone(),
+        e2e: Some(true),
     })
 }
 
@@ -104,10 +105,11 @@ pub async fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
         .start_session(&start_request(&args)?)
         .await
         .with_context(|| format!("starting port forwarding on {}", args.node))?;
-    let tunnel = client
+    let mut tunnel = client
         .attach_port(&session.id)
         .await
         .with_context(|| format!("attaching to session {}", session.id))?;
+    let agent_key = sealed(&client, &session, &mut tunnel).await?;
     println!(
         "Forwarding {local} to {} through {} (session {}). Ctrl-C ends it.",
         session.target, session.node, session.id
@@ -120,7 +122,10 @@ pub async fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
         let Some(tunnel) = attached else {
             // Attach again, for a while; connections accepted meanwhile wait.
             match reattach(&client, &session.id).await {
-                Some(t) => {
+                Some(mut t) => {
+                    if let Some(k) = &agent_key {
+                        t.seal_with(k.clone());
+                    }
                     eprintln!("drover: attached again to session {}", session.id);
                     current.send_replace(Some(Arc::new(t)));
                     continue;
@@ -161,14 +166,41 @@ async fn carry(
         Err(_) => return,
     };
     let Some(t) = t else { return };
-    match t.connect().await {
-        Ok(mut stream) => {
-            let _ = drover_tunnel::splice(&mut socket, &mut stream).await;
-        }
+    match t.carry(&mut socket).await {
+        Ok(()) => {}
         Err(ConnectError::Refused { message, .. }) => {
             eprintln!("drover: connection from {peer} not forwarded: {message}");
         }
         Err(e) => eprintln!("drover: connection from {peer} lost: {e}"),
+    }
+}
+
+/// Checks a sealed session's agent key and seals the tunnel with it; says so on one line.
+/// A key that does not check out ends the session: never a silent fallback to plain.
+async fn sealed(
+    client: &Client,
+    session: &SessionView,
+    tunnel: &mut PortTunnel,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(offer) = &session.e2e else {
+        return Ok(None);
+    };
+    match client.check_e2e(&session.node, offer) {
+        Ok((key, fp)) => {
+            eprintln!(
+                "drover: session {} is end-to-end encrypted (agent key sha256:{})",
+                session.id,
+                fp.get(..16).unwrap_or(&fp)
+            );
+            tunnel.seal_with(key.clone());
+            Ok(Some(key))
+        }
+        Err(e) => {
+            tunnel
+                .goodbye("the agent's end-to-end key did not check out")
+                .await;
+            Err(e).context("checking the node's end-to-end key")
+        }
     }
 }
 
@@ -248,32 +280,30 @@ pub async fn ssh_proxy(args: SshProxyArgs) -> anyhow::Result<ExitCode> {
             rows: None,
             term: None,
             reason: args.reason.clone(),
+            e2e: Some(true),
         })
         .await
         .with_context(|| format!("starting an SSH session on {}", args.node))?;
-    let tunnel = client
+    let mut tunnel = client
         .attach_port(&session.id)
         .await
         .with_context(|| format!("attaching to session {}", session.id))?;
-    let mut stream = match tunnel.connect().await {
-        Ok(s) => s,
-        Err(e) => {
-            tunnel.goodbye("the connection to sshd failed").await;
-            anyhow::bail!(
-                "connecting to sshd on {} port {}: {e}",
-                args.node,
-                args.port
-            );
-        }
-    };
+    sealed(&client, &session, &mut tunnel).await?;
     let mut stdio = crate::stdio::Stdio::open()?;
     let result = tokio::select! {
-        r = drover_tunnel::splice(&mut stdio, &mut stream) => r.map(|_| ()),
+        r = tunnel.carry(&mut stdio) => r,
         _ = stop.recv() => Ok(()),
     };
     tunnel.goodbye("the SSH connection ended").await;
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ ConnectError::Refused { .. }) => {
+            anyhow::bail!(
+                "connecting to sshd on {} port {}: {e}",
+                args.node,
+                args.port
+            )
+        }
         Err(e) => Err(e).context("relaying the SSH connection"),
     }
 }

@@ -122,6 +122,7 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
             rows: Some(rows),
             term: Some(std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into())),
             reason: args.reason.clone(),
+            e2e: None,
         })
         .await
         .with_context(|| format!("starting a session on {}", args.node))?;

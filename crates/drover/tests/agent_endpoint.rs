@@ -42,6 +42,7 @@ fn hello(min: u32, max: u32) -> Message {
         min_version: min,
         max_version: max,
         inventory: Inventory::default(),
+        e2e_key: None,
     })
 }
 
@@ -210,6 +211,7 @@ async fn malformed_oversize_and_unexpected_frames_are_refused_without_harming_ot
             hostname: format!("\u{1b}]0;pwned\u{7}{}", "x".repeat(100_000)),
             ..Inventory::default()
         },
+        e2e_key: None,
     });
     let (answers, _) = exchange(&tunnel, &encode(&[control(), hostile])).await;
     match answers.first() {

@@ -32,6 +32,8 @@ fn view(s: SessionRecord) -> SessionView {
         stream_path: format!("/api/v1/sessions/{}/{attach}", s.id),
         target: s.target,
         connections: s.connections,
+        end_to_end: s.end_to_end,
+        e2e: None,
         id: s.id,
         user: s.user,
         node: s.node_id,
@@ -101,6 +103,7 @@ fn parse(req: &StartSession, node: drover_store::NodeId) -> Result<OpenRequest, 
         terminal: Terminal { cols, rows, term },
         pty: req.pty.unwrap_or(true),
         reason,
+        e2e: req.e2e.unwrap_or(false),
     })
 }
 
@@ -122,8 +125,10 @@ pub async fn start(
     }
     let node = super::nodes::find(&state, &req.node).await?;
     let open = parse(&req, node.id)?;
-    let record = state.sessions.open(&who, open).await?;
-    Ok((StatusCode::CREATED, Json(view(record))))
+    let (record, offer) = state.sessions.open(&who, open).await?;
+    let mut v = view(record);
+    v.e2e = offer;
+    Ok((StatusCode::CREATED, Json(v)))
 }
 
 #[derive(Debug, Deserialize)]

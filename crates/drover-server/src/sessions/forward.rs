@@ -46,6 +46,7 @@ pub(super) struct PortOpen {
     pub prefs: drover_docs::Preferences,
     pub target: drover_docs::PortTarget,
     pub tunnel: Tunnel,
+    pub node_key: Option<Arc<crate::registry::NodeE2e>>,
 }
 
 impl Sessions {
@@ -56,13 +57,25 @@ impl Sessions {
         who: &Principal,
         req: &OpenRequest,
         p: PortOpen,
-    ) -> Result<SessionRecord, ApiError> {
+    ) -> Result<(SessionRecord, Option<drover_api::E2eOffer>), ApiError> {
         let node = req.node.to_string();
+        let sealed = match crate::e2e::decide(p.prefs.end_to_end, req.e2e, p.node_key.is_some()) {
+            Ok(s) => s,
+            Err(why) => {
+                self.refused(who, &node, &why).await;
+                return Err(ApiError::Conflict(why));
+            }
+        };
+        let offer = match (&p.node_key, sealed) {
+            (Some(k), true) => Some(crate::e2e::offer(&self.ca_der, k)),
+            _ => None,
+        };
         let target = ForwardConnect {
             session_id: p.id.clone(),
             host: p.target.host.clone(),
             port: p.target.port,
             deny: self.forward_deny.clone(),
+            e2e: sealed,
         };
         let record = SessionRecord {
             id: p.id.clone(),
@@ -82,6 +95,7 @@ impl Sessions {
             recorded: false,
             target: format_target(&target.host, target.port),
             connections: 0,
+            end_to_end: sealed,
         };
         self.store.create_session(&record).await?;
         self.metrics.session_started();
@@ -117,7 +131,7 @@ impl Sessions {
             bytes: self.metrics.session_byte_counters(),
         };
         self.spawn_broker(&p.id, &node, connected, run(broker));
-        Ok(record)
+        Ok((record, offer))
     }
 }
 
@@ -302,7 +316,10 @@ async fn connection(stream: Stream, shared: Arc<Shared>) {
     }
     shared.made.fetch_add(1, Ordering::Relaxed);
     shared.open.fetch_add(1, Ordering::Relaxed);
-    let mut client_side = Counted::new(into_raw(from_client), shared.counters.clone());
+    let client_side = Counted::new(into_raw(from_client), shared.counters.clone());
+    #[cfg(feature = "test-hooks")]
+    let client_side = super::tap::Tap::new(client_side);
+    let mut client_side = client_side;
     let mut node_side = to_node;
     if let Err(e) = splice(&mut client_side, &mut node_side).await {
         tracing::debug!(error = %e, "a forwarded connection ended with an error");

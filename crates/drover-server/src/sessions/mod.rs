@@ -9,6 +9,8 @@
 pub mod broker;
 pub mod forward;
 pub mod recording;
+#[cfg(feature = "test-hooks")]
+mod tap;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -64,6 +66,8 @@ pub struct OpenRequest {
     pub terminal: Terminal,
     pub pty: bool,
     pub reason: String,
+    /// The client can seal a port session end to end.
+    pub e2e: bool,
 }
 
 /// What a session runs, decided from its document.
@@ -89,6 +93,8 @@ pub struct Sessions {
     recordings: Arc<dyn Recordings>,
     /// Networks forwarded connections may not reach, beyond the agents' own list.
     forward_deny: Vec<String>,
+    /// The CA certificate clients pin (DER), for them to check an agent's end-to-end key.
+    ca_der: Vec<u8>,
     live: Arc<Mutex<HashMap<String, Live>>>,
 }
 
@@ -138,6 +144,7 @@ impl Sessions {
         metrics: Metrics,
         recordings: Arc<dyn Recordings>,
         forward_deny: Vec<String>,
+        ca_der: Vec<u8>,
     ) -> Self {
         Self {
             store,
@@ -145,6 +152,7 @@ impl Sessions {
             metrics,
             recordings,
             forward_deny,
+            ca_der,
             live: Arc::default(),
         }
     }
@@ -294,10 +302,15 @@ impl Sessions {
         self.event("", "refused", &who.name, &node, why).await;
     }
 
-    /// Starts a session on the node and its broker; the client attaches next.
-    pub async fn open(&self, who: &Principal, req: OpenRequest) -> Result<SessionRecord, ApiError> {
+    /// Starts a session on the node and its broker; the client attaches next. A sealed port
+    /// session comes with what the client needs to check the agent's key.
+    pub async fn open(
+        &self,
+        who: &Principal,
+        req: OpenRequest,
+    ) -> Result<(SessionRecord, Option<drover_api::E2eOffer>), ApiError> {
         let node = req.node.to_string();
-        let Some(tunnel) = self.registry.tunnel(&req.node) else {
+        let Some((tunnel, node_key)) = self.registry.tunnel_and_key(&req.node) else {
             let why = match self.store.get_node(&req.node).await? {
                 None => return Err(ApiError::NotFound(format!("node {node}"))),
                 Some(n) => format!("node {node} is {:?} (its agent is not connected)", n.status),
@@ -315,6 +328,7 @@ impl Sessions {
                     prefs: plan.prefs,
                     target,
                     tunnel,
+                    node_key,
                 };
                 return self.open_port(who, &req, port).await;
             }
@@ -346,6 +360,7 @@ impl Sessions {
             recorded,
             target: String::new(),
             connections: 0,
+            end_to_end: false,
         };
         self.store.create_session(&record).await?;
         let mut env = prefs.shell_environment.clone();
@@ -425,7 +440,7 @@ impl Sessions {
             connected,
             broker::run(agent, recorder, limits, ctl),
         );
-        Ok(record)
+        Ok((record, None))
     }
 
     /// Runs a session's broker on a task of its own, then records how the session ended.

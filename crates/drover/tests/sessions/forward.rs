@@ -164,10 +164,16 @@ async fn fifty_parallel_connections_arrive_intact_on_the_node_and_through_it() -
     assert_eq!(s.document, "StartPortForwardingSession");
     assert_eq!(s.target, format!("localhost:{}", local.addr.port()));
     assert_eq!(s.connections, 50);
-    assert_eq!(
-        (s.bytes_in, s.bytes_out),
-        (50 * LEN as i64, 50 * LEN as i64)
-    );
+    // Sealed end to end by default: the server counts what it relayed, the bytes plus each
+    // connection's handshake and a 18-byte frame header and tag per sealed chunk.
+    assert!(s.end_to_end);
+    let plain = 50 * LEN as i64;
+    for relayed in [s.bytes_in, s.bytes_out] {
+        assert!(
+            relayed >= plain && relayed < plain + plain / 100,
+            "{relayed} bytes relayed for {plain}"
+        );
+    }
 
     // Terminating a forward session closes its open connections and ends the client.
     let held = TcpStream::connect(("127.0.0.1", port2)).await?;
@@ -243,5 +249,87 @@ async fn a_connection_refused_on_the_node_closes_with_a_message() -> anyhow::Res
     let bad = env.cli(&["forward", "n1", "--remote-host", "a;b"])?;
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("parameter \"host\""), "{err}");
+    Ok(())
+}
+
+/// Sends `data` through the forward and checks the echo.
+async fn echo_through(port: u16, data: &[u8]) -> anyhow::Result<()> {
+    let s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut r, mut w) = s.into_split();
+    let sent = data.to_vec();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await?;
+        w.shutdown().await
+    });
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).await?;
+    writer.await??;
+    anyhow::ensure!(got == data, "the echo differs");
+    Ok(())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_relays_none_of_an_end_to_end_sessions_plaintext() -> anyhow::Result<()> {
+    let env = env();
+    let tap = env.path("relay.tap");
+    let tap_var = tap.display().to_string();
+    let (server, id, _agent) = node(&env, &[("DROVER_TEST_RELAY_TAP", &tap_var)], &[]).await?;
+    let local = echo("127.0.0.1:0").await?;
+    let port_arg = local.addr.port().to_string();
+    let marker = b"PLAINTEXT-MARKER-the-server-must-not-see-".repeat(2000);
+
+    // By default (endToEndEncryption: optional) the CLI and the agent seal the session.
+    let (mut sealed, port, sid) = forward(&env, &["--remote-port", &port_arg])?;
+    sealed.wait_for_line("is end-to-end encrypted (agent key sha256:", DEADLINE)?;
+    echo_through(port, &marker).await?;
+    sealed.sigterm();
+    sealed.wait_exit(DEADLINE)?;
+    let s = ended(&server, &sid).await?;
+    assert!(s.end_to_end);
+    let seen = std::fs::read(&tap)?;
+    assert!(
+        seen.len() > 2 * marker.len(),
+        "the tap saw {} bytes",
+        seen.len()
+    );
+    assert!(
+        !contains(&seen, b"PLAINTEXT-MARKER"),
+        "the server saw the plaintext"
+    );
+
+    // Off: the same bytes cross in the clear, and the tap sees them (so it would have above).
+    super::set_prefs(&env, "  endToEndEncryption: \"off\"\n")?;
+    std::fs::write(&tap, b"")?;
+    let (mut plain, port, sid) = forward(&env, &["--remote-port", &port_arg])?;
+    echo_through(port, &marker).await?;
+    plain.sigterm();
+    plain.wait_exit(DEADLINE)?;
+    assert!(!plain.output().contains("end-to-end"));
+    assert!(!ended(&server, &sid).await?.end_to_end);
+    assert!(contains(&std::fs::read(&tap)?, b"PLAINTEXT-MARKER"));
+
+    // Required: a client that cannot seal is refused, saying why.
+    super::set_prefs(&env, "  endToEndEncryption: required\n")?;
+    let refused = server
+        .client()?
+        .start_session(&drover_api::StartSession {
+            node: id,
+            document: Some("StartSSHSession".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(409));
+    assert!(
+        refused.to_string().contains("must be end-to-end encrypted"),
+        "{refused}"
+    );
+    let (required, port, _) = forward(&env, &["--remote-port", &port_arg])?;
+    echo_through(port, b"still works").await?;
+    required.wait_for_line("is end-to-end encrypted", DEADLINE)?;
     Ok(())
 }

@@ -210,6 +210,10 @@ async fn ssh_scp_and_rsync_reach_the_node_through_ssh_proxy() -> anyhow::Result<
             "{s:?}"
         );
         assert_eq!(s.target, format!("localhost:{}", sshd.port));
+        assert!(
+            s.end_to_end,
+            "ssh-proxy seals its sessions by default: {s:?}"
+        );
     }
     // The scp to the node carried the file up; the one back carried it down.
     assert!(sessions.iter().any(|s| s.bytes_in > blob.len() as i64));
