@@ -19,6 +19,10 @@ use tokio::net::TcpStream;
 /// Azure at 169.254.169.254, AWS's IPv6 fd00:ec2::254, Alibaba's 100.100.100.200) hand out the
 /// node's cloud credentials, and the link-local ranges hold them and their kin.
 pub const DEFAULT_DENY: &[&str] = &[
+    // "This network": 0.0.0.0 and :: connect to the node's own loopback, past a list that
+    // denies 127.0.0.0/8.
+    "0.0.0.0/8",
+    "::/128",
     "169.254.0.0/16",
     "fe80::/10",
     "fd00:ec2::254/128",
@@ -72,18 +76,41 @@ pub fn deny_list(extra: &[String]) -> Result<Vec<IpNet>, ForwardError> {
         .collect()
 }
 
+/// The IPv4 address an IPv6 address carries to an IPv4 host: mapped (`::ffff:a.b.c.d`),
+/// compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) and 6to4 (`2002:AABB:CCDD::`).
+fn embedded_v4(ip: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = ip.segments();
+    // The low 32 bits.
+    let tail = || std::net::Ipv4Addr::from(u128::from(ip) as u32);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, ..] => Some(tail()),
+        [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => Some(tail()),
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(tail()),
+        [0x2002, a, b, ..] => Some(std::net::Ipv4Addr::from(
+            (u32::from(a) << 16) | u32::from(b),
+        )),
+        _ => None,
+    }
+}
+
 /// Refuses the whole name if any address it resolves to is denied: which of its addresses a
-/// connection would use is not the user's choice to make.
+/// connection would use is not the user's choice to make. An IPv6 address that carries an IPv4
+/// one is checked as both.
 pub fn check(host: &str, addrs: &[SocketAddr], deny: &[IpNet]) -> Result<(), ForwardError> {
     for a in addrs {
-        // An IPv4 address written as IPv6 (::ffff:169.254.169.254) reaches the IPv4 host.
-        let ip = a.ip().to_canonical();
-        if let Some(net) = deny.iter().find(|n| n.contains(&ip)) {
-            return Err(ForwardError::Denied {
-                host: host.to_string(),
-                addr: ip,
-                net: *net,
-            });
+        let ip = a.ip();
+        let mut forms = vec![ip];
+        if let IpAddr::V6(v6) = ip {
+            forms.extend(embedded_v4(v6).map(IpAddr::V4));
+        }
+        for ip in forms {
+            if let Some(net) = deny.iter().find(|n| n.contains(&ip)) {
+                return Err(ForwardError::Denied {
+                    host: host.to_string(),
+                    addr: ip,
+                    net: *net,
+                });
+            }
         }
     }
     Ok(())
@@ -176,7 +203,13 @@ pub async fn serve(
     let mut socket = socket;
     let result = match e2e {
         None => splice(&mut stream, &mut socket).await,
-        Some(key) => match drover_tunnel::e2e::respond(&mut stream, key).await {
+        Some(key) => match drover_tunnel::e2e::respond(
+            &mut stream,
+            key,
+            &drover_proto::target_label(&req.host, req.port),
+        )
+        .await
+        {
             Ok(t) => drover_tunnel::e2e::sealed_splice(&mut socket, &mut stream, &t).await,
             Err(e) => Err(std::io::Error::other(e.to_string())),
         },
@@ -204,6 +237,11 @@ mod tests {
             "[fd00:ec2::254]:80",
             "[fe80::1]:22",
             "100.100.100.200:80",
+            "[::a9fe:a9fe]:80",
+            "[64:ff9b::a9fe:a9fe]:80",
+            "[2002:a9fe:a9fe::1]:80",
+            "0.0.0.0:22",
+            "[::]:22",
         ] {
             assert!(
                 matches!(
@@ -237,6 +275,8 @@ mod tests {
         assert!(check("h", &addrs(&["10.1.2.3:5432"]), &deny).is_err());
         assert!(check("h", &addrs(&["192.0.2.7:1"]), &deny).is_err());
         assert!(check("h", &addrs(&["10.2.0.1:5432"]), &deny).is_ok());
+        // NAT64 to a denied network is denied (the node's NAT64 gateway would reach it).
+        assert!(check("h", &addrs(&["[64:ff9b::a01:203]:5432"]), &deny).is_err());
         let e = deny_list(&["10.0.0.0/99".into()]).unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -90,10 +90,6 @@ pub async fn ensure_default(name: &str, lock: &Mutex<()>) -> Result<OsUser, Stri
             "/bin/bash",
             "--comment",
             "Drover sessions",
-            // No password, but not locked ("!"): sshd without PAM refuses a locked account
-            // even for a certificate, and `drover ssh` logs in as this user.
-            "--password",
-            "*",
             name,
         ])
         .output()

@@ -52,12 +52,20 @@ pub async fn configure_sshd(opts: &SshdOptions) -> Result<SshdReport, AgentError
     ));
     std::fs::create_dir_all(&opts.config_dir).map_err(io("create", &opts.config_dir))?;
     let dropin = opts.config_dir.join("drover.conf");
-    let text = format!(
+    let mut text = format!(
         "# Written by `drover agent configure-sshd`: trust the Drover server's SSH user\n\
          # certificates (minutes long, one principal, from this node's loopback only).\n\
          TrustedUserCAKeys {}\n",
         opts.ca_file.display()
     );
+    if let Some(user) = &opts.session_user {
+        // The session user logs in with a Drover certificate only: a key a session writes
+        // into its home would otherwise open a way in that goes around Drover.
+        text.push_str(&format!(
+            "# {user} logs in with a Drover certificate only, never with a key of its own.\n\
+             Match User {user}\n    AuthorizedKeysFile none\n"
+        ));
+    }
     write_world_readable(&dropin, text.as_bytes())?;
     lines.push(format!("wrote {}", dropin.display()));
     if !includes(&opts.sshd_config, &opts.config_dir) {

@@ -29,8 +29,9 @@ pub enum ConnectError {
 pub struct PortTunnel {
     tunnel: Tunnel,
     driver: tokio::task::JoinHandle<()>,
-    /// The agent's end-to-end key, once checked: every connection is sealed with it.
-    agent_key: Option<Vec<u8>>,
+    /// The agent's end-to-end key, once checked, and the target the handshake is bound to:
+    /// every connection is sealed with them.
+    sealed: Option<(Vec<u8>, String)>,
 }
 
 impl Drop for PortTunnel {
@@ -65,9 +66,10 @@ impl PortTunnel {
     }
 
     /// Seals every connection from now on for the agent whose key this is (checked with
-    /// [`Client::check_e2e`]).
-    pub fn seal_with(&mut self, agent_key: Vec<u8>) {
-        self.agent_key = Some(agent_key);
+    /// [`Client::check_e2e`]), bound to the target the user asked for
+    /// ([`drover_proto::target_label`]): an agent sent elsewhere fails the handshake.
+    pub fn seal_with(&mut self, agent_key: Vec<u8>, target: String) {
+        self.sealed = Some((agent_key, target));
     }
 
     /// Carries one local connection through the session until both sides are done: a new
@@ -77,10 +79,10 @@ impl PortTunnel {
         L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let mut stream = self.connect().await?;
-        let r = match &self.agent_key {
+        let r = match &self.sealed {
             None => drover_tunnel::splice(local, &mut stream).await,
-            Some(key) => {
-                let t = drover_tunnel::e2e::initiate(&mut stream, key)
+            Some((key, target)) => {
+                let t = drover_tunnel::e2e::initiate(&mut stream, key, target)
                     .await
                     .map_err(|e| ConnectError::Lost(e.to_string()))?;
                 drover_tunnel::e2e::sealed_splice(local, &mut stream, &t).await
@@ -213,7 +215,7 @@ impl Client {
         Ok(PortTunnel {
             tunnel,
             driver,
-            agent_key: None,
+            sealed: None,
         })
     }
 }

@@ -214,9 +214,11 @@ impl Preferences {
             Value::String(s) if s == "off" => EndToEnd::Off,
             Value::String(s) if s == "optional" => EndToEnd::Optional,
             Value::String(s) if s == "required" => EndToEnd::Required,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "endToEndEncryption: expected \"off\", \"optional\" or \"required\", got {other}"
-            )),
+            ))
+            }
         };
         if let Some(b) = boolean("recordSessions", get("recordSessions"))? {
             p.record_sessions = b;

@@ -55,6 +55,12 @@ pub fn verify_e2e_key(
     sig: &[u8],
     now: i64,
 ) -> Result<(), PkiError> {
+    if noise_public.len() != 32 {
+        return Err(bad(format!(
+            "an end-to-end key is 32 bytes (X25519), not {}",
+            noise_public.len()
+        )));
+    }
     let (_, ca) = X509Certificate::from_der(ca_cert_der).map_err(|e| bad(format!("CA: {e}")))?;
     let (_, node) =
         X509Certificate::from_der(node_cert_der).map_err(|e| bad(format!("node: {e}")))?;

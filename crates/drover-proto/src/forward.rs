@@ -13,6 +13,16 @@ use serde::{Deserialize, Serialize};
 /// The `Upgrade` token of a session's multiplexed connection from a client.
 pub const MUX_UPGRADE: &str = "drover-mux/1";
 
+/// `host:port`, an IPv6 address in brackets: how a target is shown in history and bound into
+/// an end-to-end handshake (so both ends must write it the same way).
+pub fn target_label(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Connect to `host:port` from the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardConnect {

@@ -9,7 +9,7 @@ mod frame;
 mod message;
 mod session;
 
-pub use forward::{E2eKey, ForwardConnect, MUX_UPGRADE};
+pub use forward::{target_label, E2eKey, ForwardConnect, MUX_UPGRADE};
 pub use frame::{decode, encode, FrameError, LENGTH_PREFIX, MAX_FRAME_LEN};
 pub use message::{
     negotiate, CertificateIssued, Hello, Inventory, Invoke, Message, OutputStream, Progress,

@@ -73,12 +73,23 @@ async fn read_frame<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::
     Ok(true)
 }
 
+/// What both sides bind the handshake to: the target the client asked for, as
+/// [`drover_proto::target_label`] writes it. A relay that sends the agent elsewhere makes the
+/// handshake fail, so no byte of the client's reaches a target it did not ask for.
+pub fn prologue(target: &str) -> Vec<u8> {
+    let mut p = b"drover end-to-end v1\0".to_vec();
+    p.extend_from_slice(target.as_bytes());
+    p
+}
+
 /// The client's side of the handshake.
 pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     agent_public: &[u8],
+    target: &str,
 ) -> Result<Transport, E2eError> {
     let mut hs = snow::Builder::new(params()?)
+        .prologue(&prologue(target))
         .remote_public_key(agent_public)
         .build_initiator()?;
     let mut out = vec![0u8; MAX_MESSAGE];
@@ -96,8 +107,10 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
 pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     key: &E2eKey,
+    target: &str,
 ) -> Result<Transport, E2eError> {
     let mut hs = snow::Builder::new(params()?)
+        .prologue(&prologue(target))
         .local_private_key(&key.private)
         .build_responder()?;
     let mut msg = Vec::new();
@@ -120,8 +133,9 @@ fn sealing(e: snow::Error) -> std::io::Error {
 
 /// Copies both ways between `plain` and `sealed` until both directions end: what is read from
 /// `plain` is sealed onto `sealed`, what comes from `sealed` is opened onto `plain`. A frame
-/// that does not open (tampered, replayed, reordered) ends the connection. Returns the plain
-/// bytes sent and received.
+/// that does not open (tampered, replayed, reordered) ends the connection. Each direction ends
+/// with a sealed empty frame, so a relay that cuts the stream short is an error, not an end of
+/// file the receiver would take for the whole of it. Returns the plain bytes sent and received.
 pub async fn sealed_splice<P, E>(
     plain: &mut P,
     sealed: &mut E,
@@ -140,6 +154,18 @@ where
         loop {
             let n = plain_r.read(&mut buf).await?;
             if n == 0 {
+                // The end, sealed: an empty frame at the next nonce.
+                let body = frame.get_mut(2..).unwrap_or_default();
+                let len = t.write_message(nonce, &[], body).map_err(sealing)?;
+                let prefix = u16::try_from(len)
+                    .map_err(std::io::Error::other)?
+                    .to_be_bytes();
+                if let Some(p) = frame.get_mut(..2) {
+                    p.copy_from_slice(&prefix);
+                }
+                sealed_w
+                    .write_all(frame.get(..len + 2).unwrap_or_default())
+                    .await?;
                 sealed_w.shutdown().await?;
                 return Ok::<u64, std::io::Error>(total);
             }
@@ -166,19 +192,29 @@ where
         let (mut nonce, mut total) = (0u64, 0u64);
         while read_frame(&mut sealed_r, &mut msg).await? {
             let n = t.read_message(nonce, &msg, &mut out).map_err(sealing)?;
-            plain_w.write_all(out.get(..n).unwrap_or_default()).await?;
             nonce += 1;
+            if n == 0 {
+                // The sender's sealed end: nothing may follow it.
+                if read_frame(&mut sealed_r, &mut msg).await? {
+                    return Err(sealing(snow::Error::Input));
+                }
+                plain_w.shutdown().await?;
+                return Ok::<u64, std::io::Error>(total);
+            }
+            plain_w.write_all(out.get(..n).unwrap_or_default()).await?;
             total += n as u64;
         }
-        plain_w.shutdown().await?;
-        Ok::<u64, std::io::Error>(total)
+        Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "end-to-end encryption: the connection was cut short (no sealed end)",
+        ))
     };
     tokio::try_join!(up, down)
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[tokio::test]
@@ -190,13 +226,15 @@ mod tests {
         let (mut agent_plain, mut target) = tokio::io::duplex(1 << 20);
         let public = agent.public.clone();
         let client = tokio::spawn(async move {
-            let t = initiate(&mut client_wire, &public).await.unwrap();
+            let t = initiate(&mut client_wire, &public, "db:5432")
+                .await
+                .unwrap();
             sealed_splice(&mut client_plain, &mut client_wire, &t)
                 .await
                 .unwrap()
         });
         let server = tokio::spawn(async move {
-            let t = respond(&mut agent_wire, &agent).await.unwrap();
+            let t = respond(&mut agent_wire, &agent, "db:5432").await.unwrap();
             sealed_splice(&mut agent_plain, &mut agent_wire, &t)
                 .await
                 .unwrap()
@@ -218,8 +256,50 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         let someone = E2eKey::generate().unwrap();
         let real = E2eKey::generate().unwrap();
-        let responder = tokio::spawn(async move { respond(&mut b, &real).await.is_ok() });
-        let _ = initiate(&mut a, &someone.public).await;
+        let responder =
+            tokio::spawn(async move { respond(&mut b, &real, "db:5432").await.is_ok() });
+        let _ = initiate(&mut a, &someone.public, "db:5432").await;
         assert!(!responder.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_changes_the_target_fails_the_handshake() {
+        let agent = E2eKey::generate().unwrap();
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let public = agent.public.clone();
+        let responder =
+            tokio::spawn(async move { respond(&mut b, &agent, "evil:5432").await.is_ok() });
+        let client = initiate(&mut a, &public, "db:5432").await;
+        assert!(client.is_err() || !responder.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_short_is_an_error_not_an_end() {
+        let agent = E2eKey::generate().unwrap();
+        let (mut wire_c, mut wire_a) = tokio::io::duplex(1 << 16);
+        let public = agent.public.clone();
+        let server = tokio::spawn(async move {
+            let t = respond(&mut wire_a, &agent, "t:1").await.unwrap();
+            (t, wire_a)
+        });
+        let t = initiate(&mut wire_c, &public, "t:1").await.unwrap();
+        let (ta, mut wire_a) = server.await.unwrap();
+        // One sealed chunk from the agent's side, then the relay ends the stream: no sealed
+        // end. (The relay keeps reading, so only the cut can fail the client.)
+        let mut body = vec![0u8; 1024];
+        let n = ta.write_message(0, b"partial", &mut body).unwrap();
+        wire_a.write_all(&(n as u16).to_be_bytes()).await.unwrap();
+        wire_a.write_all(&body[..n]).await.unwrap();
+        wire_a.shutdown().await.unwrap();
+        let (mut app, mut plain_c) = tokio::io::duplex(1 << 16);
+        app.shutdown().await.unwrap();
+        let r = sealed_splice(&mut plain_c, &mut wire_c, &t).await;
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("cut short"), "{e}");
+        drop(plain_c);
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"partial");
+        drop(wire_a);
     }
 }

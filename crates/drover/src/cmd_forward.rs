@@ -109,7 +109,18 @@ pub async fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
         .attach_port(&session.id)
         .await
         .with_context(|| format!("attaching to session {}", session.id))?;
-    let agent_key = sealed(&client, &session, &mut tunnel).await?;
+    let expected = match (&args.document, &args.remote_host) {
+        (Some(_), _) => session.target.clone(),
+        (None, host) => drover_proto::target_label(
+            // As the server reads it: an IPv6 address with or without its brackets.
+            host.as_deref()
+                .unwrap_or(drover_docs::LOCAL_HOST)
+                .trim_start_matches('[')
+                .trim_end_matches(']'),
+            args.remote_port,
+        ),
+    };
+    let agent_key = sealed(&client, &args.node, &session, &expected, &mut tunnel).await?;
     println!(
         "Forwarding {local} to {} through {} (session {}). Ctrl-C ends it.",
         session.target, session.node, session.id
@@ -124,7 +135,7 @@ pub async fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
             match reattach(&client, &session.id).await {
                 Some(mut t) => {
                     if let Some(k) = &agent_key {
-                        t.seal_with(k.clone());
+                        t.seal_with(k.clone(), expected.clone());
                     }
                     eprintln!("drover: attached again to session {}", session.id);
                     current.send_replace(Some(Arc::new(t)));
@@ -179,12 +190,29 @@ async fn carry(
 /// A key that does not check out ends the session: never a silent fallback to plain.
 async fn sealed(
     client: &Client,
+    asked_node: &str,
     session: &SessionView,
+    target: &str,
     tunnel: &mut PortTunnel,
 ) -> anyhow::Result<Option<Vec<u8>>> {
     let Some(offer) = &session.e2e else {
+        eprintln!(
+            "drover: session {} is not end-to-end encrypted (the server can read it)",
+            session.id
+        );
         return Ok(None);
     };
+    // What the server says must be what was asked for: the node (when named by its ID) and the
+    // target, to which the handshake is bound.
+    let asked_id = asked_node.starts_with("n-");
+    if (asked_id && asked_node != session.node) || session.target != target {
+        tunnel.goodbye("the session is not the one asked for").await;
+        anyhow::bail!(
+            "the server started a session to {} on {}; asked for {target} on {asked_node}",
+            session.target,
+            session.node
+        );
+    }
     match client.check_e2e(&session.node, offer) {
         Ok((key, fp)) => {
             eprintln!(
@@ -192,7 +220,7 @@ async fn sealed(
                 session.id,
                 fp.get(..16).unwrap_or(&fp)
             );
-            tunnel.seal_with(key.clone());
+            tunnel.seal_with(key.clone(), target.to_string());
             Ok(Some(key))
         }
         Err(e) => {
@@ -288,7 +316,8 @@ pub async fn ssh_proxy(args: SshProxyArgs) -> anyhow::Result<ExitCode> {
         .attach_port(&session.id)
         .await
         .with_context(|| format!("attaching to session {}", session.id))?;
-    sealed(&client, &session, &mut tunnel).await?;
+    let target = drover_proto::target_label(drover_docs::LOCAL_HOST, args.port);
+    sealed(&client, &args.node, &session, &target, &mut tunnel).await?;
     let mut stdio = crate::stdio::Stdio::open()?;
     let result = tokio::select! {
         r = tunnel.carry(&mut stdio) => r,

@@ -38,6 +38,10 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the broker looks at its counters (idle time, metrics).
 const TICK: Duration = Duration::from_millis(500);
+/// Connections one session may have open at once. Each holds a stream on the node's tunnel,
+/// which commands and other sessions share (1,024 streams), and up to two windows of memory
+/// on the server.
+pub const MAX_CONNECTIONS: u64 = 256;
 
 /// A port session about to start.
 pub(super) struct PortOpen {
@@ -93,7 +97,7 @@ impl Sessions {
             bytes_in: 0,
             bytes_out: 0,
             recorded: false,
-            target: format_target(&target.host, target.port),
+            target: drover_proto::target_label(&target.host, target.port),
             connections: 0,
             end_to_end: sealed,
         };
@@ -132,15 +136,6 @@ impl Sessions {
         };
         self.spawn_broker(&p.id, &node, connected, run(broker));
         Ok((record, offer))
-    }
-}
-
-/// `host:port`, with an IPv6 address in brackets.
-fn format_target(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 
@@ -205,6 +200,9 @@ pub async fn run(mut b: PortBroker) -> Outcome {
                 if let Some(tx) = b.connected.take() {
                     let _ = tx.send(());
                 }
+                // One client connection per session: a client that attaches again (after its
+                // network dropped) replaces the one before, whose streams go with it.
+                clients.abort_all();
                 clients.spawn(client(io, shared.clone()));
                 unattached_since = None;
                 last_activity = Instant::now();
@@ -294,6 +292,17 @@ async fn connection(stream: Stream, shared: Arc<Shared>) {
         }
         _ => return,
     }
+    let Some(_slot) = Slot::take(&shared.open, MAX_CONNECTIONS) else {
+        let message =
+            format!("the session already has {MAX_CONNECTIONS} connections open, the most it may");
+        let _ = from_client
+            .send(Message::Error {
+                code: "forward_failed".into(),
+                message,
+            })
+            .await;
+        return;
+    };
     let node = tokio::time::timeout(CONNECT_TIMEOUT, connect_on_node(&shared))
         .await
         .unwrap_or_else(|_| {
@@ -315,7 +324,6 @@ async fn connection(stream: Stream, shared: Arc<Shared>) {
         return;
     }
     shared.made.fetch_add(1, Ordering::Relaxed);
-    shared.open.fetch_add(1, Ordering::Relaxed);
     let client_side = Counted::new(into_raw(from_client), shared.counters.clone());
     #[cfg(feature = "test-hooks")]
     let client_side = super::tap::Tap::new(client_side);
@@ -324,7 +332,25 @@ async fn connection(stream: Stream, shared: Arc<Shared>) {
     if let Err(e) = splice(&mut client_side, &mut node_side).await {
         tracing::debug!(error = %e, "a forwarded connection ended with an error");
     }
-    shared.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// One of a session's open connections, given back when dropped.
+struct Slot<'a>(&'a AtomicU64);
+
+impl<'a> Slot<'a> {
+    fn take(open: &'a AtomicU64, max: u64) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(open))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Opens the connection's stream on the node's tunnel and waits for the agent's answer.

@@ -267,6 +267,10 @@ async fn drover_ssh_logs_in_with_a_short_lived_certificate_and_no_key_on_the_nod
     assert!(!out.contains("warning"), "{out}");
     let trusted = std::fs::read_to_string(conf.join("drover.conf"))?;
     assert!(trusted.contains("TrustedUserCAKeys"), "{trusted}");
+    assert!(
+        trusted.contains("Match User drover-user\n    AuthorizedKeysFile none"),
+        "{trusted}"
+    );
 
     // Logged in as the sessions' user (run-as off: drover-user), by certificate alone.
     let out = env.cli_ok(&args)?;
