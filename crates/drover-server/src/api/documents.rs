@@ -197,8 +197,19 @@ pub async fn set_default(
     authorize(&who, Action::WriteDocument)?;
     check_name(&name)?;
     let version = validate::range("version", req.version, 1..=i64::MAX)?;
-    let d = state.store.set_default_version(&name, version).await?;
-    Ok(Json(view(d, false, false)))
+    // The path names the document (404 when it does not exist); a version it lacks is a bad
+    // body, not a missing resource.
+    let Some(head) = state.store.get_document(&name, None).await? else {
+        return Err(ApiError::NotFound(format!("document {name:?} not found")));
+    };
+    match state.store.set_default_version(&name, version).await {
+        Ok(d) => Ok(Json(view(d, false, false))),
+        Err(drover_store::StoreError::NotFound(_)) => Err(ApiError::BadRequest(format!(
+            "version: document {name:?} has no version {version} (its versions are 1 to {})",
+            head.latest_version
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[utoipa::path(delete, path = "/api/v1/documents/{name}", params(("name" = String, Path)),

@@ -38,7 +38,7 @@ pub async fn echo(bind: &str) -> anyhow::Result<Echo> {
 }
 
 /// `drover forward n1 ARGS`, once it listens: the process, its local port, its session.
-fn forward(env: &Env, args: &[&str]) -> anyhow::Result<(Proc, u16, String)> {
+pub(super) fn forward(env: &Env, args: &[&str]) -> anyhow::Result<(Proc, u16, String)> {
     let mut cmd = env.command();
     cmd.args(["forward", "n1"]).args(args);
     let p = Proc::spawn("forward", cmd)?;
@@ -253,7 +253,7 @@ async fn a_connection_refused_on_the_node_closes_with_a_message() -> anyhow::Res
 }
 
 /// Sends `data` through the forward and checks the echo.
-async fn echo_through(port: u16, data: &[u8]) -> anyhow::Result<()> {
+pub(super) async fn echo_through(port: u16, data: &[u8]) -> anyhow::Result<()> {
     let s = TcpStream::connect(("127.0.0.1", port)).await?;
     let (mut r, mut w) = s.into_split();
     let sent = data.to_vec();

@@ -509,3 +509,44 @@ async fn the_shell_profile_sets_the_environment_the_directory_and_runs_its_comma
     assert_eq!(out.trim(), "P= E=prod D=/tmp");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_or_a_server_restart_leaves_no_session_process_behind() -> anyhow::Result<()>
+{
+    let env = env();
+    let (mut server, id, mut agent) = node(&env, &[], &[]).await?;
+    set_prefs(&env, AS_ROOT)?;
+
+    // SIGKILL of the agent: nothing runs its cleanup, so the kernel must end the sessions'
+    // processes (PR_SET_PDEATHSIG through setpriv, and the PTY's hangup). Both kinds.
+    let mut pipes = background_shell(&env, "pipes", "echo started; exec sleep 63.25")?;
+    let mut cmd = env.command();
+    cmd.args(["shell", "n1", "--", "echo started; exec sleep 64.25"]);
+    let mut pty = Proc::spawn("pty", cmd)?;
+    pipes.wait_for_line("started", DEADLINE)?;
+    pty.wait_for_line("started", DEADLINE)?;
+    agent.kill9();
+    gone("sleep 63.25").await?;
+    gone("sleep 64.25").await?;
+    for p in [&mut pipes, &mut pty] {
+        assert_eq!(p.wait_exit(DEADLINE)?.code(), Some(255));
+        p.wait_for_line("the connection to the node was lost", DEADLINE)?;
+    }
+
+    // SIGKILL of the server: the agent sees its connection fail and hangs its sessions up; the
+    // restarted server ends what the store still had open, saying why.
+    let _agent = env.run_agent_with("n1", &[], &[])?;
+    wait_status(&server, std::slice::from_ref(&id), "Online").await?;
+    let mut shell = background_shell(&env, "shell", "echo started; exec sleep 65.25")?;
+    shell.wait_for_line("started", DEADLINE)?;
+    let sid = latest_session(&env)?["id"].as_str().unwrap().to_string();
+    server.kill_and_restart(&env)?;
+    gone("sleep 65.25").await?;
+    assert_eq!(shell.wait_exit(DEADLINE)?.code(), Some(255));
+    let s = server.client()?.get_session(&sid).await?;
+    assert_eq!(
+        (s.status.as_str(), s.detail.as_str()),
+        ("Terminated", "the server restarted")
+    );
+    Ok(())
+}

@@ -192,3 +192,35 @@ async fn input_typed_while_cut_off_arrives_once() -> anyhow::Result<()> {
     assert_eq!(seen, expected);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_whose_connection_drops_attaches_again_and_carries_new_connections(
+) -> anyhow::Result<()> {
+    let env = env();
+    let (server, _agent, proxy) = behind_proxy(&env).await?;
+    let echo = super::forward::echo("127.0.0.1:0").await?;
+    let (mut fwd, port, sid) =
+        super::forward::forward(&env, &["--remote-port", &echo.addr.port().to_string()])?;
+    super::forward::echo_through(port, b"before the outage").await?;
+    proxy.cut();
+    fwd.wait_for_line("attaching again", DEADLINE)?;
+    proxy.wait_refused(1).await?;
+    proxy.heal();
+    fwd.wait_for_line(&format!("attached again to session {sid}"), DEADLINE)?;
+    // The same session, sealed as before, carries new connections.
+    super::forward::echo_through(port, b"after the outage").await?;
+    fwd.sigterm();
+    assert!(fwd.wait_exit(DEADLINE)?.success());
+    let client = server.client()?;
+    let s = drover_testkit::wait_until("the session to end", DEADLINE, || {
+        let client = client.clone();
+        let sid = sid.clone();
+        async move {
+            let s = client.get_session(&sid).await?;
+            Ok(s.ended_at.is_some().then_some(s))
+        }
+    })
+    .await?;
+    assert_eq!((s.connections, s.end_to_end), (2, true));
+    Ok(())
+}
