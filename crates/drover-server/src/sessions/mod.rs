@@ -319,7 +319,10 @@ impl Sessions {
             return Err(ApiError::Conflict(why));
         };
         let plan = self.plan(&req).await?;
-        let id = format!("s-{:010x}{}", secrets::now().max(0), secrets::random_hex(5));
+        // Microseconds first, so that IDs sort by start even within a second (history is listed
+        // newest first, and paged, by ID).
+        let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+        let id = format!("s-{:013x}{}", micros.max(0), secrets::random_hex(5));
         let (kind, command, plan_env) = match plan.runs {
             Runs::Port(target) => {
                 let port = PortOpen {

@@ -539,7 +539,10 @@ async fn an_agent_killed_or_a_server_restart_leaves_no_session_process_behind() 
     wait_status(&server, std::slice::from_ref(&id), "Online").await?;
     let mut shell = background_shell(&env, "shell", "echo started; exec sleep 65.25")?;
     shell.wait_for_line("started", DEADLINE)?;
-    let sid = latest_session(&env)?["id"].as_str().unwrap().to_string();
+    let client = server.client()?;
+    let live = client.list_sessions(None, true, None, 10).await?.sessions;
+    assert_eq!(live.len(), 1, "{live:?}");
+    let sid = live[0].id.clone();
     server.kill_and_restart(&env)?;
     gone("sleep 65.25").await?;
     assert_eq!(shell.wait_exit(DEADLINE)?.code(), Some(255));
