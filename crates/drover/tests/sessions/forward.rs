@@ -165,12 +165,13 @@ async fn fifty_parallel_connections_arrive_intact_on_the_node_and_through_it() -
     assert_eq!(s.target, format!("localhost:{}", local.addr.port()));
     assert_eq!(s.connections, 50);
     // Sealed end to end by default: the server counts what it relayed, the bytes plus each
-    // connection's handshake and a 18-byte frame header and tag per sealed chunk.
+    // connection's handshake and an 18-byte frame header and tag per sealed chunk (chunks are
+    // what one read of the local socket gives: large here, but not always 64 KiB).
     assert!(s.end_to_end);
     let plain = 50 * LEN as i64;
     for relayed in [s.bytes_in, s.bytes_out] {
         assert!(
-            relayed >= plain && relayed < plain + plain / 100,
+            relayed >= plain && relayed < plain + plain / 20,
             "{relayed} bytes relayed for {plain}"
         );
     }
