@@ -194,7 +194,13 @@ fn print_one(s: &SessionView) {
         println!("Exit:      {c}");
     }
     if !s.target.is_empty() {
-        println!("Target:    {} ({} connections)", s.target, s.connections);
+        let plural = if s.connections == 1 { "" } else { "s" };
+        println!(
+            "Target:    {} ({} connection{plural})",
+            s.target, s.connections
+        );
+        let sealed = if s.end_to_end { "yes" } else { "no" };
+        println!("Sealed:    {sealed} (end-to-end encrypted between client and agent)");
     }
     println!("Bytes:     {} in, {} out", s.bytes_in, s.bytes_out);
     println!("Recorded:  {}", if s.recorded { "yes" } else { "no" });
