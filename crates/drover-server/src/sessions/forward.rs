@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::broker::{Limits, Outcome, RESUME_WINDOW};
-use super::{minutes, scaled, Attach, Live, OpenRequest, Sessions};
+use super::{Attach, Live, OpenRequest, Sessions};
 use crate::api::ApiError;
 use crate::authz::Principal;
 use crate::secrets;
@@ -125,12 +125,7 @@ impl Sessions {
             node: p.tunnel,
             attach,
             terminate,
-            limits: Limits {
-                idle: scaled(p.prefs.idle_timeout),
-                max: p.prefs.max_duration.map(scaled),
-                idle_words: minutes(p.prefs.idle_timeout),
-                max_words: p.prefs.max_duration.map(minutes).unwrap_or_default(),
-            },
+            limits: super::limits::of(&p.prefs),
             connected: Some(connected_tx),
             bytes: self.metrics.session_byte_counters(),
         };

@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod forward;
+mod limits;
 pub mod recording;
 #[cfg(feature = "test-hooks")]
 mod tap;
@@ -96,45 +97,6 @@ pub struct Sessions {
     /// The CA certificate clients pin (DER), for them to check an agent's end-to-end key.
     ca_der: Vec<u8>,
     live: Arc<Mutex<HashMap<String, Live>>>,
-}
-
-/// One minute of session limits. Tests shorten it (feature `test-hooks`, variable
-/// `DROVER_TEST_SESSION_MINUTE_MS`) so that an idle timeout of "1 minute" is testable.
-fn minute() -> Duration {
-    #[cfg(feature = "test-hooks")]
-    if let Some(ms) = std::env::var("DROVER_TEST_SESSION_MINUTE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return Duration::from_millis(ms);
-    }
-    Duration::from_secs(60)
-}
-
-/// A shell document's preferences within the server-wide ones.
-fn stricter(server: Preferences, own: Preferences) -> Preferences {
-    Preferences {
-        idle_timeout: server.idle_timeout.min(own.idle_timeout),
-        max_duration: match (server.max_duration, own.max_duration) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        },
-        shell_profile: own.shell_profile,
-        shell_environment: own.shell_environment,
-        working_directory: own.working_directory,
-        ..server
-    }
-}
-
-fn minutes(d: Duration) -> String {
-    match d.as_secs() / 60 {
-        1 => "1 minute".into(),
-        n => format!("{n} minutes"),
-    }
-}
-
-fn scaled(d: Duration) -> Duration {
-    minute().mul_f64(d.as_secs_f64() / 60.0)
 }
 
 impl Sessions {
@@ -226,7 +188,7 @@ impl Sessions {
                 // server-wide preferences'.
                 let own = Preferences::from_inputs(&doc.inputs)
                     .map_err(|e| ApiError::Internal(format!("{name}: {e}")))?;
-                prefs = stricter(prefs, own);
+                prefs = limits::stricter(prefs, own);
                 Runs::Process {
                     kind: SessionKind::Shell,
                     command: None,
@@ -425,12 +387,7 @@ impl Sessions {
                 terminate: terminate_tx,
             },
         );
-        let limits = broker::Limits {
-            idle: scaled(prefs.idle_timeout),
-            max: prefs.max_duration.map(scaled),
-            idle_words: minutes(prefs.idle_timeout),
-            max_words: prefs.max_duration.map(minutes).unwrap_or_default(),
-        };
+        let limits = limits::of(prefs);
         let ctl = broker::Control {
             attach,
             terminate,
