@@ -175,7 +175,7 @@ impl Client {
             .await
             .map_err(|e| transport(format!("HTTP: {e}")))?;
         let conn = tokio::spawn(conn.with_upgrades());
-        let authority = self.base.strip_prefix("https://").unwrap_or(&self.base);
+        let authority = self.authority()?;
         let mut req = hyper::Request::get(format!("/api/v1/sessions/{}/tunnel", crate::seg(id)))
             .header(header::HOST, authority)
             .header(header::UPGRADE, MUX_UPGRADE)

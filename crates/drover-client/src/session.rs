@@ -121,10 +121,7 @@ impl Client {
             url: self.base.clone(),
             detail,
         };
-        let authority = self
-            .base
-            .strip_prefix("https://")
-            .ok_or_else(|| ClientError::BadUrl(self.base.clone()))?;
+        let authority = self.authority()?;
         let url = format!(
             "wss://{authority}/api/v1/sessions/{}/stream",
             crate::seg(id)
@@ -166,17 +163,20 @@ impl Client {
 }
 
 impl Client {
+    /// `host:port` of the server.
+    pub(crate) fn authority(&self) -> Result<&str, ClientError> {
+        self.base
+            .strip_prefix("https://")
+            .ok_or_else(|| ClientError::BadUrl(self.base.clone()))
+    }
+
     /// A TLS connection to the server (pinned, HTTP/1.1), for a stream of its own.
     pub(crate) async fn connect_tls(&self) -> Result<TlsStream<TcpStream>, ClientError> {
         let transport = |detail: String| ClientError::Transport {
             url: self.base.clone(),
             detail,
         };
-        let authority = self
-            .base
-            .strip_prefix("https://")
-            .ok_or_else(|| ClientError::BadUrl(self.base.clone()))?;
-        let (host, port) = split_host_port(authority);
+        let (host, port) = split_host_port(self.authority()?);
         let tcp = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             TcpStream::connect((host.as_str(), port)),

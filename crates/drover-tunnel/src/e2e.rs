@@ -131,6 +131,19 @@ fn sealing(e: snow::Error) -> std::io::Error {
     )
 }
 
+/// Seals `plain` into `frame` (length prefix, then ciphertext); returns the frame's length.
+fn seal(t: &Transport, nonce: u64, plain: &[u8], frame: &mut [u8]) -> std::io::Result<usize> {
+    let body = frame.get_mut(2..).unwrap_or_default();
+    let len = t.write_message(nonce, plain, body).map_err(sealing)?;
+    let prefix = u16::try_from(len)
+        .map_err(std::io::Error::other)?
+        .to_be_bytes();
+    if let Some(p) = frame.get_mut(..2) {
+        p.copy_from_slice(&prefix);
+    }
+    Ok(len + 2)
+}
+
 /// Copies both ways between `plain` and `sealed` until both directions end: what is read from
 /// `plain` is sealed onto `sealed`, what comes from `sealed` is opened onto `plain`. A frame
 /// that does not open (tampered, replayed, reordered) ends the connection. Each direction ends
@@ -153,35 +166,15 @@ where
         let (mut nonce, mut total) = (0u64, 0u64);
         loop {
             let n = plain_r.read(&mut buf).await?;
+            // At the end of the input, an empty frame at the next nonce: the end, sealed.
+            let len = seal(t, nonce, buf.get(..n).unwrap_or_default(), &mut frame)?;
+            sealed_w
+                .write_all(frame.get(..len).unwrap_or_default())
+                .await?;
             if n == 0 {
-                // The end, sealed: an empty frame at the next nonce.
-                let body = frame.get_mut(2..).unwrap_or_default();
-                let len = t.write_message(nonce, &[], body).map_err(sealing)?;
-                let prefix = u16::try_from(len)
-                    .map_err(std::io::Error::other)?
-                    .to_be_bytes();
-                if let Some(p) = frame.get_mut(..2) {
-                    p.copy_from_slice(&prefix);
-                }
-                sealed_w
-                    .write_all(frame.get(..len + 2).unwrap_or_default())
-                    .await?;
                 sealed_w.shutdown().await?;
                 return Ok::<u64, std::io::Error>(total);
             }
-            let body = frame.get_mut(2..).unwrap_or_default();
-            let len = t
-                .write_message(nonce, buf.get(..n).unwrap_or_default(), body)
-                .map_err(sealing)?;
-            let prefix = u16::try_from(len)
-                .map_err(std::io::Error::other)?
-                .to_be_bytes();
-            if let Some(p) = frame.get_mut(..2) {
-                p.copy_from_slice(&prefix);
-            }
-            sealed_w
-                .write_all(frame.get(..len + 2).unwrap_or_default())
-                .await?;
             nonce += 1;
             total += n as u64;
         }

@@ -80,18 +80,24 @@ fn start_request(args: &ForwardArgs) -> anyhow::Result<StartSession> {
             Value::String(args.remote_port.to_string()),
         );
     }
-    Ok(StartSession {
-        node: args.node.clone(),
+    Ok(port_session(&args.node, document, parameters, &args.reason))
+}
+
+/// A port session's start: this client seals it end to end when the node can.
+fn port_session(
+    node: &str,
+    document: String,
+    parameters: std::collections::BTreeMap<String, Value>,
+    reason: &Option<String>,
+) -> StartSession {
+    StartSession {
+        node: node.to_string(),
         document: Some(document),
         parameters,
-        command: None,
-        pty: None,
-        cols: None,
-        rows: None,
-        term: None,
-        reason: args.reason.clone(),
+        reason: reason.clone(),
         e2e: Some(true),
-    })
+        ..StartSession::default()
+    }
 }
 
 pub async fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
@@ -294,22 +300,12 @@ pub async fn ssh_proxy(args: SshProxyArgs) -> anyhow::Result<ExitCode> {
     let mut stop = stop_signals()?;
     let client = crate::client_config::client()?;
     let session = client
-        .start_session(&StartSession {
-            node: args.node.clone(),
-            document: Some("StartSSHSession".into()),
-            parameters: [(
-                "portNumber".to_string(),
-                Value::String(args.port.to_string()),
-            )]
-            .into(),
-            command: None,
-            pty: None,
-            cols: None,
-            rows: None,
-            term: None,
-            reason: args.reason.clone(),
-            e2e: Some(true),
-        })
+        .start_session(&port_session(
+            &args.node,
+            "StartSSHSession".into(),
+            [("portNumber".into(), Value::String(args.port.to_string()))].into(),
+            &args.reason,
+        ))
         .await
         .with_context(|| format!("starting an SSH session on {}", args.node))?;
     let mut tunnel = client
