@@ -224,3 +224,44 @@ async fn a_forward_whose_connection_drops_attaches_again_and_carries_new_connect
     assert_eq!((s.connections, s.end_to_end), (2, true));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pty_shell_cut_off_resumes_with_every_line_once() -> anyhow::Result<()> {
+    let env = env();
+    let (server, _agent, proxy) = behind_proxy(&env).await?;
+    let mut cli = super::pty::PtyCli::spawn(&env, &["shell", "n1"], &[])?;
+    cli.send(b"echo READY-$((6*7))\r").await?;
+    cli.expect("READY-42", DEADLINE).await?;
+    cli.send(b"for i in $(seq 1 60); do echo tick-$i; sleep 0.1; done; echo END-$((1+1))\r")
+        .await?;
+    cli.expect("tick-5\r", DEADLINE).await?;
+    proxy.cut();
+    // The outage lasts until the client has tried to come back and the shell has printed
+    // every tick (the server counts its output: each "tick-N\r\n" line, and the END line).
+    proxy.wait_refused(1).await?;
+    let client = server.client()?;
+    drover_testkit::wait_until("the loop to finish during the outage", DEADLINE, || {
+        let client = client.clone();
+        async move {
+            let m = client.get_text("/metrics").await?;
+            let out = m
+                .lines()
+                .find_map(|l| l.strip_prefix("drover_session_bytes_total{direction=\"out\"} "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            // 60 lines of at least 8 bytes, beyond the prompt and echoes before them.
+            Ok((out >= 600).then_some(()))
+        }
+    })
+    .await?;
+    proxy.heal();
+    cli.expect("END-2", DEADLINE).await?;
+    let text = cli.text();
+    for i in 1..=60 {
+        let line = format!("tick-{i}\r\n");
+        assert_eq!(text.matches(&line).count(), 1, "{line:?} in:\n{text}");
+    }
+    cli.send(b"exit 0\r").await?;
+    assert_eq!(cli.exit_code(DEADLINE).await?, 0);
+    Ok(())
+}
