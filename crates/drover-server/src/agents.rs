@@ -274,7 +274,7 @@ async fn session(
             return refuse(state, &mut framed, RefuseCode::Other, why).await;
         }
     };
-    let e2e = crate::e2e::node_key(state, node_id, hello.e2e_key.as_ref(), &opening.certificate);
+    let e2e = crate::e2e::node_key(node_id, hello.e2e_key.as_ref(), &opening.certificate);
     let (_registration, mut kicks) =
         match register(&*state.store, &state.registry, node_id, tunnel, e2e).await {
             Ok(registered) => registered,

@@ -1,7 +1,9 @@
-//! End-to-end encryption, the server's part: it checks an agent's key at Hello (so a broken
-//! agent shows in the log, not as a client's failed session), decides per session whether it
-//! is sealed (the preference, the client's ability, the agent's key), and hands the client what
-//! it needs to check the key itself. The server never holds a session key.
+//! End-to-end encryption, the server's part: it keeps an agent's key from its Hello, checks it
+//! when a session would use it (not at Hello: a reconnect storm of thousands of agents should
+//! not pay a certificate parse and a signature check each, for keys few sessions use; a key
+//! that does not check out is logged and the session is not sealed), decides per session
+//! whether it is sealed (the preference, the client's ability, the agent's key), and hands the
+//! client what it needs to check the key itself. The server never holds a session key.
 
 use base64::Engine;
 use drover_api::E2eOffer;
@@ -9,13 +11,12 @@ use drover_docs::EndToEnd;
 use drover_store::NodeId;
 
 use crate::registry::NodeE2e;
-use crate::AppState;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// The agent's key from its Hello, if it proves to be the node's.
+/// The agent's key from its Hello, with the certificate it connected with; checked by
+/// [`usable`] when a session would use it.
 pub fn node_key(
-    state: &AppState,
     node: &NodeId,
     key: Option<&drover_proto::E2eKey>,
     certificate: &[u8],
@@ -25,19 +26,23 @@ pub fn node_key(
         tracing::warn!(%node, "the agent's end-to-end key is not base64; its sessions will not be sealed");
         return None;
     };
-    let ca = state.ca.cert_der().ok()?;
-    let now = crate::secrets::now();
-    if let Err(e) =
-        drover_pki::verify_e2e_key(&ca, certificate, node.as_str(), &public, &signature, now)
-    {
-        tracing::warn!(%node, error = %e, "the agent's end-to-end key does not verify; its sessions will not be sealed");
-        return None;
-    }
     Some(NodeE2e {
         public,
         signature,
         certificate: certificate.to_vec(),
     })
+}
+
+/// Whether the key proves to be the node's (`ca`: the CA certificate, DER).
+pub fn usable(ca: &[u8], node: &str, key: &NodeE2e) -> bool {
+    let now = crate::secrets::now();
+    match drover_pki::verify_e2e_key(ca, &key.certificate, node, &key.public, &key.signature, now) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(%node, error = %e, "the agent's end-to-end key does not verify; its sessions will not be sealed");
+            false
+        }
+    }
 }
 
 /// Whether a session is sealed: `Err` with the reason when the preference requires it and it

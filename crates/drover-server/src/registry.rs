@@ -31,7 +31,8 @@ struct Entry {
     e2e: Option<Arc<NodeE2e>>,
 }
 
-/// A connected agent's end-to-end key, checked against its certificate at Hello.
+/// A connected agent's end-to-end key, with the certificate it connected with; checked when a
+/// session would use it (`e2e::usable`).
 #[derive(Debug)]
 pub struct NodeE2e {
     pub public: Vec<u8>,

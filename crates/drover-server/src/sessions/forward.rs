@@ -63,14 +63,17 @@ impl Sessions {
         p: PortOpen,
     ) -> Result<(SessionRecord, Option<drover_api::E2eOffer>), ApiError> {
         let node = req.node.to_string();
-        let sealed = match crate::e2e::decide(p.prefs.end_to_end, req.e2e, p.node_key.is_some()) {
+        let node_key = p
+            .node_key
+            .filter(|k| crate::e2e::usable(&self.ca_der, &node, k));
+        let sealed = match crate::e2e::decide(p.prefs.end_to_end, req.e2e, node_key.is_some()) {
             Ok(s) => s,
             Err(why) => {
                 self.refused(who, &node, &why).await;
                 return Err(ApiError::Conflict(why));
             }
         };
-        let offer = match (&p.node_key, sealed) {
+        let offer = match (&node_key, sealed) {
             (Some(k), true) => Some(crate::e2e::offer(&self.ca_der, k)),
             _ => None,
         };

@@ -81,6 +81,29 @@ impl Drop for Proxy {
     }
 }
 
+/// Waits until the server has relayed at least `bytes` of session output (its metrics count
+/// them as they pass, whether or not a client is attached).
+async fn relayed_out(
+    server: &drover_testkit::Server,
+    bytes: u64,
+    what: &str,
+) -> anyhow::Result<()> {
+    let client = server.client()?;
+    drover_testkit::wait_until(what, DEADLINE, || {
+        let client = client.clone();
+        async move {
+            let m = client.get_text("/metrics").await?;
+            let out = m
+                .lines()
+                .find_map(|l| l.strip_prefix("drover_session_bytes_total{direction=\"out\"} "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            Ok((out >= bytes).then_some(()))
+        }
+    })
+    .await
+}
+
 /// A node, and the CLI logged in to its server through a proxy.
 async fn behind_proxy(
     env: &drover_testkit::Env,
@@ -113,20 +136,7 @@ async fn a_client_cut_off_for_ten_seconds_resumes_with_no_gap_and_no_duplicate(
     // The outage lasts until the client has tried to come back and the node has printed 100
     // more ticks (10 s): the server has relayed "tick-1\n" to "tick-110\n", 882 bytes.
     proxy.wait_refused(1).await?;
-    let client = server.client()?;
-    drover_testkit::wait_until("10 s of output during the outage", DEADLINE, || {
-        let client = client.clone();
-        async move {
-            let m = client.get_text("/metrics").await?;
-            let out = m
-                .lines()
-                .find_map(|l| l.strip_prefix("drover_session_bytes_total{direction=\"out\"} "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            Ok((out >= 882).then_some(()))
-        }
-    })
-    .await?;
+    relayed_out(&server, 882, "10 s of output during the outage").await?;
     proxy.heal();
     assert_eq!(shell.wait_exit(DEADLINE * 2)?.code(), Some(0));
     let ticks: Vec<String> = shell
@@ -239,21 +249,8 @@ async fn a_pty_shell_cut_off_resumes_with_every_line_once() -> anyhow::Result<()
     // The outage lasts until the client has tried to come back and the shell has printed
     // every tick (the server counts its output: each "tick-N\r\n" line, and the END line).
     proxy.wait_refused(1).await?;
-    let client = server.client()?;
-    drover_testkit::wait_until("the loop to finish during the outage", DEADLINE, || {
-        let client = client.clone();
-        async move {
-            let m = client.get_text("/metrics").await?;
-            let out = m
-                .lines()
-                .find_map(|l| l.strip_prefix("drover_session_bytes_total{direction=\"out\"} "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            // 60 lines of at least 8 bytes, beyond the prompt and echoes before them.
-            Ok((out >= 600).then_some(()))
-        }
-    })
-    .await?;
+    // 60 lines of at least 8 bytes, beyond the prompt and echoes before them.
+    relayed_out(&server, 600, "the loop to print during the outage").await?;
     proxy.heal();
     cli.expect("END-2", DEADLINE).await?;
     let text = cli.text();

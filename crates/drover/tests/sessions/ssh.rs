@@ -103,27 +103,34 @@ async fn sshd(env: &Env, extra: &str) -> anyhow::Result<Sshd> {
 }
 
 /// ssh's options for a private sshd reached through `drover ssh-proxy`.
+/// No user configuration, no host key to remember, never a prompt.
+const PRIVATE_SSHD: [&str; 8] = [
+    "-F",
+    "/dev/null",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+];
+
 fn ssh_options(env: &Env, sshd: &Sshd, key: &Path) -> Vec<String> {
-    [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        &format!("ProxyCommand={} ssh-proxy %h %p", env.bin.display()),
-        "-i",
-        &key.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(["-o".into(), format!("Port={}", sshd.port)])
-    .collect()
+    let mine = [
+        "-o".to_string(),
+        "LogLevel=ERROR".into(),
+        "-o".into(),
+        format!("ProxyCommand={} ssh-proxy %h %p", env.bin.display()),
+        "-i".into(),
+        key.display().to_string(),
+        "-o".into(),
+        format!("Port={}", sshd.port),
+    ];
+    PRIVATE_SSHD
+        .iter()
+        .map(|s| s.to_string())
+        .chain(mine)
+        .collect()
 }
 
 /// A command that finds the CLI's configuration, as `drover ssh-proxy` must.
@@ -229,18 +236,8 @@ async fn drover_ssh_logs_in_with_a_short_lived_certificate_and_no_key_on_the_nod
     // No authorized keys at all: only a certificate from a trusted authority logs in.
     let sshd = sshd(&env, "AuthorizedKeysFile none\n").await?;
     let port = sshd.port.to_string();
-    let ssh_args = [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-p",
-        &port,
-    ];
+    let mut ssh_args = PRIVATE_SSHD.to_vec();
+    ssh_args.extend(["-p", &port]);
 
     // Before sshd trusts the server's authority, the certificate is refused.
     let mut args = vec!["ssh", "n1"];
