@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod identity;
 mod sessions;
+pub use identity::*;
 pub use sessions::*;
 
 /// Every error: `{"error": {"code": "...", "message": "..."}}`.
@@ -246,6 +248,9 @@ pub struct SendCommand {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CommandView {
     pub id: String,
+    /// The user who sent it.
+    #[serde(default)]
+    pub sender: String,
     pub document: String,
     pub document_version: String,
     #[schema(value_type = Object)]

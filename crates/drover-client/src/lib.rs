@@ -98,6 +98,7 @@ pub fn pinned_tls(
     Ok(cfg)
 }
 
+mod identity;
 mod port;
 mod session;
 pub use port::{ConnectError, PortTunnel};
@@ -139,7 +140,7 @@ impl Client {
     }
 
     /// Sends a request and returns the body of a successful answer, or the server's error.
-    async fn send<B: Serialize>(
+    pub(crate) async fn send<B: Serialize>(
         &self,
         method: Method,
         path: &str,
@@ -186,7 +187,7 @@ impl Client {
         Err(api_error(status.as_u16(), &bytes))
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

@@ -1,170 +1,242 @@
-//! Authorization, decided in one place. Every API handler calls [`authorize`] with the
-//! principal and the action before touching the store. Deny by default: only what is listed
-//! here is allowed. (A later issue replaces the body with Cedar policies over the same calls.)
+//! Authorization, decided in one place. Every API handler asks [`Authz`] with the principal,
+//! the action and the resource (a node, a command, a session, a document, the server) before
+//! it changes or returns anything. The decision is Cedar's, over the stored policies; deny by
+//! default. A token scoped to some actions is refused the others, whatever the policies say.
+//!
+//! Policies are cached: a change through this server reloads them at once, and a change
+//! through another server sharing the database is seen within [`RECHECK`] (one small read of
+//! the policy version).
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use drover_policy::{Context, Decision, Engine, NodeFacts, PolicyFile, Resource, UserFacts};
+use drover_store::{Node, Store};
 
 use crate::api::ApiError;
 
-/// Who is asking: the holder of an API token.
+pub use drover_policy::Action;
+
+/// How often a server looks for policy changes made by another server.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Who is asking: a user, through one of its tokens (or a console cookie).
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub token_id: String,
-    pub name: String,
-    pub role: Role,
+    pub token_name: String,
+    pub user: UserFacts,
+    /// The actions the token may take; empty for all of its user's.
+    pub scope: Vec<Action>,
+    /// Authenticated by a console cookie: changes need the CSRF token too.
+    pub cookie: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Admin,
-    /// May read the fleet, change nothing.
-    Viewer,
-    /// A role name this server does not know: allowed nothing.
-    Unknown,
+impl Principal {
+    pub fn name(&self) -> &str {
+        &self.user.name
+    }
 }
 
-impl Role {
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "admin" => Role::Admin,
-            "viewer" => Role::Viewer,
-            _ => Role::Unknown,
+pub fn node_facts(n: &Node) -> NodeFacts {
+    NodeFacts {
+        id: n.id.to_string(),
+        name: n.name.clone(),
+        platform: n.inventory.platform.clone(),
+        tags: n.tags.clone(),
+    }
+}
+
+struct Cached {
+    version: i64,
+    engine: Arc<Engine>,
+    checked: Instant,
+}
+
+pub struct Authz {
+    store: Arc<dyn Store>,
+    cached: RwLock<Option<Arc<Cached>>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    /// When the version was last read, so that a burst of requests reads it once.
+    last_check: Mutex<Instant>,
+}
+
+impl Authz {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            cached: RwLock::new(None),
+            reloading: tokio::sync::Mutex::new(()),
+            last_check: Mutex::new(Instant::now()),
         }
     }
-}
 
-/// Everything the API lets a principal do. The permission table test walks every variant
-/// (derived, so an action added without a decision cannot hide from it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumIter)]
-pub enum Action {
-    ListNodes,
-    ReadNode,
-    TagNode,
-    DeregisterNode,
-    CreateActivation,
-    ListActivations,
-    ReadMetrics,
-    ReadDocument,
-    WriteDocument,
-    SendCommand,
-    ReadCommand,
-    CancelCommand,
-    StartSession,
-    ReadSession,
-    ReadSessionRecording,
-    TerminateSession,
-    /// A short-lived SSH user certificate, to log in through an SSH session.
-    IssueSshCertificate,
-}
+    fn current(&self) -> Option<Arc<Cached>> {
+        self.cached
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 
-impl Action {
-    fn is_read_only(self) -> bool {
-        matches!(
-            self,
-            Action::ListNodes
-                | Action::ReadNode
-                | Action::ListActivations
-                | Action::ReadMetrics
-                | Action::ReadDocument
-                | Action::ReadCommand
-                | Action::ReadSession
-        )
+    /// The policy engine, reloaded when the stored policies changed.
+    pub async fn engine(&self) -> Result<Arc<Engine>, ApiError> {
+        if let Some(c) = self.current() {
+            let due = {
+                let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+                let due = last.elapsed() >= RECHECK && c.checked.elapsed() >= RECHECK;
+                if due {
+                    *last = Instant::now();
+                }
+                due
+            };
+            if !due || self.store.policy_version().await? == c.version {
+                return Ok(c.engine.clone());
+            }
+        }
+        self.reload().await
+    }
+
+    /// Reads every policy and builds the engine again (after a change, or when stale).
+    pub async fn reload(&self) -> Result<Arc<Engine>, ApiError> {
+        let _one = self.reloading.lock().await;
+        let (version, stored) = self.store.list_policies().await?;
+        if let Some(c) = self.current().filter(|c| c.version == version) {
+            return Ok(c.engine.clone());
+        }
+        let files: Vec<PolicyFile> = stored
+            .into_iter()
+            .map(|p| PolicyFile {
+                name: p.name,
+                text: p.text,
+            })
+            .collect();
+        let engine =
+            Arc::new(Engine::new(&files).map_err(|e| {
+                ApiError::Internal(format!("the stored policies do not load: {e}"))
+            })?);
+        tracing::info!(version, policies = engine.policy_count(), "policies loaded");
+        *self.cached.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Cached {
+            version,
+            engine: engine.clone(),
+            checked: Instant::now(),
+        }));
+        Ok(engine)
+    }
+
+    /// The full decision with the policies that made it (for `policy check`).
+    pub async fn explain(
+        &self,
+        who: &UserFacts,
+        action: Action,
+        resource: &Resource,
+        ctx: &Context,
+    ) -> Result<Decision, ApiError> {
+        self.engine()
+            .await?
+            .decide(who, action, resource, ctx)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// Allows or denies `action` on `resource` for `who`.
+    pub async fn check(
+        &self,
+        who: &Principal,
+        action: Action,
+        resource: &Resource,
+        ctx: &Context,
+    ) -> Result<(), ApiError> {
+        scoped(who, action)?;
+        let d = self.explain(&who.user, action, resource, ctx).await?;
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(denied(who, action, &describe(resource)))
+        }
+    }
+
+    /// An action on the server itself (users, policies, metrics, activations).
+    pub async fn check_server(&self, who: &Principal, action: Action) -> Result<(), ApiError> {
+        self.check(who, action, &Resource::Server, &Context::default())
+            .await
+    }
+
+    /// Decides `action` on each node, in order (a fan-out, a listing).
+    pub async fn nodes(
+        &self,
+        who: &Principal,
+        action: Action,
+        nodes: &[Node],
+        ctx: &Context,
+    ) -> Result<Vec<bool>, ApiError> {
+        if scoped(who, action).is_err() {
+            return Ok(vec![false; nodes.len()]);
+        }
+        let facts: Vec<NodeFacts> = nodes.iter().map(node_facts).collect();
+        self.engine()
+            .await?
+            .decide_nodes(&who.user, action, &facts, ctx)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// Keeps the items `who` may take `action` on; `resource` describes each.
+    pub async fn filter<T>(
+        &self,
+        who: &Principal,
+        action: Action,
+        items: Vec<T>,
+        resource: impl Fn(&T) -> Resource,
+    ) -> Result<Vec<T>, ApiError> {
+        if scoped(who, action).is_err() {
+            return Ok(Vec::new());
+        }
+        let engine = self.engine().await?;
+        let ctx = Context::default();
+        let mut kept = Vec::with_capacity(items.len());
+        for item in items {
+            let d = engine
+                .decide(&who.user, action, &resource(&item), &ctx)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            if d.allowed {
+                kept.push(item);
+            }
+        }
+        Ok(kept)
     }
 }
 
-/// Allows or denies `action` for `who`.
-pub fn authorize(who: &Principal, action: Action) -> Result<(), ApiError> {
-    let allowed = match who.role {
-        Role::Admin => true,
-        Role::Viewer => action.is_read_only(),
-        Role::Unknown => false,
-    };
-    if allowed {
+/// A token scoped to some actions may take only those.
+pub fn scoped(who: &Principal, action: Action) -> Result<(), ApiError> {
+    if who.scope.is_empty() || who.scope.contains(&action) {
         Ok(())
     } else {
-        tracing::info!(token = %who.token_id, ?action, "denied");
         Err(ApiError::Forbidden(format!(
-            "token {:?} may not {:?}",
-            who.name, action
+            "token {:?} is scoped to {}; it may not {action}",
+            who.token_name,
+            who.scope
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         )))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Writes every role x action decision, so that a change of policy shows up in review and
-    /// an action added without a decision fails here.
-    #[test]
-    fn permission_table() {
-        let mut table = String::new();
-        for role in [Role::Admin, Role::Viewer, Role::Unknown] {
-            for action in <Action as strum::IntoEnumIterator>::iter() {
-                let who = Principal {
-                    token_id: "t".into(),
-                    name: "n".into(),
-                    role,
-                };
-                let verdict = if authorize(&who, action).is_ok() {
-                    "allow"
-                } else {
-                    "deny"
-                };
-                table.push_str(&format!("{role:?} {action:?} {verdict}\n"));
-            }
-        }
-        let expected = "\
-Admin ListNodes allow
-Admin ReadNode allow
-Admin TagNode allow
-Admin DeregisterNode allow
-Admin CreateActivation allow
-Admin ListActivations allow
-Admin ReadMetrics allow
-Admin ReadDocument allow
-Admin WriteDocument allow
-Admin SendCommand allow
-Admin ReadCommand allow
-Admin CancelCommand allow
-Admin StartSession allow
-Admin ReadSession allow
-Admin ReadSessionRecording allow
-Admin TerminateSession allow
-Admin IssueSshCertificate allow
-Viewer ListNodes allow
-Viewer ReadNode allow
-Viewer TagNode deny
-Viewer DeregisterNode deny
-Viewer CreateActivation deny
-Viewer ListActivations allow
-Viewer ReadMetrics allow
-Viewer ReadDocument allow
-Viewer WriteDocument deny
-Viewer SendCommand deny
-Viewer ReadCommand allow
-Viewer CancelCommand deny
-Viewer StartSession deny
-Viewer ReadSession allow
-Viewer ReadSessionRecording deny
-Viewer TerminateSession deny
-Viewer IssueSshCertificate deny
-Unknown ListNodes deny
-Unknown ReadNode deny
-Unknown TagNode deny
-Unknown DeregisterNode deny
-Unknown CreateActivation deny
-Unknown ListActivations deny
-Unknown ReadMetrics deny
-Unknown ReadDocument deny
-Unknown WriteDocument deny
-Unknown SendCommand deny
-Unknown ReadCommand deny
-Unknown CancelCommand deny
-Unknown StartSession deny
-Unknown ReadSession deny
-Unknown ReadSessionRecording deny
-Unknown TerminateSession deny
-Unknown IssueSshCertificate deny
-";
-        assert_eq!(table, expected);
+fn describe(r: &Resource) -> String {
+    match r {
+        Resource::Node(n) => format!("node {}", n.id),
+        Resource::Command { id, .. } => format!("command {id}"),
+        Resource::Session { id, .. } => format!("session {id}"),
+        Resource::Document { name } => format!("document {name:?}"),
+        Resource::Server => "this server".into(),
+        Resource::User { name } => format!("the tokens of user {name:?}"),
     }
+}
+
+pub fn denied(who: &Principal, action: Action, what: &str) -> ApiError {
+    tracing::info!(user = %who.user.name, token = %who.token_id, %action, resource = %what, "denied");
+    ApiError::Forbidden(format!(
+        "user {:?} may not {action} on {what}: no policy allows it",
+        who.user.name
+    ))
 }

@@ -7,7 +7,7 @@
 //!   ca.key        0600
 //!   server.crt    the HTTPS certificate (issued by the CA unless --tls-cert is given)
 //!   server.key    0600
-//!   admin.token   0600, written once at first start: the first admin's API token
+//!   admin.token   0600, written once at first start: the token of the first admin user
 //!   ssh_ca        0600, the SSH user certificate authority (OpenSSH private key)
 //! ```
 
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_pki::CertificateAuthority;
-use drover_store::{ApiToken, SqliteStore, Store};
+use drover_store::{SqliteStore, Store};
 
 use crate::secrets;
 use crate::{ServerConfig, ServerError};
@@ -74,21 +74,7 @@ impl DataDir {
             ensure_server_cert(&dir, &ca, &server_names(config))?;
         }
 
-        if store.count_tokens().await? == 0 {
-            let token = secrets::new_token();
-            let path = dir.join("admin.token");
-            write_private(&path, format!("{token}\n").as_bytes())?;
-            store
-                .create_token(&ApiToken {
-                    id: format!("tok-{}", secrets::random_hex(8)),
-                    name: "admin".into(),
-                    hash: secrets::hash(&token),
-                    role: "admin".into(),
-                    created_at: secrets::now(),
-                })
-                .await?;
-            tracing::info!(path = %path.display(), "wrote the admin API token");
-        }
+        crate::accounts::seed(&store, &dir.join("admin.token")).await?;
         Ok(Self {
             path: dir,
             store,

@@ -5,6 +5,7 @@
 //! touches the store. **Architecture Invariant:** the server never connects to a node; nodes
 //! dial in, and everything to a node rides on its one tunnel.
 
+mod accounts;
 pub mod admission;
 pub mod agents;
 mod api;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub commands: commands::Commands,
     pub sessions: sessions::Sessions,
     pub admission: Arc<admission::Admission>,
+    pub authz: authz::Authz,
 }
 
 /// Creates `SessionManagerRunShell` with the default preferences on first start, so that
@@ -132,6 +134,7 @@ impl Server {
             metrics,
             commands,
             sessions,
+            authz: authz::Authz::new(data.store.clone()),
         });
         Ok(Self {
             state,

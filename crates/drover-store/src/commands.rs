@@ -38,6 +38,8 @@ pub struct Command {
     pub cancel_requested: bool,
     /// Its output was deleted by the retention policy (results and byte counts remain).
     pub output_pruned: bool,
+    /// The user who sent it.
+    pub sender: String,
 }
 
 /// One node's part of a command.

@@ -5,17 +5,20 @@
 //! **Architecture Invariant:** nothing outside this crate writes SQL.
 
 mod commands;
+mod identity;
 mod model;
 mod sessions;
 mod sqlite;
 mod sqlite_commands;
 mod sqlite_documents;
 mod sqlite_history;
+mod sqlite_identity;
 mod sqlite_sessions;
 
 use std::collections::BTreeMap;
 
 pub use commands::*;
+pub use identity::*;
 pub use model::*;
 pub use sessions::*;
 pub use sqlite::SqliteStore;
@@ -153,10 +156,45 @@ pub trait Store: Send + Sync + 'static {
         node: NewNode,
     ) -> Result<Node, RedeemError>;
 
+    // --- users and groups
+    async fn count_users(&self) -> Result<u64, StoreError>;
+    async fn get_user(&self, name: &str) -> Result<Option<User>, StoreError>;
+    async fn list_users(&self) -> Result<Vec<User>, StoreError>;
+    /// Creates a user (Conflict if the name is taken) in its groups, which must exist.
+    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Changes a user in one transaction: `change` gets the stored record and edits it (groups
+    /// included, which must exist). With `create_as`, a missing user is created first from it,
+    /// and missing groups too (users and groups an identity provider names).
+    async fn update_user(
+        &self,
+        name: &str,
+        create_as: Option<User>,
+        change: UserChange,
+    ) -> Result<User, StoreError>;
+    /// Deletes a user and its tokens.
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError>;
+    async fn list_groups(&self) -> Result<Vec<Group>, StoreError>;
+    async fn create_group(&self, group: &Group) -> Result<(), StoreError>;
+    async fn delete_group(&self, name: &str) -> Result<(), StoreError>;
+
     // --- API tokens
     async fn create_token(&self, token: &ApiToken) -> Result<(), StoreError>;
-    async fn find_token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
-    async fn count_tokens(&self) -> Result<u64, StoreError>;
+    /// The token with this hash and its user, live or not.
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenOwner>, StoreError>;
+    async fn list_tokens(&self, user: &str) -> Result<Vec<ApiToken>, StoreError>;
+    /// Revokes a live token of `user`, named by ID or name.
+    async fn revoke_token(&self, user: &str, token: &str, at: i64) -> Result<(), StoreError>;
+    /// Records a token's use (for its idle limit).
+    async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError>;
+
+    // --- policies
+    /// Every policy file, with the policy version they are at.
+    async fn list_policies(&self) -> Result<(i64, Vec<StoredPolicy>), StoreError>;
+    /// Bumped by every policy change (0: none was ever written).
+    async fn policy_version(&self) -> Result<i64, StoreError>;
+    /// Creates or replaces a policy file, or deletes it (`text` None; NotFound if missing).
+    async fn write_policy(&self, name: &str, text: Option<&str>, at: i64)
+        -> Result<(), StoreError>;
 
     // --- documents
     /// Creates version 1 of a new document (Conflict if the name exists).

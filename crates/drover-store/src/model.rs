@@ -145,16 +145,6 @@ pub struct Activation {
     pub created_at: i64,
 }
 
-/// An API token. Only the hash of the secret is kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiToken {
-    pub id: String,
-    pub name: String,
-    pub hash: String,
-    pub role: String,
-    pub created_at: i64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 
 use crate::sqlite_commands as sc;
 use crate::sqlite_documents as sd;
+use crate::sqlite_identity as si;
 use crate::sqlite_sessions as ss;
 use crate::*;
 use rows::{activation_from_row, get_node_tx, json, node_from_row, status_str};
@@ -352,51 +353,110 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        self.call(|c| {
+            c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(db("count users"))
+        })
+        .await
+    }
+
+    async fn get_user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let name = name.to_string();
+        self.call(move |c| si::get_user(c, &name)).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        self.call(|c| si::list_users(c)).await
+    }
+
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let user = user.clone();
+        self.call(move |c| si::create_user(c, &user)).await
+    }
+
+    async fn update_user(
+        &self,
+        name: &str,
+        create_as: Option<User>,
+        change: UserChange,
+    ) -> Result<User, StoreError> {
+        let name = name.to_string();
+        self.call(move |c| si::update_user(c, &name, create_as.as_ref(), change))
+            .await
+    }
+
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(move |c| si::delete_user(c, &name)).await
+    }
+
+    async fn list_groups(&self) -> Result<Vec<Group>, StoreError> {
+        self.call(|c| si::list_groups(c)).await
+    }
+
+    async fn create_group(&self, group: &Group) -> Result<(), StoreError> {
+        let group = group.clone();
+        self.call(move |c| si::create_group(c, &group)).await
+    }
+
+    async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(move |c| si::delete_group(c, &name)).await
+    }
+
     async fn create_token(&self, t: &ApiToken) -> Result<(), StoreError> {
         let t = t.clone();
+        self.call(move |c| si::create_token(c, &t)).await
+    }
+
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenOwner>, StoreError> {
+        let hash = hash.to_string();
+        self.call(move |c| si::find_token(c, &hash)).await
+    }
+
+    async fn list_tokens(&self, user: &str) -> Result<Vec<ApiToken>, StoreError> {
+        let user = user.to_string();
+        self.call(move |c| si::list_tokens(c, &user)).await
+    }
+
+    async fn revoke_token(&self, user: &str, token: &str, at: i64) -> Result<(), StoreError> {
+        let (user, token) = (user.to_string(), token.to_string());
+        self.call(move |c| si::revoke_token(c, &user, &token, at))
+            .await
+    }
+
+    async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        let id = id.to_string();
         self.call(move |c| {
             c.execute(
-                "INSERT INTO api_tokens (id, name, hash, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.id, t.name, t.hash, t.role, t.created_at],
+                "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
+                params![id, at],
             )
-            .map_err(db("create an API token"))?;
-            Ok(())
+            .map(|_| ())
+            .map_err(db("record a token's use"))
         })
         .await
     }
 
-    async fn find_token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
-        let hash = hash.to_string();
-        self.call(move |c| {
-            c.prepare_cached(
-                "SELECT id, name, hash, role, created_at FROM api_tokens WHERE hash = ?1",
-            )
-            .and_then(|mut st| {
-                st.query_row([hash], |r| {
-                    Ok(ApiToken {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        hash: r.get(2)?,
-                        role: r.get(3)?,
-                        created_at: r.get(4)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(db("look up an API token"))
-        })
-        .await
+    async fn list_policies(&self) -> Result<(i64, Vec<StoredPolicy>), StoreError> {
+        self.call(|c| si::list_policies(c)).await
     }
 
-    async fn count_tokens(&self) -> Result<u64, StoreError> {
-        self.call(|c| {
-            c.query_row("SELECT COUNT(*) FROM api_tokens", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as u64)
-            .map_err(db("count API tokens"))
-        })
-        .await
+    async fn policy_version(&self) -> Result<i64, StoreError> {
+        self.call(|c| si::policy_version(c)).await
+    }
+
+    async fn write_policy(
+        &self,
+        name: &str,
+        text: Option<&str>,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let (name, text) = (name.to_string(), text.map(str::to_string));
+        self.call(move |c| si::write_policy(c, &name, text.as_deref(), at))
+            .await
     }
 
     async fn create_document(&self, doc: &DocumentVersion) -> Result<DocumentVersion, StoreError> {

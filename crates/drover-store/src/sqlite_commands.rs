@@ -147,7 +147,7 @@ pub(crate) fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreErr
 pub(crate) const CMD_COLS: &str =
     "id, document_name, document_version, parameters, targets, max_concurrency, \
      max_errors, delivery_timeout_secs, execution_timeout_secs, output_limit, comment, created_at, \
-     status, payload, cancel_requested, output_pruned";
+     status, payload, cancel_requested, output_pruned, sender";
 
 fn cmd_row(r: &Row<'_>) -> rusqlite::Result<Command> {
     let targets: String = r.get(4)?;
@@ -168,6 +168,7 @@ fn cmd_row(r: &Row<'_>) -> rusqlite::Result<Command> {
         payload: r.get(13)?,
         cancel_requested: r.get(14)?,
         output_pruned: r.get(15)?,
+        sender: r.get(16)?,
     })
 }
 
@@ -178,13 +179,13 @@ pub(crate) fn create_command(
 ) -> Result<(), StoreError> {
     let tx = c.transaction().map_err(db("create a command"))?;
     tx.execute(
-        &format!("INSERT INTO commands ({CMD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+        &format!("INSERT INTO commands ({CMD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
         params![
             cmd.id, cmd.document_name, cmd.document_version, cmd.parameters,
             serde_json::to_string(&cmd.targets).unwrap_or_default(), cmd.max_concurrency,
             cmd.max_errors, cmd.delivery_timeout_secs, cmd.execution_timeout_secs, cmd.output_limit,
             cmd.comment, cmd.created_at, cmd.status, cmd.payload, cmd.cancel_requested,
-            cmd.output_pruned
+            cmd.output_pruned, cmd.sender
         ],
     )
     .map_err(db("create a command"))?;

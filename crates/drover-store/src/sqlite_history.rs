@@ -174,7 +174,7 @@ pub(crate) fn seed_history(
         // One already there (or pruned and seeded again) is kept as it is.
         let added = tx.prepare_cached(&format!(
             "INSERT OR IGNORE INTO commands ({CMD_COLS}) VALUES (?1, 'AWS-RunShellScript', '1', '{{}}', \
-             '[\"all\"]', '50', '0', 600, 3600, 2500, 'seeded history', ?2, 'Success', '{{}}', 0, 0)"
+             '[\"all\"]', '50', '0', 600, 3600, 2500, 'seeded history', ?2, 'Success', '{{}}', 0, 0, 'admin')"
         ))
         .and_then(|mut st| st.execute(params![command, at]))
         .map_err(db("seed the history"))?;

@@ -50,8 +50,25 @@ pub enum Command {
     /// The node registry.
     #[command(subcommand)]
     Nodes(NodesCommand),
-    /// Save the server URL, its CA fingerprint and an API token for the other verbs.
+    /// Log in: save the server URL, its CA fingerprint and a token for the other verbs (from
+    /// a token file, a user's password, or the identity provider).
     Login(LoginArgs),
+    /// End this login: its token is revoked.
+    Logout,
+    /// Who the saved token acts for.
+    Whoami(OutputArgs),
+    /// Users: create, list, show, set-attr, unset-attr, groups, passwd, disable, enable, delete.
+    #[command(subcommand)]
+    Users(crate::cmd_access::UsersCommand),
+    /// Groups of users: create, list, delete.
+    #[command(subcommand)]
+    Groups(crate::cmd_access::GroupsCommand),
+    /// API tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Tokens(crate::cmd_access::TokensCommand),
+    /// Cedar policies: list, get, put, delete, validate, check, test, schema.
+    #[command(subcommand)]
+    Policy(crate::cmd_policy::PolicyCommand),
     /// Run a command document on nodes (Run Command).
     Run(RunArgs),
     /// Command documents: create, update, get, list, delete, versions, set-default.
@@ -508,11 +525,18 @@ pub struct OutputArgs {
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
+    /// The server (default: the one saved by the last login).
     #[arg(long)]
-    pub server: String,
-    /// File holding the API token (the server writes admin.token in its data directory).
+    pub server: Option<String>,
+    /// File holding an API token (the server writes admin.token in its data directory).
+    #[arg(long, conflicts_with = "user")]
+    pub token_file: Option<PathBuf>,
+    /// Log in as this local user with a password (asked for, or --password-stdin).
     #[arg(long)]
-    pub token_file: PathBuf,
+    pub user: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long, requires = "user")]
+    pub password_stdin: bool,
     /// SHA-256 fingerprint of the server's CA; without it, it is shown for confirmation.
     #[arg(long)]
     pub ca_fingerprint: Option<String>,
@@ -526,6 +550,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Activation(cmd) => crate::cmd_activation::run(cmd).await,
         Command::Nodes(cmd) => crate::cmd_nodes::run(cmd).await,
         Command::Login(args) => crate::client_config::login(args).await,
+        Command::Logout => crate::client_config::logout().await,
+        Command::Whoami(out) => crate::cmd_access::whoami(out).await,
+        Command::Users(cmd) => crate::cmd_access::users(cmd).await,
+        Command::Groups(cmd) => crate::cmd_access::groups(cmd).await,
+        Command::Tokens(cmd) => crate::cmd_access::tokens(cmd).await,
+        Command::Policy(cmd) => crate::cmd_policy::run(cmd).await,
         Command::Run(args) => crate::cmd_run::run(args).await,
         Command::Docs(cmd) => crate::cmd_docs::run(cmd).await,
         Command::Commands(cmd) => crate::cmd_run::commands(cmd).await,

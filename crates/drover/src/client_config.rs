@@ -103,17 +103,54 @@ pub async fn choose_fingerprint(server: &str, given: Option<&str>) -> anyhow::Re
 }
 
 pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("reading the token file {}", args.token_file.display()))?
-        .trim()
-        .to_string();
-    if token.is_empty() {
-        bail!("the token file {} is empty", args.token_file.display());
-    }
-    let fingerprint = choose_fingerprint(&args.server, args.ca_fingerprint.as_deref()).await?;
-    let client = drover_client::Client::new(&args.server, &fingerprint, Some(token.clone()))?;
-    client
-        .list_nodes_page(&[], Some(1), None)
+    let saved = load().ok();
+    let server = match (&args.server, &saved) {
+        (Some(s), _) => s.clone(),
+        (None, Some(c)) if !c.server.is_empty() => c.server.clone(),
+        _ => bail!("give --server https://HOST:PORT (no earlier login is saved)"),
+    };
+    let fingerprint = match (&args.ca_fingerprint, &saved) {
+        (Some(f), _) => choose_fingerprint(&server, Some(f)).await?,
+        (None, Some(c)) if c.server == server && !c.ca_fingerprint.is_empty() => {
+            c.ca_fingerprint.clone()
+        }
+        _ => choose_fingerprint(&server, None).await?,
+    };
+    let token = if let Some(user) = &args.user {
+        let password = if args.password_stdin {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        } else {
+            rpassword::prompt_password(format!("Password for {user}: "))?
+        };
+        let anonymous = drover_client::Client::new(&server, &fingerprint, None)?;
+        let answer = anonymous
+            .login(&drover_api::LoginRequest {
+                user: user.clone(),
+                password,
+                console: false,
+            })
+            .await
+            .context("login refused")?;
+        answer
+            .token
+            .context("the server sent no token for a CLI login")?
+    } else if let Some(file) = &args.token_file {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the token file {}", file.display()))?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            bail!("the token file {} is empty", file.display());
+        }
+        token
+    } else {
+        bail!("give --token-file FILE or --user NAME");
+    };
+    let client = drover_client::Client::new(&server, &fingerprint, Some(token.clone()))?;
+    let me = client
+        .whoami()
         .await
         .context("the server refused the token")?;
     let path = save(&ClientConfig {
@@ -122,9 +159,23 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         token,
     })?;
     println!(
-        "logged in to {}; configuration saved in {}",
+        "logged in to {} as {}; configuration saved in {}",
         client.base_url(),
+        me.user.name,
         path.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Revokes the saved token and forgets it.
+pub async fn logout() -> anyhow::Result<ExitCode> {
+    let mut cfg = load()?;
+    client()?
+        .logout()
+        .await
+        .context("the server refused the logout")?;
+    cfg.token.clear();
+    save(&cfg)?;
+    println!("logged out; the token is revoked");
     Ok(ExitCode::SUCCESS)
 }

@@ -4,11 +4,13 @@
 
 mod cli;
 mod client_config;
+mod cmd_access;
 mod cmd_activation;
 mod cmd_agent;
 mod cmd_docs;
 mod cmd_forward;
 mod cmd_nodes;
+mod cmd_policy;
 mod cmd_run;
 mod cmd_server;
 mod cmd_sessions;

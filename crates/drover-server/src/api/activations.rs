@@ -9,7 +9,7 @@ use drover_api::{ActivationCreated, ActivationList, ActivationView, CreateActiva
 use drover_store::Activation;
 
 use super::{rfc3339, validate, ApiError, Body};
-use crate::authz::{authorize, Action, Principal};
+use crate::authz::{Action, Principal};
 use crate::{secrets, AppState};
 
 /// SSM allows up to 1,000 registrations and 30 days; a self-hosted fleet may need more nodes.
@@ -27,7 +27,10 @@ pub async fn create(
     who: Principal,
     Body(req): Body<CreateActivation>,
 ) -> Result<(StatusCode, Json<ActivationCreated>), ApiError> {
-    authorize(&who, Action::CreateActivation)?;
+    state
+        .authz
+        .check_server(&who, Action::CreateActivation)
+        .await?;
     if !(1..=MAX_REGISTRATIONS).contains(&req.registration_limit) {
         return Err(ApiError::BadRequest(format!(
             "invalid registration_limit {}: from 1 to {MAX_REGISTRATIONS}",
@@ -78,7 +81,10 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     who: Principal,
 ) -> Result<Json<ActivationList>, ApiError> {
-    authorize(&who, Action::ListActivations)?;
+    state
+        .authz
+        .check_server(&who, Action::ListActivations)
+        .await?;
     let now = secrets::now();
     let activations = state
         .store

@@ -11,9 +11,10 @@ use drover_store::{Command, Invocation, InvocationQuery};
 use serde::Deserialize;
 
 use super::{rfc3339, rules, validate, ApiError, Body, Path, Query};
-use crate::authz::{authorize, Action, Principal};
+use crate::authz::{Action, Principal};
 use crate::commands::SendRequest;
 use crate::AppState;
+use drover_policy::Resource;
 
 const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
 /// Output shown per step and stream in listings; the output endpoint gives all of it.
@@ -43,6 +44,7 @@ async fn view(state: &AppState, c: Command) -> Result<CommandView, ApiError> {
         done,
         version: *state.commands.updates().changed().borrow(),
         output_pruned: c.output_pruned,
+        sender: c.sender,
         id: c.id,
     })
 }
@@ -124,7 +126,6 @@ pub async fn send(
     who: Principal,
     Body(req): Body<SendCommand>,
 ) -> Result<(StatusCode, Json<CommandView>), ApiError> {
-    authorize(&who, Action::SendCommand)?;
     validate::text("comment", &req.comment, 1024)?;
     validate::pattern(
         "document",
@@ -170,19 +171,27 @@ pub async fn send(
     };
     let command = state
         .commands
-        .send(SendRequest {
-            document: req.document,
-            parameters: req.parameters,
-            targets: req.targets,
-            max_concurrency,
-            max_errors,
-            delivery_timeout: secs(req.delivery_timeout_secs, 600, "delivery_timeout_secs")?,
-            execution_timeout: secs(req.execution_timeout_secs, 3600, "execution_timeout_secs")?,
-            comment: req.comment,
-            output_limit,
-        })
+        .send(
+            SendRequest {
+                document: req.document,
+                parameters: req.parameters,
+                targets: req.targets,
+                max_concurrency,
+                max_errors,
+                delivery_timeout: secs(req.delivery_timeout_secs, 600, "delivery_timeout_secs")?,
+                execution_timeout: secs(
+                    req.execution_timeout_secs,
+                    3600,
+                    "execution_timeout_secs",
+                )?,
+                comment: req.comment,
+                output_limit,
+            },
+            &who,
+            &state.authz,
+        )
         .await?;
-    tracing::info!(command = %command.id, by = %who.token_id, document = %command.document_name, "command sent");
+    tracing::info!(command = %command.id, by = %who.user.name, document = %command.document_name, "command sent");
     Ok((StatusCode::CREATED, Json(view(&state, command).await?)))
 }
 
@@ -199,7 +208,6 @@ pub async fn list(
     who: Principal,
     Query(p): Query<Page>,
 ) -> Result<Json<CommandList>, ApiError> {
-    authorize(&who, Action::ReadCommand)?;
     let limit = validate::range("limit", p.limit.unwrap_or(50), 1..=1000)?;
     if let Some(c) = &p.cursor {
         command_id(c)?;
@@ -209,28 +217,92 @@ pub async fn list(
         .list_commands(p.cursor.as_deref(), limit + 1)
         .await?;
     let more = rows.len() > limit;
-    let mut commands = Vec::new();
-    for c in rows.into_iter().take(limit) {
-        commands.push(view(&state, c).await?);
-    }
     let next_cursor = if more {
-        commands.last().map(|c| c.id.clone())
+        rows.get(limit - 1).map(|c| c.id.clone())
     } else {
         None
     };
+    // A page shows only the commands the user may read; the cursor still walks them all.
+    let rows = state
+        .authz
+        .filter(
+            &who,
+            Action::ReadCommand,
+            rows.into_iter().take(limit).collect(),
+            resource,
+        )
+        .await?;
+    let mut commands = Vec::new();
+    for c in rows {
+        commands.push(view(&state, c).await?);
+    }
     Ok(Json(CommandList {
         commands,
         next_cursor,
     }))
 }
 
-async fn load(state: &AppState, id: &str) -> Result<Command, ApiError> {
+fn resource(c: &Command) -> Resource {
+    Resource::Command {
+        id: c.id.clone(),
+        sender: c.sender.clone(),
+        document: c.document_name.clone(),
+    }
+}
+
+/// Loads a command `who` may take `action` on. One the user may not even read is "not found".
+async fn load(
+    state: &AppState,
+    who: &Principal,
+    action: Action,
+    id: &str,
+) -> Result<Command, ApiError> {
     command_id(id)?;
-    state
+    let c = state
         .store
         .get_command(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("command {id} not found")))
+        .ok_or_else(|| ApiError::NotFound(format!("command {id} not found")))?;
+    let ctx = Default::default();
+    match state.authz.check(who, action, &resource(&c), &ctx).await {
+        Ok(()) => Ok(c),
+        Err(_)
+            if action != Action::ReadCommand
+                && state
+                    .authz
+                    .check(who, Action::ReadCommand, &resource(&c), &ctx)
+                    .await
+                    .is_ok() =>
+        {
+            Err(crate::authz::denied(who, action, &format!("command {id}")))
+        }
+        Err(_) => Err(ApiError::NotFound(format!("command {id} not found"))),
+    }
+}
+
+/// Whether `who` may read the output of `node`'s invocation of `c`.
+async fn may_read_output(
+    state: &AppState,
+    who: &Principal,
+    c: &Command,
+    node: &str,
+) -> Result<bool, ApiError> {
+    let Some(id) = drover_store::NodeId::parse(node) else {
+        return Ok(false);
+    };
+    let Some(n) = state.store.get_node(&id).await? else {
+        return Ok(false);
+    };
+    let ctx = drover_policy::Context {
+        document: Some(c.document_name.clone()),
+        kind: None,
+    };
+    let r = Resource::Node(crate::authz::node_facts(&n));
+    Ok(state
+        .authz
+        .check(who, Action::ReadOutput, &r, &ctx)
+        .await
+        .is_ok())
 }
 
 #[utoipa::path(get, path = "/api/v1/commands/{id}", params(("id" = String, Path)),
@@ -240,8 +312,7 @@ pub async fn show(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<CommandView>, ApiError> {
-    authorize(&who, Action::ReadCommand)?;
-    let c = load(&state, &id).await?;
+    let c = load(&state, &who, Action::ReadCommand, &id).await?;
     Ok(Json(view(&state, c).await?))
 }
 
@@ -261,16 +332,15 @@ pub async fn wait(
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Result<Json<CommandView>, ApiError> {
-    authorize(&who, Action::ReadCommand)?;
     let mut changed = state.commands.updates().changed();
-    let c = load(&state, &id).await?;
+    let c = load(&state, &who, Action::ReadCommand, &id).await?;
     let v = view(&state, c).await?;
     if v.done || q.seen.is_none_or(|s| s < v.version) {
         return Ok(Json(v));
     }
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000).min(30_000));
     let _ = tokio::time::timeout(timeout, changed.changed()).await;
-    let c = load(&state, &id).await?;
+    let c = load(&state, &who, Action::ReadCommand, &id).await?;
     Ok(Json(view(&state, c).await?))
 }
 
@@ -281,10 +351,9 @@ pub async fn cancel(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<CommandView>, ApiError> {
-    authorize(&who, Action::CancelCommand)?;
-    command_id(&id)?;
+    load(&state, &who, Action::CancelCommand, &id).await?;
     let c = state.commands.cancel(&id).await?;
-    tracing::info!(command = %id, by = %who.token_id, "cancel requested");
+    tracing::info!(command = %id, by = %who.user.name, "cancel requested");
     Ok(Json(view(&state, c).await?))
 }
 
@@ -307,8 +376,7 @@ pub async fn invocations(
     Path(id): Path<String>,
     Query(q): Query<InvocationsQuery>,
 ) -> Result<Json<InvocationList>, ApiError> {
-    authorize(&who, Action::ReadCommand)?;
-    load(&state, &id).await?;
+    let command = load(&state, &who, Action::ReadCommand, &id).await?;
     let limit = validate::range("limit", q.limit.unwrap_or(1000), 1..=10_000)?;
     if let Some(n) = &q.node {
         validate::node_id(n)?;
@@ -339,11 +407,26 @@ pub async fn invocations(
         })
         .await?;
     let more = rows.len() > limit;
-    let invocations: Vec<InvocationView> = rows
-        .into_iter()
-        .take(limit)
-        .map(|i| invocation_view(i, false))
-        .collect();
+    let mut invocations: Vec<InvocationView> = Vec::with_capacity(limit.min(rows.len()));
+    // Output only from the nodes whose output the user may read, decided once per node.
+    let mut readable: std::collections::HashMap<String, bool> = Default::default();
+    for i in rows.into_iter().take(limit) {
+        let mut i = invocation_view(i, false);
+        if !i.steps.is_empty() {
+            let ok = match readable.get(&i.node_id) {
+                Some(ok) => *ok,
+                None => {
+                    let ok = may_read_output(&state, &who, &command, &i.node_id).await?;
+                    readable.insert(i.node_id.clone(), ok);
+                    ok
+                }
+            };
+            if !ok {
+                i.steps.clear();
+            }
+        }
+        invocations.push(i);
+    }
     let next_cursor = if more {
         invocations.last().map(|i| i.id.clone())
     } else {
@@ -364,9 +447,15 @@ pub async fn invocation(
     who: Principal,
     Path((id, node)): Path<(String, String)>,
 ) -> Result<Json<InvocationView>, ApiError> {
-    authorize(&who, Action::ReadCommand)?;
-    load(&state, &id).await?;
+    let command = load(&state, &who, Action::ReadCommand, &id).await?;
     validate::node_id(&node)?;
+    if !may_read_output(&state, &who, &command, &node).await? {
+        return Err(crate::authz::denied(
+            &who,
+            Action::ReadOutput,
+            &format!("node {node}"),
+        ));
+    }
     let rows = state
         .store
         .list_invocations(&InvocationQuery {

@@ -10,9 +10,10 @@ use drover_store::DocumentVersion;
 use serde::Deserialize;
 
 use super::{rfc3339, rules, validate, ApiError, Body, Path, Query};
-use crate::authz::{authorize, Action, Principal};
+use crate::authz::{Action, Principal};
 use crate::commands::resolve::{self, builtin_versions, is_builtin};
 use crate::{secrets, AppState};
+use drover_policy::Resource;
 
 fn view(d: DocumentVersion, builtin: bool, with_content: bool) -> DocumentView {
     DocumentView {
@@ -68,6 +69,21 @@ fn check_content(content: &str) -> Result<(String, String), ApiError> {
     Ok((format.to_string(), description))
 }
 
+async fn may(
+    state: &AppState,
+    who: &Principal,
+    action: Action,
+    name: &str,
+) -> Result<(), ApiError> {
+    let resource = Resource::Document {
+        name: name.to_string(),
+    };
+    state
+        .authz
+        .check(who, action, &resource, &Default::default())
+        .await
+}
+
 #[utoipa::path(post, path = "/api/v1/documents", request_body = CreateDocument,
     responses((status = 201, body = DocumentView), (status = 400, body = drover_api::ErrorBody), (status = 409, body = drover_api::ErrorBody)),
     security(("bearer" = [])))]
@@ -76,8 +92,8 @@ pub async fn create(
     who: Principal,
     Body(req): Body<CreateDocument>,
 ) -> Result<(StatusCode, Json<DocumentView>), ApiError> {
-    authorize(&who, Action::WriteDocument)?;
     check_name(&req.name)?;
+    may(&state, &who, Action::CreateDocument, &req.name).await?;
     let (format, description) = check_content(&req.content)?;
     let d = state
         .store
@@ -105,8 +121,8 @@ pub async fn update(
     Path(name): Path<String>,
     Body(req): Body<UpdateDocument>,
 ) -> Result<Json<DocumentView>, ApiError> {
-    authorize(&who, Action::WriteDocument)?;
     check_name(&name)?;
+    may(&state, &who, Action::UpdateDocument, &name).await?;
     let (format, description) = check_content(&req.content)?;
     let d = state
         .store
@@ -129,8 +145,8 @@ pub async fn get(
     Path(name): Path<String>,
     Query(q): Query<VersionQuery>,
 ) -> Result<Json<DocumentView>, ApiError> {
-    authorize(&who, Action::ReadDocument)?;
     check_shape(&name)?;
+    may(&state, &who, Action::ReadDocument, &name).await?;
     let reference = match q.version {
         Some(v) => format!("{name}:{}", validate::range("version", v, 1..=i64::MAX)?),
         None => name.clone(),
@@ -145,7 +161,6 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     who: Principal,
 ) -> Result<Json<DocumentList>, ApiError> {
-    authorize(&who, Action::ReadDocument)?;
     let mut documents: Vec<DocumentView> = builtin_versions(0)
         .into_iter()
         .map(|d| view(d, true, false))
@@ -158,6 +173,14 @@ pub async fn list(
             .into_iter()
             .map(|d| view(d, false, false)),
     );
+    let documents = state
+        .authz
+        .filter(&who, Action::ReadDocument, documents, |d| {
+            Resource::Document {
+                name: d.name.clone(),
+            }
+        })
+        .await?;
     Ok(Json(DocumentList { documents }))
 }
 
@@ -168,8 +191,8 @@ pub async fn versions(
     who: Principal,
     Path(name): Path<String>,
 ) -> Result<Json<DocumentList>, ApiError> {
-    authorize(&who, Action::ReadDocument)?;
     check_shape(&name)?;
+    may(&state, &who, Action::ReadDocument, &name).await?;
     if is_builtin(&name) {
         let d = resolve::find(&*state.store, &name).await?;
         return Ok(Json(DocumentList {
@@ -194,8 +217,8 @@ pub async fn set_default(
     Path(name): Path<String>,
     Body(req): Body<SetDefaultVersion>,
 ) -> Result<Json<DocumentView>, ApiError> {
-    authorize(&who, Action::WriteDocument)?;
     check_name(&name)?;
+    may(&state, &who, Action::UpdateDocument, &name).await?;
     let version = validate::range("version", req.version, 1..=i64::MAX)?;
     // The path names the document (404 when it does not exist); a version it lacks is a bad
     // body, not a missing resource.
@@ -219,8 +242,8 @@ pub async fn delete(
     who: Principal,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&who, Action::WriteDocument)?;
     check_name(&name)?;
+    may(&state, &who, Action::DeleteDocument, &name).await?;
     if name == resolve::SESSION_PREFERENCES.0 {
         return Err(ApiError::Conflict(format!(
             "{name} holds the session preferences: update it (and set its default version) instead"

@@ -4,8 +4,10 @@
 mod activations;
 mod commands;
 mod documents;
+mod identity;
 mod nodes;
 mod openapi;
+mod policies;
 mod register;
 mod rules;
 mod sessions;
@@ -22,8 +24,8 @@ use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use drover_api::{ErrorBody, ErrorDetail, Health};
 
-use crate::authz::{authorize, Action, Principal, Role};
-use crate::{secrets, AppState};
+use crate::authz::{Action, Principal};
+use crate::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -80,6 +82,44 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/ssh/ca", get(ssh::ca))
         .route("/api/v1/ssh/certificate", post(ssh::certificate))
         .route("/api/v1/sessions/{id}/recording", get(sessions::recording))
+        .route("/api/v1/auth/login", post(identity::login))
+        .route("/api/v1/auth/logout", post(identity::logout))
+        .route("/api/v1/auth/whoami", get(identity::whoami))
+        .route(
+            "/api/v1/users",
+            get(identity::list_users).post(identity::create_user),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            get(identity::show_user)
+                .patch(identity::update_user)
+                .delete(identity::delete_user),
+        )
+        .route(
+            "/api/v1/users/{name}/tokens",
+            get(identity::list_tokens).post(identity::create_token),
+        )
+        .route(
+            "/api/v1/users/{name}/tokens/{token}/revoke",
+            post(identity::revoke_token),
+        )
+        .route(
+            "/api/v1/groups",
+            get(identity::list_groups).post(identity::create_group),
+        )
+        .route(
+            "/api/v1/groups/{name}",
+            axum::routing::delete(identity::delete_group),
+        )
+        .route("/api/v1/policies", get(policies::list))
+        .route("/api/v1/policies/validate", post(policies::validate_text))
+        .route("/api/v1/policies/check", post(policies::check))
+        .route(
+            "/api/v1/policies/{name}",
+            get(policies::get)
+                .put(policies::put)
+                .delete(policies::delete),
+        )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
@@ -241,6 +281,17 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         // Only a session stream may carry its token in a WebSocket subprotocol.
         let stream = parts.uri.path().ends_with("/stream");
         let who = authenticate(state, &parts.headers, stream).await?;
+        // A browser sends its cookie with any request, also one another site makes it send:
+        // a change made with the cookie must also carry the CSRF token, which only the
+        // console's own page can read (it came in the login's body).
+        if who.cookie
+            && !matches!(
+                parts.method,
+                axum::http::Method::GET | axum::http::Method::HEAD
+            )
+        {
+            identity::check_csrf(state, &who, &parts.headers).await?;
+        }
         mark_authenticated(parts);
         Ok(who)
     }
@@ -256,47 +307,39 @@ fn mark_authenticated(parts: &Parts) {
 /// The prefix of the WebSocket subprotocol that carries a token.
 pub const SUBPROTOCOL_BEARER: &str = "drover.bearer.";
 
-/// Finds the principal behind the request's bearer token.
+/// Finds the principal behind the request's bearer token (or console cookie).
 async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     subprotocol_ok: bool,
 ) -> Result<Principal, ApiError> {
-    {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // A browser cannot set headers on a WebSocket; it offers the token as a subprotocol
+    // (`drover.bearer.<token>`) beside the real one, as Kubernetes' API server allows.
+    let offered = || {
+        if !subprotocol_ok {
+            return None;
+        }
+        headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        // A browser cannot set headers on a WebSocket; it offers the token as a subprotocol
-        // (`drover.bearer.<token>`) beside the real one, as Kubernetes' API server allows.
-        let offered = || {
-            if !subprotocol_ok {
-                return None;
-            }
-            headers
-                .get(header::SEC_WEBSOCKET_PROTOCOL)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.split(',')
-                        .find_map(|p| p.trim().strip_prefix(SUBPROTOCOL_BEARER))
-                })
-        };
-        let token = bearer
-            .or_else(offered)
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or(ApiError::Unauthorized)?;
-        let found = state
-            .store
-            .find_token(&secrets::hash(token))
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        Ok(Principal {
-            token_id: found.id,
-            name: found.name,
-            role: Role::parse(&found.role),
-        })
-    }
+            .and_then(|v| {
+                v.split(',')
+                    .find_map(|p| p.trim().strip_prefix(SUBPROTOCOL_BEARER))
+            })
+    };
+    let (token, cookie) = match bearer.or_else(offered) {
+        Some(t) => (Some(t), false),
+        None => (identity::session_cookie(headers), true),
+    };
+    let token = token
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or(ApiError::Unauthorized)?;
+    identity::principal(state, token, cookie).await
 }
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
@@ -312,7 +355,7 @@ async fn metrics(State(state): State<Arc<AppState>>, parts: Parts) -> Result<Res
     if !state.config.metrics_public {
         let who = authenticate(&state, &parts.headers, false).await?;
         mark_authenticated(&parts);
-        authorize(&who, Action::ReadMetrics)?;
+        state.authz.check_server(&who, Action::ReadMetrics).await?;
     }
     Ok((
         [(

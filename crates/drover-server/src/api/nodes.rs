@@ -8,7 +8,7 @@ use drover_api::{InventoryView, NodeList, NodeView, TagUpdate};
 use drover_store::{Node, NodeQuery, NodeStatus};
 
 use super::{rules, validate, ApiError, Body, Path};
-use crate::authz::{authorize, Action, Principal};
+use crate::authz::{Action, Principal};
 use crate::registry::Kick;
 use crate::{secrets, AppState};
 
@@ -127,13 +127,19 @@ pub async fn list(
     who: Principal,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<NodeList>, ApiError> {
-    authorize(&who, Action::ListNodes)?;
     let q = parse_query(raw.as_deref())?;
     let page = state.store.list_nodes(&q).await?;
+    // A page shows only the nodes the user may see; the cursor still walks the whole fleet.
+    let visible = state
+        .authz
+        .nodes(&who, Action::ReadNode, &page.nodes, &Default::default())
+        .await?;
     Ok(Json(NodeList {
         nodes: page
             .nodes
             .into_iter()
+            .zip(visible)
+            .filter_map(|(n, v)| v.then_some(n))
             .map(|n| {
                 let online = n.status == NodeStatus::Online;
                 view(n, online)
@@ -141,6 +147,35 @@ pub async fn list(
             .collect(),
         next_cursor: page.next.map(|id| id.to_string()),
     }))
+}
+
+/// Finds a node and checks that `who` may take `action` on it. A node the user may not even
+/// see is "not found", so that IDs and names do not tell who has what.
+pub(super) async fn authorized(
+    state: &AppState,
+    who: &Principal,
+    id_or_name: &str,
+    action: Action,
+    ctx: &drover_policy::Context,
+) -> Result<Node, ApiError> {
+    let node = find(state, id_or_name).await?;
+    let resource = drover_policy::Resource::Node(crate::authz::node_facts(&node));
+    match state.authz.check(who, action, &resource, ctx).await {
+        Ok(()) => Ok(node),
+        Err(denied) => {
+            let visible = action == Action::ReadNode
+                || state
+                    .authz
+                    .check(who, Action::ReadNode, &resource, &Default::default())
+                    .await
+                    .is_ok();
+            if visible {
+                Err(denied)
+            } else {
+                Err(ApiError::NotFound(format!("node {id_or_name} not found")))
+            }
+        }
+    }
 }
 
 /// Finds a node by ID, or by name when the argument is not an ID and the name is unique.
@@ -189,8 +224,7 @@ pub async fn show(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
-    authorize(&who, Action::ReadNode)?;
-    let node = find(&state, &id).await?;
+    let node = authorized(&state, &who, &id, Action::ReadNode, &Default::default()).await?;
     let online = node.status == NodeStatus::Online;
     Ok(Json(view(node, online)))
 }
@@ -208,13 +242,12 @@ pub async fn tag(
     Path(id): Path<String>,
     Body(update): Body<TagUpdate>,
 ) -> Result<Json<NodeView>, ApiError> {
-    authorize(&who, Action::TagNode)?;
     validate::tags(&update.set)?;
     for k in &update.remove {
         validate::tag_key(k)?;
     }
     // Nothing to set or remove is a valid, empty change: it answers the node as it is.
-    let node = find(&state, &id).await?;
+    let node = authorized(&state, &who, &id, Action::TagNode, &Default::default()).await?;
     let mut after = node.tags.clone();
     for k in &update.remove {
         after.remove(k);
@@ -247,8 +280,14 @@ pub async fn deregister(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
-    authorize(&who, Action::DeregisterNode)?;
-    let node = find(&state, &id).await?;
+    let node = authorized(
+        &state,
+        &who,
+        &id,
+        Action::DeregisterNode,
+        &Default::default(),
+    )
+    .await?;
     // Store first, then kick: a reconnect racing the kick then finds the node Inactive.
     let node = state
         .store

@@ -43,6 +43,26 @@ use utoipa::{Modify, OpenApi};
         super::sessions::recording,
         super::ssh::ca,
         super::ssh::certificate,
+        super::identity::login,
+        super::identity::logout,
+        super::identity::whoami,
+        super::identity::list_users,
+        super::identity::show_user,
+        super::identity::create_user,
+        super::identity::update_user,
+        super::identity::delete_user,
+        super::identity::list_groups,
+        super::identity::create_group,
+        super::identity::delete_group,
+        super::identity::list_tokens,
+        super::identity::create_token,
+        super::identity::revoke_token,
+        super::policies::list,
+        super::policies::get,
+        super::policies::put,
+        super::policies::delete,
+        super::policies::validate_text,
+        super::policies::check,
     ),
     modifiers(&Bearer)
 )]
@@ -104,7 +124,11 @@ fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
         ("query", "active") => json!({"type": "boolean"}),
         ("path", "id") => string(&text(1, 256)),
         ("path", "node") => string(NODE_ID),
+        ("path", "name") if path.starts_with("/api/v1/users") => string(USER_NAME),
+        ("path", "name") if path.starts_with("/api/v1/groups") => string(GROUP_NAME),
+        ("path", "name") if path.starts_with("/api/v1/policies") => string(POLICY_NAME),
         ("path", "name") => string(DOCUMENT_NAME),
+        ("path", "token") => string(&text(1, 128)),
         ("query", "filter") => json!({"type": "array", "items": string(&node_filter())}),
         ("query", "limit") if path == "/api/v1/commands" => integer(1, 1000),
         ("query", "limit") => integer(1, 10_000),
@@ -271,6 +295,59 @@ fn constrain_schemas(doc: &mut Value) {
         ("RegisterRequest", "name", text256.clone()),
         ("RegisterRequest", "tags", tag_map()),
         ("RegisterRequest", "inventory", registration_inventory()),
+        ("LoginRequest", "user", string(USER_NAME)),
+        ("LoginRequest", "password", string(&text(0, PASSWORD.1))),
+        ("CreateUserRequest", "name", string(USER_NAME)),
+        (
+            "CreateUserRequest",
+            "password",
+            nullable(&text(PASSWORD.0, PASSWORD.1)),
+        ),
+        ("CreateUserRequest", "attributes", tag_map()),
+        ("CreateUserRequest", "groups", list(GROUP_NAME)),
+        ("UpdateUserRequest", "set_attributes", tag_map()),
+        ("UpdateUserRequest", "unset_attributes", list(TAG_KEY)),
+        ("UpdateUserRequest", "add_groups", list(GROUP_NAME)),
+        ("UpdateUserRequest", "remove_groups", list(GROUP_NAME)),
+        (
+            "UpdateUserRequest",
+            "password",
+            nullable(&text(PASSWORD.0, PASSWORD.1)),
+        ),
+        ("CreateGroupRequest", "name", string(GROUP_NAME)),
+        ("CreateGroupRequest", "description", string(&text(0, 1024))),
+        ("CreateTokenRequest", "name", string(TOKEN_NAME)),
+        (
+            "CreateTokenRequest",
+            "scope",
+            json!({"type": "array", "items": {"type": "string", "enum": scope_names()}}),
+        ),
+        (
+            "CreateTokenRequest",
+            "expires_in_secs",
+            json!({"type": ["integer", "null"], "minimum": 60, "maximum": super::identity::MAX_TOKEN_LIFETIME}),
+        ),
+        (
+            "PolicyText",
+            "text",
+            json!({"type": "string", "maxLength": MAX_POLICY_CHARS}),
+        ),
+        ("CheckRequest", "user", string(USER_NAME)),
+        (
+            "CheckRequest",
+            "action",
+            json!({"type": "string", "enum": drover_policy::Action::all().map(|a| a.name()).collect::<Vec<_>>()}),
+        ),
+        ("CheckRequest", "node", nullable(NODE_ID)),
+        ("CheckRequest", "document", nullable(DOCUMENT_NAME)),
+        (
+            "CheckRequest",
+            "kind",
+            json!({"type": ["string", "null"], "enum": [null, "shell", "command", "port", "ssh"]}),
+        ),
+        ("CheckRequest", "command", nullable(COMMAND_ID)),
+        ("CheckRequest", "session", nullable(SESSION_ID)),
+        ("CheckRequest", "owner", nullable(USER_NAME)),
     ];
     for (schema, prop, mut value) in props {
         let pointer = format!("/components/schemas/{schema}/properties/{prop}");
@@ -284,6 +361,21 @@ fn constrain_schemas(doc: &mut Value) {
         }
         *target = value;
     }
+}
+
+fn nullable(pattern: &str) -> Value {
+    json!({"type": ["string", "null"], "pattern": pattern})
+}
+
+fn list(pattern: &str) -> Value {
+    json!({"type": "array", "items": string(pattern)})
+}
+
+/// What a token's scope may name: every action, or `read`.
+fn scope_names() -> Vec<&'static str> {
+    let mut names: Vec<&str> = drover_policy::Action::all().map(|a| a.name()).collect();
+    names.push("read");
+    names
 }
 
 fn timeouts() -> Value {
@@ -321,6 +413,11 @@ fn extra_errors(path: &str, method: &str) -> Vec<&'static str> {
         ("post" | "put" | "delete", p) if p.starts_with("/api/v1/documents") => vec!["409"],
         ("patch", "/api/v1/nodes/{id}/tags") => vec!["409"],
         ("get" | "post", p) if p.starts_with("/api/v1/nodes/{id}") => vec!["409"],
+        ("post", "/api/v1/auth/login") => vec!["401"],
+        ("post", "/api/v1/users") => vec!["404", "409"],
+        ("patch" | "delete", "/api/v1/users/{name}") => vec!["409"],
+        ("post", "/api/v1/groups") => vec!["409"],
+        ("post", "/api/v1/policies/check") => vec!["404"],
         _ => vec![],
     }
 }

@@ -25,6 +25,15 @@ pub const TERM: &str = r"^[A-Za-z0-9_.+-]{1,64}$";
 pub const DOCUMENT_NAME: &str = r"^[A-Za-z0-9_.-]{3,128}$";
 /// `NAME` or `NAME:VERSION` (a positive version).
 pub const DOCUMENT_REF: &str = r"^[A-Za-z0-9_.-]{3,128}(:[1-9][0-9]{0,17})?$";
+/// User names: what an identity provider's `preferred_username` or e-mail looks like.
+pub const USER_NAME: &str = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$";
+pub const GROUP_NAME: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+pub const TOKEN_NAME: &str = r"^[A-Za-z0-9][A-Za-z0-9 ._:-]{0,63}$";
+pub const POLICY_NAME: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+/// A new password: 12 to 1024 characters, no control characters.
+pub const PASSWORD: (usize, usize) = (12, 1024);
+/// A policy file, in characters.
+pub const MAX_POLICY_CHARS: usize = 256 * 1024;
 pub const TAG_KEY: &str = r"^[A-Za-z0-9_.:/+@-]{1,128}$";
 /// A rate: a count from 1, or a percentage from 1 to 100 (`max_concurrency`).
 pub const RATE: &str = r"^([1-9][0-9]{0,8}|([1-9][0-9]?|100)%)$";

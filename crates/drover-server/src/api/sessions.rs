@@ -15,9 +15,10 @@ use drover_store::{SessionQuery, SessionRecord};
 use serde::Deserialize;
 
 use super::{rfc3339, rules, validate, ApiError, Body, Path, Query};
-use crate::authz::{authorize, Action, Principal};
+use crate::authz::{Action, Principal};
 use crate::sessions::OpenRequest;
 use crate::AppState;
+use drover_policy::Resource;
 
 /// The WebSocket subprotocol of session streams.
 pub const SUBPROTOCOL: &str = "drover.session.v1";
@@ -116,16 +117,9 @@ pub async fn start(
     who: Principal,
     Body(req): Body<StartSession>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
-    if let Err(e) = authorize(&who, Action::StartSession) {
-        state
-            .sessions
-            .refused(&who, &req.node, &e.to_string())
-            .await;
-        return Err(e);
-    }
     let node = super::nodes::find(&state, &req.node).await?;
     let open = parse(&req, node.id)?;
-    let (record, offer) = state.sessions.open(&who, open).await?;
+    let (record, offer) = state.sessions.open(&who, open, &state.authz).await?;
     let mut v = view(record);
     v.e2e = offer;
     Ok((StatusCode::CREATED, Json(v)))
@@ -153,7 +147,6 @@ pub async fn list(
     who: Principal,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<SessionList>, ApiError> {
-    authorize(&who, Action::ReadSession)?;
     if let Some(n) = &q.node {
         validate::node_id(n)?;
     }
@@ -174,19 +167,82 @@ pub async fn list(
     let next = (rows.len() == limit)
         .then(|| rows.last().map(|s| s.id.clone()))
         .flatten();
+    // A page shows only the sessions the user may see; `next` still walks them all.
+    let mut sessions = Vec::with_capacity(rows.len());
+    for s in rows {
+        let r = resource(&state, &s).await?;
+        if state
+            .authz
+            .check(&who, Action::ReadSession, &r, &Default::default())
+            .await
+            .is_ok()
+        {
+            sessions.push(s);
+        }
+    }
     Ok(Json(SessionList {
-        sessions: rows.into_iter().map(view).collect(),
+        sessions: sessions.into_iter().map(view).collect(),
         next,
     }))
 }
 
-async fn find(state: &AppState, id: &str) -> Result<SessionRecord, ApiError> {
+/// A session as policies see it: with its owner, document, kind and node (the node's tags as
+/// they are now; a deregistered node keeps its record).
+pub async fn resource(state: &AppState, s: &SessionRecord) -> Result<Resource, ApiError> {
+    let node = match drover_store::NodeId::parse(&s.node_id) {
+        Some(id) => state.store.get_node(&id).await?,
+        None => None,
+    };
+    let node = node
+        .map(|n| crate::authz::node_facts(&n))
+        .unwrap_or_else(|| drover_policy::NodeFacts {
+            id: s.node_id.clone(),
+            ..Default::default()
+        });
+    let kind = match s.kind.as_str() {
+        "Shell" => "shell",
+        "Port" if s.document == "StartSSHSession" => "ssh",
+        "Port" => "port",
+        _ => "command",
+    };
+    Ok(Resource::Session {
+        id: s.id.clone(),
+        owner: s.user.clone(),
+        node,
+        document: s.document.clone(),
+        kind: kind.into(),
+    })
+}
+
+/// Loads a session `who` may take `action` on. One the user may not even see is "not found".
+async fn find(
+    state: &AppState,
+    who: &Principal,
+    action: Action,
+    id: &str,
+) -> Result<SessionRecord, ApiError> {
     session_id(id)?;
-    state
+    let s = state
         .store
         .get_session(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("session {id} not found")))
+        .ok_or_else(|| ApiError::NotFound(format!("session {id} not found")))?;
+    let r = resource(state, &s).await?;
+    let ctx = Default::default();
+    match state.authz.check(who, action, &r, &ctx).await {
+        Ok(()) => Ok(s),
+        Err(denied)
+            if action != Action::ReadSession
+                && state
+                    .authz
+                    .check(who, Action::ReadSession, &r, &ctx)
+                    .await
+                    .is_ok() =>
+        {
+            Err(denied)
+        }
+        Err(_) => Err(ApiError::NotFound(format!("session {id} not found"))),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/sessions/{id}",
@@ -198,8 +254,7 @@ pub async fn show(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    authorize(&who, Action::ReadSession)?;
-    let s = find(&state, &id).await?;
+    let s = find(&state, &who, Action::ReadSession, &id).await?;
     let events = state.store.session_events(&id).await?;
     let mut v = view(s);
     v.events = events
@@ -224,8 +279,7 @@ pub async fn terminate(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
-    authorize(&who, Action::TerminateSession)?;
-    let s = find(&state, &id).await?;
+    let s = find(&state, &who, Action::TerminateSession, &id).await?;
     if s.ended_at.is_some() {
         return Err(ApiError::Conflict(format!(
             "session {id} has already ended ({})",
@@ -244,7 +298,9 @@ pub async fn stream(
     Path(id): Path<String>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&who, Action::StartSession)?;
+    // Only the session's owner attaches (checked with the live session), with a token that
+    // may start sessions.
+    crate::authz::scoped(&who, Action::StartSession)?;
     session_id(&id)?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::BadRequest(format!("expected a WebSocket upgrade: {}", e.body_text()))
@@ -268,7 +324,9 @@ pub async fn tunnel(
     Path(id): Path<String>,
     mut req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    authorize(&who, Action::StartSession)?;
+    // Only the session's owner attaches (checked with the live session), with a token that
+    // may start sessions.
+    crate::authz::scoped(&who, Action::StartSession)?;
     session_id(&id)?;
     let wants = req
         .headers()
@@ -316,8 +374,7 @@ pub async fn recording(
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&who, Action::ReadSessionRecording)?;
-    find(&state, &id).await?;
+    find(&state, &who, Action::ReplaySession, &id).await?;
     let Some((len, reader)) = state
         .sessions
         .recordings()

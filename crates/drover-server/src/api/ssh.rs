@@ -11,7 +11,7 @@ use axum::Json;
 use drover_api::{SshCertificate, SshCertificateRequest};
 
 use super::{rfc3339, validate, ApiError, Body};
-use crate::authz::{authorize, Action, Principal};
+use crate::authz::{Action, Principal};
 use crate::{secrets, AppState};
 
 /// How long a certificate is valid. Enough to log in; the session itself may last longer.
@@ -44,7 +44,10 @@ pub async fn certificate(
     who: Principal,
     Body(req): Body<SshCertificateRequest>,
 ) -> Result<Json<SshCertificate>, ApiError> {
-    authorize(&who, Action::IssueSshCertificate)?;
+    state
+        .authz
+        .check_server(&who, Action::IssueSshCertificate)
+        .await?;
     validate::text("public_key", &req.public_key, MAX_PUBLIC_KEY)?;
     let node = super::nodes::find(&state, &req.node).await?;
     let fingerprint = drover_pki::ssh_fingerprint(&req.public_key)
@@ -52,7 +55,7 @@ pub async fn certificate(
     let principal = state.sessions.ssh_principal().await?;
     let now = secrets::now();
     let valid_before = now.saturating_add(CERT_LIFETIME_SECS);
-    let key_id = format!("drover:{}:{}", who.name, node.id);
+    let key_id = format!("drover:{}:{}", who.user.name, node.id);
     let certificate = state
         .ssh_ca
         .sign_user(&drover_pki::UserCertRequest {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::ApiError;
+use crate::authz::{Action, Authz, Principal};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::secrets;
@@ -170,9 +171,15 @@ impl Commands {
         Ok(picked.into_values().collect())
     }
 
-    /// Sends a command: validates everything first (nothing runs on bad input), records it and
-    /// its invocations, and starts it.
-    pub async fn send(&self, req: SendRequest) -> Result<Command, ApiError> {
+    /// Sends a command: validates everything first (nothing runs on bad input), decides per
+    /// target node whether `who` may send it there (the others are recorded as Failed,
+    /// `AccessDenied`, never dropped), records it and its invocations, and starts it.
+    pub async fn send(
+        &self,
+        req: SendRequest,
+        who: &Principal,
+        authz: &Authz,
+    ) -> Result<Command, ApiError> {
         if req.targets.is_empty() {
             return Err(ApiError::BadRequest(
                 "no targets: give node IDs, names, tag:KEY=VALUE or all".into(),
@@ -194,6 +201,21 @@ impl Commands {
                 req.targets
             )));
         }
+        let ctx = drover_policy::Context {
+            document: Some(payload.document.name.clone()),
+            kind: None,
+        };
+        let allowed = authz.nodes(who, Action::SendCommand, &nodes, &ctx).await?;
+        if !allowed.iter().any(|a| *a) {
+            return Err(crate::authz::denied(
+                who,
+                Action::SendCommand,
+                &format!(
+                    "any of the targets with document {:?}",
+                    payload.document.name
+                ),
+            ));
+        }
         let n = nodes.len();
         let max_concurrency = rate("max concurrency", &req.max_concurrency, n, true)?;
         let max_errors = rate("max errors", &req.max_errors, n, false)?;
@@ -205,20 +227,31 @@ impl Commands {
         let id = format!("cmd-{key}");
         let invocations: Vec<Invocation> = nodes
             .iter()
+            .zip(&allowed)
             .enumerate()
-            .map(|(i, node)| {
+            .map(|(i, (node, allowed))| {
                 let gone = node.status == NodeStatus::Inactive;
+                let detail = match (allowed, gone) {
+                    (false, _) => "AccessDenied",
+                    (true, true) => "Undeliverable",
+                    (true, false) => "",
+                };
                 Invocation {
                     id: format!("inv-{key}-{i:06}"),
                     command_id: id.clone(),
                     node_id: node.id.to_string(),
                     node_name: node.name.clone(),
-                    status: if gone { "Failed" } else { "Pending" }.into(),
-                    status_detail: if gone { "Undeliverable" } else { "" }.into(),
+                    status: if detail.is_empty() {
+                        "Pending"
+                    } else {
+                        "Failed"
+                    }
+                    .into(),
+                    status_detail: detail.into(),
                     exit_code: None,
                     requested_at: now,
                     started_at: None,
-                    finished_at: gone.then_some(now),
+                    finished_at: (!detail.is_empty()).then_some(now),
                     steps: Vec::new(),
                 }
             })
@@ -240,6 +273,7 @@ impl Commands {
             payload: serde_json::to_string(&payload.invoke).unwrap_or_default(),
             cancel_requested: false,
             output_pruned: false,
+            sender: who.user.name.clone(),
         };
         self.ctx
             .store

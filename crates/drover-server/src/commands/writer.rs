@@ -273,6 +273,7 @@ mod tests {
             payload: "{}".into(),
             cancel_requested: false,
             output_pruned: false,
+            sender: "admin".into(),
         }
     }
 

@@ -86,7 +86,7 @@ impl Sessions {
         };
         let record = SessionRecord {
             id: p.id.clone(),
-            user: who.name.clone(),
+            user: who.user.name.clone(),
             node_id: node.clone(),
             kind: "Port".into(),
             document: p.document,
@@ -110,7 +110,7 @@ impl Sessions {
             "" => record.target.clone(),
             r => format!("{}: {r}", record.target),
         };
-        self.event(&p.id, "started", &who.name, &node, &detail)
+        self.event(&p.id, "started", &who.user.name, &node, &detail)
             .await;
         let (attach_tx, attach) = mpsc::channel(4);
         let (terminate_tx, terminate) = mpsc::channel(4);
@@ -118,7 +118,7 @@ impl Sessions {
         self.live().insert(
             p.id.clone(),
             Live {
-                owner: who.token_id.clone(),
+                owner: who.user.name.clone(),
                 attach: Attach::Mux(attach_tx),
                 terminate: terminate_tx,
             },

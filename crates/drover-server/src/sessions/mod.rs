@@ -25,7 +25,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::api::ApiError;
-use crate::authz::Principal;
+use crate::authz::{Action, Authz, Principal};
 use crate::commands::resolve::{self, SESSION_PREFERENCES};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -76,6 +76,21 @@ struct Plan {
     document: String,
     runs: Runs,
     prefs: Preferences,
+}
+
+impl Plan {
+    /// The session's kind, as policies see it.
+    fn kind(&self) -> &'static str {
+        match &self.runs {
+            Runs::Port(_) if self.document == "StartSSHSession" => "ssh",
+            Runs::Port(_) => "port",
+            Runs::Process {
+                kind: SessionKind::Shell,
+                ..
+            } => "shell",
+            Runs::Process { .. } => "command",
+        }
+    }
 }
 
 enum Runs {
@@ -253,7 +268,7 @@ impl Sessions {
 
     /// Records that an SSH certificate was issued (no session exists yet).
     pub async fn ssh_certificate_issued(&self, who: &Principal, node: &str, detail: &str) {
-        self.event("", "ssh_certificate", &who.name, node, detail)
+        self.event("", "ssh_certificate", &who.user.name, node, detail)
             .await;
     }
 
@@ -261,17 +276,36 @@ impl Sessions {
     pub async fn refused(&self, who: &Principal, node: &str, why: &str) {
         // The node is as the client gave it: keep the record short.
         let node: String = node.chars().take(256).collect();
-        self.event("", "refused", &who.name, &node, why).await;
+        self.event("", "refused", &who.user.name, &node, why).await;
     }
 
     /// Starts a session on the node and its broker; the client attaches next. A sealed port
     /// session comes with what the client needs to check the agent's key.
+    /// `who` must be allowed to StartSession on the node, with the session's document and kind
+    /// (`shell`, `command`, `port` or `ssh`); a refusal is recorded like any other.
     pub async fn open(
         &self,
         who: &Principal,
         req: OpenRequest,
+        authz: &Authz,
     ) -> Result<(SessionRecord, Option<drover_api::E2eOffer>), ApiError> {
         let node = req.node.to_string();
+        let Some(facts) = self.store.get_node(&req.node).await? else {
+            return Err(ApiError::NotFound(format!("node {node}")));
+        };
+        let plan = self.plan(&req).await?;
+        let ctx = drover_policy::Context {
+            document: Some(plan.document.clone()),
+            kind: Some(plan.kind().into()),
+        };
+        let resource = drover_policy::Resource::Node(crate::authz::node_facts(&facts));
+        if let Err(e) = authz
+            .check(who, Action::StartSession, &resource, &ctx)
+            .await
+        {
+            self.refused(who, &node, &e.to_string()).await;
+            return Err(e);
+        }
         let Some((tunnel, node_key)) = self.registry.tunnel_and_key(&req.node) else {
             let why = match self.store.get_node(&req.node).await? {
                 None => return Err(ApiError::NotFound(format!("node {node}"))),
@@ -280,7 +314,6 @@ impl Sessions {
             self.refused(who, &node, &why).await;
             return Err(ApiError::Conflict(why));
         };
-        let plan = self.plan(&req).await?;
         // Microseconds first, so that IDs sort by start even within a second (history is listed
         // newest first, and paged, by ID).
         let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
@@ -309,7 +342,7 @@ impl Sessions {
         let recorded = prefs.record_sessions;
         let record = SessionRecord {
             id: id.clone(),
-            user: who.name.clone(),
+            user: who.user.name.clone(),
             node_id: node.clone(),
             kind: format!("{kind:?}"),
             document: plan.document.clone(),
@@ -374,7 +407,7 @@ impl Sessions {
             _ => None,
         };
         self.metrics.session_started();
-        self.event(&id, "started", &who.name, &node, &req.reason)
+        self.event(&id, "started", &who.user.name, &node, &req.reason)
             .await;
         let (attach_tx, attach) = mpsc::channel(4);
         let (terminate_tx, terminate) = mpsc::channel(4);
@@ -382,7 +415,7 @@ impl Sessions {
         self.live().insert(
             id.clone(),
             Live {
-                owner: who.token_id.clone(),
+                owner: who.user.name.clone(),
                 attach: Attach::Stream(attach_tx),
                 terminate: terminate_tx,
             },
@@ -465,7 +498,7 @@ impl Sessions {
             connections: 0,
         };
         let _ = self.store.end_session(id, &end).await;
-        self.event(id, "refused", &who.name, node, &why).await;
+        self.event(id, "refused", &who.user.name, node, &why).await;
         ApiError::Conflict(format!("the session could not start: {why}"))
     }
 
@@ -505,7 +538,7 @@ impl Sessions {
                 "session {id} is not live (it ended, or never existed)"
             )));
         };
-        if l.owner != who.token_id {
+        if l.owner != who.user.name {
             return Err(ApiError::Forbidden(format!(
                 "session {id} belongs to someone else"
             )));
@@ -519,12 +552,26 @@ impl Sessions {
         let Some(tx) = tx else {
             return Err(ApiError::Conflict(format!("session {id} is not live")));
         };
-        self.event(id, "terminate_requested", &who.name, "", "")
+        self.event(id, "terminate_requested", &who.user.name, "", "")
             .await;
         let _ = tx
-            .send(format!("the session was terminated by {}", who.name))
+            .send(format!("the session was terminated by {}", who.user.name))
             .await;
         Ok(())
+    }
+
+    /// Ends every live session of `user` (disabled or deleted): its sessions end at once.
+    pub async fn end_for_user(&self, user: &str, why: &str) -> usize {
+        let ends: Vec<_> = self
+            .live()
+            .values()
+            .filter(|l| l.owner == user)
+            .map(|l| l.terminate.clone())
+            .collect();
+        for tx in &ends {
+            let _ = tx.send(why.to_string()).await;
+        }
+        ends.len()
     }
 
     /// Ends every live session (the server is stopping).

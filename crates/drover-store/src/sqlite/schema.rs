@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     crate::sqlite_commands::MIGRATION_RETENTION,
     crate::sqlite_sessions::MIGRATION_SESSIONS,
     crate::sqlite_sessions::MIGRATION_SESSION_TARGETS,
+    crate::sqlite_identity::MIGRATION_IDENTITY,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"

@@ -211,6 +211,7 @@ pub(super) fn command(id: &str) -> Command {
         payload: "{}".into(),
         cancel_requested: false,
         output_pruned: false,
+        sender: "admin".into(),
     }
 }
 

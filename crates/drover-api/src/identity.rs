@@ -1,0 +1,204 @@
+//! Users, groups, API tokens, logins and policies.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub name: String,
+    /// `local` or `oidc`.
+    pub source: String,
+    pub attributes: BTreeMap<String, String>,
+    pub groups: Vec<String>,
+    pub disabled: bool,
+    /// Whether a password is set (never the password or its hash).
+    pub has_password: bool,
+    /// RFC 3339, while failed logins keep it locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// Changes to a user; what is absent stays as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    #[serde(default)]
+    pub set_attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unset_attributes: Vec<String>,
+    #[serde(default)]
+    pub add_groups: Vec<String>,
+    #[serde(default)]
+    pub remove_groups: Vec<String>,
+    /// Disabling refuses the user's tokens at once and ends its open sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Lifts a lockout after failed logins.
+    #[serde(default)]
+    pub unlock: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GroupView {
+    pub name: String,
+    pub description: String,
+    pub members: Vec<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub user: String,
+    /// `api`, `login` or `console`.
+    pub kind: String,
+    /// The actions it may take; empty for all of its user's.
+    pub scope: Vec<String>,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
+    /// Neither revoked nor expired.
+    pub live: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    /// Action names (`ReadNode`, ...), or `read` for every read-only action; empty for all of
+    /// the user's actions.
+    #[serde(default)]
+    pub scope: Vec<String>,
+    /// Lifetime in seconds; absent for a token that never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A new token: the secret is shown this once and never again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    pub token: String,
+    #[serde(flatten)]
+    pub view: TokenView,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+    /// For the console: the session is a cookie (HttpOnly, Secure, SameSite=Strict), and the
+    /// body carries the CSRF token that every change must send as `X-CSRF-Token`.
+    #[serde(default)]
+    pub console: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    pub user: String,
+    /// The session's token (absent for a console login, whose token is the cookie).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub user: UserView,
+    pub token: TokenView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyView {
+    pub name: String,
+    pub text: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyText {
+    pub text: String,
+}
+
+/// A place in a policy and what is wrong there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyProblem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ValidateResponse {
+    pub valid: bool,
+    pub problems: Vec<PolicyProblem>,
+}
+
+/// A decision to explain: a stored user, an action and its resource.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub user: String,
+    pub action: String,
+    /// For node actions: a node ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The document (of a command or session, or the resource of a document action).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
+    /// A session's kind: `shell`, `command`, `port` or `ssh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// For command and session actions: the command or session ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// For ManageTokens: whose tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckResponse {
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// The policies that decided it; empty when none applied (denied by default).
+    pub reasons: Vec<String>,
+    /// Policies that failed to evaluate for this request (counted as not applying).
+    pub errors: Vec<String>,
+}

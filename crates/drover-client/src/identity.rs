@@ -1,0 +1,168 @@
+//! Users, groups, tokens, logins and policies.
+
+use drover_api::*;
+use reqwest::Method;
+
+use crate::{escape, Client, ClientError};
+
+impl Client {
+    pub async fn login(&self, req: &LoginRequest) -> Result<LoginResponse, ClientError> {
+        self.call(Method::POST, "/api/v1/auth/login", Some(req))
+            .await
+    }
+
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.send::<()>(Method::POST, "/api/v1/auth/logout", None)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.call::<(), _>(Method::GET, "/api/v1/auth/whoami", None)
+            .await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserView>, ClientError> {
+        self.call::<(), _>(Method::GET, "/api/v1/users", None).await
+    }
+
+    pub async fn get_user(&self, name: &str) -> Result<UserView, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/api/v1/users/{}", escape(name)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn create_user(&self, req: &CreateUserRequest) -> Result<UserView, ClientError> {
+        self.call(Method::POST, "/api/v1/users", Some(req)).await
+    }
+
+    pub async fn update_user(
+        &self,
+        name: &str,
+        req: &UpdateUserRequest,
+    ) -> Result<UserView, ClientError> {
+        self.call(
+            Method::PATCH,
+            &format!("/api/v1/users/{}", escape(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        self.send::<()>(
+            Method::DELETE,
+            &format!("/api/v1/users/{}", escape(name)),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<GroupView>, ClientError> {
+        self.call::<(), _>(Method::GET, "/api/v1/groups", None)
+            .await
+    }
+
+    pub async fn create_group(&self, req: &CreateGroupRequest) -> Result<GroupView, ClientError> {
+        self.call(Method::POST, "/api/v1/groups", Some(req)).await
+    }
+
+    pub async fn delete_group(&self, name: &str) -> Result<(), ClientError> {
+        self.send::<()>(
+            Method::DELETE,
+            &format!("/api/v1/groups/{}", escape(name)),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn list_tokens(&self, user: &str) -> Result<Vec<TokenView>, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/api/v1/users/{}/tokens", escape(user)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn create_token(
+        &self,
+        user: &str,
+        req: &CreateTokenRequest,
+    ) -> Result<CreatedToken, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/users/{}/tokens", escape(user)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn revoke_token(&self, user: &str, token: &str) -> Result<(), ClientError> {
+        self.send::<()>(
+            Method::POST,
+            &format!(
+                "/api/v1/users/{}/tokens/{}/revoke",
+                escape(user),
+                escape(token)
+            ),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn list_policies(&self) -> Result<Vec<PolicyView>, ClientError> {
+        self.call::<(), _>(Method::GET, "/api/v1/policies", None)
+            .await
+    }
+
+    pub async fn get_policy(&self, name: &str) -> Result<PolicyView, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/api/v1/policies/{}", escape(name)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn put_policy(&self, name: &str, text: &str) -> Result<PolicyView, ClientError> {
+        let body = PolicyText {
+            text: text.to_string(),
+        };
+        self.call(
+            Method::PUT,
+            &format!("/api/v1/policies/{}", escape(name)),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn delete_policy(&self, name: &str) -> Result<(), ClientError> {
+        self.send::<()>(
+            Method::DELETE,
+            &format!("/api/v1/policies/{}", escape(name)),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn validate_policy(&self, text: &str) -> Result<ValidateResponse, ClientError> {
+        let body = PolicyText {
+            text: text.to_string(),
+        };
+        self.call(Method::POST, "/api/v1/policies/validate", Some(&body))
+            .await
+    }
+
+    pub async fn check_policy(&self, req: &CheckRequest) -> Result<CheckResponse, ClientError> {
+        self.call(Method::POST, "/api/v1/policies/check", Some(req))
+            .await
+    }
+}

@@ -1,0 +1,165 @@
+//! Users' credentials: passwords (argon2id), logins with a lockout after repeated failures,
+//! and the tokens a user holds. The first start makes the first admin and the default policy.
+
+use std::sync::{Arc, LazyLock};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use drover_store::{ApiToken, Store, User};
+
+use crate::api::ApiError;
+use crate::secrets;
+
+/// Failed logins in a row that lock an account, and for how long.
+pub const MAX_FAILED_LOGINS: i64 = 5;
+pub const LOCKOUT_SECS: i64 = 15 * 60;
+/// A CLI login's token lasts this long.
+pub const LOGIN_LIFETIME_SECS: i64 = 12 * 3600;
+/// A console session ends after this long, or this long unused.
+pub const CONSOLE_LIFETIME_SECS: i64 = 12 * 3600;
+pub const CONSOLE_IDLE_SECS: i64 = 30 * 60;
+
+/// Verified against when the user does not exist or has no password, so that the answer takes
+/// as long as for a real one and does not tell which names exist.
+static DECOY: LazyLock<String> =
+    LazyLock::new(|| hash_password("decoy password").unwrap_or_default());
+
+pub fn hash_password(password: &str) -> Result<String, ApiError> {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(format!("hashing a password: {e}")))
+}
+
+/// argon2's comparison is constant-time; it runs on the blocking pool (it takes tens of
+/// milliseconds of CPU on purpose).
+async fn verify(password: String, hash: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let real = hash.is_some();
+        let hash = hash.unwrap_or_else(|| DECOY.clone());
+        let ok = PasswordHash::new(&hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        ok && real
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Checks a password login. Every refusal says the same thing, whatever the reason (no such
+/// user, wrong password, disabled, locked), so that it tells an attacker nothing; the log says
+/// which.
+pub async fn login(store: &Arc<dyn Store>, name: &str, password: &str) -> Result<User, ApiError> {
+    let refused = || ApiError::Unauthorized;
+    let now = secrets::now();
+    let user = store.get_user(name).await?;
+    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+    let locked = user.as_ref().is_some_and(|u| u.locked_until > now);
+    // A locked account is refused without looking at the password, so guessing stops.
+    let ok = !locked && verify(password.to_string(), hash).await;
+    let Some(user) = user else {
+        tracing::info!(user = %name, "login refused: no such user");
+        return Err(refused());
+    };
+    if locked {
+        tracing::info!(user = %name, "login refused: locked after failed logins");
+        return Err(refused());
+    }
+    if !ok {
+        let after = store
+            .update_user(
+                name,
+                None,
+                Box::new(move |u| {
+                    u.failed_logins += 1;
+                    if u.failed_logins >= MAX_FAILED_LOGINS {
+                        u.locked_until = now + LOCKOUT_SECS;
+                        u.failed_logins = 0;
+                    }
+                }),
+            )
+            .await?;
+        tracing::info!(user = %name, locked = after.locked_until > now, "login refused: wrong password");
+        return Err(refused());
+    }
+    if user.disabled {
+        tracing::info!(user = %name, "login refused: disabled");
+        return Err(refused());
+    }
+    if user.failed_logins > 0 {
+        store
+            .update_user(name, None, Box::new(|u| u.failed_logins = 0))
+            .await?;
+    }
+    Ok(user)
+}
+
+/// A new token for `user`: the secret (shown once) and the record (stored hashed).
+pub fn new_token(
+    user: &str,
+    name: &str,
+    kind: &str,
+    scope: Vec<String>,
+    lifetime: Option<i64>,
+) -> (String, ApiToken) {
+    let secret = secrets::new_token();
+    let now = secrets::now();
+    let token = ApiToken {
+        id: format!("tok-{}", secrets::random_hex(8)),
+        name: name.to_string(),
+        hash: secrets::hash(&secret),
+        user: user.to_string(),
+        kind: kind.to_string(),
+        scope,
+        created_at: now,
+        expires_at: lifetime.map_or(0, |l| now + l),
+        revoked_at: 0,
+        last_used_at: 0,
+        idle_timeout_secs: 0,
+        csrf_hash: String::new(),
+    };
+    (secret, token)
+}
+
+/// First start: the first admin user (`admin`, in group `admins`) and its token, written to
+/// `token_path`; and the default policy, unless policies were ever written.
+pub async fn seed(
+    store: &Arc<dyn Store>,
+    token_path: &std::path::Path,
+) -> Result<(), crate::ServerError> {
+    if store.policy_version().await? == 0 {
+        store
+            .write_policy(
+                "default",
+                Some(drover_policy::DEFAULT_POLICY),
+                secrets::now(),
+            )
+            .await?;
+        tracing::info!("stored the default policy");
+    }
+    if store.count_users().await? == 0 {
+        store
+            .create_user(&User {
+                name: "admin".into(),
+                source: "local".into(),
+                password_hash: None,
+                attributes: Default::default(),
+                groups: vec!["admins".into()],
+                disabled: false,
+                failed_logins: 0,
+                locked_until: 0,
+                created_at: secrets::now(),
+            })
+            .await?;
+        let (secret, token) = new_token("admin", "admin", "api", Vec::new(), None);
+        crate::datadir::write_private(token_path, format!("{secret}\n").as_bytes())?;
+        store.create_token(&token).await?;
+        tracing::info!(path = %token_path.display(), "created user admin and wrote its API token");
+    }
+    Ok(())
+}
