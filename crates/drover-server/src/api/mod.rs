@@ -12,6 +12,7 @@ mod register;
 mod rules;
 mod sessions;
 mod ssh;
+mod users;
 mod validate;
 
 use std::sync::Arc;
@@ -87,29 +88,29 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/auth/whoami", get(identity::whoami))
         .route(
             "/api/v1/users",
-            get(identity::list_users).post(identity::create_user),
+            get(users::list_users).post(users::create_user),
         )
         .route(
             "/api/v1/users/{name}",
-            get(identity::show_user)
-                .patch(identity::update_user)
-                .delete(identity::delete_user),
+            get(users::show_user)
+                .patch(users::update_user)
+                .delete(users::delete_user),
         )
         .route(
             "/api/v1/users/{name}/tokens",
-            get(identity::list_tokens).post(identity::create_token),
+            get(users::list_tokens).post(users::create_token),
         )
         .route(
             "/api/v1/users/{name}/tokens/{token}/revoke",
-            post(identity::revoke_token),
+            post(users::revoke_token),
         )
         .route(
             "/api/v1/groups",
-            get(identity::list_groups).post(identity::create_group),
+            get(users::list_groups).post(users::create_group),
         )
         .route(
             "/api/v1/groups/{name}",
-            axum::routing::delete(identity::delete_group),
+            axum::routing::delete(users::delete_group),
         )
         .route("/api/v1/policies", get(policies::list))
         .route("/api/v1/policies/validate", post(policies::validate_text))

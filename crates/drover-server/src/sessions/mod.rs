@@ -6,6 +6,7 @@
 //! Which sessions are live is known only to the server process that holds its node's tunnel;
 //! a second replica will relay an attach to that peer, as it will for commands.
 
+mod attach;
 pub mod broker;
 pub mod forward;
 mod limits;
@@ -500,78 +501,6 @@ impl Sessions {
         let _ = self.store.end_session(id, &end).await;
         self.event(id, "refused", &who.user.name, node, &why).await;
         ApiError::Conflict(format!("the session could not start: {why}"))
-    }
-
-    /// Hands a client's WebSocket to the session's broker. Only the session's owner attaches.
-    pub fn attach_check(
-        &self,
-        id: &str,
-        who: &Principal,
-    ) -> Result<mpsc::Sender<WebSocket>, ApiError> {
-        match self.owned(id, who)? {
-            Attach::Stream(tx) => Ok(tx),
-            Attach::Mux(_) => Err(ApiError::BadRequest(format!(
-                "session {id} is a port session: attach to /api/v1/sessions/{id}/tunnel"
-            ))),
-        }
-    }
-
-    /// Hands a client's multiplexed connection to a port session's broker.
-    pub fn attach_mux_check(
-        &self,
-        id: &str,
-        who: &Principal,
-    ) -> Result<mpsc::Sender<forward::ClientIo>, ApiError> {
-        match self.owned(id, who)? {
-            Attach::Mux(tx) => Ok(tx),
-            Attach::Stream(_) => Err(ApiError::BadRequest(format!(
-                "session {id} is not a port session: attach to /api/v1/sessions/{id}/stream"
-            ))),
-        }
-    }
-
-    /// The live session's way in, for its owner only.
-    fn owned(&self, id: &str, who: &Principal) -> Result<Attach, ApiError> {
-        let live = self.live();
-        let Some(l) = live.get(id) else {
-            return Err(ApiError::Conflict(format!(
-                "session {id} is not live (it ended, or never existed)"
-            )));
-        };
-        if l.owner != who.user.name {
-            return Err(ApiError::Forbidden(format!(
-                "session {id} belongs to someone else"
-            )));
-        }
-        Ok(l.attach.clone())
-    }
-
-    /// Ends a live session; the user sees who ended it.
-    pub async fn terminate(&self, id: &str, who: &Principal) -> Result<(), ApiError> {
-        let tx = self.live().get(id).map(|l| l.terminate.clone());
-        let Some(tx) = tx else {
-            return Err(ApiError::Conflict(format!("session {id} is not live")));
-        };
-        self.event(id, "terminate_requested", &who.user.name, "", "")
-            .await;
-        let _ = tx
-            .send(format!("the session was terminated by {}", who.user.name))
-            .await;
-        Ok(())
-    }
-
-    /// Ends every live session of `user` (disabled or deleted): its sessions end at once.
-    pub async fn end_for_user(&self, user: &str, why: &str) -> usize {
-        let ends: Vec<_> = self
-            .live()
-            .values()
-            .filter(|l| l.owner == user)
-            .map(|l| l.terminate.clone())
-            .collect();
-        for tx in &ends {
-            let _ = tx.send(why.to_string()).await;
-        }
-        ends.len()
     }
 
     /// Ends every live session (the server is stopping).

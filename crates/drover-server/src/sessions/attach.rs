@@ -1,0 +1,83 @@
+//! Reaching a live session: its owner attaching (a WebSocket, or a port session's multiplexed
+//! connection), and ending it (terminate, or its user disabled or deleted).
+
+use axum::extract::ws::WebSocket;
+use tokio::sync::mpsc;
+
+use super::{forward, Attach, Sessions};
+use crate::api::ApiError;
+use crate::authz::Principal;
+
+impl Sessions {
+    /// Hands a client's WebSocket to the session's broker. Only the session's owner attaches.
+    pub fn attach_check(
+        &self,
+        id: &str,
+        who: &Principal,
+    ) -> Result<mpsc::Sender<WebSocket>, ApiError> {
+        match self.owned(id, who)? {
+            Attach::Stream(tx) => Ok(tx),
+            Attach::Mux(_) => Err(ApiError::BadRequest(format!(
+                "session {id} is a port session: attach to /api/v1/sessions/{id}/tunnel"
+            ))),
+        }
+    }
+
+    /// Hands a client's multiplexed connection to a port session's broker.
+    pub fn attach_mux_check(
+        &self,
+        id: &str,
+        who: &Principal,
+    ) -> Result<mpsc::Sender<forward::ClientIo>, ApiError> {
+        match self.owned(id, who)? {
+            Attach::Mux(tx) => Ok(tx),
+            Attach::Stream(_) => Err(ApiError::BadRequest(format!(
+                "session {id} is not a port session: attach to /api/v1/sessions/{id}/stream"
+            ))),
+        }
+    }
+
+    /// The live session's way in, for its owner only.
+    fn owned(&self, id: &str, who: &Principal) -> Result<Attach, ApiError> {
+        let live = self.live();
+        let Some(l) = live.get(id) else {
+            return Err(ApiError::Conflict(format!(
+                "session {id} is not live (it ended, or never existed)"
+            )));
+        };
+        if l.owner != who.user.name {
+            return Err(ApiError::Forbidden(format!(
+                "session {id} belongs to someone else"
+            )));
+        }
+        Ok(l.attach.clone())
+    }
+
+    /// Ends a live session; the user sees who ended it.
+    pub async fn terminate(&self, id: &str, who: &Principal) -> Result<(), ApiError> {
+        let tx = self.live().get(id).map(|l| l.terminate.clone());
+        let Some(tx) = tx else {
+            return Err(ApiError::Conflict(format!("session {id} is not live")));
+        };
+        self.event(id, "terminate_requested", &who.user.name, "", "")
+            .await;
+        let _ = tx
+            .send(format!("the session was terminated by {}", who.user.name))
+            .await;
+        Ok(())
+    }
+
+    /// Ends every live session of `user` (disabled or deleted): its sessions end at once.
+    pub async fn end_for_user(&self, user: &str, why: &str) -> usize {
+        let ends: Vec<_> = self
+            .live()
+            .values()
+            .filter(|l| l.owner == user)
+            .map(|l| l.terminate.clone())
+            .collect();
+        for tx in &ends {
+            let _ = tx.send(why.to_string()).await;
+        }
+        ends.len()
+    }
+}
