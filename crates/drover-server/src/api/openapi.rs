@@ -325,7 +325,7 @@ fn constrain_schemas(doc: &mut Value) {
         (
             "CreateTokenRequest",
             "expires_in_secs",
-            json!({"type": ["integer", "null"], "minimum": 60, "maximum": super::users::MAX_TOKEN_LIFETIME}),
+            json!({"type": ["integer", "null"], "minimum": 1, "maximum": super::users::MAX_TOKEN_LIFETIME}),
         ),
         (
             "PolicyText",

@@ -363,7 +363,7 @@ pub async fn create_token(
         }
     }
     let lifetime = match req.expires_in_secs {
-        Some(s) => Some(validate::range("expires_in_secs", s, 60..=MAX_TOKEN_LIFETIME)? as i64),
+        Some(s) => Some(validate::range("expires_in_secs", s, 1..=MAX_TOKEN_LIFETIME)? as i64),
         None => None,
     };
     find_user(&state, &name).await?;

@@ -23,6 +23,9 @@ use crate::registry::Registry;
 use crate::secrets;
 pub use writer::{UpdateWriter, Updates};
 
+/// The status detail of an invocation on a node the sender may not send the command to.
+pub const ACCESS_DENIED: &str = "AccessDenied";
+
 /// A command as the API asks for it.
 pub struct SendRequest {
     pub document: String,
@@ -232,7 +235,7 @@ impl Commands {
             .map(|(i, (node, allowed))| {
                 let gone = node.status == NodeStatus::Inactive;
                 let detail = match (allowed, gone) {
-                    (false, _) => "AccessDenied",
+                    (false, _) => ACCESS_DENIED,
                     (true, true) => "Undeliverable",
                     (true, false) => "",
                 };
@@ -280,8 +283,11 @@ impl Commands {
             .create_command(&command, &invocations)
             .await?;
         self.ctx.metrics.command_sent();
+        // A node the sender may not reach was never going to run it: it is reported, but it
+        // is no error of the run (max errors is about what ran), so the run never sees it.
         let pending = invocations
             .iter()
+            .filter(|i| i.status_detail != ACCESS_DENIED)
             .filter_map(|i| {
                 NodeId::parse(&i.node_id).map(|node| run::Pending {
                     invocation_id: i.id.clone(),
@@ -380,13 +386,17 @@ impl Commands {
                     .await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.id.clone());
-                pending.extend(page.into_iter().filter_map(|i| {
-                    NodeId::parse(&i.node_id).map(|node| run::Pending {
-                        invocation_id: i.id,
-                        node,
-                        status: i.status,
-                    })
-                }));
+                pending.extend(
+                    page.into_iter()
+                        .filter(|i| i.status_detail != ACCESS_DENIED)
+                        .filter_map(|i| {
+                            NodeId::parse(&i.node_id).map(|node| run::Pending {
+                                invocation_id: i.id,
+                                node,
+                                status: i.status,
+                            })
+                        }),
+                );
             }
             let n = pending.len();
             let cancel = CancellationToken::new();

@@ -305,7 +305,16 @@ impl Sessions {
             .await
         {
             self.refused(who, &node, &e.to_string()).await;
-            return Err(e);
+            // A node the user may not even see is "not found", as everywhere else.
+            let visible = authz
+                .check(who, Action::ReadNode, &resource, &Default::default())
+                .await
+                .is_ok();
+            return Err(if visible {
+                e
+            } else {
+                ApiError::NotFound(format!("node {node} not found"))
+            });
         }
         let Some((tunnel, node_key)) = self.registry.tunnel_and_key(&req.node) else {
             let why = match self.store.get_node(&req.node).await? {
