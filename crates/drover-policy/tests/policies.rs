@@ -293,3 +293,55 @@ fn bad_policies_are_refused_with_line_and_column() {
     );
     assert_eq!(p[0].line, 2, "{p:?}");
 }
+
+/// Every action for every kind of user under the default policy, written to a file: a change
+/// of policy shows in review, and an action added without a decision shows here
+/// (`UPDATE_EXPECT=1 cargo test -p drover-policy` rewrites the file).
+#[test]
+fn permission_table() {
+    let e = Engine::new(&[PolicyFile {
+        name: "default".into(),
+        text: DEFAULT_POLICY.into(),
+    }])
+    .unwrap();
+    let roles = [
+        ("admin", user("root", &[], &["admins"])),
+        ("viewer", user("vera", &[], &["viewers"])),
+        ("user", user("uma", &[], &[])),
+    ];
+    let mut table = String::from("# role, action, resource (own: the user's own), decision\n");
+    for (role, who) in &roles {
+        for a in Action::all() {
+            for own in [false, true] {
+                let owner = if own { who.name.clone() } else { "someone".into() };
+                let node = node("n-00000000000000009", &[]);
+                let resource = match a.resource() {
+                    drover_policy::ResourceKind::Node if !own => Resource::Node(node),
+                    drover_policy::ResourceKind::Command => Resource::Command {
+                        id: "cmd-1".into(),
+                        sender: owner,
+                        document: "D".into(),
+                    },
+                    drover_policy::ResourceKind::Session => Resource::Session {
+                        id: "s-1".into(),
+                        owner,
+                        node,
+                        document: "D".into(),
+                        kind: "shell".into(),
+                    },
+                    drover_policy::ResourceKind::Document if !own => {
+                        Resource::Document { name: "D".into() }
+                    }
+                    drover_policy::ResourceKind::Server if !own => Resource::Server,
+                    drover_policy::ResourceKind::User => Resource::User { name: owner },
+                    _ => continue,
+                };
+                let d = e.decide(who, a, &resource, &Context::default()).unwrap();
+                let verdict = if d.allowed { "allow" } else { "deny" };
+                let whose = if own { "own" } else { "any" };
+                table.push_str(&format!("{role:6} {a:20} {whose:4} {verdict}\n"));
+            }
+        }
+    }
+    expect_test::expect_file!["permissions.txt"].assert_eq(&table);
+}
