@@ -111,7 +111,11 @@ fn test(args: &[String]) -> Result<()> {
         ("sshd", "openssh-server"),
         ("ssh", "openssh-client"),
         ("rsync", "rsync"),
+        ("curl", "curl"),
+        ("npm", "npm"),
     ])?;
+    // The OpenID provider of the federated login test (oidc-provider, from npm).
+    packages::ensure_npm(&root().join("crates/drover/tests/idp"))?;
     // Schemathesis (PyPI) fuzzes the API against its OpenAPI document (tests/openapi.rs).
     let st = packages::ensure_schemathesis(&target_dir().join("tools"))?;
     run(cargo()

@@ -76,3 +76,17 @@ pub fn ensure_schemathesis(tools: &std::path::Path) -> Result<std::path::PathBuf
     std::fs::write(&pinned, SCHEMATHESIS)?;
     Ok(st)
 }
+
+/// The npm packages of `dir` (its package-lock.json), installed when missing or changed.
+pub fn ensure_npm(dir: &std::path::Path) -> Result<()> {
+    let lock = dir.join("package-lock.json");
+    let stamp = dir.join("node_modules/.package-lock.json");
+    let current = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if matches!((current(&lock), current(&stamp)), (Some(l), Some(s)) if s >= l) {
+        return Ok(());
+    }
+    log(&format!("installing npm packages in {}", dir.display()));
+    run(Command::new("npm")
+        .current_dir(dir)
+        .args(["ci", "--no-audit", "--no-fund"]))
+}

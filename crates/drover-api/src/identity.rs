@@ -202,3 +202,31 @@ pub struct CheckResponse {
     /// Policies that failed to evaluate for this request (counted as not applying).
     pub errors: Vec<String>,
 }
+
+/// Begins a federated login: the CLI made the state, nonce and PKCE verifier and keeps them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcStartRequest {
+    /// Where the identity provider sends the browser back: the CLI's loopback listener.
+    pub redirect_uri: String,
+    pub state: String,
+    pub nonce: String,
+    /// BASE64URL(SHA-256(verifier)).
+    pub code_challenge: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OidcStartResponse {
+    /// Open this in a browser.
+    pub authorization_url: String,
+}
+
+/// Ends a federated login with what the identity provider sent back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFinishRequest {
+    pub code: String,
+    pub code_verifier: String,
+    pub nonce: String,
+    pub redirect_uri: String,
+}

@@ -166,3 +166,18 @@ impl Client {
             .await
     }
 }
+
+impl Client {
+    pub async fn oidc_start(
+        &self,
+        req: &OidcStartRequest,
+    ) -> Result<OidcStartResponse, ClientError> {
+        self.call(Method::POST, "/api/v1/auth/oidc/start", Some(req))
+            .await
+    }
+
+    pub async fn oidc_finish(&self, req: &OidcFinishRequest) -> Result<LoginResponse, ClientError> {
+        self.call(Method::POST, "/api/v1/auth/oidc/finish", Some(req))
+            .await
+    }
+}

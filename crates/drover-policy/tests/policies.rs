@@ -313,7 +313,11 @@ fn permission_table() {
     for (role, who) in &roles {
         for a in Action::all() {
             for own in [false, true] {
-                let owner = if own { who.name.clone() } else { "someone".into() };
+                let owner = if own {
+                    who.name.clone()
+                } else {
+                    "someone".into()
+                };
                 let node = node("n-00000000000000009", &[]);
                 let resource = match a.resource() {
                     drover_policy::ResourceKind::Node if !own => Resource::Node(node),

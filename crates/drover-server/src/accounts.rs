@@ -163,3 +163,63 @@ pub async fn seed(
     }
     Ok(())
 }
+
+/// The user an identity provider vouched for: created at its first login, its attributes and
+/// (when a groups claim is configured) its groups taken from the ID token at every login. A
+/// local user of the same name is never taken over, and a disabled one stays out.
+pub async fn federated(
+    store: &Arc<dyn Store>,
+    who: crate::oidc::Identity,
+) -> Result<User, ApiError> {
+    use crate::api::rules;
+    if !rules::matches(rules::USER_NAME, &who.username) {
+        tracing::warn!(user = %who.username, "federated login refused: not a valid Drover user name");
+        return Err(ApiError::Unauthorized);
+    }
+    if let Some(u) = store.get_user(&who.username).await? {
+        if u.source != "oidc" {
+            tracing::warn!(user = %u.name, "federated login refused: a local user has this name");
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    let attributes: std::collections::BTreeMap<String, String> = who
+        .attributes
+        .into_iter()
+        .filter(|(k, v)| {
+            rules::matches(rules::TAG_KEY, k) && rules::matches(&rules::tag_value(), v)
+        })
+        .collect();
+    let groups = who.groups.map(|g| {
+        g.into_iter()
+            .filter(|g| rules::matches(rules::GROUP_NAME, g))
+            .collect::<Vec<_>>()
+    });
+    let new = User {
+        name: who.username.clone(),
+        source: "oidc".into(),
+        password_hash: None,
+        attributes: Default::default(),
+        groups: Vec::new(),
+        disabled: false,
+        failed_logins: 0,
+        locked_until: 0,
+        created_at: secrets::now(),
+    };
+    let user = store
+        .update_user(
+            &who.username,
+            Some(new),
+            Box::new(move |u| {
+                u.attributes = attributes;
+                if let Some(g) = groups {
+                    u.groups = g;
+                }
+            }),
+        )
+        .await?;
+    if user.disabled {
+        tracing::info!(user = %user.name, "federated login refused: disabled");
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(user)
+}

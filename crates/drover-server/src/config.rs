@@ -34,6 +34,27 @@ pub struct ServerConfig {
     /// Networks (CIDR) or addresses that forwarded connections may not reach, beyond what
     /// agents always refuse (the cloud metadata addresses and the link-local ranges).
     pub forward_deny: Vec<String>,
+    /// Federated login through an OpenID provider; None: local users only.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// The OpenID provider users log in through, and how its ID tokens become users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcConfig {
+    /// `https://...` (or `http://` on loopback, for tests); discovery reads
+    /// `ISSUER/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// None: a public client (PKCE alone).
+    pub client_secret: Option<String>,
+    /// The claim that names the user (`preferred_username`, `email`, `sub`).
+    pub username_claim: String,
+    /// The claim listing the user's groups; None: groups are managed in Drover.
+    pub groups_claim: Option<String>,
+    /// `(claim, attribute)`: each claim of the ID token that becomes a user attribute.
+    pub attribute_claims: Vec<(String, String)>,
+    /// Scopes asked for, beyond `openid`.
+    pub scopes: Vec<String>,
 }
 
 impl ServerConfig {
@@ -52,6 +73,7 @@ impl ServerConfig {
             hostname: String::new(),
             retention: crate::retention::RetentionPolicy::default(),
             forward_deny: Vec::new(),
+            oidc: None,
         }
     }
 }

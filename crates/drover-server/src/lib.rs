@@ -18,6 +18,7 @@ mod error;
 mod inventory;
 mod listener;
 mod metrics;
+mod oidc;
 mod registry;
 mod retention;
 mod secrets;
@@ -26,7 +27,7 @@ pub mod sessions;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use config::{ServerConfig, DEFAULT_LISTEN};
+pub use config::{OidcConfig, ServerConfig, DEFAULT_LISTEN};
 pub use datadir::DataDir;
 pub use error::ServerError;
 pub use registry::Registry;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub sessions: sessions::Sessions,
     pub admission: Arc<admission::Admission>,
     pub authz: authz::Authz,
+    /// Federated login, when an identity provider is configured.
+    pub oidc: Option<oidc::Oidc>,
 }
 
 /// Creates `SessionManagerRunShell` with the default preferences on first start, so that
@@ -124,6 +127,7 @@ impl Server {
             data.load_ca()?.cert_der()?.to_vec(),
         );
         seed_session_preferences(data.store.as_ref(), now).await?;
+        let oidc = config.oidc.clone().map(oidc::Oidc::new).transpose()?;
         let state = Arc::new(AppState {
             admission: admission::Admission::new(config.limits.clone()),
             config,
@@ -135,6 +139,7 @@ impl Server {
             commands,
             sessions,
             authz: authz::Authz::new(data.store.clone()),
+            oidc,
         });
         Ok(Self {
             state,

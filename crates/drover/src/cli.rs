@@ -38,7 +38,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a server and a local agent in the foreground, for trying Drover on one machine.
     Up(UpArgs),
     /// The node side: register, run, install as a service.
@@ -305,6 +305,8 @@ pub enum InvocationsCommand {
 
 #[derive(Debug, Default, Args)]
 pub struct ServerArgs {
+    #[command(flatten)]
+    pub oidc: crate::cmd_oidc::OidcArgs,
     /// Data directory (database, CA, certificates, admin token).
     #[arg(long, env = "DROVER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -537,6 +539,9 @@ pub struct LoginArgs {
     /// Read the password from the first line of standard input.
     #[arg(long, requires = "user")]
     pub password_stdin: bool,
+    /// Log in through the server's identity provider, in a browser.
+    #[arg(long, conflicts_with_all = ["user", "token_file"])]
+    pub oidc: bool,
     /// SHA-256 fingerprint of the server's CA; without it, it is shown for confirmation.
     #[arg(long)]
     pub ca_fingerprint: Option<String>,
@@ -544,7 +549,7 @@ pub struct LoginArgs {
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Server(args) => crate::cmd_server::run(args).await,
+        Command::Server(args) => crate::cmd_server::run(*args).await,
         Command::Up(args) => crate::cmd_up::run(args).await,
         Command::Agent(cmd) => crate::cmd_agent::run(cmd).await,
         Command::Activation(cmd) => crate::cmd_activation::run(cmd).await,

@@ -136,6 +136,8 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         answer
             .token
             .context("the server sent no token for a CLI login")?
+    } else if args.oidc {
+        crate::cmd_oidc::login(&server, &fingerprint).await?
     } else if let Some(file) = &args.token_file {
         let token = std::fs::read_to_string(file)
             .with_context(|| format!("reading the token file {}", file.display()))?
@@ -146,7 +148,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         }
         token
     } else {
-        bail!("give --token-file FILE or --user NAME");
+        bail!("give --token-file FILE, --user NAME or --oidc");
     };
     let client = drover_client::Client::new(&server, &fingerprint, Some(token.clone()))?;
     let me = client

@@ -35,6 +35,8 @@ struct FileConfig {
     prune_interval: Option<String>,
     #[serde(default)]
     forward_deny: Vec<String>,
+    /// `[oidc]`: the identity provider.
+    oidc: Option<crate::cmd_oidc::OidcFile>,
 }
 
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration, UsageError> {
@@ -53,7 +55,7 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, UsageError> {
     })
 }
 
-pub fn build_config(args: ServerArgs) -> Result<ServerConfig, UsageError> {
+pub fn build_config(mut args: ServerArgs) -> Result<ServerConfig, UsageError> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -106,6 +108,7 @@ pub fn build_config(args: ServerArgs) -> Result<ServerConfig, UsageError> {
         config.heartbeat = d;
     }
     config.metrics_public = args.metrics_public.or(file.metrics_public).unwrap_or(false);
+    config.oidc = crate::cmd_oidc::config(std::mem::take(&mut args.oidc), file.oidc)?;
     config.forward_deny = if args.forward_deny.is_empty() {
         file.forward_deny
     } else {

@@ -10,6 +10,7 @@ mod cmd_agent;
 mod cmd_docs;
 mod cmd_forward;
 mod cmd_nodes;
+mod cmd_oidc;
 mod cmd_policy;
 mod cmd_run;
 mod cmd_server;

@@ -6,7 +6,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use drover_api::{LoginRequest, LoginResponse, TokenView, UserView, WhoAmI};
+use drover_api::{
+    LoginRequest, LoginResponse, OidcFinishRequest, OidcStartRequest, OidcStartResponse, TokenView,
+    UserView, WhoAmI,
+};
 use drover_policy::UserFacts;
 use drover_store::{ApiToken, User};
 
@@ -228,4 +231,84 @@ pub async fn find_user(state: &AppState, name: &str) -> Result<User, super::ApiE
         .get_user(name)
         .await?
         .ok_or_else(|| super::ApiError::NotFound(format!("user {name:?} not found")))
+}
+
+fn oidc(state: &AppState) -> Result<&crate::oidc::Oidc, super::ApiError> {
+    state.oidc.as_ref().ok_or_else(|| {
+        super::ApiError::NotFound(
+            "this server has no identity provider (see drover server --oidc-issuer)".into(),
+        )
+    })
+}
+
+/// Random values the CLI makes: 32 to 128 URL-safe characters (RFC 7636's verifier alphabet).
+const OIDC_VALUE: &str = r"^[A-Za-z0-9._~-]{32,128}$";
+
+#[utoipa::path(post, path = "/api/v1/auth/oidc/start", request_body = OidcStartRequest,
+    responses((status = 200, body = OidcStartResponse), (status = 404, body = drover_api::ErrorBody)))]
+pub async fn oidc_start(
+    State(state): State<Arc<AppState>>,
+    Body(req): Body<OidcStartRequest>,
+) -> Result<Json<OidcStartResponse>, super::ApiError> {
+    let redirect = crate::oidc::check_redirect(&req.redirect_uri)?;
+    for (field, v) in [
+        ("state", &req.state),
+        ("nonce", &req.nonce),
+        ("code_challenge", &req.code_challenge),
+    ] {
+        validate::pattern(
+            field,
+            OIDC_VALUE,
+            v,
+            "32 to 128 letters, digits and . _ ~ -",
+        )?;
+    }
+    let url = oidc(&state)?
+        .authorization_url(redirect, req.state, req.nonce, req.code_challenge)
+        .await?;
+    Ok(Json(OidcStartResponse {
+        authorization_url: url,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/oidc/finish", request_body = OidcFinishRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = drover_api::ErrorBody)))]
+pub async fn oidc_finish(
+    State(state): State<Arc<AppState>>,
+    Body(req): Body<OidcFinishRequest>,
+) -> Result<Json<LoginResponse>, super::ApiError> {
+    let redirect = crate::oidc::check_redirect(&req.redirect_uri)?;
+    validate::pattern(
+        "code",
+        &super::rules::text(1, 2048),
+        &req.code,
+        "the code the identity provider sent",
+    )?;
+    for (field, v) in [("code_verifier", &req.code_verifier), ("nonce", &req.nonce)] {
+        validate::pattern(
+            field,
+            OIDC_VALUE,
+            v,
+            "32 to 128 letters, digits and . _ ~ -",
+        )?;
+    }
+    let who = oidc(&state)?
+        .finish(req.code, req.code_verifier, req.nonce, redirect)
+        .await?;
+    let user = crate::accounts::federated(&state.store, who).await?;
+    let (secret, token) = accounts::new_token(
+        &user.name,
+        &format!("oidc login {}", rfc3339(secrets::now())),
+        "login",
+        Vec::new(),
+        Some(accounts::LOGIN_LIFETIME_SECS),
+    );
+    state.store.create_token(&token).await?;
+    tracing::info!(user = %user.name, "logged in through the identity provider");
+    Ok(Json(LoginResponse {
+        user: user.name,
+        token: Some(secret),
+        csrf_token: None,
+        expires_at: rfc3339(token.expires_at),
+    }))
 }

@@ -9,7 +9,7 @@ mod nodes;
 mod openapi;
 mod policies;
 mod register;
-mod rules;
+pub(crate) mod rules;
 mod sessions;
 mod ssh;
 mod users;
@@ -85,6 +85,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sessions/{id}/recording", get(sessions::recording))
         .route("/api/v1/auth/login", post(identity::login))
         .route("/api/v1/auth/logout", post(identity::logout))
+        .route("/api/v1/auth/oidc/start", post(identity::oidc_start))
+        .route("/api/v1/auth/oidc/finish", post(identity::oidc_finish))
         .route("/api/v1/auth/whoami", get(identity::whoami))
         .route(
             "/api/v1/users",

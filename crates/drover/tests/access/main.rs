@@ -9,6 +9,7 @@
 
 mod accounts;
 mod http;
+mod oidc;
 
 use std::collections::BTreeMap;
 
