@@ -5,6 +5,7 @@
 //! cargo xtask bench tunnel [ARGS]        tunnel throughput (ARGS go to tunnel-bench)
 //! cargo xtask bench agents --count N     N simulated agents against a real server
 //! cargo xtask bench peers-forward        `ssh -L` throughput (../shared/peers/forward.sh)
+//! cargo xtask bench authz [ARGS]          authorization of a 10,000-node fan-out and listing
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test                              run the workspace tests (cargo nextest run --workspace)
   bench tunnel [ARGS...]            build release and run tunnel-bench ARGS
+  bench authz [--nodes N] [--policies P] [--runs R]
+                                    one user's decisions on N nodes under P policies
+                                    (a fan-out and a listing), median and slowest
                                     (e.g. --split-send-size 16K,64K,256K --runs 3)
   bench agents --count N [--idle-secs S] [--timeout-secs S]
                                     start a release server and drover-sim with N agents; measure
@@ -147,6 +151,13 @@ fn bench(args: &[String]) -> Result<()> {
         "stress" => bench_run::bench_stress(rest, build),
         "sessions" => bench_sessions::bench_sessions(build),
         "forward" => bench_forward::bench_forward(build),
+        "authz" => {
+            if build {
+                build_release(&[("drover-bench", "authz-bench")])?;
+            }
+            wait_idle()?;
+            run(Command::new(release_bin("authz-bench")).args(rest))
+        }
         other => bail!("unknown benchmark {other:?}\n\n{USAGE}"),
     }
 }

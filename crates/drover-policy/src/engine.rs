@@ -166,14 +166,52 @@ impl Engine {
         }
         let entities = Entities::from_entities(entities, None)
             .map_err(|e| PolicyError::Internal(format!("entities: {e}")))?;
+        let policies = self.slice(who, action)?;
+        let parts = (who.uid()?, uid("Action", action.name())?, ctx.cedar()?);
         nodes
             .iter()
             .map(|n| {
                 Ok(self
-                    .decide_in(who, action, n.uid()?, ctx, &entities)?
+                    .decide_with(&parts, n.uid()?, &entities, &policies)?
                     .allowed)
             })
             .collect()
+    }
+
+    /// The policies that can apply to `who` taking `action`: those whose scope names this
+    /// principal (itself, one of its groups, or any) and this action (or any). The others
+    /// cannot be satisfied whatever their conditions say, so leaving them out changes no
+    /// decision; it makes a decision cost what the few relevant policies cost, not all of them.
+    fn slice(&self, who: &UserFacts, action: Action) -> Result<PolicySet, PolicyError> {
+        use cedar_policy::{ActionConstraint as A, PrincipalConstraint as P};
+        let me = who.uid()?;
+        let groups = who
+            .groups
+            .iter()
+            .map(|g| uid("Group", g))
+            .collect::<Result<Vec<_>, _>>()?;
+        let act = uid("Action", action.name())?;
+        let member = |u: &cedar_policy::EntityUid| *u == me || groups.contains(u);
+        let mut set = PolicySet::new();
+        for p in self.policies.policies() {
+            let principal = match p.principal_constraint() {
+                P::Any => true,
+                P::Is(t) => t == *me.type_name(),
+                P::Eq(u) => u == me,
+                P::In(u) => member(&u),
+                P::IsIn(t, u) => t == *me.type_name() && member(&u),
+            };
+            let action_ok = match p.action_constraint() {
+                A::Any => true,
+                A::Eq(a) => a == act,
+                A::In(list) => list.contains(&act),
+            };
+            if principal && action_ok {
+                set.add(p.clone())
+                    .map_err(|e| PolicyError::Internal(format!("slicing policies: {e}")))?;
+            }
+        }
+        Ok(set)
     }
 
     fn decide_in(
@@ -184,17 +222,45 @@ impl Engine {
         ctx: &Context,
         entities: &Entities,
     ) -> Result<Decision, PolicyError> {
+        let policies = self.slice(who, action)?;
+        self.decide_sliced(who, action, resource, ctx, entities, &policies)
+    }
+
+    fn decide_sliced(
+        &self,
+        who: &UserFacts,
+        action: Action,
+        resource: cedar_policy::EntityUid,
+        ctx: &Context,
+        entities: &Entities,
+        policies: &PolicySet,
+    ) -> Result<Decision, PolicyError> {
+        let parts = (who.uid()?, uid("Action", action.name())?, ctx.cedar()?);
+        self.decide_with(&parts, resource, entities, policies)
+    }
+
+    /// One decision from parts made once per call (principal, action, context): a fan-out
+    /// makes them once for all its nodes.
+    fn decide_with(
+        &self,
+        (principal, action, ctx): &(
+            cedar_policy::EntityUid,
+            cedar_policy::EntityUid,
+            cedar_policy::Context,
+        ),
+        resource: cedar_policy::EntityUid,
+        entities: &Entities,
+        policies: &PolicySet,
+    ) -> Result<Decision, PolicyError> {
         let request = Request::new(
-            who.uid()?,
-            uid("Action", action.name())?,
+            principal.clone(),
+            action.clone(),
             resource,
-            ctx.cedar()?,
+            ctx.clone(),
             None,
         )
         .map_err(|e| PolicyError::Internal(format!("request: {e}")))?;
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.policies, entities);
+        let response = self.authorizer.is_authorized(&request, policies, entities);
         let name = |id: &PolicyId| {
             self.names
                 .get(id)

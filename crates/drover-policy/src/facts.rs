@@ -60,10 +60,23 @@ pub struct Context {
     pub kind: Option<String>,
 }
 
+/// The entity types, parsed once: parsing a name runs Cedar's parser, which would otherwise
+/// be most of a decision's cost.
+static TYPES: std::sync::LazyLock<std::collections::HashMap<&'static str, EntityTypeName>> =
+    std::sync::LazyLock::new(|| {
+        [
+            "User", "Group", "Node", "Document", "Command", "Session", "Server", "Action",
+        ]
+        .into_iter()
+        .filter_map(|k| Some((k, format!("Drover::{k}").parse().ok()?)))
+        .collect()
+    });
+
 pub(crate) fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
-    let ty: EntityTypeName = format!("Drover::{kind}")
-        .parse()
-        .map_err(|e| PolicyError::Internal(format!("entity type {kind}: {e}")))?;
+    let ty = TYPES
+        .get(kind)
+        .cloned()
+        .ok_or_else(|| PolicyError::Internal(format!("no entity type {kind}")))?;
     let eid: EntityId = id
         .parse()
         .map_err(|e| PolicyError::Internal(format!("entity id {id:?}: {e}")))?;
