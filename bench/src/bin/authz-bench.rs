@@ -1,7 +1,7 @@
 //! Authorization at fleet scale: one user's decision on each of 10,000 nodes (a command's
-#![allow(clippy::indexing_slicing)] // fixed tables indexed modulo their length
 //! fan-out, a node listing) under 100 policies, through `drover-policy` as the server calls it.
 //! Prints the median and the slowest of the runs.
+#![allow(clippy::indexing_slicing)] // fixed tables indexed modulo their length
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -30,6 +30,8 @@ pub struct Principal {
     pub scope: Vec<Action>,
     /// Authenticated by a console cookie: changes need the CSRF token too.
     pub cookie: bool,
+    /// When the token expires (Unix seconds); None: never.
+    pub expires_at: Option<i64>,
 }
 
 impl Principal {

@@ -51,6 +51,10 @@ pub struct OidcConfig {
     pub username_claim: String,
     /// The claim listing the user's groups; None: groups are managed in Drover.
     pub groups_claim: Option<String>,
+    /// `(provider group, Drover group)`: the only groups a provider's claim can give. A group
+    /// the provider names that is not here is ignored, so nobody becomes an admin by naming a
+    /// group `admins` at the provider.
+    pub group_map: Vec<(String, String)>,
     /// `(claim, attribute)`: each claim of the ID token that becomes a user attribute.
     pub attribute_claims: Vec<(String, String)>,
     /// Scopes asked for, beyond `openid`.

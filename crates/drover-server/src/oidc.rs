@@ -25,6 +25,8 @@ use crate::config::OidcConfig;
 /// Who the identity provider says logged in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// `ISSUER SUB`: who the user is at the provider, which never changes (a name may).
+    pub subject: String,
     pub username: String,
     pub attributes: BTreeMap<String, String>,
     /// None when no groups claim is configured (groups stay as Drover has them).
@@ -197,6 +199,15 @@ impl Oidc {
             serde_json::Value::Bool(b) => Some(b.to_string()),
             _ => None,
         };
+        let sub = claims
+            .get("sub")
+            .and_then(text)
+            .ok_or_else(|| upstream("the ID token has no sub", ""))?;
+        // An address the provider has not verified is anyone's to claim.
+        let by_email = self.config.username_claim == "email";
+        if by_email && claims.get("email_verified") != Some(&serde_json::Value::Bool(true)) {
+            return Err(upstream("the e-mail address is not verified", &sub));
+        }
         let username = claims
             .get(&self.config.username_claim)
             .and_then(text)
@@ -213,13 +224,24 @@ impl Oidc {
             .filter_map(|(claim, attr)| Some((attr.clone(), claims.get(claim).and_then(text)?)))
             .collect();
         let groups = self.config.groups_claim.as_ref().map(|c| {
-            claims
+            let named: Vec<String> = claims
                 .get(c)
                 .and_then(|g| g.as_array())
                 .map(|g| g.iter().filter_map(text).collect())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            let mut mapped: Vec<String> = self
+                .config
+                .group_map
+                .iter()
+                .filter(|(theirs, _)| named.contains(theirs))
+                .map(|(_, ours)| ours.clone())
+                .collect();
+            mapped.sort();
+            mapped.dedup();
+            mapped
         });
         Ok(Identity {
+            subject: format!("{} {sub}", self.config.issuer),
             username,
             attributes,
             groups,

@@ -17,6 +17,8 @@ pub struct User {
     pub failed_logins: i64,
     pub locked_until: i64,
     pub created_at: i64,
+    /// A federated user's identity at its provider (`ISSUER SUB`); empty for local users.
+    pub subject: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -164,7 +164,7 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, user: &User) -> Result<(), StoreError>;
     /// Changes a user in one transaction: `change` gets the stored record and edits it (groups
     /// included, which must exist). With `create_as`, a missing user is created first from it,
-    /// and missing groups too (users and groups an identity provider names).
+    /// (a user an identity provider vouched for).
     async fn update_user(
         &self,
         name: &str,

@@ -17,7 +17,9 @@ CREATE TABLE users (
     disabled      INTEGER NOT NULL DEFAULT 0,
     failed_logins INTEGER NOT NULL DEFAULT 0,
     locked_until  INTEGER NOT NULL DEFAULT 0,
-    created_at    INTEGER NOT NULL
+    created_at    INTEGER NOT NULL,
+    -- A federated user's identity at its provider: `ISSUER SUB`, never reassigned.
+    subject       TEXT NOT NULL DEFAULT ''
 ) STRICT;
 CREATE TABLE user_groups (
     name        TEXT PRIMARY KEY,
@@ -59,13 +61,13 @@ ALTER TABLE commands ADD COLUMN sender TEXT NOT NULL DEFAULT '';
 "#;
 
 const USER_COLS: &str = "name, source, password_hash, attributes, disabled, failed_logins, \
-     locked_until, created_at, \
+     locked_until, created_at, subject, \
      (SELECT COALESCE(json_group_array(group_name), '[]') FROM \
         (SELECT group_name FROM group_members m WHERE m.user_name = users.name ORDER BY group_name))";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     let attrs: String = r.get(3)?;
-    let groups: String = r.get(8)?;
+    let groups: String = r.get(9)?;
     Ok(User {
         name: r.get(0)?,
         source: r.get(1)?,
@@ -75,6 +77,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
         failed_logins: r.get(5)?,
         locked_until: r.get(6)?,
         created_at: r.get(7)?,
+        subject: r.get(8)?,
         groups: serde_json::from_str(&groups).unwrap_or_default(),
     })
 }
@@ -170,8 +173,8 @@ pub(crate) fn create_user(c: &mut Connection, u: &User) -> Result<(), StoreError
     tx.commit().map_err(db("create a user"))
 }
 
-/// Changes a user in one transaction: `f` gets the current record and returns the new one.
-/// Groups are replaced by the new record's; a user from an OpenID provider is created.
+/// Changes a user in one transaction: `f` gets the current record and edits it. Groups are
+/// replaced by the new record's (they must exist); `create_as` creates a missing user first.
 pub(crate) fn update_user(
     c: &mut Connection,
     name: &str,
@@ -185,8 +188,8 @@ pub(crate) fn update_user(
         (Some(u), _) => u,
         (None, Some(new)) => {
             tx.execute(
-                "INSERT INTO users (name, source, created_at) VALUES (?1, ?2, ?3)",
-                params![new.name, new.source, new.created_at],
+                "INSERT INTO users (name, source, created_at, subject) VALUES (?1, ?2, ?3, ?4)",
+                params![new.name, new.source, new.created_at, new.subject],
             )
             .map_err(db("create a user"))?;
             User {
@@ -201,16 +204,6 @@ pub(crate) fn update_user(
     user.groups.sort();
     user.groups.dedup();
     if user.groups != before {
-        if create_as.is_some() {
-            // Groups named by an identity provider are created as they are first seen.
-            for g in &user.groups {
-                tx.execute(
-                    "INSERT OR IGNORE INTO user_groups (name, description, created_at) VALUES (?1, 'from the identity provider', ?2)",
-                    params![g, user.created_at],
-                )
-                .map_err(db("create a group"))?;
-            }
-        }
         missing_groups(&tx, &user.groups)?;
         tx.execute("DELETE FROM group_members WHERE user_name = ?1", [name])
             .map_err(db("change a user's groups"))?;

@@ -32,6 +32,10 @@ pub struct OidcArgs {
     /// The ID token claim listing the user's groups [default: groups].
     #[arg(long)]
     pub oidc_groups_claim: Option<String>,
+    /// A group of the provider's groups claim that makes its members members of a Drover
+    /// group: GROUP or PROVIDER_GROUP=GROUP (repeatable). Groups not named here are ignored.
+    #[arg(long = "oidc-group", value_name = "[PROVIDER_GROUP=]GROUP")]
+    pub oidc_groups: Vec<String>,
     /// An ID token claim that becomes a user attribute: CLAIM or CLAIM=ATTRIBUTE (repeatable).
     #[arg(long = "oidc-attribute", value_name = "CLAIM[=ATTRIBUTE]")]
     pub oidc_attributes: Vec<String>,
@@ -51,6 +55,8 @@ pub struct OidcFile {
     groups_claim: Option<String>,
     #[serde(default)]
     attributes: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
     #[serde(default)]
     scopes: Vec<String>,
 }
@@ -80,13 +86,16 @@ pub fn config(args: OidcArgs, file: Option<OidcFile>) -> Result<Option<OidcConfi
         None => None,
     };
     let pick = |a: Vec<String>, f: Vec<String>| if a.is_empty() { f } else { a };
-    let attribute_claims = pick(args.oidc_attributes, file.attributes)
-        .into_iter()
-        .map(|a| match a.split_once('=') {
-            Some((c, attr)) => (c.to_string(), attr.to_string()),
-            None => (a.clone(), a),
-        })
-        .collect();
+    let pairs = |v: Vec<String>| -> Vec<(String, String)> {
+        v.into_iter()
+            .map(|a| match a.split_once('=') {
+                Some((c, attr)) => (c.to_string(), attr.to_string()),
+                None => (a.clone(), a),
+            })
+            .collect()
+    };
+    let attribute_claims = pairs(pick(args.oidc_attributes, file.attributes));
+    let group_map = pairs(pick(args.oidc_groups, file.groups));
     let mut scopes = pick(args.oidc_scopes, file.scopes);
     if scopes.is_empty() {
         scopes = ["profile", "email", "groups"].map(String::from).to_vec();
@@ -105,6 +114,7 @@ pub fn config(args: OidcArgs, file: Option<OidcFile>) -> Result<Option<OidcConfi
                 .unwrap_or_else(|| "groups".into()),
         ),
         attribute_claims,
+        group_map,
         scopes,
     }))
 }

@@ -77,6 +77,7 @@ pub async fn principal(
             .collect(),
         user: user_facts(&found.user),
         cookie,
+        expires_at: (found.token.expires_at > 0).then_some(found.token.expires_at),
     })
 }
 

@@ -49,7 +49,13 @@ pub async fn certificate(
         .check_server(&who, Action::IssueSshCertificate)
         .await?;
     validate::text("public_key", &req.public_key, MAX_PUBLIC_KEY)?;
-    let node = super::nodes::find(&state, &req.node).await?;
+    // Only for a node the user may open an SSH session on.
+    let ctx = drover_policy::Context {
+        document: Some("StartSSHSession".into()),
+        kind: Some("ssh".into()),
+    };
+    let node =
+        super::nodes::authorized(&state, &who, &req.node, Action::StartSession, &ctx).await?;
     let fingerprint = drover_pki::ssh_fingerprint(&req.public_key)
         .map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))?;
     let principal = state.sessions.ssh_principal().await?;

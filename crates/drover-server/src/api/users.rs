@@ -76,6 +76,19 @@ pub async fn show_user(
     Ok(Json(user_view(find_user(&state, &name).await?)))
 }
 
+/// Only an administrator makes, changes or removes an administrator, or grants the group:
+/// whoever else may manage users (a help desk) cannot make themselves one.
+fn guard_admins(who: &Principal, touches_admins: bool) -> Result<(), super::ApiError> {
+    if touches_admins && !who.user.groups.iter().any(|g| g == ADMINS) {
+        return Err(super::ApiError::Forbidden(format!(
+            "only a member of {ADMINS} may grant {ADMINS} or change its members"
+        )));
+    }
+    Ok(())
+}
+
+const ADMINS: &str = "admins";
+
 #[utoipa::path(post, path = "/api/v1/users", request_body = CreateUserRequest,
     responses((status = 201, body = UserView), (status = 409, body = drover_api::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_user(
@@ -84,6 +97,7 @@ pub async fn create_user(
     Body(req): Body<CreateUserRequest>,
 ) -> Result<(StatusCode, Json<UserView>), super::ApiError> {
     state.authz.check_server(&who, Action::ManageUsers).await?;
+    guard_admins(&who, req.groups.iter().any(|g| g == ADMINS))?;
     validate::pattern(
         "name",
         USER_NAME,
@@ -111,6 +125,7 @@ pub async fn create_user(
         failed_logins: 0,
         locked_until: 0,
         created_at: secrets::now(),
+        subject: String::new(),
     };
     state.store.create_user(&user).await?;
     tracing::info!(user = %user.name, by = %who.user.name, "created a user");
@@ -146,6 +161,8 @@ pub async fn update_user(
         None => None,
     };
     let current = find_user(&state, &name).await?;
+    let is_admin = |groups: &[String]| groups.iter().any(|g| g == ADMINS);
+    guard_admins(&who, is_admin(&current.groups) || is_admin(&req.add_groups))?;
     let mut after = current.attributes.clone();
     after.extend(req.set_attributes.clone());
     if after.len() > validate::MAX_TAGS {
@@ -208,6 +225,8 @@ pub async fn delete_user(
             "you cannot delete yourself; ask another administrator".into(),
         ));
     }
+    let target = find_user(&state, &name).await?;
+    guard_admins(&who, target.groups.iter().any(|g| g == ADMINS))?;
     state.store.delete_user(&name).await?;
     state
         .sessions
@@ -362,10 +381,15 @@ pub async fn create_token(
             )));
         }
     }
-    let lifetime = match req.expires_in_secs {
+    let mut lifetime = match req.expires_in_secs {
         Some(s) => Some(validate::range("expires_in_secs", s, 1..=MAX_TOKEN_LIFETIME)? as i64),
         None => None,
     };
+    // Nor does it outlive the token that made it (a 12-hour login cannot mint a forever token).
+    if let Some(parent_expiry) = who.expires_at {
+        let left = (parent_expiry - secrets::now()).max(1);
+        lifetime = Some(lifetime.map_or(left, |l| l.min(left)));
+    }
     find_user(&state, &name).await?;
     let (secret, token) = accounts::new_token(&name, &req.name, "api", scope, lifetime);
     state.store.create_token(&token).await?;

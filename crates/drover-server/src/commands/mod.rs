@@ -198,6 +198,17 @@ impl Commands {
         .await?;
         check_deliverable(&payload.invoke)?;
         let nodes = self.resolve_targets(&req.targets).await?;
+        // Nodes the sender may not even see are not its targets: like a listing, a fan-out
+        // shows only what the user may see (their IDs and tags stay hidden). Among the ones it
+        // sees, those it may not send this document to are reported as AccessDenied.
+        let visible = authz
+            .nodes(who, Action::ReadNode, &nodes, &Default::default())
+            .await?;
+        let nodes: Vec<_> = nodes
+            .into_iter()
+            .zip(visible)
+            .filter_map(|(n, v)| v.then_some(n))
+            .collect();
         if nodes.is_empty() {
             return Err(ApiError::NotFound(format!(
                 "the targets {:?} match no node",

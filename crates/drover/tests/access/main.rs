@@ -220,8 +220,21 @@ async fn the_case_table_decides_through_the_api_and_fan_outs_report_denied_nodes
     seen.sort();
     assert_eq!(seen, ["amber-dev", "amber-prod-web"]);
 
-    // A fan-out to every node: Alice's department's run, the others are AccessDenied, each
-    // reported, none dropped.
+    // A fan-out to every node. Nodes Alice may not see are not among her targets; once she
+    // may see them all (as a viewer), her department's run and the others are AccessDenied,
+    // each reported, none dropped.
+    let hidden = clients["alice"]
+        .send_command(&SendCommand {
+            document: "RunShellScript".into(),
+            parameters: BTreeMap::from([("commands".into(), serde_json::json!(["true"]))]),
+            targets: vec![ids["blue-dev-web"].clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.status(), Some(404), "{hidden}");
+    env.cli_ok(&["users", "groups", "alice", "viewers"])
+        .unwrap();
     let sent = clients["alice"]
         .send_command(&SendCommand {
             document: "RunShellScript".into(),

@@ -37,7 +37,7 @@ fn start_idp() -> (Proc, String) {
     cmd.arg(idp_script())
         .env(
             "IDP_ACCOUNTS",
-            r#"{"alice": {"department": "Amber", "groups": ["engineering"]},
+            r#"{"alice": {"department": "Amber", "groups": ["engineering", "admins"]},
                 "bob": {"department": "Blue", "groups": ["engineering", "oncall"]},
                 "admin": {"department": "Amber", "groups": ["admins"]}}"#,
         )
@@ -114,6 +114,10 @@ async fn alice_and_bob_federate_in_and_reach_only_their_departments_nodes() {
                 &secret.to_string_lossy(),
                 "--oidc-attribute",
                 "department",
+                "--oidc-group",
+                "engineering",
+                "--oidc-group",
+                "oncall=responders",
                 "--oidc-scope",
                 "profile",
                 "--oidc-scope",
@@ -136,6 +140,9 @@ async fn alice_and_bob_federate_in_and_reach_only_their_departments_nodes() {
     wait_status(&server, &[amber.clone(), blue.clone()], "Online")
         .await
         .unwrap();
+    // Only mapped groups: `admins` at the provider makes nobody an admin here.
+    env.cli_ok(&["groups", "create", "engineering"]).unwrap();
+    env.cli_ok(&["groups", "create", "responders"]).unwrap();
     let policy = format!(
         "{}/../../examples/policies/departments.cedar",
         env!("CARGO_MANIFEST_DIR")
@@ -189,7 +196,8 @@ async fn alice_and_bob_federate_in_and_reach_only_their_departments_nodes() {
             .await
             .unwrap_err();
         assert_eq!(e.status(), Some(404), "{e}");
-        // Commands through the CLI: their node runs it, the other is AccessDenied.
+        // Commands through the CLI to every node: theirs runs it; the other, which they may
+        // not see, is not among their targets at all.
         let out = env
             .command()
             .env("DROVER_CONFIG", &config)
@@ -206,9 +214,10 @@ async fn alice_and_bob_federate_in_and_reach_only_their_departments_nodes() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
-            text.contains("AccessDenied") && text.contains("Success"),
+            text.contains(mine.as_str()) && text.contains("Success"),
             "{text}"
         );
+        assert!(!text.contains(theirs.as_str()), "{text}");
     }
     // A local user's name is not the provider's to take: its `admin` is refused.
     let (ok, text, _) = login_oidc(&env, &server, "admin");
