@@ -67,7 +67,7 @@ pub async fn login(store: &Arc<dyn Store>, name: &str, password: &str) -> Result
     let _permit = CHECKS.try_acquire().map_err(|_| {
         ApiError::TooManyRequests("too many logins at once; try again in a moment".into())
     })?;
-    let refused = || ApiError::Unauthorized;
+    let refused = || ApiError::LoginRefused;
     let now = secrets::now();
     let Some(user) = store.get_user(name).await? else {
         verify(password.to_string(), None).await;

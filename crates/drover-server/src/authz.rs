@@ -32,6 +32,8 @@ pub struct Principal {
     pub cookie: bool,
     /// When the token expires (Unix seconds); None: never.
     pub expires_at: Option<i64>,
+    /// `api`, `login` or `console`.
+    pub token_kind: String,
 }
 
 impl Principal {

@@ -169,7 +169,8 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Revokes the saved token and forgets it.
+/// Ends the saved login (the server revokes a login's token; an API token stays valid, for
+/// `drover tokens revoke`) and forgets the token.
 pub async fn logout() -> anyhow::Result<ExitCode> {
     let mut cfg = load()?;
     client()?
@@ -178,6 +179,6 @@ pub async fn logout() -> anyhow::Result<ExitCode> {
         .context("the server refused the logout")?;
     cfg.token.clear();
     save(&cfg)?;
-    println!("logged out; the token is revoked");
+    println!("logged out");
     Ok(ExitCode::SUCCESS)
 }

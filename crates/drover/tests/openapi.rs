@@ -83,6 +83,12 @@ async fn schemathesis_finds_nothing_the_openapi_document_does_not_say() -> anyho
         .args(["--tls-verify", "false", "--checks", "all", "--workers", "1"])
         // Logging out revokes the token the fuzzer runs with: every later answer would be 401.
         .args(["--exclude-path", "/api/v1/auth/logout"])
+        // Deleting the throwaway user, group or policy the other operations are pointed at
+        // (schemathesis.toml) turns their later answers into 404s that the stateful phase
+        // reads as "a created resource is gone": these three deletions are left out.
+        .args(["--exclude-operation-id", "delete_user"])
+        .args(["--exclude-operation-id", "delete_group"])
+        .args(["--exclude-operation-id", "delete_policy"])
         .args([
             "--header",
             &format!("Authorization: Bearer {}", server.token),

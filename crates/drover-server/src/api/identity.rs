@@ -78,6 +78,7 @@ pub async fn principal(
         user: user_facts(&found.user),
         cookie,
         expires_at: (found.token.expires_at > 0).then_some(found.token.expires_at),
+        token_kind: found.token.kind.clone(),
     })
 }
 
@@ -193,10 +194,15 @@ pub async fn logout(
     State(state): State<Arc<AppState>>,
     who: Principal,
 ) -> Result<Response, super::ApiError> {
-    state
-        .store
-        .revoke_token(&who.user.name, &who.token_id, secrets::now())
-        .await?;
+    // A logout ends a login (a CLI login, a console session). An API token is revoked with
+    // `tokens revoke`, on purpose: logging out of the admin token of `drover up` must not
+    // lock its operator out.
+    if who.token_kind != "api" {
+        state
+            .store
+            .revoke_token(&who.user.name, &who.token_id, secrets::now())
+            .await?;
+    }
     let clear = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = HeaderValue::from_str(&clear) {

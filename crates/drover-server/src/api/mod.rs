@@ -121,7 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/policies/{name}",
             get(policies::get)
                 .put(policies::put)
-                .delete(policies::delete),
+                .delete(policies::delete_policy),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
@@ -134,6 +134,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid API token: pass one as 'Authorization: Bearer <token>'")]
     Unauthorized,
+    /// A login refused, whatever the reason: the answer tells an attacker nothing.
+    #[error("wrong user name or password, or the account is locked or disabled")]
+    LoginRefused,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -150,7 +153,9 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized | ApiError::LoginRefused => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

@@ -163,8 +163,9 @@ pub(super) async fn authorized(
     match state.authz.check(who, action, &resource, ctx).await {
         Ok(()) => Ok(node),
         Err(denied) => {
-            let visible = action == Action::ReadNode
-                || state
+            // Denied a read, or denied something else on a node it may not even read.
+            let visible = action != Action::ReadNode
+                && state
                     .authz
                     .check(who, Action::ReadNode, &resource, &Default::default())
                     .await

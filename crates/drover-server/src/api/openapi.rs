@@ -62,7 +62,7 @@ use utoipa::{Modify, OpenApi};
         super::policies::list,
         super::policies::get,
         super::policies::put,
-        super::policies::delete,
+        super::policies::delete_policy,
         super::policies::validate_text,
         super::policies::check,
     ),

@@ -140,7 +140,7 @@ pub async fn put(
 
 #[utoipa::path(delete, path = "/api/v1/policies/{name}", params(("name" = String, Path, description = "Policy name")),
     responses((status = 204), (status = 404, body = drover_api::ErrorBody)), security(("bearer" = [])))]
-pub async fn delete(
+pub async fn delete_policy(
     State(state): State<Arc<AppState>>,
     who: Principal,
     Path(n): Path<String>,

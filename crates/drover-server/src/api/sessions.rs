@@ -117,7 +117,15 @@ pub async fn start(
     who: Principal,
     Body(req): Body<StartSession>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
-    let node = super::nodes::find(&state, &req.node).await?;
+    // A node the user may not see is "not found" by the name it was asked by.
+    let node = super::nodes::authorized(
+        &state,
+        &who,
+        &req.node,
+        Action::ReadNode,
+        &Default::default(),
+    )
+    .await?;
     let open = parse(&req, node.id)?;
     let (record, offer) = state.sessions.open(&who, open, &state.authz).await?;
     let mut v = view(record);
