@@ -223,20 +223,8 @@ impl Engine {
         entities: &Entities,
     ) -> Result<Decision, PolicyError> {
         let policies = self.slice(who, action)?;
-        self.decide_sliced(who, action, resource, ctx, entities, &policies)
-    }
-
-    fn decide_sliced(
-        &self,
-        who: &UserFacts,
-        action: Action,
-        resource: cedar_policy::EntityUid,
-        ctx: &Context,
-        entities: &Entities,
-        policies: &PolicySet,
-    ) -> Result<Decision, PolicyError> {
         let parts = (who.uid()?, uid("Action", action.name())?, ctx.cedar()?);
-        self.decide_with(&parts, resource, entities, policies)
+        self.decide_with(&parts, resource, entities, &policies)
     }
 
     /// One decision from parts made once per call (principal, action, context): a fan-out
