@@ -28,6 +28,10 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("{0} not found")]
     NotFound(String),
+    /// Something the request refers to (not the thing it acts on) does not exist: the
+    /// request is at fault, not its target, so the API answers 400 rather than 404.
+    #[error("{0} does not exist")]
+    Missing(String),
     #[error("{0}")]
     Conflict(String),
     #[error("database error while trying to {what}")]

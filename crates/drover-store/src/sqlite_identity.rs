@@ -135,7 +135,7 @@ fn missing_groups(c: &Connection, groups: &[String]) -> Result<(), StoreError> {
             )
             .map_err(db("read a group"))?;
         if !exists {
-            return Err(StoreError::NotFound(format!("group {g:?}")));
+            return Err(StoreError::Missing(format!("group {g:?}")));
         }
     }
     Ok(())

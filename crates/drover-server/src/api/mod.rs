@@ -188,6 +188,9 @@ impl From<drover_store::StoreError> for ApiError {
                 ApiError::NotFound(format!("{what} not found"))
             }
             drover_store::StoreError::Conflict(why) => ApiError::Conflict(why),
+            missing @ drover_store::StoreError::Missing(_) => {
+                ApiError::BadRequest(missing.to_string())
+            }
             other => ApiError::Internal(format!("{:#}", anyhow_like(&other))),
         }
     }

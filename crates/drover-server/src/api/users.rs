@@ -228,13 +228,14 @@ pub async fn delete_user(
     let target = find_user(&state, &name).await?;
     guard_admins(&who, target.groups.iter().any(|g| g == ADMINS))?;
     state.store.delete_user(&name).await?;
-    state
+    let ended = state
         .sessions
         .end_for_user(
             &name,
             &format!("user {name} was deleted by {}", who.user.name),
         )
         .await;
+    tracing::info!(user = %name, by = %who.user.name, sessions_ended = ended, "deleted a user");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -290,7 +291,15 @@ pub async fn delete_group(
 ) -> Result<StatusCode, super::ApiError> {
     state.authz.check_server(&who, Action::ManageUsers).await?;
     validate::pattern("group", GROUP_NAME, &name, "a group name")?;
+    if name == ADMINS {
+        // The default policy grants everything through it, and the first admin is in it:
+        // deleting it would leave nobody able to manage the server.
+        return Err(super::ApiError::Conflict(format!(
+            "the {ADMINS} group cannot be deleted; remove its members instead"
+        )));
+    }
     state.store.delete_group(&name).await?;
+    tracing::info!(group = %name, by = %who.user.name, "deleted a group");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,6 +8,7 @@
 )]
 
 mod accounts;
+mod deletions;
 mod http;
 mod oidc;
 
