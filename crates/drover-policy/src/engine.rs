@@ -8,6 +8,7 @@ use cedar_policy::{
 };
 
 use crate::facts::{uid, Context, NodeFacts, Resource, UserFacts};
+use crate::reads::NodeReads;
 use crate::{Action, PolicyError, Problem};
 
 /// The schema every policy is validated against, checked into the repository.
@@ -38,6 +39,8 @@ pub struct Engine {
     policies: PolicySet,
     /// Cedar's policy IDs are ours already; this keeps them printable for diagnostics.
     names: HashMap<PolicyId, String>,
+    /// What each policy can read of a node, for deciding a fan-out once per distinct node.
+    reads: HashMap<PolicyId, NodeReads>,
     authorizer: Authorizer,
 }
 
@@ -116,9 +119,11 @@ impl Engine {
         let schema = schema()?;
         let mut policies = PolicySet::new();
         let mut names = HashMap::new();
+        let mut reads = HashMap::new();
         for file in files {
             for p in parse(file, &schema)?.policies() {
                 names.insert(p.id().clone(), p.id().to_string());
+                reads.insert(p.id().clone(), NodeReads::of(p));
                 policies
                     .add(p.clone())
                     .map_err(|e| PolicyError::Internal(format!("{}: {e}", file.name)))?;
@@ -128,6 +133,7 @@ impl Engine {
             schema,
             policies,
             names,
+            reads,
             authorizer: Authorizer::new(),
         })
     }
@@ -151,8 +157,10 @@ impl Engine {
         self.decide_in(who, action, resource.uid()?, ctx, &entities)
     }
 
-    /// Decides one action on many nodes (a command's fan-out, a node listing): one set of
-    /// entities for all of them, one request per node.
+    /// Decides one action on many nodes (a command's fan-out, a node listing). The nodes that
+    /// look the same to every policy that can apply (the same values of the tags those
+    /// policies read, see `reads.rs`) get one decision between them; when the policies read
+    /// a node's identity, each node is decided on its own.
     pub fn decide_nodes(
         &self,
         who: &UserFacts,
@@ -160,29 +168,69 @@ impl Engine {
         nodes: &[NodeFacts],
         ctx: &Context,
     ) -> Result<Vec<bool>, PolicyError> {
+        let (policies, reads) = self.slice(who, action)?;
+        // Each node's first look-alike: the node whose decision it shares.
+        let first: Vec<usize> = if reads.everything {
+            (0..nodes.len()).collect()
+        } else {
+            let mut seen = HashMap::new();
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let mut key: Vec<Option<&str>> = vec![
+                        reads.name.then_some(n.name.as_str()),
+                        reads.platform.then_some(n.platform.as_str()),
+                        reads.ids.contains(&n.id).then_some(n.id.as_str()),
+                    ];
+                    if reads.all_tags {
+                        for (k, v) in &n.tags {
+                            key.extend([Some(k.as_str()), Some(v.as_str())]);
+                        }
+                    } else {
+                        key.extend(reads.tags.iter().map(|k| n.tags.get(k).map(String::as_str)));
+                    }
+                    *seen.entry(key).or_insert(i)
+                })
+                .collect()
+        };
         let mut entities = who.entities()?;
-        for n in nodes {
-            entities.push(n.entity()?);
+        for (i, n) in nodes.iter().enumerate() {
+            if first.get(i) == Some(&i) {
+                entities.push(n.entity()?);
+            }
         }
         let entities = Entities::from_entities(entities, None)
             .map_err(|e| PolicyError::Internal(format!("entities: {e}")))?;
-        let policies = self.slice(who, action)?;
         let parts = (who.uid()?, uid("Action", action.name())?, ctx.cedar()?);
-        nodes
-            .iter()
-            .map(|n| {
-                Ok(self
-                    .decide_with(&parts, n.uid()?, &entities, &policies)?
-                    .allowed)
-            })
-            .collect()
+        let mut allowed = vec![false; nodes.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            let decided = match first.get(i) {
+                Some(&f) if f == i => {
+                    self.decide_with(&parts, n.uid()?, &entities, &policies)?
+                        .allowed
+                }
+                Some(&f) => allowed.get(f).copied().unwrap_or(false),
+                None => false,
+            };
+            if let Some(slot) = allowed.get_mut(i) {
+                *slot = decided;
+            }
+        }
+        Ok(allowed)
     }
 
     /// The policies that can apply to `who` taking `action`: those whose scope names this
     /// principal (itself, one of its groups, or any) and this action (or any). The others
     /// cannot be satisfied whatever their conditions say, so leaving them out changes no
     /// decision; it makes a decision cost what the few relevant policies cost, not all of them.
-    fn slice(&self, who: &UserFacts, action: Action) -> Result<PolicySet, PolicyError> {
+    ///
+    /// Also returns what those policies can read of a node.
+    fn slice(
+        &self,
+        who: &UserFacts,
+        action: Action,
+    ) -> Result<(PolicySet, NodeReads), PolicyError> {
         use cedar_policy::{ActionConstraint as A, PrincipalConstraint as P};
         let me = who.uid()?;
         let groups = who
@@ -193,6 +241,7 @@ impl Engine {
         let act = uid("Action", action.name())?;
         let member = |u: &cedar_policy::EntityUid| *u == me || groups.contains(u);
         let mut set = PolicySet::new();
+        let mut reads = NodeReads::default();
         for p in self.policies.policies() {
             let principal = match p.principal_constraint() {
                 P::Any => true,
@@ -209,9 +258,13 @@ impl Engine {
             if principal && action_ok {
                 set.add(p.clone())
                     .map_err(|e| PolicyError::Internal(format!("slicing policies: {e}")))?;
+                match self.reads.get(p.id()) {
+                    Some(r) => reads.union(r),
+                    None => reads = NodeReads::everything(),
+                }
             }
         }
-        Ok(set)
+        Ok((set, reads))
     }
 
     fn decide_in(
@@ -222,7 +275,7 @@ impl Engine {
         ctx: &Context,
         entities: &Entities,
     ) -> Result<Decision, PolicyError> {
-        let policies = self.slice(who, action)?;
+        let (policies, _) = self.slice(who, action)?;
         let parts = (who.uid()?, uid("Action", action.name())?, ctx.cedar()?);
         self.decide_with(&parts, resource, entities, &policies)
     }
@@ -276,7 +329,83 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)] // fixed tables, indexed modulo their length
     use super::*;
+
+    /// Deciding once per look-alike node gives what deciding every node on its own gives,
+    /// whether the policies read a few tags, a name, a computed tag or a node's identity.
+    #[test]
+    fn a_fan_out_decides_as_each_node_would_alone() {
+        use std::collections::BTreeMap;
+        let sets = [
+            r#"permit (principal, action, resource is Drover::Node) when {
+                principal.hasTag("department") && resource.hasTag("department") &&
+                principal.getTag("department") == resource.getTag("department") };
+               forbid (principal, action, resource is Drover::Node) when {
+                resource.platform == "macos" && resource.hasTag("Environment") &&
+                resource.getTag("Environment") == "Production" };"#,
+            r#"permit (principal, action, resource is Drover::Node) when { resource.name like "web-*" };"#,
+            r#"permit (principal, action, resource is Drover::Node) when {
+                principal.hasTag("department") && resource.hasTag(principal.getTag("department")) };"#,
+            r#"permit (principal, action == Drover::Action::"SendCommand", resource == Drover::Node::"n-3");
+               permit (principal, action, resource is Drover::Node) when {
+                resource.hasTag("Environment") && resource.getTag("Environment") == "Development" };"#,
+            r#"permit (principal, action, resource is Drover::Node) when {
+                [Drover::Node::"n-4", Drover::Node::"n-9"].contains(resource) };"#,
+        ];
+        let nodes: Vec<NodeFacts> = (0..60)
+            .map(|i| {
+                let mut tags = BTreeMap::new();
+                if i % 7 != 0 {
+                    tags.insert("department".into(), ["Amber", "Blue"][i % 2].into());
+                }
+                tags.insert(
+                    "Environment".into(),
+                    ["Production", "Development", "Staging"][i % 3].into(),
+                );
+                if i % 5 == 0 {
+                    tags.insert("Amber".into(), "yes".into());
+                }
+                NodeFacts {
+                    id: format!("n-{i}"),
+                    name: format!("{}-{i}", ["web", "db"][i % 2]),
+                    platform: ["linux", "macos"][i % 4 / 3].into(),
+                    tags,
+                }
+            })
+            .collect();
+        let alice = UserFacts {
+            name: "alice".into(),
+            source: "local".into(),
+            attributes: BTreeMap::from([("department".into(), "Amber".into())]),
+            groups: vec![],
+        };
+        let ctx = Context {
+            document: Some("RunShellScript".into()),
+            kind: None,
+        };
+        for text in sets {
+            let engine = Engine::new(&[PolicyFile {
+                name: "p".into(),
+                text: text.into(),
+            }])
+            .unwrap();
+            for action in [Action::SendCommand, Action::ReadNode] {
+                let together = engine.decide_nodes(&alice, action, &nodes, &ctx).unwrap();
+                let alone: Vec<bool> = nodes
+                    .iter()
+                    .map(|n| {
+                        engine
+                            .decide(&alice, action, &Resource::Node(n.clone()), &ctx)
+                            .unwrap()
+                            .allowed
+                    })
+                    .collect();
+                assert_eq!(together, alone, "{text}");
+                assert!(alone.contains(&true) && alone.contains(&false), "{text}");
+            }
+        }
+    }
 
     #[test]
     fn offsets_become_lines_and_columns() {

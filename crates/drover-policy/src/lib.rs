@@ -5,6 +5,7 @@
 mod action;
 mod engine;
 mod facts;
+mod reads;
 
 pub use action::{Action, ResourceKind};
 pub use engine::{parse, schema, Decision, Engine, PolicyFile, SCHEMA};

@@ -177,10 +177,22 @@ impl Authz {
             return Ok(vec![false; nodes.len()]);
         }
         let facts: Vec<NodeFacts> = nodes.iter().map(node_facts).collect();
-        self.engine()
-            .await?
-            .decide_nodes(&who.user, action, &facts, ctx)
-            .map_err(|e| ApiError::Internal(e.to_string()))
+        let engine = self.engine().await?;
+        let decide = {
+            let (user, ctx) = (who.user.clone(), ctx.clone());
+            move || engine.decide_nodes(&user, action, &facts, &ctx)
+        };
+        // Nodes that look alike to the policies share a decision, so a big fan-out usually
+        // costs a few milliseconds; a policy that reads something unique to each node makes
+        // it ~25 µs a node (BENCHMARKS.md §6), too long to hold an async worker.
+        let decided = if nodes.len() > 256 {
+            tokio::task::spawn_blocking(decide)
+                .await
+                .map_err(|e| ApiError::Internal(format!("deciding a fan-out: {e}")))?
+        } else {
+            decide()
+        };
+        decided.map_err(|e| ApiError::Internal(e.to_string()))
     }
 
     /// Keeps the items `who` may take `action` on; `resource` describes each.
