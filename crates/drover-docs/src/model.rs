@@ -53,6 +53,11 @@ pub struct Parameter {
     pub display_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interpolation_type: Option<InterpolationType>,
+    /// A Drover extension: the value is a secret. A command's view shows it only to users
+    /// allowed `ReadSecrets` on the document; it may have no default (a document is readable
+    /// by everyone who may read documents).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

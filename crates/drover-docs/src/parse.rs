@@ -164,6 +164,16 @@ pub(crate) fn check_parameters(
                 )
             })?;
         }
+        if p.sensitive && p.default.is_some() {
+            return Err(err(
+                text,
+                Some(name),
+                format!(
+                    "parameter {name:?} is sensitive and cannot have a default: whoever may \
+                     read the document would read it"
+                ),
+            ));
+        }
         if let Some(default) = &p.default {
             crate::params::check_one(name, p, default.clone()).map_err(|e| {
                 err(
@@ -486,6 +496,12 @@ mainSteps:
 
         let e = refused(&GOOD.replace("name: run", "name: hello"));
         assert!(e.reason.contains("unique"), "{e}");
+
+        let e = refused(&GOOD.replace("default: hello", "default: hello\n    sensitive: true"));
+        assert!(
+            e.reason.contains("sensitive and cannot have a default"),
+            "{e}"
+        );
 
         let e = refused(&GOOD.replace("default: hello", "default: HELLO"));
         assert!(

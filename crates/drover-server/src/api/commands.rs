@@ -20,7 +20,57 @@ const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
 /// Output shown per step and stream in listings; the output endpoint gives all of it.
 const SUMMARY_CHARS: usize = 24_000;
 
-async fn view(state: &AppState, c: Command) -> Result<CommandView, ApiError> {
+/// What a secret parameter's value is shown as.
+const HIDDEN: &str = "********";
+
+/// The command's parameters, the values of those its document marks sensitive hidden from a
+/// user not allowed `ReadSecrets` on the document. If the document version is gone, every
+/// value is taken for sensitive: nothing says which are not.
+async fn shown_parameters(
+    state: &AppState,
+    who: &Principal,
+    c: &Command,
+) -> Result<serde_json::Value, ApiError> {
+    let mut params: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&c.parameters).unwrap_or_default();
+    if params.is_empty() {
+        return Ok(params.into());
+    }
+    let version = c.document_version.parse::<i64>().ok();
+    let doc = state
+        .store
+        .get_document(&c.document_name, version)
+        .await?
+        .and_then(|d| drover_docs::parse(&d.content).ok());
+    let sensitive = |name: &str| match &doc {
+        Some(d) => d.parameters.get(name).is_some_and(|p| p.sensitive),
+        None => true,
+    };
+    if !params.keys().any(|k| sensitive(k)) {
+        return Ok(params.into());
+    }
+    let resource = Resource::Document {
+        name: c.document_name.clone(),
+    };
+    let ctx = drover_policy::Context::default();
+    if state
+        .authz
+        .check(who, Action::ReadSecrets, &resource, &ctx)
+        .await
+        .is_ok()
+    {
+        return Ok(params.into());
+    }
+    for (name, value) in params.iter_mut() {
+        if sensitive(name) {
+            *value = HIDDEN.into();
+        }
+    }
+    Ok(params.into())
+}
+
+async fn view(state: &AppState, who: &Principal, c: Command) -> Result<CommandView, ApiError> {
+    let parameters = shown_parameters(state, who, &c).await?;
     let counts = state.store.status_counts(&c.id).await?;
     let target_count = counts.values().sum();
     let done = matches!(
@@ -30,7 +80,7 @@ async fn view(state: &AppState, c: Command) -> Result<CommandView, ApiError> {
     Ok(CommandView {
         document: c.document_name,
         document_version: c.document_version,
-        parameters: serde_json::from_str(&c.parameters).unwrap_or_default(),
+        parameters,
         targets: c.targets,
         max_concurrency: c.max_concurrency,
         max_errors: c.max_errors,
@@ -192,7 +242,10 @@ pub async fn send(
         )
         .await?;
     tracing::info!(command = %command.id, by = %who.user.name, document = %command.document_name, "command sent");
-    Ok((StatusCode::CREATED, Json(view(&state, command).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(view(&state, &who, command).await?),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -234,7 +287,7 @@ pub async fn list(
         .await?;
     let mut commands = Vec::new();
     for c in rows {
-        commands.push(view(&state, c).await?);
+        commands.push(view(&state, &who, c).await?);
     }
     Ok(Json(CommandList {
         commands,
@@ -313,7 +366,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<CommandView>, ApiError> {
     let c = load(&state, &who, Action::ReadCommand, &id).await?;
-    Ok(Json(view(&state, c).await?))
+    Ok(Json(view(&state, &who, c).await?))
 }
 
 #[derive(Deserialize)]
@@ -334,14 +387,14 @@ pub async fn wait(
 ) -> Result<Json<CommandView>, ApiError> {
     let mut changed = state.commands.updates().changed();
     let c = load(&state, &who, Action::ReadCommand, &id).await?;
-    let v = view(&state, c).await?;
+    let v = view(&state, &who, c).await?;
     if v.done || q.seen.is_none_or(|s| s < v.version) {
         return Ok(Json(v));
     }
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000).min(30_000));
     let _ = tokio::time::timeout(timeout, changed.changed()).await;
     let c = load(&state, &who, Action::ReadCommand, &id).await?;
-    Ok(Json(view(&state, c).await?))
+    Ok(Json(view(&state, &who, c).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/commands/{id}/cancel", params(("id" = String, Path)),
@@ -354,7 +407,7 @@ pub async fn cancel(
     load(&state, &who, Action::CancelCommand, &id).await?;
     let c = state.commands.cancel(&id).await?;
     tracing::info!(command = %id, by = %who.user.name, "cancel requested");
-    Ok(Json(view(&state, c).await?))
+    Ok(Json(view(&state, &who, c).await?))
 }
 
 #[derive(Deserialize)]

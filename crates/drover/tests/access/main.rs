@@ -11,6 +11,7 @@ mod accounts;
 mod deletions;
 mod http;
 mod oidc;
+mod secrets;
 
 use std::collections::BTreeMap;
 
