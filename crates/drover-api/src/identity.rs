@@ -230,3 +230,20 @@ pub struct OidcFinishRequest {
     pub nonce: String,
     pub redirect_uri: String,
 }
+
+/// A device login (RFC 8628) the identity provider began: show the user the URL and the code;
+/// hand the whole of it back to `/api/v1/auth/oidc/device/finish`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcDeviceLogin {
+    pub verification_uri: String,
+    /// The URL with the code in it, when the provider offers one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_uri_complete: Option<String>,
+    pub user_code: String,
+    /// The provider's code for this login: only the server can redeem it (with its client
+    /// secret).
+    pub device_code: String,
+    pub expires_in_secs: u64,
+    pub interval_secs: u64,
+}

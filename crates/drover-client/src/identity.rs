@@ -1,6 +1,8 @@
 //! Users, groups, tokens, logins and policies.
 
 use drover_api::*;
+use std::time::Duration;
+
 use reqwest::Method;
 
 use crate::{escape, Client, ClientError};
@@ -179,5 +181,28 @@ impl Client {
     pub async fn oidc_finish(&self, req: &OidcFinishRequest) -> Result<LoginResponse, ClientError> {
         self.call(Method::POST, "/api/v1/auth/oidc/finish", Some(req))
             .await
+    }
+
+    pub async fn oidc_device_start(&self) -> Result<OidcDeviceLogin, ClientError> {
+        self.call::<(), _>(Method::POST, "/api/v1/auth/oidc/device", None)
+            .await
+    }
+
+    /// Waits (the server holds the request) until the user approves the device login at the
+    /// provider, refuses it, or it expires.
+    pub async fn oidc_device_finish(
+        &self,
+        login: &OidcDeviceLogin,
+    ) -> Result<LoginResponse, ClientError> {
+        let wait = Duration::from_secs(login.expires_in_secs.min(900) + 30);
+        let bytes = self
+            .send_with_timeout(
+                Method::POST,
+                "/api/v1/auth/oidc/device/finish",
+                Some(login),
+                wait,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 }

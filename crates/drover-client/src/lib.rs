@@ -146,8 +146,20 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<bytes::Bytes, ClientError> {
+        self.send_with_timeout(method, path, body, Duration::from_secs(120))
+            .await
+    }
+
+    /// [`Client::send`] for a request the server may hold longer than usual.
+    pub(crate) async fn send_with_timeout<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url);
+        let mut req = self.http.request(method, &url).timeout(timeout);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

@@ -59,6 +59,10 @@ pub struct OidcConfig {
     pub attribute_claims: Vec<(String, String)>,
     /// Scopes asked for, beyond `openid`.
     pub scopes: Vec<String>,
+    /// The server's address as browsers reach it (`https://drover.example.com:8443`): the
+    /// console's callback is this plus `/api/v1/auth/oidc/callback`, registered at the
+    /// provider. None: taken from the browser's `Host` header.
+    pub console_url: Option<String>,
 }
 
 impl ServerConfig {

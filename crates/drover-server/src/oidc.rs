@@ -12,12 +12,44 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
-use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeVerifier,
-    RedirectUrl, Scope, TokenResponse,
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreDeviceAuthorizationResponse, CoreGrantType, CoreIdToken,
+    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
+use openidconnect::{
+    AdditionalProviderMetadata, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    DeviceAuthorizationUrl, IssuerUrl, Nonce, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
+    Scope, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+
+/// Discovery's standard fields, plus RFC 8628's device endpoint when the provider has one.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct DeviceEndpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_authorization_endpoint: Option<DeviceAuthorizationUrl>,
+}
+impl AdditionalProviderMetadata for DeviceEndpoint {}
+type Metadata = ProviderMetadata<
+    DeviceEndpoint,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// The longest a device login is waited for, whatever the provider allows.
+const DEVICE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(900);
 
 use crate::api::ApiError;
 use crate::config::OidcConfig;
@@ -37,7 +69,7 @@ pub struct Oidc {
     config: OidcConfig,
     http: reqwest::Client,
     /// Discovered at first use, and again after a failure.
-    metadata: Mutex<Option<Arc<CoreProviderMetadata>>>,
+    metadata: Mutex<Option<Arc<Metadata>>>,
 }
 
 fn upstream(what: &str, e: impl std::fmt::Display) -> ApiError {
@@ -86,14 +118,14 @@ impl Oidc {
         })
     }
 
-    async fn metadata(&self) -> Result<Arc<CoreProviderMetadata>, ApiError> {
+    async fn metadata(&self) -> Result<Arc<Metadata>, ApiError> {
         let mut cached = self.metadata.lock().await;
         if let Some(m) = cached.as_ref() {
             return Ok(m.clone());
         }
         let issuer = IssuerUrl::new(self.config.issuer.clone())
             .map_err(|e| ApiError::Internal(format!("OpenID issuer: {e}")))?;
-        let m = CoreProviderMetadata::discover_async(issuer, &self.http)
+        let m = Metadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, issuer = %self.config.issuer, "OpenID discovery failed");
@@ -177,7 +209,64 @@ impl Oidc {
         id_token
             .claims(&client.id_token_verifier(), &Nonce::new(nonce))
             .map_err(|e| upstream("the ID token is not valid", e))?;
-        // Verified above; its payload holds the claims Drover maps, standard or not.
+        self.verified(id_token)
+    }
+
+    /// Asks the provider for a device login (RFC 8628): a code the user enters at a URL on
+    /// any device with a browser. The response goes to the CLI, which shows it and hands it
+    /// back to [`Oidc::device_finish`] (the server keeps nothing).
+    pub async fn device_start(&self) -> Result<CoreDeviceAuthorizationResponse, ApiError> {
+        let m = self.metadata().await?;
+        let endpoint = m
+            .additional_metadata()
+            .device_authorization_endpoint
+            .clone()
+            .ok_or_else(|| {
+                ApiError::Conflict(format!(
+                    "the identity provider {} offers no device login; use drover login --oidc \
+                     on a machine with a browser",
+                    self.config.issuer
+                ))
+            })?;
+        let client = self.client().await?.set_device_authorization_url(endpoint);
+        let mut req = client.exchange_device_code();
+        for s in &self.config.scopes {
+            req = req.add_scope(Scope::new(s.clone()));
+        }
+        req.request_async(&self.http)
+            .await
+            .map_err(|e| upstream("the device authorization failed", e))
+    }
+
+    /// Waits, polling the provider at the pace it asks for, until the user has approved the
+    /// device login (or refused it, or it expired), then reads the user from the ID token.
+    /// The caller's request stays open meanwhile; if it goes away, polling stops with it.
+    pub async fn device_finish(
+        &self,
+        details: &CoreDeviceAuthorizationResponse,
+    ) -> Result<Identity, ApiError> {
+        let client = self.client().await?;
+        let wait = details.expires_in().min(DEVICE_WAIT_MAX);
+        let token = client
+            .exchange_device_access_token(details)
+            .map_err(|e| upstream("no token endpoint", e))?
+            .request_async(&self.http, tokio::time::sleep, Some(wait))
+            .await
+            .map_err(|e| upstream("the device login did not complete", e))?;
+        let id_token = token
+            .id_token()
+            .ok_or_else(|| upstream("no ID token", "the token response has none"))?;
+        // No nonce in this flow: the token came straight from the provider's token endpoint,
+        // over TLS, in answer to the client's own authenticated request.
+        id_token
+            .claims(&client.id_token_verifier(), |_: Option<&Nonce>| Ok(()))
+            .map_err(|e| upstream("the ID token is not valid", e))?;
+        self.verified(id_token)
+    }
+
+    /// The user an already verified ID token names.
+    fn verified(&self, id_token: &CoreIdToken) -> Result<Identity, ApiError> {
+        // Its payload holds the claims Drover maps, standard or not.
         let payload = id_token
             .to_string()
             .split('.')

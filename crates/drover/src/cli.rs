@@ -542,6 +542,10 @@ pub struct LoginArgs {
     /// Log in through the server's identity provider, in a browser.
     #[arg(long, conflicts_with_all = ["user", "token_file"])]
     pub oidc: bool,
+    /// With --oidc, where no browser is at hand: shows a URL and a code to enter on any
+    /// device, and waits for the login there.
+    #[arg(long, requires = "oidc")]
+    pub device: bool,
     /// SHA-256 fingerprint of the server's CA; without it, it is shown for confirmation.
     #[arg(long)]
     pub ca_fingerprint: Option<String>,

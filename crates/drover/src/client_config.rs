@@ -137,7 +137,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
             .token
             .context("the server sent no token for a CLI login")?
     } else if args.oidc {
-        crate::cmd_oidc::login(&server, &fingerprint).await?
+        crate::cmd_oidc::login(&server, &fingerprint, args.device).await?
     } else if let Some(file) = &args.token_file {
         let token = std::fs::read_to_string(file)
             .with_context(|| format!("reading the token file {}", file.display()))?

@@ -42,6 +42,11 @@ pub struct OidcArgs {
     /// A scope to ask for beyond openid (repeatable) [default: profile email groups].
     #[arg(long = "oidc-scope")]
     pub oidc_scopes: Vec<String>,
+    /// This server's address as browsers reach it, for the console's login
+    /// (`https://drover.example.com:8443`); register URL/api/v1/auth/oidc/callback at the
+    /// provider [default: the browser's Host].
+    #[arg(long)]
+    pub oidc_console_url: Option<String>,
 }
 
 /// The same settings in the server's TOML file.
@@ -59,6 +64,7 @@ pub struct OidcFile {
     groups: Vec<String>,
     #[serde(default)]
     scopes: Vec<String>,
+    console_url: Option<String>,
 }
 
 pub fn config(args: OidcArgs, file: Option<OidcFile>) -> Result<Option<OidcConfig>, UsageError> {
@@ -96,6 +102,15 @@ pub fn config(args: OidcArgs, file: Option<OidcFile>) -> Result<Option<OidcConfi
     };
     let attribute_claims = pairs(pick(args.oidc_attributes, file.attributes));
     let group_map = pairs(pick(args.oidc_groups, file.groups));
+    let console_url = args.oidc_console_url.or(file.console_url);
+    if let Some(url) = &console_url {
+        let host = url.strip_prefix("https://").unwrap_or_default();
+        if host.is_empty() || host.contains(['/', '?', '#', '@']) {
+            return Err(UsageError(format!(
+                "invalid --oidc-console-url {url:?}: https://HOST[:PORT], nothing after it"
+            )));
+        }
+    }
     let mut scopes = pick(args.oidc_scopes, file.scopes);
     if scopes.is_empty() {
         scopes = ["profile", "email", "groups"].map(String::from).to_vec();
@@ -116,6 +131,7 @@ pub fn config(args: OidcArgs, file: Option<OidcFile>) -> Result<Option<OidcConfi
         attribute_claims,
         group_map,
         scopes,
+        console_url,
     }))
 }
 
@@ -171,8 +187,11 @@ async fn callback(listener: tokio::net::TcpListener) -> anyhow::Result<Vec<(Stri
 }
 
 /// Logs in through the server's identity provider; returns a Drover token.
-pub async fn login(server: &str, fingerprint: &str) -> anyhow::Result<String> {
+pub async fn login(server: &str, fingerprint: &str, device: bool) -> anyhow::Result<String> {
     let client = drover_client::Client::new(server, fingerprint, None)?;
+    if device {
+        return device_login(&client).await;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let redirect_uri = format!("http://{}/callback", listener.local_addr()?);
     let (state, nonce, verifier) = (random(), random(), random());
@@ -216,6 +235,29 @@ pub async fn login(server: &str, fingerprint: &str) -> anyhow::Result<String> {
         })
         .await
         .context("the server refused the federated login")?;
+    done.token
+        .context("the server sent no token for a CLI login")
+}
+
+/// The device login: the provider shows the user a page where they enter a code, on any
+/// device; the server waits for them and answers with the token.
+async fn device_login(client: &drover_client::Client) -> anyhow::Result<String> {
+    let d = client
+        .oidc_device_start()
+        .await
+        .context("the server did not start a device login")?;
+    eprintln!(
+        "To log in, open {} on any device and enter the code {}",
+        d.verification_uri, d.user_code
+    );
+    if let Some(direct) = &d.verification_uri_complete {
+        eprintln!("  (or open {direct})");
+    }
+    eprintln!("Waiting for you there (at most {} s)...", d.expires_in_secs);
+    let done = client
+        .oidc_device_finish(&d)
+        .await
+        .context("the device login did not complete")?;
     done.token
         .context("the server sent no token for a CLI login")
 }

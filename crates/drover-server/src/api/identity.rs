@@ -151,41 +151,71 @@ pub async fn login(
     validate::pattern("user", USER_NAME, &req.user, "a user name")?;
     validate::text("password", &req.password, 1024)?;
     let user = accounts::login(&state.store, &req.user, &req.password).await?;
-    let (lifetime, kind) = if req.console {
-        (accounts::CONSOLE_LIFETIME_SECS, "console")
-    } else {
-        (accounts::LOGIN_LIFETIME_SECS, "login")
-    };
-    let (secret, mut token) = accounts::new_token(
+    if req.console {
+        let (cookies, csrf, expires_at) = console_session(&state, &user.name, "console").await?;
+        tracing::info!(user = %user.name, kind = "console", "logged in");
+        let mut resp = Json(LoginResponse {
+            user: user.name,
+            token: None,
+            csrf_token: Some(csrf),
+            expires_at: rfc3339(expires_at),
+        })
+        .into_response();
+        for c in cookies {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        return Ok(resp);
+    }
+    let (secret, token) = accounts::new_token(
         &user.name,
-        &format!("{kind} {}", rfc3339(secrets::now())),
-        kind,
+        &format!("login {}", rfc3339(secrets::now())),
+        "login",
+        Vec::new(),
+        Some(accounts::LOGIN_LIFETIME_SECS),
+    );
+    state.store.create_token(&token).await?;
+    tracing::info!(user = %user.name, kind = "login", "logged in");
+    Ok(Json(LoginResponse {
+        user: user.name,
+        token: Some(secret),
+        csrf_token: None,
+        expires_at: rfc3339(token.expires_at),
+    })
+    .into_response())
+}
+
+/// The console's CSRF token, in a cookie the console's own script can read (and a page of
+/// another site cannot) to send back as `X-CSRF-Token`.
+pub const CSRF_COOKIE: &str = "__Host-drover_csrf";
+
+/// A console session for `user` (`how` names it in token listings): its token stored, and
+/// the cookies that carry it: the session (HttpOnly) and its CSRF token. Returns them, the
+/// CSRF token and when the session ends.
+pub async fn console_session(
+    state: &AppState,
+    user: &str,
+    how: &str,
+) -> Result<(Vec<HeaderValue>, String, i64), super::ApiError> {
+    let lifetime = accounts::CONSOLE_LIFETIME_SECS;
+    let (secret, mut token) = accounts::new_token(
+        user,
+        &format!("{how} {}", rfc3339(secrets::now())),
+        "console",
         Vec::new(),
         Some(lifetime),
     );
-    let csrf = req.console.then(secrets::new_token);
-    if let Some(csrf) = &csrf {
-        token.idle_timeout_secs = accounts::CONSOLE_IDLE_SECS;
-        token.csrf_hash = secrets::hash(csrf);
-    }
+    let csrf = secrets::new_token();
+    token.idle_timeout_secs = accounts::CONSOLE_IDLE_SECS;
+    token.csrf_hash = secrets::hash(&csrf);
     state.store.create_token(&token).await?;
-    tracing::info!(user = %user.name, kind, "logged in");
-    let body = LoginResponse {
-        user: user.name,
-        token: (!req.console).then(|| secret.clone()),
-        csrf_token: csrf,
-        expires_at: rfc3339(token.expires_at),
-    };
-    let mut resp = Json(body).into_response();
-    if req.console {
-        let cookie = format!(
-            "{COOKIE}={secret}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={lifetime}"
-        );
-        let value =
-            HeaderValue::from_str(&cookie).map_err(|e| super::ApiError::Internal(e.to_string()))?;
-        resp.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    Ok(resp)
+    let cookies = [
+        format!("{COOKIE}={secret}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={lifetime}"),
+        format!("{CSRF_COOKIE}={csrf}; Path=/; Secure; SameSite=Strict; Max-Age={lifetime}"),
+    ]
+    .iter()
+    .map(|c| HeaderValue::from_str(c).map_err(|e| super::ApiError::Internal(e.to_string())))
+    .collect::<Result<_, _>>()?;
+    Ok((cookies, csrf, token.expires_at))
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/logout",
@@ -203,10 +233,14 @@ pub async fn logout(
             .revoke_token(&who.user.name, &who.token_id, secrets::now())
             .await?;
     }
-    let clear = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = HeaderValue::from_str(&clear) {
-        resp.headers_mut().insert(header::SET_COOKIE, v);
+    for clear in [
+        format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"),
+        format!("{CSRF_COOKIE}=; Path=/; Secure; SameSite=Strict; Max-Age=0"),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&clear) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
     Ok(resp)
 }
@@ -240,7 +274,7 @@ pub async fn find_user(state: &AppState, name: &str) -> Result<User, super::ApiE
         .ok_or_else(|| super::ApiError::NotFound(format!("user {name:?} not found")))
 }
 
-fn oidc(state: &AppState) -> Result<&crate::oidc::Oidc, super::ApiError> {
+pub(super) fn oidc(state: &AppState) -> Result<&crate::oidc::Oidc, super::ApiError> {
     state.oidc.as_ref().ok_or_else(|| {
         super::ApiError::NotFound(
             "this server has no identity provider (see drover server --oidc-issuer)".into(),

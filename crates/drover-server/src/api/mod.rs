@@ -4,6 +4,7 @@
 mod activations;
 mod commands;
 mod documents;
+mod federation;
 mod identity;
 mod nodes;
 mod openapi;
@@ -87,6 +88,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/auth/logout", post(identity::logout))
         .route("/api/v1/auth/oidc/start", post(identity::oidc_start))
         .route("/api/v1/auth/oidc/finish", post(identity::oidc_finish))
+        .route("/api/v1/auth/oidc/console", get(federation::console_start))
+        .route(federation::CALLBACK, get(federation::console_callback))
+        .route("/api/v1/auth/oidc/device", post(federation::device_start))
+        .route(
+            "/api/v1/auth/oidc/device/finish",
+            post(federation::device_finish),
+        )
         .route("/api/v1/auth/whoami", get(identity::whoami))
         .route(
             "/api/v1/users",

@@ -11,6 +11,7 @@ mod accounts;
 mod deletions;
 mod http;
 mod oidc;
+mod oidc_flows;
 mod secrets;
 
 use std::collections::BTreeMap;

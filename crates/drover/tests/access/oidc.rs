@@ -32,7 +32,7 @@ page=$(curl -sS -c "$jar" -b "$jar" -L -o /dev/null -w '%{url_effective}' "$1")
 curl -sS -c "$jar" -b "$jar" -L -o /dev/null --data-urlencode "login=$IDP_USER" "$page/login"
 "#;
 
-fn start_idp() -> (Proc, String) {
+pub fn start_idp() -> (Proc, String) {
     let mut cmd = Command::new("node");
     cmd.arg(idp_script())
         .env(
@@ -96,37 +96,41 @@ fn federate(env: &Env, server: &Server, user: &str) -> (Client, PathBuf) {
     )
 }
 
+/// A server whose users log in through the provider at `issuer`, with the test's claims.
+pub fn oidc_server(env: &Env, issuer: &str) -> Server {
+    let secret = env.path("client-secret");
+    std::fs::write(&secret, "drover-test-secret\n").unwrap();
+    env.start_server(
+        0,
+        &[
+            "--oidc-issuer",
+            issuer,
+            "--oidc-client-id",
+            "drover",
+            "--oidc-client-secret-file",
+            &secret.to_string_lossy(),
+            "--oidc-attribute",
+            "department",
+            "--oidc-group",
+            "engineering",
+            "--oidc-group",
+            "oncall=responders",
+            "--oidc-scope",
+            "profile",
+            "--oidc-scope",
+            "groups",
+            "--oidc-scope",
+            "department",
+        ],
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alice_and_bob_federate_in_and_reach_only_their_departments_nodes() {
     let env = env();
     let (_idp, issuer) = start_idp();
-    let secret = env.path("client-secret");
-    std::fs::write(&secret, "drover-test-secret\n").unwrap();
-    let server = env
-        .start_server(
-            0,
-            &[
-                "--oidc-issuer",
-                &issuer,
-                "--oidc-client-id",
-                "drover",
-                "--oidc-client-secret-file",
-                &secret.to_string_lossy(),
-                "--oidc-attribute",
-                "department",
-                "--oidc-group",
-                "engineering",
-                "--oidc-group",
-                "oncall=responders",
-                "--oidc-scope",
-                "profile",
-                "--oidc-scope",
-                "groups",
-                "--oidc-scope",
-                "department",
-            ],
-        )
-        .unwrap();
+    let server = oidc_server(&env, &issuer);
     let amber = env
         .register_agent(&server, "amber", &["--tag", "department=Amber"])
         .unwrap();

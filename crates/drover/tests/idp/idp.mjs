@@ -67,6 +67,14 @@ const provider = new Provider(issuer, {
   },
 });
 
+// The Drover server under test listens on a port chosen when it starts, after this provider:
+// its console callback is allowed on any loopback port, as the CLI's loopback redirect is.
+const consoleCallback = /^https:\/\/127\.0\.0\.1:[0-9]+\/api\/v1\/auth\/oidc\/callback$/;
+const allowed = provider.Client.prototype.redirectUriAllowed;
+provider.Client.prototype.redirectUriAllowed = function (uri) {
+  return consoleCallback.test(uri) || allowed.call(this, uri);
+};
+
 const form = (uid) => `<!doctype html><form method="post" action="/interaction/${uid}/login">
 <input name="login"><button>Sign in</button></form>`;
 
