@@ -232,6 +232,10 @@ pub async fn logout(
             .store
             .revoke_token(&who.user.name, &who.token_id, secrets::now())
             .await?;
+        state
+            .sessions
+            .end_for_token(&who.token_id, &format!("{} logged out", who.user.name))
+            .await;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     for clear in [

@@ -422,10 +422,22 @@ pub async fn revoke_token(
 ) -> Result<StatusCode, super::ApiError> {
     may_manage_tokens(&state, &who, &name).await?;
     validate::text("token", &token, 128)?;
-    state
+    // By ID or by name (every live token of that name): the sessions they started end too.
+    let now = secrets::now();
+    let revoked: Vec<String> = state
         .store
-        .revoke_token(&name, &token, secrets::now())
-        .await?;
-    tracing::info!(user = %name, %token, by = %who.user.name, "revoked an API token");
+        .list_tokens(&name)
+        .await?
+        .into_iter()
+        .filter(|t| (t.id == token || t.name == token) && t.is_live(now))
+        .map(|t| t.id)
+        .collect();
+    state.store.revoke_token(&name, &token, now).await?;
+    let mut ended = 0;
+    for id in &revoked {
+        let why = format!("its token was revoked by {}", who.user.name);
+        ended += state.sessions.end_for_token(id, &why).await;
+    }
+    tracing::info!(user = %name, %token, by = %who.user.name, sessions_ended = ended, "revoked an API token");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,5 @@
 //! Reaching a live session: its owner attaching (a WebSocket, or a port session's multiplexed
-//! connection), and ending it (terminate, or its user disabled or deleted).
+//! connection), and ending it (terminate, its user disabled or deleted, its token revoked).
 
 use axum::extract::ws::WebSocket;
 use tokio::sync::mpsc;
@@ -69,10 +69,19 @@ impl Sessions {
 
     /// Ends every live session of `user` (disabled or deleted): its sessions end at once.
     pub async fn end_for_user(&self, user: &str, why: &str) -> usize {
+        self.end_where(|l| l.owner == user, why).await
+    }
+
+    /// Ends every live session started with the token `token_id` (revoked, or logged out of).
+    pub async fn end_for_token(&self, token_id: &str, why: &str) -> usize {
+        self.end_where(|l| l.token == token_id, why).await
+    }
+
+    async fn end_where(&self, which: impl Fn(&super::Live) -> bool, why: &str) -> usize {
         let ends: Vec<_> = self
             .live()
             .values()
-            .filter(|l| l.owner == user)
+            .filter(|l| which(l))
             .map(|l| l.terminate.clone())
             .collect();
         for tx in &ends {

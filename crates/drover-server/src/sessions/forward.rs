@@ -119,6 +119,7 @@ impl Sessions {
             p.id.clone(),
             Live {
                 owner: who.user.name.clone(),
+                token: who.token_id.clone(),
                 attach: Attach::Mux(attach_tx),
                 terminate: terminate_tx,
             },

@@ -45,6 +45,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// A live session, as the rest of the server reaches it.
 struct Live {
     owner: String,
+    /// The token that started it: revoking that token (or logging out of it) ends it.
+    token: String,
     attach: Attach,
     terminate: mpsc::Sender<String>,
 }
@@ -426,6 +428,7 @@ impl Sessions {
             id.clone(),
             Live {
                 owner: who.user.name.clone(),
+                token: who.token_id.clone(),
                 attach: Attach::Stream(attach_tx),
                 terminate: terminate_tx,
             },

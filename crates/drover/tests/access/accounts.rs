@@ -191,7 +191,7 @@ fn pipe(mut cmd: std::process::Command, input: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_disabled_user_is_refused_at_once_and_its_session_ends() {
+async fn a_disabled_user_or_revoked_token_is_refused_at_once_and_sessions_end() {
     let env = env();
     let server = env.start_server(0, &[]).unwrap();
     let node = env.register_agent(&server, "n1", &[]).unwrap();
@@ -254,6 +254,37 @@ async fn a_disabled_user_is_refused_at_once_and_its_session_ends() {
     // Enabled again, the same token works.
     env.cli_ok(&["users", "enable", "erin"]).unwrap();
     assert_eq!(erin.whoami().await.unwrap().user.name, "erin");
+
+    // Revoking the token a session was started with ends that session too.
+    let s = erin
+        .start_session(&StartSession {
+            node: node.clone(),
+            command: Some(marker.into()),
+            pty: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let _socket = erin.attach_session(&s.id).await.unwrap();
+    wait_until("the session's process", DEADLINE, || async {
+        Ok((!pids_with_cmdline(marker).is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
+    env.cli_ok(&["tokens", "revoke", "t", "--user", "erin"])
+        .unwrap();
+    let ended = wait_until("the session to end", DEADLINE, || async {
+        let v = admin.get_session(&s.id).await?;
+        Ok(v.ended_at.is_some().then_some(v))
+    })
+    .await
+    .unwrap();
+    assert!(ended.detail.contains("token was revoked"), "{ended:?}");
+    wait_until("the session's process to go", DEADLINE, || async {
+        Ok(pids_with_cmdline(marker).is_empty().then_some(()))
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
