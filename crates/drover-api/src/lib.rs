@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod audit;
 mod identity;
 mod sessions;
+pub use audit::*;
 pub use identity::*;
 pub use sessions::*;
 

@@ -206,3 +206,52 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 }
+
+/// Which audit entries to list (`drover audit list`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// RFC 3339 times.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub user: Option<String>,
+    pub action: Option<String>,
+    pub resource: Option<String>,
+    pub after: Option<i64>,
+    pub limit: usize,
+}
+
+impl Client {
+    pub async fn list_audit(&self, f: &AuditFilter) -> Result<AuditList, ClientError> {
+        let mut q = crate::form_query();
+        for (k, v) in [
+            ("since", &f.since),
+            ("until", &f.until),
+            ("user", &f.user),
+            ("action", &f.action),
+            ("resource", &f.resource),
+        ] {
+            if let Some(v) = v {
+                q.append_pair(k, v);
+            }
+        }
+        if let Some(a) = f.after {
+            q.append_pair("after", &a.to_string());
+        }
+        q.append_pair("limit", &f.limit.max(1).to_string());
+        self.call::<(), _>(Method::GET, &format!("/api/v1/audit?{}", q.finish()), None)
+            .await
+    }
+
+    /// Checks the whole chain (the server reads all of it: allow time on a big log).
+    pub async fn verify_audit(&self) -> Result<AuditVerify, ClientError> {
+        let bytes = self
+            .send_with_timeout::<()>(
+                Method::GET,
+                "/api/v1/audit/verify",
+                None,
+                Duration::from_secs(3600),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}

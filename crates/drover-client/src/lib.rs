@@ -99,6 +99,7 @@ pub fn pinned_tls(
 }
 
 mod identity;
+pub use identity::AuditFilter;
 mod port;
 mod session;
 pub use port::{ConnectError, PortTunnel};
@@ -485,7 +486,7 @@ impl Client {
     }
 }
 
-fn form_query() -> form_urlencoded::Serializer<'static, String> {
+pub(crate) fn form_query() -> form_urlencoded::Serializer<'static, String> {
     form_urlencoded::Serializer::new(String::new())
 }
 

@@ -13,7 +13,8 @@ pub use ca::{CertificateAuthority, IssuedCertificate, NodeKey, NODE_CERT_BACKDAT
 pub use e2e::{sign_e2e_key, verify_e2e_key};
 pub use pin::{fingerprint, normalize_fingerprint, CaptureChain, PinnedServerVerifier};
 pub use ssh::{
-    generate_ssh_key, ssh_fingerprint, SshCa, SshKeyPair, UserCertRequest, SOURCE_ADDRESSES,
+    generate_ssh_key, ssh_fingerprint, SshCa, SshKeyPair, SshSigner, UserCertRequest,
+    SOURCE_ADDRESSES,
 };
 
 /// Errors of certificate work, each naming what was being done.

@@ -55,6 +55,49 @@ pub fn generate_ssh_key(comment: &str) -> Result<SshKeyPair, PkiError> {
     })
 }
 
+/// A key that signs messages as `ssh-keygen -Y sign` does, so that a signature can be checked
+/// with OpenSSH alone (`ssh-keygen -Y verify`): the audit log's checkpoints.
+pub struct SshSigner {
+    key: PrivateKey,
+}
+
+impl std::fmt::Debug for SshSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSigner").finish_non_exhaustive()
+    }
+}
+
+impl SshSigner {
+    pub fn from_openssh(private_openssh: &str) -> Result<Self, PkiError> {
+        let key =
+            PrivateKey::from_openssh(private_openssh).map_err(ssh_err("read a signing key"))?;
+        Ok(Self { key })
+    }
+
+    /// An armored `SSH SIGNATURE` of `msg` in `namespace`.
+    pub fn sign(&self, namespace: &str, msg: &[u8]) -> Result<String, PkiError> {
+        self.key
+            .sign(namespace, HashAlg::Sha512, msg)
+            .map_err(ssh_err("sign"))?
+            .to_pem(LineEnding::LF)
+            .map_err(ssh_err("encode a signature"))
+    }
+
+    /// Whether `signature` is this key's over `msg` in `namespace`.
+    pub fn verify(&self, namespace: &str, msg: &[u8], signature: &str) -> bool {
+        ssh_key::SshSig::from_pem(signature)
+            .map(|sig| self.key.public_key().verify(namespace, msg, &sig).is_ok())
+            .unwrap_or(false)
+    }
+
+    pub fn public_openssh(&self) -> Result<String, PkiError> {
+        self.key
+            .public_key()
+            .to_openssh()
+            .map_err(ssh_err("encode a public key"))
+    }
+}
+
 /// What a user certificate says.
 #[derive(Debug, Clone)]
 pub struct UserCertRequest<'a> {

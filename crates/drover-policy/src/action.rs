@@ -69,6 +69,7 @@ actions! {
     ManageUsers: Server, "create, change, disable and delete users and groups";
     ReadPolicies: Server, "read policies and check decisions";
     ManagePolicies: Server, "create, change and delete policies";
+    ReadAudit: Server, "read, verify and export the audit log";
     ManageTokens: User, "create, list and revoke a user's API tokens";
 }
 
@@ -86,6 +87,7 @@ impl Action {
                 | Action::ReadMetrics
                 | Action::ReadUsers
                 | Action::ReadPolicies
+                | Action::ReadAudit
         )
     }
 

@@ -34,6 +34,8 @@ pub struct Principal {
     pub expires_at: Option<i64>,
     /// `api`, `login` or `console`.
     pub token_kind: String,
+    /// The client's address, for the audit log.
+    pub source: String,
 }
 
 impl Principal {

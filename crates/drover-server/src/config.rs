@@ -63,6 +63,9 @@ pub struct OidcConfig {
     /// console's callback is this plus `/api/v1/auth/oidc/callback`, registered at the
     /// provider. None: taken from the browser's `Host` header.
     pub console_url: Option<String>,
+    /// Offer the device-code login (`drover login --oidc --device`). Off by default: anyone
+    /// may begin one and send its link to a user, whose approval would log the sender in.
+    pub device: bool,
 }
 
 impl ServerConfig {

@@ -9,6 +9,7 @@
 //!   server.key    0600
 //!   admin.token   0600, written once at first start: the token of the first admin user
 //!   ssh_ca        0600, the SSH user certificate authority (OpenSSH private key)
+//!   audit_key     0600, signs the audit log's checkpoints (OpenSSH private key)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -98,6 +99,17 @@ impl DataDir {
             tracing::info!(path = %path.display(), "created the SSH user certificate authority");
         }
         Ok(drover_pki::SshCa::from_openssh(&read(&path)?)?)
+    }
+
+    /// The key that signs the audit log's checkpoints, created at first use.
+    pub fn audit_key(&self) -> Result<drover_pki::SshSigner, ServerError> {
+        let path = self.path.join("audit_key");
+        if !path.exists() {
+            let key = drover_pki::generate_ssh_key("Drover audit log")?;
+            write_private(&path, key.private_openssh.as_bytes())?;
+            tracing::info!(path = %path.display(), "created the audit log's signing key");
+        }
+        Ok(drover_pki::SshSigner::from_openssh(&read(&path)?)?)
     }
 
     pub fn admin_token_path(&self) -> PathBuf {

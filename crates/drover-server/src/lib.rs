@@ -9,6 +9,7 @@ mod accounts;
 pub mod admission;
 pub mod agents;
 mod api;
+pub mod audit;
 pub mod authz;
 mod commands;
 mod config;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub sessions: sessions::Sessions,
     pub admission: Arc<admission::Admission>,
     pub authz: authz::Authz,
+    /// The tamper-evident log of everything done (`audit.rs`).
+    pub audit: audit::Audit,
     /// Federated login, when an identity provider is configured.
     pub oidc: Option<oidc::Oidc>,
 }
@@ -139,6 +142,7 @@ impl Server {
             commands,
             sessions,
             authz: authz::Authz::new(data.store.clone()),
+            audit: audit::Audit::new(data.store.clone(), data.audit_key()?),
             oidc,
         });
         Ok(Self {
@@ -181,10 +185,29 @@ impl Server {
             state.metrics.clone(),
             stop_pruning.clone(),
         ));
+        let signing = tokio::spawn({
+            let (state, stop) = (state.clone(), stop_pruning.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(audit::CHECKPOINT_EVERY) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    if let Err(e) = state.audit.checkpoint().await {
+                        tracing::warn!(error = %e, "could not store an audit checkpoint");
+                    }
+                }
+            }
+        });
         listener::serve(state.clone(), tls, listener, shutdown).await;
         state.sessions.shutdown().await;
         stop_pruning.cancel();
         let _ = pruning.await;
+        let _ = signing.await;
+        // The head at shutdown is signed: a later rewrite of anything before it shows.
+        if let Err(e) = state.audit.checkpoint().await {
+            tracing::warn!(error = %e, "could not store an audit checkpoint");
+        }
         state.commands.shutdown(state.config.shutdown_grace).await;
         updates.finish().await;
         state.registry.close_all();

@@ -206,6 +206,8 @@ async fn serve_http(
     let service = TowerToHyperService::new(router.map_request(
         move |mut req: Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(for_requests.clone());
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             req
         },
     ));

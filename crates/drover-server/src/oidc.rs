@@ -216,6 +216,11 @@ impl Oidc {
     /// any device with a browser. The response goes to the CLI, which shows it and hands it
     /// back to [`Oidc::device_finish`] (the server keeps nothing).
     pub async fn device_start(&self) -> Result<CoreDeviceAuthorizationResponse, ApiError> {
+        if !self.config.device {
+            return Err(ApiError::NotFound(
+                "this server does not offer the device login (drover server --oidc-device)".into(),
+            ));
+        }
         let m = self.metadata().await?;
         let endpoint = m
             .additional_metadata()
@@ -245,6 +250,11 @@ impl Oidc {
         &self,
         details: &CoreDeviceAuthorizationResponse,
     ) -> Result<Identity, ApiError> {
+        if !self.config.device {
+            return Err(ApiError::NotFound(
+                "this server does not offer the device login (drover server --oidc-device)".into(),
+            ));
+        }
         let client = self.client().await?;
         let wait = details.expires_in().min(DEVICE_WAIT_MAX);
         let token = client

@@ -24,6 +24,9 @@ pub struct RetentionPolicy {
     pub output_max_age: Duration,
     /// How often the task looks for something to prune.
     pub interval: Duration,
+    /// Audit entries older than this are deleted (the chain is then checked from the last one
+    /// deleted); None keeps them all.
+    pub audit_max_age: Option<Duration>,
 }
 
 impl Default for RetentionPolicy {
@@ -33,6 +36,7 @@ impl Default for RetentionPolicy {
             max_invocations: 1_000_000,
             output_max_age: Duration::from_secs(30 * 86400),
             interval: Duration::from_secs(600),
+            audit_max_age: Some(Duration::from_secs(365 * 86400)),
         }
     }
 }
@@ -137,6 +141,16 @@ pub async fn run(
                 tracing::warn!(error = %e, "pruning the command history failed; will try again")
             }
         }
+        if let Some(age) = policy.audit_max_age {
+            let before = crate::audit::now_ms().saturating_sub(age.as_millis() as i64);
+            match store.prune_audit(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "pruned the audit log"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the audit log failed; will try again")
+                }
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(policy.interval) => {}
             _ = stop.cancelled() => return,
@@ -155,6 +169,7 @@ mod tests {
             max_invocations: 7,
             output_max_age: Duration::from_secs(10),
             interval: Duration::from_secs(1),
+            audit_max_age: None,
         };
         let r = p.at(1_000);
         assert_eq!(

@@ -4,11 +4,13 @@
 //!
 //! **Architecture Invariant:** nothing outside this crate writes SQL.
 
+pub mod audit;
 mod commands;
 mod identity;
 mod model;
 mod sessions;
 mod sqlite;
+mod sqlite_audit;
 mod sqlite_commands;
 mod sqlite_documents;
 mod sqlite_history;
@@ -190,6 +192,22 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, user: &str, token: &str, at: i64) -> Result<(), StoreError>;
     /// Records a token's use (for its idle limit).
     async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError>;
+
+    // --- the audit log (see `audit.rs`)
+    /// Appends events, in order, each chained to the one before.
+    async fn append_audit(
+        &self,
+        events: Vec<audit::AuditEvent>,
+    ) -> Result<Vec<audit::AuditEntry>, StoreError>;
+    /// Entries in sequence order, narrowed by the query.
+    async fn list_audit(&self, q: &audit::AuditQuery)
+        -> Result<Vec<audit::AuditEntry>, StoreError>;
+    /// Where the chain starts (`GENESIS` at 0, or where retention cut it) and its last entry.
+    async fn audit_ends(&self) -> Result<((i64, String), (i64, String)), StoreError>;
+    async fn add_audit_checkpoint(&self, cp: &audit::AuditCheckpoint) -> Result<(), StoreError>;
+    async fn audit_checkpoints(&self) -> Result<Vec<audit::AuditCheckpoint>, StoreError>;
+    /// Removes the entries older than `before_ms`; returns how many.
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError>;
 
     // --- policies
     /// Every policy file, with the policy version they are at.

@@ -406,6 +406,50 @@ impl Store for SqliteStore {
         self.call(move |c| si::delete_group(c, &name)).await
     }
 
+    async fn append_audit(
+        &self,
+        events: Vec<crate::audit::AuditEvent>,
+    ) -> Result<Vec<crate::audit::AuditEntry>, StoreError> {
+        self.call(move |c| crate::sqlite_audit::append(c, events))
+            .await
+    }
+
+    async fn list_audit(
+        &self,
+        q: &crate::audit::AuditQuery,
+    ) -> Result<Vec<crate::audit::AuditEntry>, StoreError> {
+        let q = q.clone();
+        self.call(move |c| crate::sqlite_audit::list(c, &q)).await
+    }
+
+    async fn audit_ends(&self) -> Result<((i64, String), (i64, String)), StoreError> {
+        self.call(|c| {
+            Ok((
+                crate::sqlite_audit::anchor(c)?,
+                crate::sqlite_audit::head(c)?,
+            ))
+        })
+        .await
+    }
+
+    async fn add_audit_checkpoint(
+        &self,
+        cp: &crate::audit::AuditCheckpoint,
+    ) -> Result<(), StoreError> {
+        let cp = cp.clone();
+        self.call(move |c| crate::sqlite_audit::add_checkpoint(c, &cp))
+            .await
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<crate::audit::AuditCheckpoint>, StoreError> {
+        self.call(|c| crate::sqlite_audit::checkpoints(c)).await
+    }
+
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.call(move |c| crate::sqlite_audit::prune(c, before_ms))
+            .await
+    }
+
     async fn create_token(&self, t: &ApiToken) -> Result<(), StoreError> {
         let t = t.clone();
         self.call(move |c| si::create_token(c, &t)).await

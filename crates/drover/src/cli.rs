@@ -69,6 +69,9 @@ pub enum Command {
     /// Cedar policies: list, get, put, delete, validate, check, test, schema.
     #[command(subcommand)]
     Policy(crate::cmd_policy::PolicyCommand),
+    /// The tamper-evident audit log: list, verify, export.
+    #[command(subcommand)]
+    Audit(crate::cmd_audit::AuditCommand),
     /// Run a command document on nodes (Run Command).
     Run(RunArgs),
     /// Command documents: create, update, get, list, delete, versions, set-default.
@@ -350,6 +353,10 @@ pub struct ServerArgs {
     /// [default: 90d].
     #[arg(long, env = "DROVER_HISTORY_MAX_AGE")]
     pub history_max_age: Option<String>,
+    /// Delete audit entries older than this (at least 1d), or `forever` to keep them all
+    /// [default: 365d]. The rest of the chain still checks.
+    #[arg(long, env = "DROVER_AUDIT_MAX_AGE")]
+    pub audit_max_age: Option<String>,
     /// Keep at most this many invocations (10000 or more): past it the oldest finished
     /// commands are deleted [default: 1000000].
     #[arg(long, env = "DROVER_HISTORY_MAX_INVOCATIONS")]
@@ -565,6 +572,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Groups(cmd) => crate::cmd_access::groups(cmd).await,
         Command::Tokens(cmd) => crate::cmd_access::tokens(cmd).await,
         Command::Policy(cmd) => crate::cmd_policy::run(cmd).await,
+        Command::Audit(cmd) => crate::cmd_audit::run(cmd).await,
         Command::Run(args) => crate::cmd_run::run(args).await,
         Command::Docs(cmd) => crate::cmd_docs::run(cmd).await,
         Command::Commands(cmd) => crate::cmd_run::commands(cmd).await,

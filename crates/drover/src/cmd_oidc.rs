@@ -47,6 +47,11 @@ pub struct OidcArgs {
     /// provider [default: the browser's Host].
     #[arg(long)]
     pub oidc_console_url: Option<String>,
+    /// Offer the device-code login (`drover login --oidc --device`) for machines without a
+    /// browser. Anyone can begin one and send its link to a user: enable it where users know
+    /// to approve only the codes they asked for.
+    #[arg(long)]
+    pub oidc_device: bool,
 }
 
 /// The same settings in the server's TOML file.
@@ -65,6 +70,8 @@ pub struct OidcFile {
     #[serde(default)]
     scopes: Vec<String>,
     console_url: Option<String>,
+    #[serde(default)]
+    device: bool,
 }
 
 pub fn config(args: OidcArgs, file: Option<OidcFile>) -> Result<Option<OidcConfig>, UsageError> {
@@ -132,6 +139,7 @@ pub fn config(args: OidcArgs, file: Option<OidcFile>) -> Result<Option<OidcConfi
         group_map,
         scopes,
         console_url,
+        device: args.oidc_device || file.device,
     }))
 }
 

@@ -30,6 +30,7 @@ struct FileConfig {
     max_unauthenticated: Option<usize>,
     max_unauthenticated_per_address: Option<usize>,
     history_max_age: Option<String>,
+    audit_max_age: Option<String>,
     history_max_invocations: Option<u64>,
     output_max_age: Option<String>,
     prune_interval: Option<String>,
@@ -177,6 +178,15 @@ pub fn build_config(mut args: ServerArgs) -> Result<ServerConfig, UsageError> {
             humantime::format_duration(r.interval)
         )));
     }
+    r.audit_max_age = match args.audit_max_age.or(file.audit_max_age) {
+        Some(v) if v == "forever" => None,
+        v => Some(age(
+            "audit_max_age",
+            v,
+            r.audit_max_age.unwrap_or(Duration::from_secs(365 * 86400)),
+            Duration::from_secs(86400),
+        )?),
+    };
     r.max_invocations = match args
         .history_max_invocations
         .or(file.history_max_invocations)

@@ -7,6 +7,7 @@ mod client_config;
 mod cmd_access;
 mod cmd_activation;
 mod cmd_agent;
+mod cmd_audit;
 mod cmd_docs;
 mod cmd_forward;
 mod cmd_nodes;

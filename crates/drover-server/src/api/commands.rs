@@ -24,8 +24,9 @@ const SUMMARY_CHARS: usize = 24_000;
 const HIDDEN: &str = "********";
 
 /// The command's parameters, the values of those its document marks sensitive hidden from a
-/// user not allowed `ReadSecrets` on the document. If the document version is gone, every
-/// value is taken for sensitive: nothing says which are not.
+/// user not allowed `ReadSecrets` on the document. If the document version is gone, or is not
+/// the one the command ran (a document deleted and made again, without the marks, after the
+/// command), every value is taken for sensitive: nothing says which are not.
 async fn shown_parameters(
     state: &AppState,
     who: &Principal,
@@ -41,6 +42,7 @@ async fn shown_parameters(
         .store
         .get_document(&c.document_name, version)
         .await?
+        .filter(|d| d.created_at <= c.created_at)
         .and_then(|d| drover_docs::parse(&d.content).ok());
     let sensitive = |name: &str| match &doc {
         Some(d) => d.parameters.get(name).is_some_and(|p| p.sensitive),

@@ -28,6 +28,37 @@ pub const CALLBACK: &str = "/api/v1/auth/oidc/callback";
 /// Device logins waited on at once: each holds a request open for up to 15 minutes, for a
 /// caller who need not be anyone yet.
 static DEVICE_WAITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+/// ... and from one address, so that one caller cannot take them all.
+const DEVICE_WAITS_PER_ADDRESS: usize = 4;
+static WAITING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// One address's share of the device waits, given back when dropped.
+struct AddressSlot(String);
+
+impl AddressSlot {
+    fn take(address: &str) -> Option<Self> {
+        let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+        let n = waiting.entry(address.to_string()).or_insert(0);
+        if *n >= DEVICE_WAITS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Self(address.to_string()))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = waiting.get_mut(&self.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                waiting.remove(&self.0);
+            }
+        }
+    }
+}
 
 /// Where the provider sends the console back: the configured address, or the one the browser
 /// used (a forged Host only misleads its own sender, and the provider accepts only the
@@ -129,6 +160,7 @@ pub struct CallbackQuery {
     responses((status = 303, description = "To the console, logged in"), (status = 401, body = drover_api::ErrorBody), (status = 404, body = drover_api::ErrorBody)))]
 pub async fn console_callback(
     State(state): State<Arc<AppState>>,
+    from: super::audited::Source,
     uri: Uri,
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
@@ -170,10 +202,20 @@ pub async fn console_callback(
         .filter(|c| !c.is_empty() && c.len() <= 2048)
         .ok_or_else(|| ApiError::BadRequest("the identity provider sent no code".into()))?;
     let callback = console_redirect(&state, &uri, &headers)?;
-    let who = provider
+    let finished = match provider
         .finish(code, verifier.to_string(), nonce.to_string(), callback)
-        .await?;
-    let user = accounts::federated(&state.store, who).await?;
+        .await
+    {
+        Ok(who) => accounts::federated(&state.store, who).await,
+        Err(e) => Err(e),
+    };
+    let name = finished
+        .as_ref()
+        .map(|u| u.name.clone())
+        .unwrap_or_default();
+    let result = finished.as_ref().map(|_| ());
+    super::audited::login(&state, &from, "login", &name, "oidc console", result).await;
+    let user = finished?;
     let (mut cookies, _, _) = console_session(&state, &user.name, "console oidc").await?;
     cookies.push(flow_cookie("", 0)?);
     tracing::info!(user = %user.name, kind = "console", "logged in through the identity provider");
@@ -205,6 +247,8 @@ pub async fn device_start(
     responses((status = 200, body = LoginResponse), (status = 401, body = drover_api::ErrorBody), (status = 404, body = drover_api::ErrorBody), (status = 409, body = drover_api::ErrorBody), (status = 429, body = drover_api::ErrorBody)))]
 pub async fn device_finish(
     State(state): State<Arc<AppState>>,
+    from: super::audited::Source,
+    conn: Option<axum::Extension<crate::admission::HttpConnection>>,
     Body(req): Body<OidcDeviceLogin>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let provider = oidc(&state)?;
@@ -217,8 +261,9 @@ pub async fn device_finish(
     )?;
     validate::pattern("user_code", &field, &req.user_code, "the provider's code")?;
     validate::pattern("verification_uri", &field, &req.verification_uri, "a URL")?;
-    // The provider's pace, within reason: never faster than once a second, however asked.
-    let interval = validate::range("interval_secs", req.interval_secs, 0..=60)?.max(1);
+    // The provider's pace, never faster than RFC 8628's default of 5 s, whatever the request
+    // says (it comes back from the client, which could lower it).
+    let interval = validate::range("interval_secs", req.interval_secs, 0..=60)?.max(5);
     let expires = validate::range("expires_in_secs", req.expires_in_secs, 1..=3600)?;
     let details: CoreDeviceAuthorizationResponse = serde_json::from_value(serde_json::json!({
         "device_code": req.device_code,
@@ -228,11 +273,26 @@ pub async fn device_finish(
         "interval": interval,
     }))
     .map_err(|e| ApiError::BadRequest(format!("invalid device login: {e}")))?;
-    let _permit = DEVICE_WAITS.try_acquire().map_err(|_| {
-        ApiError::TooManyRequests("too many device logins at once; try again later".into())
-    })?;
-    let who = provider.device_finish(&details).await?;
-    let user = accounts::federated(&state.store, who).await?;
+    let busy =
+        || ApiError::TooManyRequests("too many device logins at once; try again later".into());
+    let _mine = AddressSlot::take(&from.0).ok_or_else(busy)?;
+    let _permit = DEVICE_WAITS.try_acquire().map_err(|_| busy())?;
+    // The wait outlasts the time an unauthenticated connection is given; the permits above
+    // bound how many such waits there are, so this one may keep its connection.
+    if let Some(axum::Extension(conn)) = conn {
+        conn.authenticated();
+    }
+    let finished = match provider.device_finish(&details).await {
+        Ok(who) => accounts::federated(&state.store, who).await,
+        Err(e) => Err(e),
+    };
+    let name = finished
+        .as_ref()
+        .map(|u| u.name.clone())
+        .unwrap_or_default();
+    let result = finished.as_ref().map(|_| ());
+    super::audited::login(&state, &from, "login", &name, "oidc device", result).await;
+    let user = finished?;
     let (secret, token) = accounts::new_token(
         &user.name,
         &format!("oidc device login {}", rfc3339(secrets::now())),

@@ -79,6 +79,7 @@ pub async fn principal(
         cookie,
         expires_at: (found.token.expires_at > 0).then_some(found.token.expires_at),
         token_kind: found.token.kind.clone(),
+        source: String::new(),
     })
 }
 
@@ -146,11 +147,23 @@ pub fn token_view(t: ApiToken) -> TokenView {
     responses((status = 200, body = LoginResponse), (status = 401, body = drover_api::ErrorBody)))]
 pub async fn login(
     State(state): State<Arc<AppState>>,
+    from: super::audited::Source,
     Body(req): Body<LoginRequest>,
 ) -> Result<Response, super::ApiError> {
     validate::pattern("user", USER_NAME, &req.user, "a user name")?;
     validate::text("password", &req.password, 1024)?;
-    let user = accounts::login(&state.store, &req.user, &req.password).await?;
+    let how = if req.console { "console" } else { "password" };
+    let checked = accounts::login(&state.store, &req.user, &req.password).await;
+    super::audited::login(
+        &state,
+        &from,
+        "login",
+        &req.user,
+        how,
+        checked.as_ref().map(|_| ()),
+    )
+    .await;
+    let user = checked?;
     if req.console {
         let (cookies, csrf, expires_at) = console_session(&state, &user.name, "console").await?;
         tracing::info!(user = %user.name, kind = "console", "logged in");
@@ -222,8 +235,18 @@ pub async fn console_session(
     responses((status = 204)), security(("bearer" = [])))]
 pub async fn logout(
     State(state): State<Arc<AppState>>,
+    from: super::audited::Source,
     who: Principal,
 ) -> Result<Response, super::ApiError> {
+    super::audited::login(
+        &state,
+        &from,
+        "logout",
+        &who.user.name,
+        &who.token_kind,
+        Ok(()),
+    )
+    .await;
     // A logout ends a login (a CLI login, a console session). An API token is revoked with
     // `tokens revoke`, on purpose: logging out of the admin token of `drover up` must not
     // lock its operator out.
@@ -320,6 +343,7 @@ pub async fn oidc_start(
     responses((status = 200, body = LoginResponse), (status = 401, body = drover_api::ErrorBody)))]
 pub async fn oidc_finish(
     State(state): State<Arc<AppState>>,
+    from: super::audited::Source,
     Body(req): Body<OidcFinishRequest>,
 ) -> Result<Json<LoginResponse>, super::ApiError> {
     let redirect = crate::oidc::check_redirect(&req.redirect_uri)?;
@@ -337,10 +361,27 @@ pub async fn oidc_finish(
             "32 to 128 letters, digits and . _ ~ -",
         )?;
     }
-    let who = oidc(&state)?
+    let finished = match oidc(&state)?
         .finish(req.code, req.code_verifier, req.nonce, redirect)
-        .await?;
-    let user = crate::accounts::federated(&state.store, who).await?;
+        .await
+    {
+        Ok(who) => crate::accounts::federated(&state.store, who).await,
+        Err(e) => Err(e),
+    };
+    let name = finished
+        .as_ref()
+        .map(|u| u.name.clone())
+        .unwrap_or_default();
+    super::audited::login(
+        &state,
+        &from,
+        "login",
+        &name,
+        "oidc",
+        finished.as_ref().map(|_| ()),
+    )
+    .await;
+    let user = finished?;
     let (secret, token) = accounts::new_token(
         &user.name,
         &format!("oidc login {}", rfc3339(secrets::now())),

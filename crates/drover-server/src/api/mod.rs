@@ -2,6 +2,7 @@
 //! place ([`ApiError`]); every handler takes a [`Principal`] and calls `authz::authorize` first.
 
 mod activations;
+mod audited;
 mod commands;
 mod documents;
 mod federation;
@@ -131,7 +132,13 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(policies::put)
                 .delete(policies::delete_policy),
         )
+        .route("/api/v1/audit", get(audited::list))
+        .route("/api/v1/audit/verify", get(audited::verify))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audited::record,
+        ))
         .with_state(state)
 }
 
@@ -302,7 +309,8 @@ impl FromRequestParts<Arc<AppState>> for Principal {
     ) -> Result<Self, Self::Rejection> {
         // Only a session stream may carry its token in a WebSocket subprotocol.
         let stream = parts.uri.path().ends_with("/stream");
-        let who = authenticate(state, &parts.headers, stream).await?;
+        let mut who = authenticate(state, &parts.headers, stream).await?;
+        who.source = audited::source(&parts.extensions);
         // A browser sends its cookie with any request, also one another site makes it send:
         // a change made with the cookie must also carry the CSRF token, which only the
         // console's own page can read (it came in the login's body).
@@ -315,6 +323,7 @@ impl FromRequestParts<Arc<AppState>> for Principal {
             identity::check_csrf(state, &who, &parts.headers).await?;
         }
         mark_authenticated(parts);
+        audited::attribute(&parts.extensions, &who);
         Ok(who)
     }
 }

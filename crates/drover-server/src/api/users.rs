@@ -429,7 +429,7 @@ pub async fn revoke_token(
         .list_tokens(&name)
         .await?
         .into_iter()
-        .filter(|t| (t.id == token || t.name == token) && t.is_live(now))
+        .filter(|t| (t.id == token || t.name == token) && t.revoked_at == 0)
         .map(|t| t.id)
         .collect();
     state.store.revoke_token(&name, &token, now).await?;

@@ -39,8 +39,8 @@ impl Sessions {
 
     /// The live session's way in, for its owner only.
     fn owned(&self, id: &str, who: &Principal) -> Result<Attach, ApiError> {
-        let live = self.live();
-        let Some(l) = live.get(id) else {
+        let mut live = self.live();
+        let Some(l) = live.get_mut(id) else {
             return Err(ApiError::Conflict(format!(
                 "session {id} is not live (it ended, or never existed)"
             )));
@@ -49,6 +49,9 @@ impl Sessions {
             return Err(ApiError::Forbidden(format!(
                 "session {id} belongs to someone else"
             )));
+        }
+        if l.token != who.token_id && !l.attached.contains(&who.token_id) {
+            l.attached.push(who.token_id.clone());
         }
         Ok(l.attach.clone())
     }
@@ -74,7 +77,11 @@ impl Sessions {
 
     /// Ends every live session started with the token `token_id` (revoked, or logged out of).
     pub async fn end_for_token(&self, token_id: &str, why: &str) -> usize {
-        self.end_where(|l| l.token == token_id, why).await
+        self.end_where(
+            |l| l.token == token_id || l.attached.iter().any(|t| t == token_id),
+            why,
+        )
+        .await
     }
 
     async fn end_where(&self, which: impl Fn(&super::Live) -> bool, why: &str) -> usize {

@@ -120,6 +120,7 @@ impl Sessions {
             Live {
                 owner: who.user.name.clone(),
                 token: who.token_id.clone(),
+                attached: Vec::new(),
                 attach: Attach::Mux(attach_tx),
                 terminate: terminate_tx,
             },

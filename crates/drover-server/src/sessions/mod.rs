@@ -45,8 +45,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// A live session, as the rest of the server reaches it.
 struct Live {
     owner: String,
-    /// The token that started it: revoking that token (or logging out of it) ends it.
+    /// The token that started it, and those its owner attached with: revoking any of them
+    /// (or logging out of it) ends the session.
     token: String,
+    attached: Vec<String>,
     attach: Attach,
     terminate: mpsc::Sender<String>,
 }
@@ -256,6 +258,34 @@ impl Sessions {
         if let Err(err) = self.store.add_session_event(&e).await {
             tracing::warn!(error = %err, event, "could not store a session event");
         }
+        // Every session event is an audit entry too.
+        let audit = drover_store::audit::AuditEvent {
+            at_ms: crate::audit::now_ms(),
+            actor: actor.to_string(),
+            actor_kind: if actor.is_empty() || actor.starts_with("n-") {
+                "server"
+            } else {
+                "user"
+            }
+            .into(),
+            action: format!("session.{event}"),
+            resource: if node.is_empty() {
+                format!("session/{session_id}")
+            } else {
+                format!("session/{session_id} node/{node}")
+            },
+            outcome: if event.contains("refused") || event.contains("denied") {
+                "denied"
+            } else {
+                "success"
+            }
+            .into(),
+            reason: detail.to_string(),
+            ..Default::default()
+        };
+        if let Err(err) = self.store.append_audit(vec![audit]).await {
+            tracing::error!(error = %err, event, "could not write an audit entry");
+        }
     }
 
     /// The OS user an SSH certificate names: the run-as user when run-as is on, else the
@@ -429,6 +459,7 @@ impl Sessions {
             Live {
                 owner: who.user.name.clone(),
                 token: who.token_id.clone(),
+                attached: Vec::new(),
                 attach: Attach::Stream(attach_tx),
                 terminate: terminate_tx,
             },

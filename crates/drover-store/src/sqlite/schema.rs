@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     crate::sqlite_sessions::MIGRATION_SESSIONS,
     crate::sqlite_sessions::MIGRATION_SESSION_TARGETS,
     crate::sqlite_identity::MIGRATION_IDENTITY,
+    crate::sqlite_audit::MIGRATION_AUDIT,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"

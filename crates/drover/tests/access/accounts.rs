@@ -246,6 +246,14 @@ async fn a_disabled_user_or_revoked_token_is_refused_at_once_and_sessions_end() 
     .await
     .unwrap();
     assert!(ended.detail.contains("disabled"), "{ended:?}");
+    // The session's events are audit entries too.
+    let log = env
+        .cli_ok(&["audit", "list", "--action", "session.", "-o", "json"])
+        .unwrap();
+    assert!(
+        log.contains("session.started") && log.contains(&format!("session/{}", s.id)),
+        "{log}"
+    );
     wait_until("the session's process to go", DEADLINE, || async {
         Ok(pids_with_cmdline(marker).is_empty().then_some(()))
     })

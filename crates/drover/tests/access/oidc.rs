@@ -121,6 +121,7 @@ pub fn oidc_server(env: &Env, issuer: &str) -> Server {
             "groups",
             "--oidc-scope",
             "department",
+            "--oidc-device",
         ],
     )
     .unwrap()
