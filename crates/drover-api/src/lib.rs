@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod access;
 mod audit;
 mod identity;
 mod sessions;
+pub use access::*;
 pub use audit::*;
 pub use identity::*;
 pub use sessions::*;

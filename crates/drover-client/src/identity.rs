@@ -255,3 +255,51 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 }
+
+impl Client {
+    pub async fn request_access(
+        &self,
+        req: &CreateAccessRequest,
+    ) -> Result<AccessRequestView, ClientError> {
+        self.call(Method::POST, "/api/v1/access-requests", Some(req))
+            .await
+    }
+
+    pub async fn list_access_requests(
+        &self,
+        status: Option<&str>,
+    ) -> Result<Vec<AccessRequestView>, ClientError> {
+        let path = match status {
+            Some(s) => format!("/api/v1/access-requests?status={}", escape(s)),
+            None => "/api/v1/access-requests".into(),
+        };
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    pub async fn get_access_request(&self, id: &str) -> Result<AccessRequestView, ClientError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/api/v1/access-requests/{}", escape(id)),
+            None,
+        )
+        .await
+    }
+
+    /// `verb`: approve, deny or revoke.
+    pub async fn decide_access(
+        &self,
+        id: &str,
+        verb: &str,
+        comment: &str,
+    ) -> Result<AccessRequestView, ClientError> {
+        let body = AccessVerdict {
+            comment: comment.to_string(),
+        };
+        self.call(
+            Method::POST,
+            &format!("/api/v1/access-requests/{}/{}", escape(id), escape(verb)),
+            Some(&body),
+        )
+        .await
+    }
+}

@@ -321,6 +321,19 @@ impl Engine {
         })
     }
 
+    /// The value of annotation `key` on the policy a decision names (`file/id`), if any.
+    pub fn annotation(&self, policy: &str, key: &str) -> Option<String> {
+        let id = self
+            .names
+            .iter()
+            .find(|(_, name)| name.as_str() == policy)
+            .map(|(id, _)| id)?;
+        self.policies
+            .policy(id)?
+            .annotation(key)
+            .map(str::to_string)
+    }
+
     /// The schema, for callers that validate more than policies.
     pub fn schema(&self) -> &Schema {
         &self.schema

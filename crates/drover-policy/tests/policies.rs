@@ -238,7 +238,12 @@ fn defaults_give_admins_everything_and_others_their_own() {
             d.reasons
         );
         let d = e.decide(&nobody, a, &resource, &ctx).unwrap();
-        assert_eq!(d.allowed, a == Action::ReadDocument, "{a}");
+        // Anyone may read documents, and ask for access (which someone else approves).
+        assert_eq!(
+            d.allowed,
+            matches!(a, Action::ReadDocument | Action::RequestAccess),
+            "{a}"
+        );
     }
     let own = Resource::Session {
         id: "s-1".into(),

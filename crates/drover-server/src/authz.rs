@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use drover_policy::{Context, Decision, Engine, NodeFacts, PolicyFile, Resource, UserFacts};
+use drover_store::access::AccessRequest;
 use drover_store::{Node, Store};
 
 use crate::api::ApiError;
@@ -152,13 +153,43 @@ impl Authz {
         resource: &Resource,
         ctx: &Context,
     ) -> Result<(), ApiError> {
+        self.check_granted(who, action, resource, ctx)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Authz::check`], telling which approved access request allowed it when the policies
+    /// alone did not (a grant in force for exactly this action, node and document).
+    pub async fn check_granted(
+        &self,
+        who: &Principal,
+        action: Action,
+        resource: &Resource,
+        ctx: &Context,
+    ) -> Result<Option<AccessRequest>, ApiError> {
         scoped(who, action)?;
         let d = self.explain(&who.user, action, resource, ctx).await?;
         if d.allowed {
-            Ok(())
-        } else {
-            Err(denied(who, action, &describe(resource)))
+            return Ok(None);
         }
+        if let Resource::Node(node) = resource {
+            let grants = self.grants(who).await?;
+            if let Some(g) = grants
+                .into_iter()
+                .find(|g| g.grants(action.name(), &node.id, ctx.document.as_deref()))
+            {
+                return Ok(Some(g));
+            }
+        }
+        Err(denied(who, action, &describe(resource)))
+    }
+
+    /// The grants in force for `who` (read only when the policies said no).
+    async fn grants(&self, who: &Principal) -> Result<Vec<AccessRequest>, ApiError> {
+        Ok(self
+            .store
+            .live_grants(&who.user.name, crate::secrets::now())
+            .await?)
     }
 
     /// An action on the server itself (users, policies, metrics, activations).
@@ -194,7 +225,20 @@ impl Authz {
         } else {
             decide()
         };
-        decided.map_err(|e| ApiError::Internal(e.to_string()))
+        let mut decided = decided.map_err(|e| ApiError::Internal(e.to_string()))?;
+        // What the policies refused, a grant in force may allow (only the nodes it names).
+        if decided.iter().any(|a| !a) {
+            let grants = self.grants(who).await?;
+            if !grants.is_empty() {
+                for (allowed, n) in decided.iter_mut().zip(nodes) {
+                    let id = n.id.to_string();
+                    *allowed |= grants
+                        .iter()
+                        .any(|g| g.grants(action.name(), &id, ctx.document.as_deref()));
+                }
+            }
+        }
+        Ok(decided)
     }
 
     /// Keeps the items `who` may take `action` on; `resource` describes each.

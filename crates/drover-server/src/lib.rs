@@ -199,11 +199,26 @@ impl Server {
                 }
             }
         });
+        let expiring = tokio::spawn({
+            let (state, stop) = (state.clone(), stop_pruning.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    if let Err(e) = api::expire_due(&state).await {
+                        tracing::warn!(error = %e, "could not expire access grants");
+                    }
+                }
+            }
+        });
         listener::serve(state.clone(), tls, listener, shutdown).await;
         state.sessions.shutdown().await;
         stop_pruning.cancel();
         let _ = pruning.await;
         let _ = signing.await;
+        let _ = expiring.await;
         // The head at shutdown is signed: a later rewrite of anything before it shows.
         if let Err(e) = state.audit.checkpoint().await {
             tracing::warn!(error = %e, "could not store an audit checkpoint");

@@ -4,12 +4,14 @@
 //!
 //! **Architecture Invariant:** nothing outside this crate writes SQL.
 
+pub mod access;
 pub mod audit;
 mod commands;
 mod identity;
 mod model;
 mod sessions;
 mod sqlite;
+mod sqlite_access;
 mod sqlite_audit;
 mod sqlite_commands;
 mod sqlite_documents;
@@ -192,6 +194,34 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, user: &str, token: &str, at: i64) -> Result<(), StoreError>;
     /// Records a token's use (for its idle limit).
     async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError>;
+
+    // --- temporary elevated access (see `access.rs`)
+    async fn create_access_request(&self, r: &access::AccessRequest) -> Result<(), StoreError>;
+    async fn get_access_request(
+        &self,
+        id: &str,
+    ) -> Result<Option<access::AccessRequest>, StoreError>;
+    /// Newest first, narrowed by status and requester.
+    async fn list_access_requests(
+        &self,
+        status: Option<&str>,
+        requester: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<access::AccessRequest>, StoreError>;
+    /// The grants in force for `user` at `now`.
+    async fn live_grants(
+        &self,
+        user: &str,
+        now: i64,
+    ) -> Result<Vec<access::AccessRequest>, StoreError>;
+    /// Approved grants whose time is up at `now`.
+    async fn due_grants(&self, now: i64) -> Result<Vec<access::AccessRequest>, StoreError>;
+    /// Changes a request in one transaction (the change may refuse: Conflict).
+    async fn update_access_request(
+        &self,
+        id: &str,
+        change: access::AccessChange,
+    ) -> Result<access::AccessRequest, StoreError>;
 
     // --- the audit log (see `audit.rs`)
     /// Appends events, in order, each chained to the one before.

@@ -69,6 +69,9 @@ pub enum Command {
     /// Cedar policies: list, get, put, delete, validate, check, test, schema.
     #[command(subcommand)]
     Policy(crate::cmd_policy::PolicyCommand),
+    /// Temporary access: request, list, show, approve, deny, revoke.
+    #[command(subcommand)]
+    Access(crate::cmd_access_requests::AccessCommand),
     /// The tamper-evident audit log: list, verify, export.
     #[command(subcommand)]
     Audit(crate::cmd_audit::AuditCommand),
@@ -573,6 +576,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tokens(cmd) => crate::cmd_access::tokens(cmd).await,
         Command::Policy(cmd) => crate::cmd_policy::run(cmd).await,
         Command::Audit(cmd) => crate::cmd_audit::run(cmd).await,
+        Command::Access(cmd) => crate::cmd_access_requests::run(cmd).await,
         Command::Run(args) => crate::cmd_run::run(args).await,
         Command::Docs(cmd) => crate::cmd_docs::run(cmd).await,
         Command::Commands(cmd) => crate::cmd_run::commands(cmd).await,

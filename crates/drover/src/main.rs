@@ -5,6 +5,7 @@
 mod cli;
 mod client_config;
 mod cmd_access;
+mod cmd_access_requests;
 mod cmd_activation;
 mod cmd_agent;
 mod cmd_audit;

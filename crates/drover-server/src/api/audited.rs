@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::body::Body as AxumBody;
-use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Extensions, Method};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -17,7 +17,7 @@ use drover_policy::Action;
 use drover_store::audit::{AuditEntry, AuditEvent, AuditQuery, ChainBreak};
 use serde::Deserialize;
 
-use super::{validate, ApiError};
+use super::{validate, ApiError, Query};
 use crate::authz::Principal;
 use crate::AppState;
 
@@ -172,7 +172,7 @@ fn view(e: AuditEntry) -> AuditEntryView {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/audit",
+#[utoipa::path(get, operation_id = "list_audit", path = "/api/v1/audit",
     params(("since" = Option<String>, Query), ("until" = Option<String>, Query),
         ("user" = Option<String>, Query), ("action" = Option<String>, Query),
         ("resource" = Option<String>, Query), ("after" = Option<i64>, Query),
@@ -192,7 +192,7 @@ pub async fn list(
         ("resource", &q.resource),
     ] {
         if let Some(v) = v {
-            validate::text(field, v, 256)?;
+            validate::pattern(field, &super::rules::text(1, 256), v, "1 to 256 characters")?;
         }
     }
     let entries = state
@@ -216,7 +216,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/audit/verify",
+#[utoipa::path(get, operation_id = "verify_audit", path = "/api/v1/audit/verify",
     responses((status = 200, body = AuditVerify)), security(("bearer" = [])))]
 pub async fn verify(
     State(state): State<Arc<AppState>>,

@@ -1,6 +1,8 @@
 //! The HTTP API under `/api/v1`, plus `/healthz` and `/metrics`. Errors map to statuses in one
 //! place ([`ApiError`]); every handler takes a [`Principal`] and calls `authz::authorize` first.
 
+mod access;
+pub use access::expire_due;
 mod activations;
 mod audited;
 mod commands;
@@ -132,6 +134,17 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(policies::put)
                 .delete(policies::delete_policy),
         )
+        .route(
+            "/api/v1/access-requests",
+            post(access::create).get(access::list),
+        )
+        .route("/api/v1/access-requests/{id}", get(access::show))
+        .route(
+            "/api/v1/access-requests/{id}/approve",
+            post(access::approve),
+        )
+        .route("/api/v1/access-requests/{id}/deny", post(access::deny))
+        .route("/api/v1/access-requests/{id}/revoke", post(access::revoke))
         .route("/api/v1/audit", get(audited::list))
         .route("/api/v1/audit/verify", get(audited::verify))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

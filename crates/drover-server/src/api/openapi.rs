@@ -52,6 +52,12 @@ use utoipa::{Modify, OpenApi};
         super::federation::device_start,
         super::federation::device_finish,
         super::identity::whoami,
+        super::access::create,
+        super::access::list,
+        super::access::show,
+        super::access::approve,
+        super::access::deny,
+        super::access::revoke,
         super::audited::list,
         super::audited::verify,
         super::users::list_users,
@@ -133,6 +139,14 @@ fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
         ("query", "since" | "until") => json!({"type": "string", "format": "date-time"}),
         ("query", "user" | "action" | "resource") => string(&text(1, 256)),
         ("query", "after") => integer(0, i64::MAX as u64),
+        ("path", "id") if path.starts_with("/api/v1/access-requests") => {
+            string(r"^ar-[0-9a-f]{16}$")
+        }
+        ("query", "status") if path.starts_with("/api/v1/access-requests") => json!({
+            "type": "string",
+            "enum": ["Pending", "Approved", "Denied", "Revoked", "Expired"]
+        }),
+        ("query", "limit") if path.starts_with("/api/v1/access-requests") => integer(1, 1000),
         ("path", "id") => string(&text(1, 256)),
         ("path", "node") => string(NODE_ID),
         ("path", "name") if path.starts_with("/api/v1/users") => string(USER_NAME),
@@ -343,6 +357,24 @@ fn constrain_schemas(doc: &mut Value) {
             "text",
             json!({"type": "string", "maxLength": MAX_POLICY_CHARS}),
         ),
+        (
+            "CreateAccessRequest",
+            "targets",
+            json!({"type": "array", "minItems": 1, "maxItems": 100, "items": string(&text(1, 256))}),
+        ),
+        (
+            "CreateAccessRequest",
+            "actions",
+            json!({"type": "array", "minItems": 1, "items": {"type": "string", "enum": node_actions()}}),
+        ),
+        ("CreateAccessRequest", "document", nullable(DOCUMENT_NAME)),
+        ("CreateAccessRequest", "reason", string(&text(1, 1024))),
+        (
+            "CreateAccessRequest",
+            "duration_secs",
+            integer(1, super::access::MAX_DURATION_SECS),
+        ),
+        ("AccessVerdict", "comment", string(&text(0, 1024))),
         ("OidcDeviceLogin", "device_code", string(&text(1, 2048))),
         ("OidcDeviceLogin", "user_code", string(&text(1, 2048))),
         (
@@ -392,6 +424,20 @@ fn list(pattern: &str) -> Value {
 }
 
 /// What a token's scope may name: every action, or `read`.
+/// The actions an access request may ask for: those on nodes, but asking and approving.
+fn node_actions() -> Vec<&'static str> {
+    drover_policy::Action::all()
+        .filter(|a| a.resource() == drover_policy::ResourceKind::Node)
+        .filter(|a| {
+            !matches!(
+                a,
+                drover_policy::Action::RequestAccess | drover_policy::Action::ApproveAccess
+            )
+        })
+        .map(|a| a.name())
+        .collect()
+}
+
 fn scope_names() -> Vec<&'static str> {
     let mut names: Vec<&str> = drover_policy::Action::all().map(|a| a.name()).collect();
     names.push("read");
@@ -444,6 +490,8 @@ fn extra_errors(path: &str, method: &str) -> Vec<&'static str> {
         ("patch" | "delete", "/api/v1/users/{name}") => vec!["409"],
         ("post", "/api/v1/groups") => vec!["409"],
         ("post", "/api/v1/policies/check") => vec!["404"],
+        ("post", "/api/v1/access-requests") => vec!["404", "409"],
+        ("post", p) if p.starts_with("/api/v1/access-requests/") => vec!["409"],
         _ => vec![],
     }
 }

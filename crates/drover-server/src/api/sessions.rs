@@ -105,6 +105,7 @@ fn parse(req: &StartSession, node: drover_store::NodeId) -> Result<OpenRequest, 
         pty: req.pty.unwrap_or(true),
         reason,
         e2e: req.e2e.unwrap_or(false),
+        grant: None,
     })
 }
 

@@ -102,7 +102,7 @@ impl Commands {
 
     /// Resolves the targets: `all`, node IDs, `name:N`, and `tag:K=V` filters (all of which must
     /// match). IDs and names add nodes; tag filters select among the registered nodes.
-    async fn resolve_targets(
+    pub(crate) async fn resolve_targets(
         &self,
         targets: &[String],
     ) -> Result<Vec<drover_store::Node>, ApiError> {

@@ -84,6 +84,12 @@ impl Sessions {
         .await
     }
 
+    /// Ends every live session running under the access request `id` (revoked, or expired).
+    pub async fn end_for_grant(&self, id: &str, why: &str) -> usize {
+        self.end_where(|l| l.grant.as_deref() == Some(id), why)
+            .await
+    }
+
     async fn end_where(&self, which: impl Fn(&super::Live) -> bool, why: &str) -> usize {
         let ends: Vec<_> = self
             .live()

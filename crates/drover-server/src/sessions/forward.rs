@@ -121,6 +121,7 @@ impl Sessions {
                 owner: who.user.name.clone(),
                 token: who.token_id.clone(),
                 attached: Vec::new(),
+                grant: req.grant.clone(),
                 attach: Attach::Mux(attach_tx),
                 terminate: terminate_tx,
             },

@@ -49,6 +49,8 @@ struct Live {
     /// (or logging out of it) ends the session.
     token: String,
     attached: Vec<String>,
+    /// The access request it runs under, if a grant allowed it: it ends with the grant.
+    grant: Option<String>,
     attach: Attach,
     terminate: mpsc::Sender<String>,
 }
@@ -74,6 +76,8 @@ pub struct OpenRequest {
     pub reason: String,
     /// The client can seal a port session end to end.
     pub e2e: bool,
+    /// The access request whose grant allowed it (set by `open`): the session ends with it.
+    pub grant: Option<String>,
 }
 
 /// What a session runs, decided from its document.
@@ -319,7 +323,7 @@ impl Sessions {
     pub async fn open(
         &self,
         who: &Principal,
-        req: OpenRequest,
+        mut req: OpenRequest,
         authz: &Authz,
     ) -> Result<(SessionRecord, Option<drover_api::E2eOffer>), ApiError> {
         let node = req.node.to_string();
@@ -332,10 +336,18 @@ impl Sessions {
             kind: Some(plan.kind().into()),
         };
         let resource = drover_policy::Resource::Node(crate::authz::node_facts(&facts));
-        if let Err(e) = authz
-            .check(who, Action::StartSession, &resource, &ctx)
-            .await
-        {
+        let checked = authz
+            .check_granted(who, Action::StartSession, &resource, &ctx)
+            .await;
+        if let Ok(Some(grant)) = &checked {
+            // Its history says under which request, and why.
+            req.reason = match req.reason.as_str() {
+                "" => format!("access request {}: {}", grant.id, grant.reason),
+                r => format!("access request {}: {} ({r})", grant.id, grant.reason),
+            };
+            req.grant = Some(grant.id.clone());
+        }
+        if let Err(e) = checked {
             self.refused(who, &node, &e.to_string()).await;
             // A node the user may not even see is "not found", as everywhere else.
             let visible = authz
@@ -460,6 +472,7 @@ impl Sessions {
                 owner: who.user.name.clone(),
                 token: who.token_id.clone(),
                 attached: Vec::new(),
+                grant: req.grant.clone(),
                 attach: Attach::Stream(attach_tx),
                 terminate: terminate_tx,
             },

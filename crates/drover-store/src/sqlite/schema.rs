@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     crate::sqlite_sessions::MIGRATION_SESSION_TARGETS,
     crate::sqlite_identity::MIGRATION_IDENTITY,
     crate::sqlite_audit::MIGRATION_AUDIT,
+    crate::sqlite_access::MIGRATION_ACCESS,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"

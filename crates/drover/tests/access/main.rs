@@ -12,6 +12,7 @@ mod deletions;
 mod http;
 mod oidc;
 mod oidc_flows;
+mod requests;
 mod secrets;
 
 use std::collections::BTreeMap;
