@@ -49,6 +49,13 @@ pub struct AuditVerify {
     /// The entry the problem is at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_bad: Option<i64>,
+    /// The newest signed checkpoint: its entry, and when (RFC 3339). Entries after it are
+    /// not under a signature yet; one much older than a minute on a running server means the
+    /// newest checkpoints were removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_signed_seq: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_signed_at: Option<String>,
     /// The key that signs checkpoints (`ssh-keygen -Y verify -n drover-audit` checks them too).
     pub signing_key: String,
 }

@@ -94,6 +94,15 @@ pub fn parse(file: &PolicyFile, schema: &Schema) -> Result<PolicySet, PolicyErro
     }
     let mut set = PolicySet::new();
     for (i, p) in parsed.policies().enumerate() {
+        // `@approvals("N")`: how many approvers a request for access takes (see the schema).
+        if let Some(n) = p.annotation("approvals") {
+            if !matches!(n.trim().parse::<u8>(), Ok(1..=10)) {
+                return Err(bad(vec![Problem::at_start(format!(
+                    "policy {}: @approvals({n:?}) must be a number from 1 to 10",
+                    i + 1
+                ))]));
+            }
+        }
         let id = match p.annotation("id") {
             Some(id) => format!("{}/{id}", file.name),
             None => format!("{}/{i}", file.name),

@@ -172,7 +172,9 @@ impl Authz {
         if d.allowed {
             return Ok(None);
         }
-        if let Resource::Node(node) = resource {
+        // A grant fills in where no policy allowed; it never overrides a `forbid` that matched
+        // (a refusal names the policies that decided it only when one forbade it).
+        if let (Resource::Node(node), true) = (resource, d.reasons.is_empty()) {
             let grants = self.grants(who).await?;
             if let Some(g) = grants
                 .into_iter()
@@ -226,15 +228,25 @@ impl Authz {
             decide()
         };
         let mut decided = decided.map_err(|e| ApiError::Internal(e.to_string()))?;
-        // What the policies refused, a grant in force may allow (only the nodes it names).
+        // What the policies refused, a grant in force may allow (only the nodes it names, and
+        // never where a `forbid` matched).
         if decided.iter().any(|a| !a) {
             let grants = self.grants(who).await?;
             if !grants.is_empty() {
+                let engine = self.engine().await?;
                 for (allowed, n) in decided.iter_mut().zip(nodes) {
                     let id = n.id.to_string();
-                    *allowed |= grants
-                        .iter()
-                        .any(|g| g.grants(action.name(), &id, ctx.document.as_deref()));
+                    if *allowed
+                        || !grants
+                            .iter()
+                            .any(|g| g.grants(action.name(), &id, ctx.document.as_deref()))
+                    {
+                        continue;
+                    }
+                    let alone = engine
+                        .decide(&who.user, action, &Resource::Node(node_facts(n)), ctx)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    *allowed = alone.reasons.is_empty();
                 }
             }
         }

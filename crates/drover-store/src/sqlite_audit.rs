@@ -197,12 +197,14 @@ pub(crate) fn prune(c: &mut Connection, before_ms: i64) -> Result<u64, StoreErro
     let tx = c
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db("prune the audit log"))?;
-    // The first entry to keep; everything before it goes (times may step back a little
-    // between servers, so the cut follows the sequence, not each entry's time).
+    // The chain is cut only at a signed checkpoint, which stays: the anchor the rest is
+    // checked from is then one the server signed, not one anyone with the database could
+    // write. The cut is the newest checkpoint before the first entry to keep (times may step
+    // back a little between servers, so it follows the sequence, not each entry's time).
     let cut: Option<(i64, String)> = tx
         .query_row(
-            "SELECT seq, hash FROM audit WHERE seq < (SELECT COALESCE(MIN(seq), 1 << 62) FROM \
-             audit WHERE at_ms >= ?1) ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, hash FROM audit_checkpoints WHERE seq < (SELECT COALESCE(MIN(seq), \
+             1 << 62) FROM audit WHERE at_ms >= ?1) ORDER BY seq DESC LIMIT 1",
             [before_ms],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -214,7 +216,7 @@ pub(crate) fn prune(c: &mut Connection, before_ms: i64) -> Result<u64, StoreErro
     let n = tx
         .execute("DELETE FROM audit WHERE seq <= ?1", [seq])
         .map_err(db("prune the audit log"))?;
-    tx.execute("DELETE FROM audit_checkpoints WHERE seq <= ?1", [seq])
+    tx.execute("DELETE FROM audit_checkpoints WHERE seq < ?1", [seq])
         .map_err(db("prune the audit log"))?;
     tx.execute(
         "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2) \
@@ -230,7 +232,7 @@ pub(crate) fn prune(c: &mut Connection, before_ms: i64) -> Result<u64, StoreErro
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::audit::ChainCheck;
+    use crate::audit::{AuditCheckpoint, ChainCheck};
 
     fn event(at_ms: i64, actor: &str, action: &str) -> AuditEvent {
         AuditEvent {
@@ -335,18 +337,32 @@ mod tests {
             [3, 4]
         );
 
-        // Retention removes a prefix; the chain checks from the anchor it leaves.
-        assert_eq!(prune(&mut c, 2500).unwrap(), 2);
+        // Retention cuts only at a signed checkpoint (none yet: nothing goes), which stays as
+        // the anchor the rest of the chain checks from.
+        assert_eq!(prune(&mut c, 2500).unwrap(), 0);
+        for (seq, hash) in [(1, &first[0].hash), (3, &more[0].hash)] {
+            let cp = AuditCheckpoint {
+                seq,
+                hash: hash.clone(),
+                at_ms: 1,
+                signature: "signed".into(),
+            };
+            add_checkpoint(&c, &cp).unwrap();
+        }
+        // Entries 1 and 2 are older than 2500; the newest checkpoint before entry 3 is 1.
+        assert_eq!(prune(&mut c, 2500).unwrap(), 1);
         let (anchor_seq, anchor_hash) = anchor(&c).unwrap();
         assert_eq!(
             (anchor_seq, anchor_hash.as_str()),
-            (2, first[1].hash.as_str())
+            (1, first[0].hash.as_str())
         );
+        let kept: Vec<i64> = checkpoints(&c).unwrap().iter().map(|c| c.seq).collect();
+        assert_eq!(kept, [1, 3]);
         let mut check = ChainCheck::new(anchor_seq, &anchor_hash);
         for e in all(&c, AuditQuery::default()) {
             check.next(&e).unwrap();
         }
-        assert_eq!(check.checked, 2);
+        assert_eq!(check.checked, 3);
         // And the next entry follows the head, not the anchor.
         let next = append(&mut c, vec![event(5000, "carol", "logout")]).unwrap();
         assert_eq!(

@@ -90,6 +90,13 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let list = client()?.list_audit(&filter.filter(limit)?).await?;
+            // Entries hold text others wrote (error messages quote input): no control
+            // character reaches the terminal.
+            let plain = |s: &str| -> String {
+                s.chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect()
+            };
             let rows = list
                 .entries
                 .iter()
@@ -97,12 +104,12 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     vec![
                         e.seq.to_string(),
                         e.time.clone(),
-                        e.actor.clone(),
+                        plain(&e.actor),
                         e.source.clone(),
-                        e.action.clone(),
-                        e.resource.clone(),
+                        plain(&e.action),
+                        plain(&e.resource),
                         e.outcome.clone(),
-                        e.reason.chars().take(80).collect(),
+                        plain(&e.reason.chars().take(80).collect::<String>()),
                     ]
                 })
                 .collect();

@@ -103,8 +103,10 @@ async fn the_log_records_who_did_what_and_shows_any_tampering() {
         refused["reason"].as_str().unwrap().contains("may not"),
         "{refused}"
     );
-    let login = find("login", "bob");
+    // A refused login is nobody's: the name it claimed is its resource.
+    let login = find("login", "anonymous");
     assert_eq!(login["outcome"], "denied");
+    assert_eq!(login["resource"], "user/bob");
     // Filters narrow; export gives every entry as a JSON line.
     let bobs = entries(&env, &["--user", "bob"]);
     assert!(!bobs.is_empty() && bobs.iter().all(|e| e["actor"] == "bob"));

@@ -49,42 +49,74 @@ fn view(r: AccessRequest) -> AccessRequestView {
     }
 }
 
-/// Decides `action` for `who` on every node of the request; returns the approvals the
-/// deciding policies ask for (`@approvals("N")`, 1 by default) or the first refusal.
+/// Decides `action` for `who` on each node: allowed or not, and the approvals the deciding
+/// policies ask for (`@approvals("N")`, 1 by default).
+async fn decide_each(
+    state: &AppState,
+    who: &Principal,
+    action: Action,
+    nodes: &[drover_store::Node],
+) -> Result<Vec<(bool, i64)>, ApiError> {
+    let engine = state.authz.engine().await?;
+    let mut out = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let resource = drover_policy::Resource::Node(node_facts(node));
+        let d = engine
+            .decide(&who.user, action, &resource, &Context::default())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let needed = d
+            .reasons
+            .iter()
+            .filter_map(|r| {
+                engine
+                    .annotation(r, "approvals")?
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+            })
+            .fold(1, |a, n| a.max(n.clamp(1, 10)));
+        out.push((d.allowed, needed));
+    }
+    Ok(out)
+}
+
+/// Decides `action` for `who` on every node of a request (by ID); the first refusal is the
+/// answer. Returns the approvals the deciding policies ask for.
 async fn on_every_node(
     state: &AppState,
     who: &Principal,
     action: Action,
-    nodes: &[String],
+    ids: &[String],
 ) -> Result<i64, ApiError> {
     crate::authz::scoped(who, action)?;
-    let engine = state.authz.engine().await?;
+    let mut nodes = Vec::with_capacity(ids.len());
+    for id in ids {
+        let node = match drover_store::NodeId::parse(id) {
+            Some(n) => state.store.get_node(&n).await?,
+            None => None,
+        };
+        nodes.push(node.ok_or_else(|| ApiError::Conflict(format!("node {id} was deregistered")))?);
+    }
     let mut needed = 1;
-    for id in nodes {
-        let Some(node) = drover_store::NodeId::parse(id) else {
-            continue;
-        };
-        let Some(node) = state.store.get_node(&node).await? else {
-            return Err(ApiError::Conflict(format!("node {id} was deregistered")));
-        };
-        let resource = drover_policy::Resource::Node(node_facts(&node));
-        let d = engine
-            .decide(&who.user, action, &resource, &Context::default())
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if !d.allowed {
-            return Err(crate::authz::denied(who, action, &format!("node {id}")));
+    for (node, (allowed, n)) in nodes
+        .iter()
+        .zip(decide_each(state, who, action, &nodes).await?)
+    {
+        if !allowed {
+            return Err(crate::authz::denied(
+                who,
+                action,
+                &format!("node {}", node.id),
+            ));
         }
-        for reason in &d.reasons {
-            if let Some(n) = engine
-                .annotation(reason, "approvals")
-                .and_then(|v| v.trim().parse::<i64>().ok())
-            {
-                needed = needed.max(n.clamp(1, 10));
-            }
-        }
+        needed = needed.max(n);
     }
     Ok(needed)
 }
+
+/// The most requests one user may have waiting, and how long one waits for its approvers.
+const MAX_PENDING: usize = 20;
+const PENDING_SECS: i64 = 86400;
 
 #[utoipa::path(post, operation_id = "create_access_request", path = "/api/v1/access-requests", request_body = CreateAccessRequest,
     responses((status = 201, body = AccessRequestView), (status = 404, body = drover_api::ErrorBody), (status = 409, body = drover_api::ErrorBody)),
@@ -129,15 +161,52 @@ pub async fn create(
         "why, in a few words",
     )?;
     let duration = validate::range("duration_secs", req.duration_secs, 1..=MAX_DURATION_SECS)?;
-    let nodes: Vec<String> = state
+    crate::authz::scoped(&who, Action::RequestAccess)?;
+    let waiting = state
+        .store
+        .list_access_requests(Some("Pending"), Some(&who.user.name), MAX_PENDING)
+        .await?;
+    if waiting.len() >= MAX_PENDING {
+        return Err(ApiError::Conflict(format!(
+            "{} has {MAX_PENDING} requests waiting already; revoke some first",
+            who.user.name
+        )));
+    }
+    // Only the nodes `who` may ask for are named; the others are as if they did not exist
+    // (a tag filter skips them, a node named outright is "not found"), so that a request
+    // tells nothing of nodes its maker may not know of.
+    let hidden =
+        || ApiError::NotFound("a target was not found (or is not yours to ask for)".into());
+    let resolved = state
         .commands
         .resolve_targets(&req.targets)
-        .await?
-        .into_iter()
-        .map(|n| n.id.to_string())
-        .collect();
+        .await
+        .map_err(|e| match e {
+            ApiError::NotFound(_) | ApiError::Conflict(_) => hidden(),
+            other => other,
+        })?;
+    let decided = decide_each(&state, &who, Action::RequestAccess, &resolved).await?;
+    let named_outright = req
+        .targets
+        .iter()
+        .any(|t| t.trim() != "all" && !t.trim().starts_with("tag:"));
+    if named_outright && decided.iter().any(|(allowed, _)| !allowed) {
+        return Err(hidden());
+    }
+    let mut nodes = Vec::new();
+    let mut approvals_needed = 1;
+    for (node, (allowed, needed)) in resolved.iter().zip(decided) {
+        if allowed {
+            nodes.push(node.id.to_string());
+            // How many approvers it takes is fixed now, from the policies that let the
+            // requester ask (`@approvals("N")`), whoever approves later.
+            approvals_needed = approvals_needed.max(needed);
+        }
+    }
     if nodes.is_empty() {
-        return Err(ApiError::Conflict("the targets match no node".into()));
+        return Err(ApiError::NotFound(
+            "the targets match no node you may ask for".into(),
+        ));
     }
     if nodes.len() > MAX_NODES {
         return Err(ApiError::BadRequest(format!(
@@ -145,7 +214,6 @@ pub async fn create(
             nodes.len()
         )));
     }
-    on_every_node(&state, &who, Action::RequestAccess, &nodes).await?;
     let r = AccessRequest {
         id: format!("ar-{}", secrets::random_hex(8)),
         requester: who.user.name.clone(),
@@ -156,7 +224,7 @@ pub async fn create(
         duration_secs: duration as i64,
         created_at: secrets::now(),
         status: "Pending".into(),
-        approvals_needed: 1,
+        approvals_needed,
         decisions: Vec::new(),
         granted_at: 0,
         expires_at: 0,
@@ -255,7 +323,7 @@ async fn decide(
             who.user.name
         )));
     }
-    let needed = on_every_node(state, who, Action::ApproveAccess, &r.nodes).await?;
+    on_every_node(state, who, Action::ApproveAccess, &r.nodes).await?;
     let user = who.user.name.clone();
     let now = secrets::now();
     let r = state
@@ -275,7 +343,6 @@ async fn decide(
                     comment: comment.clone(),
                     at: now,
                 });
-                r.approvals_needed = r.approvals_needed.max(needed);
                 if verdict == "deny" {
                     r.status = "Denied".into();
                     r.ended_by = user;
@@ -371,6 +438,36 @@ pub async fn revoke(
 /// Ends the grants whose time is up, and the sessions opened under them; run every second.
 pub async fn expire_due(state: &AppState) -> Result<usize, ApiError> {
     let now = secrets::now();
+    // Requests nobody answered within a day end too (looked for once a minute).
+    static STALE_CHECKED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let last = STALE_CHECKED.load(std::sync::atomic::Ordering::Relaxed);
+    if now - last >= 60 {
+        STALE_CHECKED.store(now, std::sync::atomic::Ordering::Relaxed);
+        let pending = state
+            .store
+            .list_access_requests(Some("Pending"), None, 1000)
+            .await?;
+        for r in pending
+            .iter()
+            .filter(|r| r.created_at + PENDING_SECS <= now)
+        {
+            let _ = state
+                .store
+                .update_access_request(
+                    &r.id,
+                    Box::new(|r| {
+                        if r.status != "Pending" {
+                            return Err("decided meanwhile".into());
+                        }
+                        r.status = "Expired".into();
+                        r.ended_by = "server".into();
+                        r.ended_reason = "no approver answered within a day".into();
+                        Ok(())
+                    }),
+                )
+                .await;
+        }
+    }
     let due = state.store.due_grants(now).await?;
     for g in &due {
         let expired = state

@@ -10,7 +10,7 @@ use axum::body::Body as AxumBody;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Extensions, Method};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use drover_api::{AuditEntryView, AuditList, AuditVerify};
 use drover_policy::Action;
@@ -74,56 +74,105 @@ pub async fn record(
     }
     let actor = Actor::default();
     req.extensions_mut().insert(actor.clone());
-    let source = source(req.extensions());
-    let route = matched.map(|m| m.as_str().to_string());
-    let resp = next.run(req).await;
-    let status = resp.status();
-    let denied = status == axum::http::StatusCode::UNAUTHORIZED
-        || status == axum::http::StatusCode::FORBIDDEN;
-    if read && !denied {
-        return resp;
-    }
-    let (resp, reason) = if status.is_client_error() || status.is_server_error() {
-        let (parts, body) = resp.into_parts();
-        let bytes = axum::body::to_bytes(body, REASON_BYTES)
-            .await
-            .unwrap_or_default();
-        let reason = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| {
-                let m = v.get("error")?.get("message")?.as_str()?;
-                Some(m.to_string())
-            })
-            .unwrap_or_else(|| status.to_string());
-        (Response::from_parts(parts, AxumBody::from(bytes)), reason)
-    } else {
-        (resp, String::new())
+    let seen = Seen {
+        actor,
+        source: source(req.extensions()),
+        method,
+        path,
+        route: matched.map(|m| m.as_str().to_string()),
     };
-    let who = actor.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let mut e = match &who {
-        Some(w) => crate::audit::by(w),
-        None => AuditEvent {
-            actor: "anonymous".into(),
-            actor_kind: "anonymous".into(),
-            ..AuditEvent::default()
-        },
-    };
-    e.source = source;
-    e.action = route
-        .and_then(|r| OPERATIONS.get(&(method.to_string(), r)).cloned())
-        .unwrap_or_else(|| format!("{method} {path}"));
-    e.resource = path;
-    e.outcome = if denied {
-        "denied"
-    } else if status.is_success() || status.is_redirection() {
-        "success"
-    } else {
-        "failure"
+    if read {
+        let resp = next.run(req).await;
+        return seen.finish(&state, resp, true).await;
     }
-    .into();
-    e.reason = reason;
-    state.audit.record(e).await;
-    resp
+    // A change runs to its end, and is recorded, even if its client goes away meanwhile (a
+    // dropped request would otherwise leave the change made and no entry for it).
+    let task = tokio::spawn(async move {
+        let resp = next.run(req).await;
+        seen.finish(&state, resp, false).await
+    });
+    match task.await {
+        Ok(resp) => resp,
+        Err(e) => ApiError::Internal(format!("the request's task failed: {e}")).into_response(),
+    }
+}
+
+/// What the middleware knows of a request before it runs.
+struct Seen {
+    actor: Actor,
+    source: String,
+    method: Method,
+    path: String,
+    route: Option<String>,
+}
+
+/// The longest path an entry keeps (a path is the client's to make long).
+const PATH_CHARS: usize = 256;
+
+impl Seen {
+    async fn finish(self, state: &AppState, resp: Response, read: bool) -> Response {
+        let status = resp.status();
+        let denied = status == axum::http::StatusCode::UNAUTHORIZED
+            || status == axum::http::StatusCode::FORBIDDEN;
+        let who = self
+            .actor
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        // Reads are recorded only when refused; an anonymous caller's requests for paths
+        // that do not exist are noise anyone could flood the log with.
+        if (read && !denied) || (who.is_none() && self.route.is_none()) {
+            return resp;
+        }
+        let (resp, reason) = if status.is_client_error() || status.is_server_error() {
+            let (parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, REASON_BYTES)
+                .await
+                .unwrap_or_default();
+            let reason = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| {
+                    let m = v.get("error")?.get("message")?.as_str()?;
+                    Some(m.chars().take(1024).collect())
+                })
+                .unwrap_or_else(|| status.to_string());
+            (Response::from_parts(parts, AxumBody::from(bytes)), reason)
+        } else {
+            (resp, String::new())
+        };
+        let mut e = match &who {
+            Some(w) => crate::audit::by(w),
+            None => AuditEvent {
+                actor: "anonymous".into(),
+                actor_kind: "anonymous".into(),
+                ..AuditEvent::default()
+            },
+        };
+        let method = self.method;
+        e.source = self.source;
+        e.action = self
+            .route
+            .and_then(|r| OPERATIONS.get(&(method.to_string(), r)).cloned())
+            .unwrap_or_else(|| {
+                format!(
+                    "{method} {}",
+                    self.path.chars().take(PATH_CHARS).collect::<String>()
+                )
+            });
+        e.resource = self.path.chars().take(PATH_CHARS).collect();
+        e.outcome = if denied {
+            "denied"
+        } else if status.is_success() || status.is_redirection() {
+            "success"
+        } else {
+            "failure"
+        }
+        .into();
+        e.reason = reason;
+        state.audit.record(e).await;
+        resp
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,14 +197,18 @@ fn millis(field: &str, v: Option<String>) -> Result<Option<i64>, ApiError> {
     Ok(Some((t.unix_timestamp_nanos() / 1_000_000) as i64))
 }
 
-fn view(e: AuditEntry) -> AuditEntryView {
-    let time = time::OffsetDateTime::from_unix_timestamp_nanos(e.event.at_ms as i128 * 1_000_000)
+fn millis_rfc3339(at_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(at_ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn view(e: AuditEntry) -> AuditEntryView {
+    let time = millis_rfc3339(e.event.at_ms);
     AuditEntryView {
         seq: e.seq,
         time,
@@ -240,6 +293,8 @@ pub async fn verify(
         head: r.head,
         problem: r.problem.map(|p| p.to_string()),
         first_bad,
+        last_signed_seq: r.last_signed.map(|(seq, _)| seq),
+        last_signed_at: r.last_signed.map(|(_, at)| millis_rfc3339(at)),
         signing_key: state.audit.public_key(),
     }))
 }
@@ -272,11 +327,13 @@ pub async fn login(
         Ok(()) => ("success", how.to_string()),
         Err(e) => ("denied", format!("{how}: {e}")),
     };
+    // A refused login is nobody's yet: the name it claimed is its resource.
+    let known = result.is_ok() && !user.is_empty();
     state
         .audit
         .record(AuditEvent {
-            actor: if user.is_empty() { "anonymous" } else { user }.into(),
-            actor_kind: if user.is_empty() { "anonymous" } else { "user" }.into(),
+            actor: if known { user } else { "anonymous" }.into(),
+            actor_kind: if known { "user" } else { "anonymous" }.into(),
             source: source.0.clone(),
             action: action.into(),
             resource: format!("user/{user}"),

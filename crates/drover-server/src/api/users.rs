@@ -235,6 +235,30 @@ pub async fn delete_user(
             &format!("user {name} was deleted by {}", who.user.name),
         )
         .await;
+    // Its requests and grants go with it: a user made later under the same name inherits
+    // nothing.
+    let requests = state
+        .store
+        .list_access_requests(None, Some(&name), 1000)
+        .await?;
+    for r in requests
+        .iter()
+        .filter(|r| r.status == "Pending" || r.status == "Approved")
+    {
+        let by = who.user.name.clone();
+        let _ = state
+            .store
+            .update_access_request(
+                &r.id,
+                Box::new(move |r| {
+                    r.status = "Revoked".into();
+                    r.ended_by = by;
+                    r.ended_reason = "the user was deleted".into();
+                    Ok(())
+                }),
+            )
+            .await;
+    }
     tracing::info!(user = %name, by = %who.user.name, sessions_ended = ended, "deleted a user");
     Ok(StatusCode::NO_CONTENT)
 }

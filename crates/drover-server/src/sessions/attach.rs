@@ -84,6 +84,26 @@ impl Sessions {
         .await
     }
 
+    /// A session that started under a grant which ended while it was starting (after the
+    /// check, before it was live, where `end_for_grant` could not see it) ends now.
+    pub(super) async fn recheck_grant(&self, id: &str, grant: Option<&str>) {
+        let Some(grant) = grant else { return };
+        let live = match self.store.get_access_request(grant).await {
+            Ok(Some(r)) => r.is_live(crate::secrets::now()),
+            _ => false,
+        };
+        if !live {
+            let tx = self.live().get(id).map(|l| l.terminate.clone());
+            if let Some(tx) = tx {
+                let _ = tx
+                    .send(format!(
+                        "access request {grant} ended as the session started"
+                    ))
+                    .await;
+            }
+        }
+    }
+
     /// Ends every live session running under the access request `id` (revoked, or expired).
     pub async fn end_for_grant(&self, id: &str, why: &str) -> usize {
         self.end_where(|l| l.grant.as_deref() == Some(id), why)

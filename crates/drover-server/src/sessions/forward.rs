@@ -136,6 +136,7 @@ impl Sessions {
             bytes: self.metrics.session_byte_counters(),
         };
         self.spawn_broker(&p.id, &node, connected, run(broker));
+        self.recheck_grant(&p.id, req.grant.as_deref()).await;
         Ok((record, offer))
     }
 }

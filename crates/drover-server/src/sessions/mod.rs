@@ -490,6 +490,7 @@ impl Sessions {
             connected,
             broker::run(agent, recorder, limits, ctl),
         );
+        self.recheck_grant(&id, req.grant.as_deref()).await;
         Ok((record, None))
     }
 

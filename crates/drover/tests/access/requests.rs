@@ -9,12 +9,15 @@ use drover_testkit::{pids_with_cmdline, wait_status, wait_until, DEADLINE};
 use super::{create_user, env};
 
 const TWO_FOR_PRODUCTION: &str = r#"
-@id("production-needs-two") @approvals("2")
+@id("oncall-leads-approve")
 permit (
   principal in Drover::Group::"oncall-leads",
   action == Drover::Action::"ApproveAccess",
   resource is Drover::Node
-)
+);
+
+@id("production-needs-two") @approvals("2")
+permit (principal, action == Drover::Action::"RequestAccess", resource is Drover::Node)
 when { resource.hasTag("Environment") && resource.getTag("Environment") == "Production" };
 "#;
 
@@ -179,6 +182,34 @@ async fn access_is_asked_approved_by_another_and_ends_by_itself() {
     let two = frank.decide_access(&r.id, "approve", "").await.unwrap();
     assert_eq!(two.status, "Approved");
     bob.start_session(&session(&prod, "true")).await.unwrap();
+    // How many it takes does not depend on who approves first: an admin counts once too.
+    let r = bob.request_access(&ask(&prod, 60)).await.unwrap();
+    let one = carol.decide_access(&r.id, "approve", "").await.unwrap();
+    assert_eq!((one.status.as_str(), one.approvals_needed), ("Pending", 2));
+    // A grant never overrides a policy that forbids.
+    let frozen = env.path("frozen.cedar");
+    std::fs::write(
+        &frozen,
+        format!(
+            "forbid (principal, action == Drover::Action::\"StartSession\", \
+             resource == Drover::Node::\"{prod}\");"
+        ),
+    )
+    .unwrap();
+    env.cli_ok(&["policy", "put", "frozen", &frozen.to_string_lossy()])
+        .unwrap();
+    let e = bob
+        .start_session(&session(&prod, "true"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    env.cli_ok(&["policy", "delete", "frozen"]).unwrap();
+    // A node that does not exist is not found, like one bob may not ask for.
+    let e = bob
+        .request_access(&ask("n-00000000000000000", 60))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
     // Denied: nothing granted.
     let r = bob.request_access(&ask(&dev, 60)).await.unwrap();
     let r = carol.decide_access(&r.id, "deny", "not now").await.unwrap();
