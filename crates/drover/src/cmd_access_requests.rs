@@ -114,6 +114,9 @@ pub async fn run(cmd: AccessCommand) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let secs = parse_duration("--duration", &duration)?.as_secs();
+            if !(1..=7 * 86400).contains(&secs) {
+                anyhow::bail!("--duration {duration}: from 1s to 7d");
+            }
             let r = c
                 .request_access(&CreateAccessRequest {
                     targets: nodes.into_iter().chain(targets).collect(),

@@ -39,15 +39,28 @@ pub fn attribute(ext: &Extensions, who: &Principal) {
     }
 }
 
-/// `(METHOD, /api/v1/path/{param})` to the operation's name in the OpenAPI document.
+/// `(METHOD, /api/v1/path/{param})` to the operation's name in the OpenAPI document. A bare
+/// verb (`create`, `send`) gets the collection it acts on (`create_activations`), so that every
+/// action in the log names one operation.
 static OPERATIONS: LazyLock<HashMap<(String, String), String>> = LazyLock::new(|| {
     let doc = super::openapi::build();
     let mut ops = HashMap::new();
     let paths = doc.get("paths").and_then(|p| p.as_object());
     for (path, methods) in paths.into_iter().flatten() {
+        let noun = path
+            .trim_start_matches("/api/v1/")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .replace('-', "_");
         for (method, op) in methods.as_object().into_iter().flatten() {
             if let Some(id) = op.get("operationId").and_then(|i| i.as_str()) {
-                ops.insert((method.to_uppercase(), path.clone()), id.to_string());
+                let name = if id.contains('_') || id == noun {
+                    id.to_string()
+                } else {
+                    format!("{id}_{noun}")
+                };
+                ops.insert((method.to_uppercase(), path.clone()), name);
             }
         }
     }
