@@ -55,6 +55,35 @@ pub fn by(who: &crate::authz::Principal) -> AuditEvent {
     }
 }
 
+/// A session's event as an audit entry (the session's own history keeps it too).
+pub fn session_event(
+    session_id: &str,
+    event: &str,
+    actor: &str,
+    node: &str,
+    detail: &str,
+) -> AuditEvent {
+    AuditEvent {
+        at_ms: now_ms(),
+        actor: actor.to_string(),
+        actor_kind: if actor.is_empty() { "server" } else { "user" }.into(),
+        action: format!("session.{event}"),
+        resource: if node.is_empty() {
+            format!("session/{session_id}")
+        } else {
+            format!("session/{session_id} node/{node}")
+        },
+        outcome: if event.contains("refused") || event.contains("denied") {
+            "denied"
+        } else {
+            "success"
+        }
+        .into(),
+        reason: detail.to_string(),
+        ..AuditEvent::default()
+    }
+}
+
 impl Audit {
     pub fn new(store: Arc<dyn Store>, signer: drover_pki::SshSigner) -> Self {
         Self { store, signer }

@@ -113,10 +113,104 @@ pub struct RenewalRefused {
     pub min_interval: i64,
 }
 
+/// Users, groups, API tokens and policies (see `identity.rs`).
+#[async_trait::async_trait]
+pub trait IdentityStore: Send + Sync {
+    // --- users and groups
+    async fn count_users(&self) -> Result<u64, StoreError>;
+    async fn get_user(&self, name: &str) -> Result<Option<User>, StoreError>;
+    async fn list_users(&self) -> Result<Vec<User>, StoreError>;
+    /// Creates a user (Conflict if the name is taken) in its groups, which must exist.
+    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Changes a user in one transaction: `change` gets the stored record and edits it (groups
+    /// included, which must exist). With `create_as`, a missing user is created first from it,
+    /// (a user an identity provider vouched for).
+    async fn update_user(
+        &self,
+        name: &str,
+        create_as: Option<User>,
+        change: UserChange,
+    ) -> Result<User, StoreError>;
+    /// Deletes a user and its tokens.
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError>;
+    async fn list_groups(&self) -> Result<Vec<Group>, StoreError>;
+    async fn create_group(&self, group: &Group) -> Result<(), StoreError>;
+    async fn delete_group(&self, name: &str) -> Result<(), StoreError>;
+
+    // --- API tokens
+    async fn create_token(&self, token: &ApiToken) -> Result<(), StoreError>;
+    /// The token with this hash and its user, live or not.
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenOwner>, StoreError>;
+    async fn list_tokens(&self, user: &str) -> Result<Vec<ApiToken>, StoreError>;
+    /// Revokes a live token of `user`, named by ID or name.
+    async fn revoke_token(&self, user: &str, token: &str, at: i64) -> Result<(), StoreError>;
+    /// Records a token's use (for its idle limit).
+    async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError>;
+
+    // --- policies
+    /// Every policy file, with the policy version they are at.
+    async fn list_policies(&self) -> Result<(i64, Vec<StoredPolicy>), StoreError>;
+    /// Bumped by every policy change (0: none was ever written).
+    async fn policy_version(&self) -> Result<i64, StoreError>;
+    /// Creates or replaces a policy file, or deletes it (`text` None; NotFound if missing).
+    async fn write_policy(&self, name: &str, text: Option<&str>, at: i64)
+        -> Result<(), StoreError>;
+}
+
+/// Temporary elevated access: requests and the grants they become (see `access.rs`).
+#[async_trait::async_trait]
+pub trait AccessStore: Send + Sync {
+    async fn create_access_request(&self, r: &access::AccessRequest) -> Result<(), StoreError>;
+    async fn get_access_request(
+        &self,
+        id: &str,
+    ) -> Result<Option<access::AccessRequest>, StoreError>;
+    /// Newest first, narrowed by status and requester.
+    async fn list_access_requests(
+        &self,
+        status: Option<&str>,
+        requester: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<access::AccessRequest>, StoreError>;
+    /// The grants in force for `user` at `now`.
+    async fn live_grants(
+        &self,
+        user: &str,
+        now: i64,
+    ) -> Result<Vec<access::AccessRequest>, StoreError>;
+    /// Approved grants whose time is up at `now`.
+    async fn due_grants(&self, now: i64) -> Result<Vec<access::AccessRequest>, StoreError>;
+    /// Changes a request in one transaction (the change may refuse: Conflict).
+    async fn update_access_request(
+        &self,
+        id: &str,
+        change: access::AccessChange,
+    ) -> Result<access::AccessRequest, StoreError>;
+}
+
+/// The audit log (see `audit.rs`).
+#[async_trait::async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends events, in order, each chained to the one before.
+    async fn append_audit(
+        &self,
+        events: Vec<audit::AuditEvent>,
+    ) -> Result<Vec<audit::AuditEntry>, StoreError>;
+    /// Entries in sequence order, narrowed by the query.
+    async fn list_audit(&self, q: &audit::AuditQuery)
+        -> Result<Vec<audit::AuditEntry>, StoreError>;
+    /// Where the chain starts (`GENESIS` at 0, or where retention cut it) and its last entry.
+    async fn audit_ends(&self) -> Result<((i64, String), (i64, String)), StoreError>;
+    async fn add_audit_checkpoint(&self, cp: &audit::AuditCheckpoint) -> Result<(), StoreError>;
+    async fn audit_checkpoints(&self) -> Result<Vec<audit::AuditCheckpoint>, StoreError>;
+    /// Removes the entries older than `before_ms`; returns how many.
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
 /// Everything Drover keeps. Methods are coarse (one call, one transaction) so that a remote
 /// database costs one round trip per operation.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: IdentityStore + AccessStore + AuditStore + Send + Sync + 'static {
     // --- nodes
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>, StoreError>;
     async fn list_nodes(&self, query: &NodeQuery) -> Result<NodePage, StoreError>;
@@ -163,90 +257,6 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         node: NewNode,
     ) -> Result<Node, RedeemError>;
-
-    // --- users and groups
-    async fn count_users(&self) -> Result<u64, StoreError>;
-    async fn get_user(&self, name: &str) -> Result<Option<User>, StoreError>;
-    async fn list_users(&self) -> Result<Vec<User>, StoreError>;
-    /// Creates a user (Conflict if the name is taken) in its groups, which must exist.
-    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
-    /// Changes a user in one transaction: `change` gets the stored record and edits it (groups
-    /// included, which must exist). With `create_as`, a missing user is created first from it,
-    /// (a user an identity provider vouched for).
-    async fn update_user(
-        &self,
-        name: &str,
-        create_as: Option<User>,
-        change: UserChange,
-    ) -> Result<User, StoreError>;
-    /// Deletes a user and its tokens.
-    async fn delete_user(&self, name: &str) -> Result<(), StoreError>;
-    async fn list_groups(&self) -> Result<Vec<Group>, StoreError>;
-    async fn create_group(&self, group: &Group) -> Result<(), StoreError>;
-    async fn delete_group(&self, name: &str) -> Result<(), StoreError>;
-
-    // --- API tokens
-    async fn create_token(&self, token: &ApiToken) -> Result<(), StoreError>;
-    /// The token with this hash and its user, live or not.
-    async fn find_token(&self, hash: &str) -> Result<Option<TokenOwner>, StoreError>;
-    async fn list_tokens(&self, user: &str) -> Result<Vec<ApiToken>, StoreError>;
-    /// Revokes a live token of `user`, named by ID or name.
-    async fn revoke_token(&self, user: &str, token: &str, at: i64) -> Result<(), StoreError>;
-    /// Records a token's use (for its idle limit).
-    async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError>;
-
-    // --- temporary elevated access (see `access.rs`)
-    async fn create_access_request(&self, r: &access::AccessRequest) -> Result<(), StoreError>;
-    async fn get_access_request(
-        &self,
-        id: &str,
-    ) -> Result<Option<access::AccessRequest>, StoreError>;
-    /// Newest first, narrowed by status and requester.
-    async fn list_access_requests(
-        &self,
-        status: Option<&str>,
-        requester: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<access::AccessRequest>, StoreError>;
-    /// The grants in force for `user` at `now`.
-    async fn live_grants(
-        &self,
-        user: &str,
-        now: i64,
-    ) -> Result<Vec<access::AccessRequest>, StoreError>;
-    /// Approved grants whose time is up at `now`.
-    async fn due_grants(&self, now: i64) -> Result<Vec<access::AccessRequest>, StoreError>;
-    /// Changes a request in one transaction (the change may refuse: Conflict).
-    async fn update_access_request(
-        &self,
-        id: &str,
-        change: access::AccessChange,
-    ) -> Result<access::AccessRequest, StoreError>;
-
-    // --- the audit log (see `audit.rs`)
-    /// Appends events, in order, each chained to the one before.
-    async fn append_audit(
-        &self,
-        events: Vec<audit::AuditEvent>,
-    ) -> Result<Vec<audit::AuditEntry>, StoreError>;
-    /// Entries in sequence order, narrowed by the query.
-    async fn list_audit(&self, q: &audit::AuditQuery)
-        -> Result<Vec<audit::AuditEntry>, StoreError>;
-    /// Where the chain starts (`GENESIS` at 0, or where retention cut it) and its last entry.
-    async fn audit_ends(&self) -> Result<((i64, String), (i64, String)), StoreError>;
-    async fn add_audit_checkpoint(&self, cp: &audit::AuditCheckpoint) -> Result<(), StoreError>;
-    async fn audit_checkpoints(&self) -> Result<Vec<audit::AuditCheckpoint>, StoreError>;
-    /// Removes the entries older than `before_ms`; returns how many.
-    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError>;
-
-    // --- policies
-    /// Every policy file, with the policy version they are at.
-    async fn list_policies(&self) -> Result<(i64, Vec<StoredPolicy>), StoreError>;
-    /// Bumped by every policy change (0: none was ever written).
-    async fn policy_version(&self) -> Result<i64, StoreError>;
-    /// Creates or replaces a policy file, or deletes it (`text` None; NotFound if missing).
-    async fn write_policy(&self, name: &str, text: Option<&str>, at: i64)
-        -> Result<(), StoreError>;
 
     // --- documents
     /// Creates version 1 of a new document (Conflict if the name exists).

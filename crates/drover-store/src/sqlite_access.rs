@@ -133,3 +133,55 @@ pub(crate) fn update(
     tx.commit().map_err(db("change an access request"))?;
     Ok(r)
 }
+
+#[async_trait::async_trait]
+impl crate::AccessStore for crate::SqliteStore {
+    async fn create_access_request(
+        &self,
+        r: &crate::access::AccessRequest,
+    ) -> Result<(), StoreError> {
+        let r = r.clone();
+        self.call(move |c| create(c, &r)).await
+    }
+
+    async fn get_access_request(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::access::AccessRequest>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| get(c, &id)).await
+    }
+
+    async fn list_access_requests(
+        &self,
+        status: Option<&str>,
+        requester: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::access::AccessRequest>, StoreError> {
+        let (status, requester) = (status.map(str::to_string), requester.map(str::to_string));
+        self.call(move |c| list(c, status.as_deref(), requester.as_deref(), limit))
+            .await
+    }
+
+    async fn live_grants(
+        &self,
+        user: &str,
+        now: i64,
+    ) -> Result<Vec<crate::access::AccessRequest>, StoreError> {
+        let user = user.to_string();
+        self.call(move |c| live_grants(c, &user, now)).await
+    }
+
+    async fn due_grants(&self, now: i64) -> Result<Vec<crate::access::AccessRequest>, StoreError> {
+        self.call(move |c| due(c, now)).await
+    }
+
+    async fn update_access_request(
+        &self,
+        id: &str,
+        change: crate::access::AccessChange,
+    ) -> Result<crate::access::AccessRequest, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| update(c, &id, change)).await
+    }
+}

@@ -228,6 +228,44 @@ pub(crate) fn prune(c: &mut Connection, before_ms: i64) -> Result<u64, StoreErro
     Ok(n as u64)
 }
 
+#[async_trait::async_trait]
+impl crate::AuditStore for crate::SqliteStore {
+    async fn append_audit(
+        &self,
+        events: Vec<crate::audit::AuditEvent>,
+    ) -> Result<Vec<crate::audit::AuditEntry>, StoreError> {
+        self.call(move |c| append(c, events)).await
+    }
+
+    async fn list_audit(
+        &self,
+        q: &crate::audit::AuditQuery,
+    ) -> Result<Vec<crate::audit::AuditEntry>, StoreError> {
+        let q = q.clone();
+        self.call(move |c| list(c, &q)).await
+    }
+
+    async fn audit_ends(&self) -> Result<((i64, String), (i64, String)), StoreError> {
+        self.call(|c| Ok((anchor(c)?, head(c)?))).await
+    }
+
+    async fn add_audit_checkpoint(
+        &self,
+        cp: &crate::audit::AuditCheckpoint,
+    ) -> Result<(), StoreError> {
+        let cp = cp.clone();
+        self.call(move |c| add_checkpoint(c, &cp)).await
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<crate::audit::AuditCheckpoint>, StoreError> {
+        self.call(|c| checkpoints(c)).await
+    }
+
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.call(move |c| prune(c, before_ms)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]

@@ -417,3 +417,111 @@ pub(crate) fn write_policy(
         .map_err(db("write a policy"))?;
     tx.commit().map_err(db("write a policy"))
 }
+
+#[async_trait::async_trait]
+impl crate::IdentityStore for crate::SqliteStore {
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        self.call(|c| {
+            c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(db("count users"))
+        })
+        .await
+    }
+
+    async fn get_user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let name = name.to_string();
+        self.call(move |c| get_user(c, &name)).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        self.call(|c| list_users(c)).await
+    }
+
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let user = user.clone();
+        self.call(move |c| create_user(c, &user)).await
+    }
+
+    async fn update_user(
+        &self,
+        name: &str,
+        create_as: Option<User>,
+        change: UserChange,
+    ) -> Result<User, StoreError> {
+        let name = name.to_string();
+        self.call(move |c| update_user(c, &name, create_as.as_ref(), change))
+            .await
+    }
+
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(move |c| delete_user(c, &name)).await
+    }
+
+    async fn list_groups(&self) -> Result<Vec<Group>, StoreError> {
+        self.call(|c| list_groups(c)).await
+    }
+
+    async fn create_group(&self, group: &Group) -> Result<(), StoreError> {
+        let group = group.clone();
+        self.call(move |c| create_group(c, &group)).await
+    }
+
+    async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(move |c| delete_group(c, &name)).await
+    }
+
+    async fn create_token(&self, t: &ApiToken) -> Result<(), StoreError> {
+        let t = t.clone();
+        self.call(move |c| create_token(c, &t)).await
+    }
+
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenOwner>, StoreError> {
+        let hash = hash.to_string();
+        self.call(move |c| find_token(c, &hash)).await
+    }
+
+    async fn list_tokens(&self, user: &str) -> Result<Vec<ApiToken>, StoreError> {
+        let user = user.to_string();
+        self.call(move |c| list_tokens(c, &user)).await
+    }
+
+    async fn revoke_token(&self, user: &str, token: &str, at: i64) -> Result<(), StoreError> {
+        let (user, token) = (user.to_string(), token.to_string());
+        self.call(move |c| revoke_token(c, &user, &token, at)).await
+    }
+
+    async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
+                params![id, at],
+            )
+            .map(|_| ())
+            .map_err(db("record a token's use"))
+        })
+        .await
+    }
+
+    async fn list_policies(&self) -> Result<(i64, Vec<StoredPolicy>), StoreError> {
+        self.call(|c| list_policies(c)).await
+    }
+
+    async fn policy_version(&self) -> Result<i64, StoreError> {
+        self.call(|c| policy_version(c)).await
+    }
+
+    async fn write_policy(
+        &self,
+        name: &str,
+        text: Option<&str>,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let (name, text) = (name.to_string(), text.map(str::to_string));
+        self.call(move |c| write_policy(c, &name, text.as_deref(), at))
+            .await
+    }
+}

@@ -52,7 +52,7 @@ pub enum Command {
     Nodes(NodesCommand),
     /// Log in: save the server URL, its CA fingerprint and a token for the other verbs (from
     /// a token file, a user's password, or the identity provider).
-    Login(LoginArgs),
+    Login(crate::client_config::LoginArgs),
     /// End this login: its token is revoked.
     Logout,
     /// Who the saved token acts for.
@@ -533,32 +533,6 @@ pub struct OutputArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub format: Format,
-}
-
-#[derive(Debug, Args)]
-pub struct LoginArgs {
-    /// The server (default: the one saved by the last login).
-    #[arg(long)]
-    pub server: Option<String>,
-    /// File holding an API token (the server writes admin.token in its data directory).
-    #[arg(long, conflicts_with = "user")]
-    pub token_file: Option<PathBuf>,
-    /// Log in as this local user with a password (asked for, or --password-stdin).
-    #[arg(long)]
-    pub user: Option<String>,
-    /// Read the password from the first line of standard input.
-    #[arg(long, requires = "user")]
-    pub password_stdin: bool,
-    /// Log in through the server's identity provider, in a browser.
-    #[arg(long, conflicts_with_all = ["user", "token_file"])]
-    pub oidc: bool,
-    /// With --oidc, where no browser is at hand: shows a URL and a code to enter on any
-    /// device, and waits for the login there.
-    #[arg(long, requires = "oidc")]
-    pub device: bool,
-    /// SHA-256 fingerprint of the server's CA; without it, it is shown for confirmation.
-    #[arg(long)]
-    pub ca_fingerprint: Option<String>,
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

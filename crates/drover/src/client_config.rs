@@ -9,8 +9,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::LoginArgs;
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientConfig {
     pub server: String,
@@ -100,6 +98,32 @@ pub async fn choose_fingerprint(server: &str, given: Option<&str>) -> anyhow::Re
     } else {
         bail!("not trusted; nothing was saved")
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// The server (default: the one saved by the last login).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// File holding an API token (the server writes admin.token in its data directory).
+    #[arg(long, conflicts_with = "user")]
+    pub token_file: Option<PathBuf>,
+    /// Log in as this local user with a password (asked for, or --password-stdin).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long, requires = "user")]
+    pub password_stdin: bool,
+    /// Log in through the server's identity provider, in a browser.
+    #[arg(long, conflicts_with_all = ["user", "token_file"])]
+    pub oidc: bool,
+    /// With --oidc, where no browser is at hand: shows a URL and a code to enter on any
+    /// device, and waits for the login there.
+    #[arg(long, requires = "oidc")]
+    pub device: bool,
+    /// SHA-256 fingerprint of the server's CA; without it, it is shown for confirmation.
+    #[arg(long)]
+    pub ca_fingerprint: Option<String>,
 }
 
 pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {

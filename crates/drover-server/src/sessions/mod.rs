@@ -263,30 +263,7 @@ impl Sessions {
             tracing::warn!(error = %err, event, "could not store a session event");
         }
         // Every session event is an audit entry too.
-        let audit = drover_store::audit::AuditEvent {
-            at_ms: crate::audit::now_ms(),
-            actor: actor.to_string(),
-            actor_kind: if actor.is_empty() || actor.starts_with("n-") {
-                "server"
-            } else {
-                "user"
-            }
-            .into(),
-            action: format!("session.{event}"),
-            resource: if node.is_empty() {
-                format!("session/{session_id}")
-            } else {
-                format!("session/{session_id} node/{node}")
-            },
-            outcome: if event.contains("refused") || event.contains("denied") {
-                "denied"
-            } else {
-                "success"
-            }
-            .into(),
-            reason: detail.to_string(),
-            ..Default::default()
-        };
+        let audit = crate::audit::session_event(session_id, event, actor, node, detail);
         if let Err(err) = self.store.append_audit(vec![audit]).await {
             tracing::error!(error = %err, event, "could not write an audit entry");
         }
