@@ -326,6 +326,31 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Source {
     }
 }
 
+/// The user an identity provider's answer names (made or brought up to date), the login
+/// recorded whichever way it went.
+pub async fn federated(
+    state: &AppState,
+    source: &Source,
+    how: &str,
+    answer: Result<crate::oidc::Identity, ApiError>,
+) -> Result<drover_store::User, ApiError> {
+    let user = match answer {
+        Ok(who) => crate::accounts::federated(&state.store, who).await,
+        Err(e) => Err(e),
+    };
+    let name = user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+    login(
+        state,
+        source,
+        "login",
+        &name,
+        how,
+        user.as_ref().map(|_| ()),
+    )
+    .await;
+    user
+}
+
 /// A login (`how`: password, console, oidc, oidc console, oidc device) or logout, and how it
 /// ended. `user` is whom it was for: the name asked for, or the provider's user.
 pub async fn login(

@@ -202,20 +202,10 @@ pub async fn console_callback(
         .filter(|c| !c.is_empty() && c.len() <= 2048)
         .ok_or_else(|| ApiError::BadRequest("the identity provider sent no code".into()))?;
     let callback = console_redirect(&state, &uri, &headers)?;
-    let finished = match provider
+    let answer = provider
         .finish(code, verifier.to_string(), nonce.to_string(), callback)
-        .await
-    {
-        Ok(who) => accounts::federated(&state.store, who).await,
-        Err(e) => Err(e),
-    };
-    let name = finished
-        .as_ref()
-        .map(|u| u.name.clone())
-        .unwrap_or_default();
-    let result = finished.as_ref().map(|_| ());
-    super::audited::login(&state, &from, "login", &name, "oidc console", result).await;
-    let user = finished?;
+        .await;
+    let user = super::audited::federated(&state, &from, "oidc console", answer).await?;
     let (mut cookies, _, _) = console_session(&state, &user.name, "console oidc").await?;
     cookies.push(flow_cookie("", 0)?);
     tracing::info!(user = %user.name, kind = "console", "logged in through the identity provider");
@@ -282,17 +272,8 @@ pub async fn device_finish(
     if let Some(axum::Extension(conn)) = conn {
         conn.authenticated();
     }
-    let finished = match provider.device_finish(&details).await {
-        Ok(who) => accounts::federated(&state.store, who).await,
-        Err(e) => Err(e),
-    };
-    let name = finished
-        .as_ref()
-        .map(|u| u.name.clone())
-        .unwrap_or_default();
-    let result = finished.as_ref().map(|_| ());
-    super::audited::login(&state, &from, "login", &name, "oidc device", result).await;
-    let user = finished?;
+    let answer = provider.device_finish(&details).await;
+    let user = super::audited::federated(&state, &from, "oidc device", answer).await?;
     let (secret, token) = accounts::new_token(
         &user.name,
         &format!("oidc device login {}", rfc3339(secrets::now())),

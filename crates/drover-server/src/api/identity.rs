@@ -361,27 +361,10 @@ pub async fn oidc_finish(
             "32 to 128 letters, digits and . _ ~ -",
         )?;
     }
-    let finished = match oidc(&state)?
+    let answer = oidc(&state)?
         .finish(req.code, req.code_verifier, req.nonce, redirect)
-        .await
-    {
-        Ok(who) => crate::accounts::federated(&state.store, who).await,
-        Err(e) => Err(e),
-    };
-    let name = finished
-        .as_ref()
-        .map(|u| u.name.clone())
-        .unwrap_or_default();
-    super::audited::login(
-        &state,
-        &from,
-        "login",
-        &name,
-        "oidc",
-        finished.as_ref().map(|_| ()),
-    )
-    .await;
-    let user = finished?;
+        .await;
+    let user = super::audited::federated(&state, &from, "oidc", answer).await?;
     let (secret, token) = accounts::new_token(
         &user.name,
         &format!("oidc login {}", rfc3339(secrets::now())),
