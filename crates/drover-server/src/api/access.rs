@@ -12,6 +12,7 @@ use drover_policy::{Action, Context, ResourceKind};
 use drover_store::access::{AccessDecision, AccessRequest};
 use serde::Deserialize;
 
+use super::audited::{note, AuditNote};
 use super::{rfc3339, rules, validate, ApiError, Body, Path, Query};
 use crate::authz::{node_facts, Principal};
 use crate::{secrets, AppState};
@@ -125,7 +126,14 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     who: Principal,
     Body(req): Body<CreateAccessRequest>,
-) -> Result<(StatusCode, Json<AccessRequestView>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Extension<AuditNote>,
+        Json<AccessRequestView>,
+    ),
+    ApiError,
+> {
     if req.targets.is_empty() || req.targets.len() > 100 {
         return Err(ApiError::BadRequest(
             "targets: 1 to 100 node IDs, names or tag:KEY=VALUE filters".into(),
@@ -233,7 +241,8 @@ pub async fn create(
     };
     state.store.create_access_request(&r).await?;
     tracing::info!(request = %r.id, by = %who.user.name, nodes = r.nodes.len(), "access requested");
-    Ok((StatusCode::CREATED, Json(view(r))))
+    let noted = note(format!("access-request/{} ({} nodes)", r.id, r.nodes.len()));
+    Ok((StatusCode::CREATED, noted, Json(view(r))))
 }
 
 /// A request `who` may see: their own, or one they may decide on.

@@ -21,6 +21,16 @@ use super::{validate, ApiError, Query};
 use crate::authz::Principal;
 use crate::AppState;
 
+/// What a handler adds to its request's audit entry (the resource it made: `command/cmd-...`),
+/// carried out in its response's extensions.
+#[derive(Clone, Debug)]
+pub struct AuditNote(pub String);
+
+/// The response part that carries a note: `(StatusCode::CREATED, note(...), Json(v))`.
+pub fn note(text: String) -> axum::Extension<AuditNote> {
+    axum::Extension(AuditNote(text))
+}
+
 /// The principal a request turned out to be, filled in by the `Principal` extractor.
 #[derive(Clone, Default)]
 struct Actor(Arc<Mutex<Option<Principal>>>);
@@ -125,6 +135,7 @@ const PATH_CHARS: usize = 256;
 impl Seen {
     async fn finish(self, state: &AppState, resp: Response, read: bool) -> Response {
         let status = resp.status();
+        let noted = resp.extensions().get::<AuditNote>().map(|n| n.0.clone());
         let denied = status == axum::http::StatusCode::UNAUTHORIZED
             || status == axum::http::StatusCode::FORBIDDEN;
         let who = self
@@ -174,6 +185,9 @@ impl Seen {
                 )
             });
         e.resource = self.path.chars().take(PATH_CHARS).collect();
+        if let Some(n) = noted {
+            e.resource = format!("{} {n}", e.resource);
+        }
         e.outcome = if denied {
             "denied"
         } else if status.is_success() || status.is_redirection() {

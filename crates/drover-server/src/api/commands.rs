@@ -177,7 +177,14 @@ pub async fn send(
     State(state): State<Arc<AppState>>,
     who: Principal,
     Body(req): Body<SendCommand>,
-) -> Result<(StatusCode, Json<CommandView>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Extension<super::audited::AuditNote>,
+        Json<CommandView>,
+    ),
+    ApiError,
+> {
     validate::text("comment", &req.comment, 1024)?;
     validate::pattern(
         "document",
@@ -244,8 +251,13 @@ pub async fn send(
         )
         .await?;
     tracing::info!(command = %command.id, by = %who.user.name, document = %command.document_name, "command sent");
+    let noted = super::audited::note(format!(
+        "command/{} document/{}",
+        command.id, command.document_name
+    ));
     Ok((
         StatusCode::CREATED,
+        noted,
         Json(view(&state, &who, command).await?),
     ))
 }

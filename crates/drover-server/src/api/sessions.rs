@@ -117,7 +117,14 @@ pub async fn start(
     State(state): State<Arc<AppState>>,
     who: Principal,
     Body(req): Body<StartSession>,
-) -> Result<(StatusCode, Json<SessionView>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Extension<super::audited::AuditNote>,
+        Json<SessionView>,
+    ),
+    ApiError,
+> {
     // A node the user may not see is "not found" by the name it was asked by.
     let node = super::nodes::authorized(
         &state,
@@ -131,7 +138,8 @@ pub async fn start(
     let (record, offer) = state.sessions.open(&who, open, &state.authz).await?;
     let mut v = view(record);
     v.e2e = offer;
-    Ok((StatusCode::CREATED, Json(v)))
+    let noted = super::audited::note(format!("session/{} node/{}", v.id, v.node));
+    Ok((StatusCode::CREATED, noted, Json(v)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -230,4 +230,10 @@ async fn access_is_asked_approved_by_another_and_ends_by_itself() {
     ] {
         assert!(log.contains(step), "{step} missing from the audit log");
     }
+    // What a request made is named in its entry.
+    assert!(
+        log.contains("/api/v1/access-requests access-request/ar-"),
+        "{log}"
+    );
+    assert!(log.contains("/api/v1/sessions session/s-"), "{log}");
 }

@@ -93,4 +93,13 @@ async fn sensitive_parameters_are_shown_only_with_read_secrets() {
         .unwrap();
     assert!(shown.contains("hunter2-s3cret"), "the admin may: {shown}");
     assert!(!format!("{listed:?}{done:?}{inv:?}").contains("hunter2"));
+    // The audit entry names the command it made, and never the secret.
+    let log = env
+        .cli_ok(&["audit", "list", "--action", "send_commands", "-o", "json"])
+        .unwrap();
+    assert!(
+        log.contains(&format!("command/{} document/Deploy", sent.id)),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2"), "{log}");
 }
