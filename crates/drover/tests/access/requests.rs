@@ -161,12 +161,24 @@ async fn access_is_asked_approved_by_another_and_ends_by_itself() {
     })
     .await
     .unwrap();
+    // A port session under the same grant (no process on the node: it ends in the broker).
+    let port = bob
+        .start_session(&StartSession {
+            node: dev.clone(),
+            document: Some("StartPortForwardingSession".into()),
+            parameters: [("portNumber".to_string(), serde_json::json!("22"))].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(port.reason.contains(&r.id), "{port:?}");
     let r = carol
         .decide_access(&r.id, "revoke", "incident over")
         .await
         .unwrap();
     assert_eq!(r.status, "Revoked");
     assert!(ended(&admin, &s.id).await.contains("revoked"));
+    assert!(ended(&admin, &port.id).await.contains("revoked"));
 
     // Production needs two approvers of oncall-leads.
     let r = bob.request_access(&ask(&prod, 3600)).await.unwrap();
