@@ -34,7 +34,9 @@ async fn shown_parameters(
 ) -> Result<serde_json::Value, ApiError> {
     let mut params: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&c.parameters).unwrap_or_default();
-    if params.is_empty() {
+    // The built-in documents (RunShellScript, the one a `wait` long-poll shows most) mark
+    // nothing sensitive: no store read nor parse on that path.
+    if params.is_empty() || crate::commands::resolve::is_builtin(&c.document_name) {
         return Ok(params.into());
     }
     let version = c.document_version.parse::<i64>().ok();
