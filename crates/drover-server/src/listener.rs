@@ -76,7 +76,8 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let acceptor = tls;
-    let router = crate::api::router(state.clone());
+    let router =
+        crate::api::router(state.clone()).layer(axum::middleware::from_fn(close_unauthenticated));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -187,6 +188,28 @@ async fn handle(
     if evicted.is_cancelled() {
         state.metrics.refused("evicted");
     }
+}
+
+/// Answers `Connection: close` on an HTTP/1 connection that has not authenticated, so that the
+/// client opens a new one for its next request. Such a connection is closed at its deadline;
+/// were it kept alive, a client reusing it just then would see it reset under a request it had
+/// already sent (a non-idempotent one it cannot safely retry). HTTP/2 closes with GOAWAY, which
+/// tells the client which requests were not handled, so it needs nothing.
+async fn close_unauthenticated(
+    req: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let conn = req.extensions().get::<HttpConnection>().cloned();
+    let http1 = req.version() <= axum::http::Version::HTTP_11;
+    let mut res = next.run(req).await;
+    let switching = res.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS;
+    if http1 && !switching && conn.is_some_and(|c| !c.is_authenticated()) {
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 /// How long an HTTP connection that timed out or is shutting down may take to finish the

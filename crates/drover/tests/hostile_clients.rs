@@ -127,15 +127,36 @@ async fn slow_clients_are_cut_off_and_capped_while_agents_and_operators_get_in(
     // A client that authenticates is not cut off at the handshake deadline. It connects first,
     // so its deadline passes before the slow clients' deadlines do.
     let mut authed = tls_from(&server, "127.0.0.3").await?;
-    let request = format!(
-        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+    let nodes = format!(
+        "GET /api/v1/nodes?limit=1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
         server.token
     );
-    let healthz = http_exchange(&mut authed, &request).await?;
-    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
-    let nodes = request.replace("/healthz", "/api/v1/nodes?limit=1");
     let listed = http_exchange(&mut authed, &nodes).await?;
     assert!(listed.starts_with("HTTP/1.1 200"), "{listed}");
+    assert!(
+        !listed.to_ascii_lowercase().contains("connection: close"),
+        "{listed}"
+    );
+    // A client that has not authenticated is told to take a new connection for its next
+    // request, and this one is closed: never reset later under a request it has sent.
+    let mut anonymous = tls_from(&server, "127.0.0.4").await?;
+    let ca = http_exchange(
+        &mut anonymous,
+        "GET /api/v1/ssh/ca HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await?;
+    assert!(ca.starts_with("HTTP/1.1 200"), "{ca}");
+    assert!(
+        ca.to_ascii_lowercase().contains("connection: close"),
+        "{ca}"
+    );
+    closed_by_server(&mut anonymous).await?;
+    let healthz = http_exchange(
+        &mut authed,
+        &nodes.replace("/api/v1/nodes?limit=1", "/healthz"),
+    )
+    .await?;
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
 
     // Slowloris from 127.0.0.2: 20 connections, each with half a request head.
     let mut slow = Vec::new();
