@@ -5,6 +5,7 @@
 //! **Architecture Invariant:** nothing outside this crate writes SQL.
 
 pub mod access;
+pub mod alerts;
 pub mod audit;
 mod commands;
 mod identity;
@@ -12,6 +13,7 @@ mod model;
 mod sessions;
 mod sqlite;
 mod sqlite_access;
+mod sqlite_alerts;
 mod sqlite_audit;
 mod sqlite_commands;
 mod sqlite_documents;
@@ -207,10 +209,52 @@ pub trait AuditStore: Send + Sync {
     async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
+/// Webhooks, their delivery log, and change windows (see `alerts.rs`).
+#[async_trait::async_trait]
+pub trait AlertStore: Send + Sync {
+    /// Creates a webhook at the audit log's head: it announces what happens from then on.
+    async fn create_webhook(&self, hook: &alerts::Webhook) -> Result<alerts::Webhook, StoreError>;
+    async fn list_webhooks(&self) -> Result<Vec<alerts::Webhook>, StoreError>;
+    async fn get_webhook(&self, id: &str) -> Result<Option<alerts::Webhook>, StoreError>;
+    /// Deletes a webhook and its delivery log.
+    async fn delete_webhook(&self, id: &str) -> Result<(), StoreError>;
+    /// Takes or renews, for `owner` until `until_ms`, the lease of every webhook whose lease
+    /// is `owner`'s or ran out by `now_ms`; returns the webhooks `owner` holds. One server
+    /// process delivers a webhook at a time, so that a cluster keeps its order.
+    async fn lease_webhooks(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<alerts::Webhook>, StoreError>;
+    /// Stores a webhook's progress and logs the attempt behind it, in one transaction, if
+    /// `owner` still holds its lease; false if it does not (or the webhook is gone).
+    async fn advance_webhook(
+        &self,
+        id: &str,
+        owner: &str,
+        state: &alerts::HookState,
+        attempt: Option<&alerts::Delivery>,
+    ) -> Result<bool, StoreError>;
+    /// Logs an attempt that moves nothing (a test event).
+    async fn log_delivery(&self, d: &alerts::Delivery) -> Result<(), StoreError>;
+    /// A webhook's newest attempts, newest first.
+    async fn list_deliveries(
+        &self,
+        hook_id: &str,
+        limit: usize,
+    ) -> Result<Vec<alerts::Delivery>, StoreError>;
+    async fn create_change_window(&self, w: &alerts::ChangeWindow) -> Result<(), StoreError>;
+    async fn list_change_windows(&self) -> Result<Vec<alerts::ChangeWindow>, StoreError>;
+    async fn delete_change_window(&self, id: &str) -> Result<(), StoreError>;
+}
+
 /// Everything Drover keeps. Methods are coarse (one call, one transaction) so that a remote
 /// database costs one round trip per operation.
 #[async_trait::async_trait]
-pub trait Store: IdentityStore + AccessStore + AuditStore + Send + Sync + 'static {
+pub trait Store:
+    IdentityStore + AccessStore + AuditStore + AlertStore + Send + Sync + 'static
+{
     // --- nodes
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>, StoreError>;
     async fn list_nodes(&self, query: &NodeQuery) -> Result<NodePage, StoreError>;

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     crate::sqlite_identity::MIGRATION_IDENTITY,
     crate::sqlite_audit::MIGRATION_AUDIT,
     crate::sqlite_access::MIGRATION_ACCESS,
+    crate::sqlite_alerts::MIGRATION_ALERTS,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"
