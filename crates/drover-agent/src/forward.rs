@@ -15,20 +15,6 @@ use futures::SinkExt;
 use ipnet::IpNet;
 use tokio::net::TcpStream;
 
-/// Always denied, whatever the server says: the cloud instance metadata services (AWS, GCP and
-/// Azure at 169.254.169.254, AWS's IPv6 fd00:ec2::254, Alibaba's 100.100.100.200) hand out the
-/// node's cloud credentials, and the link-local ranges hold them and their kin.
-pub const DEFAULT_DENY: &[&str] = &[
-    // "This network": 0.0.0.0 and :: connect to the node's own loopback, past a list that
-    // denies 127.0.0.0/8.
-    "0.0.0.0/8",
-    "::/128",
-    "169.254.0.0/16",
-    "fe80::/10",
-    "fd00:ec2::254/128",
-    "100.100.100.200/32",
-];
-
 /// How long resolving and connecting may take, together.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -64,33 +50,7 @@ impl ForwardError {
 
 /// The deny list: the built-in entries and the server's.
 pub fn deny_list(extra: &[String]) -> Result<Vec<IpNet>, ForwardError> {
-    DEFAULT_DENY
-        .iter()
-        .copied()
-        .chain(extra.iter().map(String::as_str))
-        .map(|e| {
-            e.parse::<IpNet>()
-                .or_else(|_| e.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| ForwardError::BadDenyEntry(e.to_string()))
-        })
-        .collect()
-}
-
-/// The IPv4 address an IPv6 address carries to an IPv4 host: mapped (`::ffff:a.b.c.d`),
-/// compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) and 6to4 (`2002:AABB:CCDD::`).
-fn embedded_v4(ip: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
-    let s = ip.segments();
-    // The low 32 bits.
-    let tail = || std::net::Ipv4Addr::from(u128::from(ip) as u32);
-    match s {
-        [0, 0, 0, 0, 0, 0xffff, ..] => Some(tail()),
-        [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => Some(tail()),
-        [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(tail()),
-        [0x2002, a, b, ..] => Some(std::net::Ipv4Addr::from(
-            (u32::from(a) << 16) | u32::from(b),
-        )),
-        _ => None,
-    }
+    drover_proto::deny_list(extra).map_err(ForwardError::BadDenyEntry)
 }
 
 /// Refuses the whole name if any address it resolves to is denied: which of its addresses a
@@ -98,19 +58,12 @@ fn embedded_v4(ip: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
 /// one is checked as both.
 pub fn check(host: &str, addrs: &[SocketAddr], deny: &[IpNet]) -> Result<(), ForwardError> {
     for a in addrs {
-        let ip = a.ip();
-        let mut forms = vec![ip];
-        if let IpAddr::V6(v6) = ip {
-            forms.extend(embedded_v4(v6).map(IpAddr::V4));
-        }
-        for ip in forms {
-            if let Some(net) = deny.iter().find(|n| n.contains(&ip)) {
-                return Err(ForwardError::Denied {
-                    host: host.to_string(),
-                    addr: ip,
-                    net: *net,
-                });
-            }
+        if let Some((addr, net)) = drover_proto::denied(a.ip(), deny) {
+            return Err(ForwardError::Denied {
+                host: host.to_string(),
+                addr,
+                net,
+            });
         }
     }
     Ok(())

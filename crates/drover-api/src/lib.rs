@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod access;
+mod alerts;
 mod audit;
 mod identity;
 mod sessions;
 pub use access::*;
+pub use alerts::*;
 pub use audit::*;
 pub use identity::*;
 pub use sessions::*;

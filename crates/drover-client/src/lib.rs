@@ -98,6 +98,7 @@ pub fn pinned_tls(
     Ok(cfg)
 }
 
+mod alerts;
 mod identity;
 pub use identity::AuditFilter;
 mod port;

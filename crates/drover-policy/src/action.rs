@@ -70,6 +70,8 @@ actions! {
     ReadPolicies: Server, "read policies and check decisions";
     ManagePolicies: Server, "create, change and delete policies";
     ReadAudit: Server, "read, verify and export the audit log";
+    ManageWebhooks: Server, "create, list, test and delete webhooks, and read their delivery logs";
+    ManageChangeWindows: Server, "create, list and delete change windows";
     RequestAccess: Node, "ask for temporary access to a node (granted once approved)";
     ApproveAccess: Node, "approve, deny or revoke others' requests for access to a node";
     ManageTokens: User, "create, list and revoke a user's API tokens";

@@ -4,11 +4,13 @@
 //! **API Boundary:** old agents stay deployed for years, so every change here is additive and
 //! guarded by [`PROTOCOL_VERSION`], negotiated once per connection by [`negotiate`].
 
+mod deny;
 mod forward;
 mod frame;
 mod message;
 mod session;
 
+pub use deny::{denied, deny_list, DEFAULT_DENY};
 pub use forward::{target_label, E2eKey, ForwardConnect, MUX_UPGRADE};
 pub use frame::{decode, encode, FrameError, LENGTH_PREFIX, MAX_FRAME_LEN};
 pub use message::{

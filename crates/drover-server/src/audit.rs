@@ -22,6 +22,8 @@ const PAGE: usize = 5_000;
 pub struct Audit {
     store: Arc<dyn Store>,
     signer: drover_pki::SshSigner,
+    /// Bumped after every append: webhooks wait on it.
+    appended: tokio::sync::watch::Sender<u64>,
 }
 
 /// What `verify` found.
@@ -86,7 +88,16 @@ pub fn session_event(
 
 impl Audit {
     pub fn new(store: Arc<dyn Store>, signer: drover_pki::SshSigner) -> Self {
-        Self { store, signer }
+        Self {
+            store,
+            signer,
+            appended: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Changes after every append.
+    pub fn appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     /// Appends an event. A failure to write is logged, not returned: the action it records
@@ -95,8 +106,11 @@ impl Audit {
         if e.at_ms == 0 {
             e.at_ms = now_ms();
         }
-        if let Err(err) = self.store.append_audit(vec![e.clone()]).await {
-            tracing::error!(error = %err, action = %e.action, actor = %e.actor, "could not write an audit entry");
+        match self.store.append_audit(vec![e.clone()]).await {
+            Ok(_) => self.appended.send_modify(|n| *n = n.wrapping_add(1)),
+            Err(err) => {
+                tracing::error!(error = %err, action = %e.action, actor = %e.actor, "could not write an audit entry")
+            }
         }
     }
 

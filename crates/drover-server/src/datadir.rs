@@ -10,6 +10,8 @@
 //!   admin.token   0600, written once at first start: the token of the first admin user
 //!   ssh_ca        0600, the SSH user certificate authority (OpenSSH private key)
 //!   audit_key     0600, signs the audit log's checkpoints (OpenSSH private key)
+//!   master.key    0600, seals secrets at rest (webhook keys), hex
+//!   server_id     this server among replicas sharing a database (holds webhook leases)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -110,6 +112,32 @@ impl DataDir {
             tracing::info!(path = %path.display(), "created the audit log's signing key");
         }
         Ok(drover_pki::SshSigner::from_openssh(&read(&path)?)?)
+    }
+
+    /// The master key that seals secrets at rest (`sealing.rs`), created at first use.
+    pub fn sealer(&self) -> Result<crate::sealing::Sealer, ServerError> {
+        let path = self.path.join("master.key");
+        let sealing =
+            |e: crate::sealing::SealError| ServerError::Config(format!("{}: {e}", path.display()));
+        if !path.exists() {
+            let key = crate::sealing::Sealer::generate_key().map_err(sealing)?;
+            write_private(&path, hex::encode(key).as_bytes())?;
+            tracing::info!(path = %path.display(), "created the master key for secrets at rest");
+        }
+        let key = hex::decode(read(&path)?.trim())
+            .map_err(|_| ServerError::Config(format!("{}: not a hex key", path.display())))?;
+        crate::sealing::Sealer::new(&key).map_err(sealing)
+    }
+
+    /// This data directory's server, among the replicas that share a database: the holder of
+    /// its leases. Created at first use.
+    pub fn server_id(&self) -> Result<String, ServerError> {
+        let path = self.path.join("server_id");
+        if !path.exists() {
+            let id = format!("srv-{}", crate::secrets::random_hex(8));
+            write_private(&path, id.as_bytes())?;
+        }
+        Ok(read(&path)?.trim().to_string())
     }
 
     pub fn admin_token_path(&self) -> PathBuf {

@@ -22,8 +22,11 @@ mod metrics;
 mod oidc;
 mod registry;
 mod retention;
+mod sealing;
 mod secrets;
 pub mod sessions;
+mod webhooks;
+mod windows;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,7 +52,11 @@ pub struct AppState {
     pub admission: Arc<admission::Admission>,
     pub authz: authz::Authz,
     /// The tamper-evident log of everything done (`audit.rs`).
-    pub audit: audit::Audit,
+    pub audit: Arc<audit::Audit>,
+    /// Seals secrets at rest with the data directory's master key.
+    pub sealer: Arc<sealing::Sealer>,
+    /// Posts the audit log's events to operators' endpoints.
+    pub webhooks: Arc<webhooks::Webhooks>,
     /// Federated login, when an identity provider is configured.
     pub oidc: Option<oidc::Oidc>,
 }
@@ -119,8 +126,18 @@ impl Server {
         if ended > 0 {
             tracing::info!(sessions = ended, "ended the sessions of the previous run");
         }
+        let audit = Arc::new(audit::Audit::new(data.store.clone(), data.audit_key()?));
+        let sealer = Arc::new(data.sealer()?);
+        let webhooks = Arc::new(webhooks::Webhooks::new(
+            data.store.clone(),
+            sealer.clone(),
+            data.server_id()?,
+            audit.appended(),
+            &config.forward_deny,
+        )?);
         let sessions = sessions::Sessions::new(
             data.store.clone(),
+            audit.clone(),
             registry.clone(),
             metrics.clone(),
             Arc::new(sessions::recording::DirRecordings::new(
@@ -142,7 +159,9 @@ impl Server {
             commands,
             sessions,
             authz: authz::Authz::new(data.store.clone()),
-            audit: audit::Audit::new(data.store.clone(), data.audit_key()?),
+            audit,
+            sealer,
+            webhooks,
             oidc,
         });
         Ok(Self {
@@ -213,12 +232,14 @@ impl Server {
                 }
             }
         });
+        let delivering = tokio::spawn(state.webhooks.clone().run(stop_pruning.clone()));
         listener::serve(state.clone(), tls, listener, shutdown).await;
         state.sessions.shutdown().await;
         stop_pruning.cancel();
         let _ = pruning.await;
         let _ = signing.await;
         let _ = expiring.await;
+        let _ = delivering.await;
         // The head at shutdown is signed: a later rewrite of anything before it shows.
         if let Err(e) = state.audit.checkpoint().await {
             tracing::warn!(error = %e, "could not store an audit checkpoint");

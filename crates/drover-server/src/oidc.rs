@@ -92,23 +92,30 @@ pub fn check_redirect(uri: &str) -> Result<RedirectUrl, ApiError> {
     RedirectUrl::new(uri.to_string()).map_err(|_| bad())
 }
 
+/// A client for the server's own requests out (the OpenID provider, webhooks): the system's
+/// trusted CAs, and no redirects (a redirect would let a receiver steer the server to any
+/// address).
+pub fn outbound_client(
+    timeout: std::time::Duration,
+) -> Result<reqwest::ClientBuilder, crate::ServerError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(drover_pki::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| crate::ServerError::Config(format!("TLS for outbound requests: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout))
+}
+
 impl Oidc {
     pub fn new(config: OidcConfig) -> Result<Self, crate::ServerError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(drover_pki::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| crate::ServerError::Config(format!("TLS for the OpenID provider: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        // No redirects: a provider's endpoints are what its metadata says (and following
-        // redirects would let a provider steer the server to any address).
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(10))
+        let http = outbound_client(std::time::Duration::from_secs(10))?
             .build()
             .map_err(|e| crate::ServerError::Config(format!("HTTP client: {e}")))?;
         Ok(Self {

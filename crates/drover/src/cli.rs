@@ -75,6 +75,13 @@ pub enum Command {
     /// The tamper-evident audit log: list, verify, export.
     #[command(subcommand)]
     Audit(crate::cmd_audit::AuditCommand),
+    /// Webhooks of the audit log's events: create (prints the signing secret), list, show
+    /// (with the delivery log), test, delete.
+    #[command(subcommand)]
+    Webhooks(crate::cmd_alerts::WebhooksCommand),
+    /// Change windows, when sessions on tagged nodes are expected: create, list, delete.
+    #[command(subcommand, alias = "change-windows")]
+    Windows(crate::cmd_alerts::WindowsCommand),
     /// Run a command document on nodes (Run Command).
     Run(RunArgs),
     /// Command documents: create, update, get, list, delete, versions, set-default.
@@ -551,6 +558,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(cmd) => crate::cmd_policy::run(cmd).await,
         Command::Audit(cmd) => crate::cmd_audit::run(cmd).await,
         Command::Access(cmd) => crate::cmd_access_requests::run(cmd).await,
+        Command::Webhooks(cmd) => crate::cmd_alerts::webhooks(cmd).await,
+        Command::Windows(cmd) => crate::cmd_alerts::windows(cmd).await,
         Command::Run(args) => crate::cmd_run::run(args).await,
         Command::Docs(cmd) => crate::cmd_docs::run(cmd).await,
         Command::Commands(cmd) => crate::cmd_run::commands(cmd).await,

@@ -8,6 +8,7 @@ mod cmd_access;
 mod cmd_access_requests;
 mod cmd_activation;
 mod cmd_agent;
+mod cmd_alerts;
 mod cmd_audit;
 mod cmd_docs;
 mod cmd_forward;

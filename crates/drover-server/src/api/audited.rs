@@ -234,7 +234,8 @@ fn millis_rfc3339(at_ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn view(e: AuditEntry) -> AuditEntryView {
+/// An entry as the API (and a webhook's payload) shows it.
+pub fn view(e: AuditEntry) -> AuditEntryView {
     let time = millis_rfc3339(e.event.at_ms);
     AuditEntryView {
         seq: e.seq,

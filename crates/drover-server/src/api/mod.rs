@@ -2,9 +2,11 @@
 //! place ([`ApiError`]); every handler takes a [`Principal`] and calls `authz::authorize` first.
 
 mod access;
+mod alerts;
 pub use access::expire_due;
 mod activations;
 mod audited;
+pub(crate) use audited::view as audit_view;
 mod commands;
 mod documents;
 mod federation;
@@ -145,6 +147,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/access-requests/{id}/deny", post(access::deny))
         .route("/api/v1/access-requests/{id}/revoke", post(access::revoke))
+        .route(
+            "/api/v1/webhooks",
+            get(alerts::list_webhooks).post(alerts::create_webhook),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(alerts::show_webhook).delete(alerts::delete_webhook),
+        )
+        .route("/api/v1/webhooks/{id}/test", post(alerts::test_webhook))
+        .route(
+            "/api/v1/change-windows",
+            get(alerts::list_windows).post(alerts::create_window),
+        )
+        .route(
+            "/api/v1/change-windows/{id}",
+            axum::routing::delete(alerts::delete_window),
+        )
         .route("/api/v1/audit", get(audited::list))
         .route("/api/v1/audit/verify", get(audited::verify))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

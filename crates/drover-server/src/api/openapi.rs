@@ -60,6 +60,14 @@ use utoipa::{Modify, OpenApi};
         super::access::revoke,
         super::audited::list,
         super::audited::verify,
+        super::alerts::create_webhook,
+        super::alerts::list_webhooks,
+        super::alerts::show_webhook,
+        super::alerts::test_webhook,
+        super::alerts::delete_webhook,
+        super::alerts::create_window,
+        super::alerts::list_windows,
+        super::alerts::delete_window,
         super::users::list_users,
         super::users::show_user,
         super::users::create_user,
@@ -147,6 +155,11 @@ fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
             "enum": ["Pending", "Approved", "Denied", "Revoked", "Expired"]
         }),
         ("query", "limit") if path.starts_with("/api/v1/access-requests") => integer(1, 1000),
+        ("path", "id") if path.starts_with("/api/v1/webhooks") => string(super::alerts::WEBHOOK_ID),
+        ("query", "limit") if path.starts_with("/api/v1/webhooks") => integer(1, 1000),
+        ("path", "id") if path.starts_with("/api/v1/change-windows") => {
+            string(super::alerts::WINDOW_ID)
+        }
         ("path", "id") => string(&text(1, 256)),
         ("path", "node") => string(NODE_ID),
         ("path", "name") if path.starts_with("/api/v1/users") => string(USER_NAME),
@@ -214,6 +227,22 @@ fn constrain_schemas(doc: &mut Value) {
             integer(1, super::activations::MAX_EXPIRY_SECS),
         ),
         ("CreateActivation", "description", text256.clone()),
+        (
+            "CreateWebhook",
+            "url",
+            json!({"type": "string", "pattern": "^https?://[^\\s@/]+", "maxLength": 2048}),
+        ),
+        (
+            "CreateWebhook",
+            "events",
+            json!({
+                "type": "array", "minItems": 1, "maxItems": 32,
+                "items": string(super::alerts::EVENT_PATTERN),
+            }),
+        ),
+        ("CreateWebhook", "description", text256.clone()),
+        ("CreateChangeWindow", "tag", string(&text(3, 256))),
+        ("CreateChangeWindow", "description", text256.clone()),
         ("CreateActivation", "default_name", text256.clone()),
         ("CreateActivation", "tags", tag_map()),
         ("CreateDocument", "name", string(DOCUMENT_NAME)),

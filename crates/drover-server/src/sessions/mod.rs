@@ -113,6 +113,7 @@ enum Runs {
 
 pub struct Sessions {
     store: Arc<dyn Store>,
+    audit: Arc<crate::audit::Audit>,
     registry: Registry,
     metrics: Metrics,
     recordings: Arc<dyn Recordings>,
@@ -126,6 +127,7 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(
         store: Arc<dyn Store>,
+        audit: Arc<crate::audit::Audit>,
         registry: Registry,
         metrics: Metrics,
         recordings: Arc<dyn Recordings>,
@@ -134,6 +136,7 @@ impl Sessions {
     ) -> Self {
         Self {
             store,
+            audit,
             registry,
             metrics,
             recordings,
@@ -250,22 +253,29 @@ impl Sessions {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Stores a session event and its audit entry; a start outside the node's change windows
+    /// adds `outside_change_window` (`session.outside_change_window` in the audit log).
     async fn event(&self, session_id: &str, event: &str, actor: &str, node: &str, detail: &str) {
-        let e = SessionEvent {
-            at: secrets::now(),
-            session_id: session_id.to_string(),
-            event: event.to_string(),
-            actor: actor.to_string(),
-            node_id: node.to_string(),
-            detail: detail.to_string(),
-        };
-        if let Err(err) = self.store.add_session_event(&e).await {
-            tracing::warn!(error = %err, event, "could not store a session event");
+        let mut events = vec![(event.to_string(), detail.to_string())];
+        if event == "started" {
+            let alert = crate::windows::alert(self.store.as_ref(), actor, node).await;
+            events.extend(alert.map(|a| ("outside_change_window".to_string(), a)));
         }
-        // Every session event is an audit entry too.
-        let audit = crate::audit::session_event(session_id, event, actor, node, detail);
-        if let Err(err) = self.store.append_audit(vec![audit]).await {
-            tracing::error!(error = %err, event, "could not write an audit entry");
+        for (event, detail) in events {
+            let e = SessionEvent {
+                at: secrets::now(),
+                session_id: session_id.to_string(),
+                event,
+                actor: actor.to_string(),
+                node_id: node.to_string(),
+                detail,
+            };
+            if let Err(err) = self.store.add_session_event(&e).await {
+                tracing::warn!(error = %err, event = %e.event, "could not store a session event");
+            }
+            // Every session event is an audit entry too.
+            let audit = crate::audit::session_event(session_id, &e.event, actor, node, &e.detail);
+            self.audit.record(audit).await;
         }
     }
 
