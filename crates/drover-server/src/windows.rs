@@ -22,8 +22,8 @@ const DAYS: [(&str, Weekday); 7] = [
 /// A window's schedule, checked.
 #[derive(Debug, Clone)]
 pub struct Schedule {
-    /// Indexed by days from Monday.
-    days: [bool; 7],
+    /// Bit `d` for `d` days after Monday.
+    days: u8,
     /// Minutes after local midnight; an end at or before the start closes the next day.
     start: u16,
     end: u16,
@@ -37,10 +37,10 @@ fn day_index(name: &str) -> Result<usize, String> {
 }
 
 /// `mon-fri`, `mon,wed,fri`, `fri-mon` (wrapping), `daily`.
-fn parse_days(text: &str) -> Result<[bool; 7], String> {
-    let mut days = [false; 7];
+fn parse_days(text: &str) -> Result<u8, String> {
+    let mut days = 0u8;
     if text.trim().eq_ignore_ascii_case("daily") {
-        return Ok([true; 7]);
+        return Ok(0x7f);
     }
     for part in text.split(',').map(str::trim) {
         let (from, to) = match part.split_once('-') {
@@ -52,7 +52,7 @@ fn parse_days(text: &str) -> Result<[bool; 7], String> {
         };
         let mut d = from;
         loop {
-            days[d] = true;
+            days |= 1 << d;
             if d == to {
                 break;
             }
@@ -101,15 +101,15 @@ impl Schedule {
     /// Whether the window is open at `at`.
     pub fn contains(&self, at: Timestamp) -> bool {
         let local = at.to_zoned_datetime(self.tz.clone());
-        let today = local.weekday().to_monday_zero_offset() as usize;
+        let today = local.weekday().to_monday_zero_offset();
         let yesterday = (today + 6) % 7;
+        let on = |d: i8| self.days & (1 << d) != 0;
         let minute = local.hour() as u16 * 60 + local.minute() as u16;
         if self.start < self.end {
-            self.days[today] && self.start <= minute && minute < self.end
+            on(today) && self.start <= minute && minute < self.end
         } else {
             // Past midnight: opened today, or opened yesterday and not closed yet.
-            (self.days[today] && minute >= self.start)
-                || (self.days[yesterday] && minute < self.end)
+            (on(today) && minute >= self.start) || (on(yesterday) && minute < self.end)
         }
     }
 }
@@ -216,9 +216,9 @@ mod tests {
     #[test]
     fn days_wrap_and_bad_fields_are_named() {
         let s = Schedule::parse("sat-mon", "00:00", "24:00", "UTC").unwrap();
-        assert_eq!(s.days, [true, false, false, false, false, true, true]);
+        assert_eq!(s.days, 0b110_0001);
         let s = Schedule::parse("Mon, wed ,fri", "00:00", "24:00", "UTC").unwrap();
-        assert_eq!(s.days, [true, false, true, false, true, false, false]);
+        assert_eq!(s.days, 0b001_0101);
         for (days, start, end, tz, field) in [
             ("mon-fry", "09:00", "17:00", "UTC", "days"),
             ("", "09:00", "17:00", "UTC", "days"),

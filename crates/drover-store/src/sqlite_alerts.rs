@@ -329,7 +329,7 @@ impl crate::AlertStore for crate::SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn store() -> Connection {

@@ -460,7 +460,7 @@ pub async fn expire_due(state: &AppState) -> Result<usize, ApiError> {
             .iter()
             .filter(|r| r.created_at + PENDING_SECS <= now)
         {
-            let _ = state
+            let expired = state
                 .store
                 .update_access_request(
                     &r.id,
@@ -475,6 +475,20 @@ pub async fn expire_due(state: &AppState) -> Result<usize, ApiError> {
                     }),
                 )
                 .await;
+            if expired.is_ok() {
+                state
+                    .audit
+                    .record(drover_store::audit::AuditEvent {
+                        actor: "server".into(),
+                        actor_kind: "server".into(),
+                        action: "access.expired".into(),
+                        resource: format!("access-request/{} user/{}", r.id, r.requester),
+                        outcome: "success".into(),
+                        reason: "no approver answered within a day".into(),
+                        ..Default::default()
+                    })
+                    .await;
+            }
         }
     }
     let due = state.store.due_grants(now).await?;

@@ -14,6 +14,7 @@ mod oidc;
 mod oidc_flows;
 mod requests;
 mod secrets;
+mod webhooks;
 
 use std::collections::BTreeMap;
 
