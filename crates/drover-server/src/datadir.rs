@@ -115,11 +115,19 @@ impl DataDir {
     }
 
     /// The master key that seals secrets at rest (`sealing.rs`), created at first use.
-    pub fn sealer(&self) -> Result<crate::sealing::Sealer, ServerError> {
+    pub async fn sealer(&self) -> Result<crate::sealing::Sealer, ServerError> {
         let path = self.path.join("master.key");
         let sealing =
             |e: crate::sealing::SealError| ServerError::Config(format!("{}: {e}", path.display()));
         if !path.exists() {
+            // A database that holds sealed secrets came with a key: a new one would open none.
+            if !self.store.list_webhooks().await?.is_empty() {
+                return Err(ServerError::Config(format!(
+                    "{} is missing, but the database holds secrets sealed with it; restore it \
+                     from the backup of this data directory",
+                    path.display()
+                )));
+            }
             let key = crate::sealing::Sealer::generate_key().map_err(sealing)?;
             write_private(&path, hex::encode(key).as_bytes())?;
             tracing::info!(path = %path.display(), "created the master key for secrets at rest");

@@ -127,7 +127,7 @@ impl Server {
             tracing::info!(sessions = ended, "ended the sessions of the previous run");
         }
         let audit = Arc::new(audit::Audit::new(data.store.clone(), data.audit_key()?));
-        let sealer = Arc::new(data.sealer()?);
+        let sealer = Arc::new(data.sealer().await?);
         let webhooks = Arc::new(webhooks::Webhooks::new(
             data.store.clone(),
             sealer.clone(),

@@ -33,8 +33,12 @@ const RENEW: Duration = Duration::from_secs(10);
 /// The first retry's delay; each next one doubles, up to [`MAX_BACKOFF_MS`].
 const FIRST_BACKOFF_MS: i64 = 1_000;
 const MAX_BACKOFF_MS: i64 = 5 * 60_000;
-/// An event still failing this long after its first failure is given up on.
+/// An event older than this whose delivery fails is given up on (so a receiver that was down
+/// for days gets what is recent, after one attempt at each older event).
 const GIVE_UP_MS: i64 = 24 * 3_600_000;
+/// Skipped entries (not of a webhook's kinds) move its stored cursor at most this often; in
+/// between its task remembers them (a restart reads them again, and skips them again).
+const SKIP_PERSIST_MS: i64 = 10_000;
 /// How long a receiver has to answer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a caught-up webhook looks for entries that another server process wrote.
@@ -70,18 +74,21 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 
 /// An event as posted: the audit entry as `drover audit export` shows it, with the webhook and
 /// the delivery it goes out as.
-pub fn payload(hook_id: &str, e: &AuditEntry) -> Vec<u8> {
+pub fn payload(hook_id: &str, delivery: &str, e: &AuditEntry) -> Vec<u8> {
     let mut v = serde_json::to_value(crate::api::audit_view(e.clone())).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
-        o.insert("delivery".into(), delivery_id(hook_id, e.seq).into());
+        o.insert("delivery".into(), delivery.into());
         o.insert("webhook".into(), hook_id.into());
     }
     v.to_string().into_bytes()
 }
 
-/// The `Drover-Delivery` of an event: the same on every retry.
+/// The `Drover-Delivery` of an event: the same on every retry (a test event's is its own).
 fn delivery_id(hook_id: &str, seq: i64) -> String {
-    format!("{hook_id}:{seq}")
+    match seq {
+        0 => format!("{hook_id}:test-{}", crate::secrets::random_hex(8)),
+        _ => format!("{hook_id}:{seq}"),
+    }
 }
 
 /// Resolves a receiver's name and refuses it if any address is denied (the cloud metadata
@@ -138,6 +145,13 @@ pub struct Webhooks {
     changed: Notify,
 }
 
+/// Entries a webhook's task skipped but has not stored its cursor past yet.
+#[derive(Default)]
+struct Skipped {
+    to: i64,
+    stored_at_ms: i64,
+}
+
 enum Step {
     /// Delivered or skipped some: look again at once.
     More,
@@ -159,7 +173,9 @@ impl Webhooks {
             crate::ServerError::Config(format!("deny list entry {e:?} is not a network"))
         })?;
         let deny = Arc::new(deny);
+        // No proxy: a proxy would resolve the receiver's name itself, past the deny list.
         let http = crate::oidc::outbound_client(SEND_TIMEOUT)?
+            .no_proxy()
             .dns_resolver(Arc::new(DenyingResolver { deny: deny.clone() }))
             .build()
             .map_err(|e| crate::ServerError::Config(format!("webhook HTTP client: {e}")))?;
@@ -224,10 +240,11 @@ impl Webhooks {
     /// One webhook's loop: send what is due, wait for more.
     async fn deliver(self: Arc<Self>, id: String, stop: CancellationToken) {
         let mut appended = self.appended.clone();
+        let mut skipped = Skipped::default();
         loop {
             appended.borrow_and_update();
             let step = tokio::select! {
-                s = self.step(&id) => s,
+                s = self.step(&id, &mut skipped) => s,
                 _ = stop.cancelled() => return,
             };
             let wake_at = match step {
@@ -245,55 +262,85 @@ impl Webhooks {
                 None => POLL,
             };
             tokio::select! {
-                _ = appended.changed(), if wake_at.is_none() => {}
+                changed = appended.changed(), if wake_at.is_none() => {
+                    if changed.is_err() {
+                        // The audit log is gone (shutting down): poll until stopped.
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
                 _ = tokio::time::sleep(sleep) => {}
                 _ = stop.cancelled() => return,
             }
         }
     }
 
-    async fn step(&self, id: &str) -> Result<Step, StoreError> {
+    /// Logs a gap in the log (entries pruned before this webhook got to them) as given up.
+    async fn gap(&self, hook: &Webhook, from: i64, to: i64) -> Result<bool, StoreError> {
+        tracing::warn!(webhook = %hook.id, from, to, "audit entries were pruned before their webhook delivered them");
+        let d = Delivery {
+            hook_id: hook.id.clone(),
+            seq: to,
+            event: "webhook.gap".into(),
+            attempt: 0,
+            at_ms: now_ms(),
+            status: 0,
+            outcome: "gave_up".into(),
+            error: format!("entries {from} to {to} were pruned from the audit log before delivery"),
+            duration_ms: 0,
+        };
+        let state = HookState {
+            cursor: to,
+            ..HookState::default()
+        };
+        self.store
+            .advance_webhook(&hook.id, &self.owner, now_ms(), &state, Some(&d))
+            .await
+    }
+
+    async fn step(&self, id: &str, skipped: &mut Skipped) -> Result<Step, StoreError> {
         let Some(hook) = self.store.get_webhook(id).await? else {
             return Ok(Step::Gone);
         };
         if hook.state.next_at_ms > now_ms() {
             return Ok(Step::RetryAt(hook.state.next_at_ms));
         }
+        let from = hook.state.cursor.max(skipped.to);
         let entries = self
             .store
             .list_audit(&AuditQuery {
-                after: Some(hook.state.cursor),
+                after: Some(from),
                 limit: PAGE,
                 ..AuditQuery::default()
             })
             .await?;
-        if entries.is_empty() {
+        let Some(first) = entries.first() else {
             return Ok(Step::CaughtUp);
+        };
+        // Sequence numbers have no holes but the ones retention makes.
+        if first.seq > from + 1 && !self.gap(&hook, from + 1, first.seq - 1).await? {
+            return Ok(Step::Gone);
         }
         let mut state = hook.state.clone();
+        state.cursor = from.max(state.cursor);
         for e in &entries {
             if !wants(&hook.events, &e.event.action) {
                 state.cursor = e.seq;
                 continue;
             }
             let started = now_ms();
-            let sent = self
-                .send(&hook, &e.event.action, e.seq, &payload(&hook.id, e))
-                .await;
+            let delivery = delivery_id(&hook.id, e.seq);
+            let body = payload(&hook.id, &delivery, e);
+            let sent = self.send(&hook, &e.event.action, &delivery, &body).await;
             let now = now_ms();
             let attempt = state.attempts + 1;
-            let first_failure = match state.failing_since_ms {
-                0 => now,
-                t => t,
-            };
             let (outcome, status, error) = match &sent {
                 Ok(status) => ("delivered", *status, String::new()),
-                Err((status, e)) if now - first_failure >= GIVE_UP_MS => {
-                    ("gave_up", *status, e.clone())
+                Err((status, e_)) if now - e.event.at_ms >= GIVE_UP_MS => {
+                    ("gave_up", *status, e_.clone())
                 }
-                Err((status, e)) => ("failed", *status, e.clone()),
+                Err((status, e_)) => ("failed", *status, e_.clone()),
             };
-            let delivery = Delivery {
+            let d = Delivery {
                 hook_id: hook.id.clone(),
                 seq: e.seq,
                 event: e.event.action.clone(),
@@ -309,13 +356,16 @@ impl Webhooks {
                 HookState {
                     cursor: state.cursor,
                     attempts: attempt,
-                    failing_since_ms: first_failure,
+                    failing_since_ms: match state.failing_since_ms {
+                        0 => now,
+                        t => t,
+                    },
                     next_at_ms: now + backoff_ms(attempt),
                     last_error: error,
                 }
             } else {
                 if outcome == "gave_up" {
-                    tracing::warn!(webhook = %hook.id, seq = e.seq, "gave up on a webhook event after a day of retries");
+                    tracing::warn!(webhook = %hook.id, seq = e.seq, "gave up on a webhook event older than a day");
                 }
                 HookState {
                     cursor: e.seq,
@@ -324,48 +374,64 @@ impl Webhooks {
             };
             if !self
                 .store
-                .advance_webhook(&hook.id, &self.owner, &state, Some(&delivery))
+                .advance_webhook(&hook.id, &self.owner, now, &state, Some(&d))
                 .await?
             {
                 return Ok(Step::Gone);
             }
+            *skipped = Skipped::default();
             if failed {
                 return Ok(Step::RetryAt(state.next_at_ms));
             }
         }
-        if state.cursor != hook.state.cursor
-            && !self
-                .store
-                .advance_webhook(&hook.id, &self.owner, &state, None)
-                .await?
-        {
-            return Ok(Step::Gone);
+        // Only skipped entries since the last write: remember them, and store them now and
+        // then (writing once per entry would cost every webhook a write per audit entry).
+        if state.cursor > hook.state.cursor {
+            let now = now_ms();
+            if now - skipped.stored_at_ms >= SKIP_PERSIST_MS {
+                if !self
+                    .store
+                    .advance_webhook(&hook.id, &self.owner, now, &state, None)
+                    .await?
+                {
+                    return Ok(Step::Gone);
+                }
+                skipped.stored_at_ms = now;
+            }
+            skipped.to = state.cursor;
         }
         Ok(Step::More)
     }
 
+    /// Refuses a URL whose host is an address in the deny list (a name is checked each time it
+    /// is resolved; a literal address never is).
+    pub fn check_literal(&self, url: &reqwest::Url) -> Result<(), String> {
+        let literal = url
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok());
+        match literal.and_then(|ip| drover_proto::denied(ip, &self.deny)) {
+            Some((ip, net)) => Err(format!("{ip} is in the deny list ({net})")),
+            None => Ok(()),
+        }
+    }
+
     /// Posts one event, signed.
-    async fn send(&self, hook: &Webhook, event: &str, seq: i64, body: &[u8]) -> Sent {
+    async fn send(&self, hook: &Webhook, event: &str, delivery: &str, body: &[u8]) -> Sent {
         let secret = self
             .sealer
             .open(&secret_context(&hook.id), &hook.sealed_secret)
             .map_err(|e| (0, format!("the webhook's secret: {e}")))?;
         let url = reqwest::Url::parse(&hook.url).map_err(|e| (0, format!("url: {e}")))?;
         // A literal address is never resolved, so the resolver's check does not see it.
-        let literal = url
-            .host_str()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-            .and_then(|h| h.parse::<std::net::IpAddr>().ok());
-        if let Some((ip, net)) = literal.and_then(|ip| drover_proto::denied(ip, &self.deny)) {
-            return Err((0, format!("{ip} is in the deny list ({net})")));
-        }
+        self.check_literal(&url).map_err(|e| (0, e))?;
         let timestamp = now_ms() / 1000;
         let res = self
             .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("Drover-Event", event)
-            .header("Drover-Delivery", delivery_id(&hook.id, seq))
+            .header("Drover-Delivery", delivery)
             .header("Drover-Timestamp", timestamp.to_string())
             .header("Drover-Signature", signature(&secret, timestamp, body))
             .body(body.to_vec())
@@ -398,9 +464,9 @@ impl Webhooks {
             hash: String::new(),
         };
         let started = now_ms();
-        let sent = self
-            .send(hook, "webhook.test", 0, &payload(&hook.id, &entry))
-            .await;
+        let delivery = delivery_id(&hook.id, 0);
+        let body = payload(&hook.id, &delivery, &entry);
+        let sent = self.send(hook, "webhook.test", &delivery, &body).await;
         let (status, outcome, error) = match sent {
             Ok(s) => (s, "delivered", String::new()),
             Err((s, e)) => (s, "failed", e),

@@ -66,7 +66,8 @@ fn parse_days(text: &str) -> Result<u8, String> {
 fn parse_time(what: &str, text: &str) -> Result<u16, String> {
     let bad = || format!("{what}: {text:?} is not a time of day (HH:MM, 00:00 to 24:00)");
     let (h, m) = text.split_once(':').ok_or_else(bad)?;
-    if h.len() != 2 || m.len() != 2 {
+    let digits = |t: &str| t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(h) || !digits(m) {
         return Err(bad());
     }
     let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
@@ -223,6 +224,7 @@ mod tests {
             ("mon-fry", "09:00", "17:00", "UTC", "days"),
             ("", "09:00", "17:00", "UTC", "days"),
             ("mon", "9:00", "17:00", "UTC", "start"),
+            ("mon", "+9:00", "17:00", "UTC", "start"),
             ("mon", "24:00", "17:00", "UTC", "start"),
             ("mon", "09:00", "17:60", "UTC", "end"),
             ("mon", "09:00", "24:01", "UTC", "end"),

@@ -228,11 +228,13 @@ pub trait AlertStore: Send + Sync {
         until_ms: i64,
     ) -> Result<Vec<alerts::Webhook>, StoreError>;
     /// Stores a webhook's progress and logs the attempt behind it, in one transaction, if
-    /// `owner` still holds its lease; false if it does not (or the webhook is gone).
+    /// `owner` still holds its lease at `now_ms`; false if it does not (or the webhook is
+    /// gone), so that a holder stalled past its lease cannot move a cursor back.
     async fn advance_webhook(
         &self,
         id: &str,
         owner: &str,
+        now_ms: i64,
         state: &alerts::HookState,
         attempt: Option<&alerts::Delivery>,
     ) -> Result<bool, StoreError>;

@@ -161,6 +161,7 @@ fn advance(
     c: &mut Connection,
     id: &str,
     owner: &str,
+    now_ms: i64,
     state: &HookState,
     attempt: Option<&Delivery>,
 ) -> Result<bool, StoreError> {
@@ -169,8 +170,8 @@ fn advance(
         .map_err(db("move a webhook on"))?;
     let held: Option<String> = tx
         .query_row(
-            "SELECT body FROM webhooks WHERE id = ?1 AND lease_owner = ?2",
-            params![id, owner],
+            "SELECT body FROM webhooks WHERE id = ?1 AND lease_owner = ?2 AND lease_until_ms > ?3",
+            params![id, owner, now_ms],
             |r| r.get(0),
         )
         .optional()
@@ -280,12 +281,13 @@ impl crate::AlertStore for crate::SqliteStore {
         &self,
         id: &str,
         owner: &str,
+        now_ms: i64,
         state: &HookState,
         attempt: Option<&Delivery>,
     ) -> Result<bool, StoreError> {
         let (id, owner, state) = (id.to_string(), owner.to_string(), state.clone());
         let attempt = attempt.cloned();
-        self.call(move |c| advance(c, &id, &owner, &state, attempt.as_ref()))
+        self.call(move |c| advance(c, &id, &owner, now_ms, &state, attempt.as_ref()))
             .await
     }
 
@@ -387,12 +389,16 @@ mod tests {
             cursor: 4,
             ..HookState::default()
         };
-        assert!(!advance(&mut c, "wh-1", "b", &moved, None).unwrap());
-        assert!(advance(&mut c, "wh-1", "a", &moved, Some(&attempt("wh-1", 4))).unwrap());
+        assert!(!advance(&mut c, "wh-1", "b", 150, &moved, None).unwrap());
+        assert!(advance(&mut c, "wh-1", "a", 150, &moved, Some(&attempt("wh-1", 4))).unwrap());
+        assert!(
+            !advance(&mut c, "wh-1", "a", 200, &moved, None).unwrap(),
+            "a lease that ran out fences its holder off"
+        );
         assert_eq!(get_webhook(&c, "wh-1").unwrap().unwrap().state.cursor, 4);
         // Once a's lease ran out, b takes it over.
         assert_eq!(lease(&mut c, "b", 200, 300).unwrap().len(), 1);
-        assert!(!advance(&mut c, "wh-1", "a", &moved, None).unwrap());
+        assert!(!advance(&mut c, "wh-1", "a", 250, &moved, None).unwrap());
 
         assert_eq!(deliveries(&c, "wh-1", 10).unwrap().len(), 1);
         delete_webhook(&mut c, "wh-1").unwrap();

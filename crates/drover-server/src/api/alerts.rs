@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
@@ -14,7 +14,7 @@ use drover_api::{
 use drover_store::alerts::{ChangeWindow, Delivery, HookState, Webhook};
 
 use super::audited::{note, AuditNote};
-use super::{rfc3339, validate, ApiError, Body};
+use super::{rfc3339, validate, ApiError, Body, Query};
 use crate::authz::{Action, Principal};
 use crate::windows::Schedule;
 use crate::{secrets, AppState};
@@ -103,7 +103,15 @@ pub async fn create_webhook(
         .authz
         .check_server(&who, Action::ManageWebhooks)
         .await?;
+    // A webhook streams the audit log's entries out: making one takes reading them too.
+    state.authz.check_server(&who, Action::ReadAudit).await?;
     check_url(&req.url)?;
+    if let Ok(url) = reqwest::Url::parse(&req.url) {
+        state
+            .webhooks
+            .check_literal(&url)
+            .map_err(|e| ApiError::BadRequest(format!("url: {e}")))?;
+    }
     if req.events.is_empty() || req.events.len() > MAX_PATTERNS {
         return Err(ApiError::BadRequest(format!(
             "events: 1 to {MAX_PATTERNS} patterns (audit actions; * matches any run of characters)"
@@ -149,10 +157,19 @@ pub async fn create_webhook(
         })
         .await?;
     state.webhooks.changed();
-    tracing::info!(webhook = %id, url = %created.url, by = %who.user.name, "created a webhook");
+    // The URL is not logged (its query may carry a receiver's token); the audit entry names
+    // where events go, and it outlives the webhook.
+    tracing::info!(webhook = %id, by = %who.user.name, "created a webhook");
+    let host = reqwest::Url::parse(&created.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        note(format!("webhook/{id}")),
+        note(format!(
+            "webhook/{id} to {host}, events {}",
+            created.events.join(",")
+        )),
         Json(WebhookCreated {
             webhook: view(&created),
             secret,

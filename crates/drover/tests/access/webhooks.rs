@@ -158,6 +158,12 @@ async fn access_events_reach_a_webhook_once_signed_and_in_order_through_outages(
         (vec!["--url", "http://u:p@x/"], "credentials"),
         (vec!["--url", "not a url"], "url:"),
         (vec!["--url", &url, "--event", "bad event"], "events"),
+        // The cloud metadata service, as a literal and as an IPv4-mapped IPv6 address.
+        (vec!["--url", "http://169.254.169.254/latest/"], "deny list"),
+        (
+            vec!["--url", "http://[::ffff:169.254.169.254]/"],
+            "deny list",
+        ),
     ] {
         let mut all = vec!["webhooks", "create"];
         all.extend(args);
@@ -317,7 +323,8 @@ fn start_cmd(node: &str) -> StartSession {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_outside_its_change_window_raises_the_alert() {
     let env = env();
-    let server = env.start_server(0, &[]).unwrap();
+    // ::1 denied: a receiver's name that resolves to it is refused when resolved.
+    let server = env.start_server(0, &["--forward-deny", "::1"]).unwrap();
     let prod = env
         .register_agent(&server, "prod-1", &["--tag", "Environment=Production"])
         .unwrap();
@@ -349,6 +356,27 @@ async fn a_session_outside_its_change_window_raises_the_alert() {
         "session.outside_change_window",
     ])
     .unwrap();
+    let resolves_to_v6 = tokio::net::lookup_host(("localhost", 80))
+        .await
+        .unwrap()
+        .any(|a| a.is_ipv6());
+    if resolves_to_v6 {
+        let by_name = format!("http://localhost:{}/", receiver.port);
+        let out = env
+            .cli_ok(&["webhooks", "create", "--url", &by_name, "-o", "json"])
+            .unwrap();
+        let hook: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let out = env
+            .cli(&["webhooks", "test", hook["id"].as_str().unwrap()])
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && said.contains("deny list"),
+            "{said}"
+        );
+        env.cli_ok(&["webhooks", "delete", hook["id"].as_str().unwrap()])
+            .unwrap();
+    }
 
     // Production's window opens two hours from now (UTC), Staging's is open now; the lab
     // node has none. The windows are daily, so midnight is no special case.
