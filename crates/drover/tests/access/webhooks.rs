@@ -67,9 +67,11 @@ async fn serve_connection(stream: tokio::net::TcpStream, got: Arc<Mutex<Vec<Rece
 
 impl Receiver {
     async fn start(port: u16, got: Arc<Mutex<Vec<Received>>>) -> Self {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        Self::start_on("127.0.0.1", port, got).await
+    }
+
+    async fn start_on(ip: &str, port: u16, got: Arc<Mutex<Vec<Received>>>) -> Self {
+        let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut tasks = JoinSet::new();
         let shared = got.clone();
@@ -323,8 +325,11 @@ fn start_cmd(node: &str) -> StartSession {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_outside_its_change_window_raises_the_alert() {
     let env = env();
-    // ::1 denied: a receiver's name that resolves to it is refused when resolved.
-    let server = env.start_server(0, &["--forward-deny", "::1"]).unwrap();
+    // 127.0.0.1 denied: a receiver named `localhost` is refused when its name is resolved.
+    // The receiver listens on 127.0.0.2.
+    let server = env
+        .start_server(0, &["--forward-deny", "127.0.0.1"])
+        .unwrap();
     let prod = env
         .register_agent(&server, "prod-1", &["--tag", "Environment=Production"])
         .unwrap();
@@ -345,8 +350,8 @@ async fn a_session_outside_its_change_window_raises_the_alert() {
     .await
     .unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
-    let receiver = Receiver::start(0, got.clone()).await;
-    let url = format!("http://127.0.0.1:{}/", receiver.port);
+    let receiver = Receiver::start_on("127.0.0.2", 0, got.clone()).await;
+    let url = format!("http://127.0.0.2:{}/", receiver.port);
     env.cli_ok(&[
         "webhooks",
         "create",
@@ -356,27 +361,21 @@ async fn a_session_outside_its_change_window_raises_the_alert() {
         "session.outside_change_window",
     ])
     .unwrap();
-    let resolves_to_v6 = tokio::net::lookup_host(("localhost", 80))
-        .await
-        .unwrap()
-        .any(|a| a.is_ipv6());
-    if resolves_to_v6 {
-        let by_name = format!("http://localhost:{}/", receiver.port);
-        let out = env
-            .cli_ok(&["webhooks", "create", "--url", &by_name, "-o", "json"])
-            .unwrap();
-        let hook: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let out = env
-            .cli(&["webhooks", "test", hook["id"].as_str().unwrap()])
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            !out.status.success() && said.contains("deny list"),
-            "{said}"
-        );
-        env.cli_ok(&["webhooks", "delete", hook["id"].as_str().unwrap()])
-            .unwrap();
-    }
+    let by_name = format!("http://localhost:{}/", receiver.port);
+    let out = env
+        .cli_ok(&["webhooks", "create", "--url", &by_name, "-o", "json"])
+        .unwrap();
+    let hook: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let out = env
+        .cli(&["webhooks", "test", hook["id"].as_str().unwrap()])
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("deny list"),
+        "{said}"
+    );
+    env.cli_ok(&["webhooks", "delete", hook["id"].as_str().unwrap()])
+        .unwrap();
 
     // Production's window opens two hours from now (UTC), Staging's is open now; the lab
     // node has none. The windows are daily, so midnight is no special case.
