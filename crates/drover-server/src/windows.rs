@@ -124,22 +124,23 @@ pub fn describe(w: &ChangeWindow) -> String {
     )
 }
 
-/// The windows that apply to the node, when `at` is outside all of them; empty when the node
-/// is inside one, or no window applies to it.
+/// The windows that apply to the node, when `at` is outside all of them (and the node's
+/// name); none when the node is inside one, or no window applies to it.
 pub async fn outside(
     store: &dyn Store,
     node: &str,
     at: Timestamp,
-) -> Result<Vec<ChangeWindow>, drover_store::StoreError> {
+) -> Result<(Vec<ChangeWindow>, String), drover_store::StoreError> {
+    let none = || Ok((Vec::new(), String::new()));
     let windows = store.list_change_windows().await?;
     if windows.is_empty() {
-        return Ok(Vec::new());
+        return none();
     }
     let Some(id) = NodeId::parse(node) else {
-        return Ok(Vec::new());
+        return none();
     };
     let Some(node) = store.get_node(&id).await? else {
-        return Ok(Vec::new());
+        return none();
     };
     let applying: Vec<ChangeWindow> = windows
         .into_iter()
@@ -150,18 +151,22 @@ pub async fn outside(
     let open = applying
         .iter()
         .any(|w| Schedule::of(w).map_or(true, |s| s.contains(at)));
-    Ok(if open { Vec::new() } else { applying })
+    Ok(if open {
+        (Vec::new(), node.name)
+    } else {
+        (applying, node.name)
+    })
 }
 
 /// The alert for a session `actor` starts on `node` now, if it is outside the node's change
 /// windows: what an operator reads in the audit log and the webhook.
 pub async fn alert(store: &dyn Store, actor: &str, node: &str) -> Option<String> {
     match outside(store, node, Timestamp::now()).await {
-        Ok(windows) if windows.is_empty() => None,
-        Ok(windows) => {
+        Ok((windows, _)) if windows.is_empty() => None,
+        Ok((windows, name)) => {
             let names: Vec<String> = windows.iter().map(describe).collect();
             Some(format!(
-                "{actor} started a session on {node} outside its change window: {}",
+                "{actor} started a session on {node} ({name}) outside its change window: {}",
                 names.join("; ")
             ))
         }

@@ -84,7 +84,7 @@ pub enum WindowsCommand {
     },
 }
 
-const HOOK_HEADERS: &[&str] = &["ID", "URL", "EVENTS", "AT", "FAILING", "LAST ERROR"];
+const HOOK_HEADERS: &[&str] = &["ID", "URL", "EVENTS", "CURSOR", "FAILING", "LAST ERROR"];
 
 fn hook_row(h: &WebhookView) -> Vec<String> {
     vec![

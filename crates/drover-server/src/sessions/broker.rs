@@ -229,6 +229,8 @@ pub async fn run(
     let mut agent_done = false;
     let mut dirty = false;
     let max_at = limits.max.map(|m| started + m);
+    // False once the terminate channel is closed (the server is stopping).
+    let mut terminable = true;
     loop {
         // Output the client has not had yet moves to its socket's queue as that drains.
         while client.ready && client.queue.len() < CLIENT_QUEUE {
@@ -386,11 +388,26 @@ pub async fn run(
                     }
                 }
             }
-            why = ctl.terminate.recv(), if closing.is_none() => {
-                closing = Some(Closing {
-                    closed: SessionClosed { status: "Terminated".into(), exit_code: None, message: why.unwrap_or_else(|| "the server is stopping".into()) },
-                    at: Instant::now(),
-                });
+            why = ctl.terminate.recv(), if terminable => {
+                let why = match why {
+                    Some(why) => why,
+                    None => {
+                        terminable = false;
+                        "the server is stopping".into()
+                    }
+                };
+                if closing.is_some() {
+                    if terminable {
+                        // Ended already, its end waiting for a client: terminating stops the
+                        // wait. (A stopping server still lets the client take the end.)
+                        break;
+                    }
+                } else {
+                    closing = Some(Closing {
+                        closed: SessionClosed { status: "Terminated".into(), exit_code: None, message: why },
+                        at: Instant::now(),
+                    });
+                }
             }
             _ = tokio::time::sleep_until(last_activity + limits.idle), if closing.is_none() => {
                 closing = Some(Closing {

@@ -490,6 +490,7 @@ impl Sessions {
         broker: impl std::future::Future<Output = broker::Outcome> + Send + 'static,
     ) {
         let (store, metrics, live) = (self.store.clone(), self.metrics.clone(), self.live.clone());
+        let audit = self.audit.clone();
         let (sid, node) = (id.to_string(), node.to_string());
         tokio::spawn(async move {
             let store2 = store.clone();
@@ -524,10 +525,12 @@ impl Sessions {
                     session_id: sid.clone(),
                     event: "ended".into(),
                     actor: String::new(),
-                    node_id: node,
-                    detail,
+                    node_id: node.clone(),
+                    detail: detail.clone(),
                 })
                 .await;
+            let ended = crate::audit::session_event(&sid, "ended", "", &node, &detail);
+            audit.record(ended).await;
             tracing::info!(session = %sid, status = %end.status, "session ended");
         });
     }

@@ -454,6 +454,7 @@ async fn a_session_outside_its_change_window_raises_the_alert() {
     let reason = alert["reason"].as_str().unwrap();
     for part in [
         "admin",
+        "(prod-1)",
         closed["id"].as_str().unwrap(),
         "Environment=Production",
         "UTC",
@@ -463,6 +464,25 @@ async fn a_session_outside_its_change_window_raises_the_alert() {
     let posted = receiver.events();
     assert_eq!(posted.len(), 1, "{posted:#?}");
     assert_eq!(posted[0]["seq"], alert["seq"]);
+    // Every session's end is in the audit log too (they wait for a client: end them).
+    for id in &ids {
+        admin.terminate_session(id).await.unwrap();
+    }
+    wait_until("each session's end in the audit log", DEADLINE, || async {
+        let out = env.cli_ok(&["audit", "list", "--action", "session.ended", "-o", "json"])?;
+        let ended: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+        let all = ids.iter().all(|id| {
+            ended.iter().any(|e| {
+                e["resource"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(id.as_str())
+            })
+        });
+        Ok(all.then_some(()))
+    })
+    .await
+    .unwrap();
     // The session's own history has it too.
     let history = env.cli_ok(&["sessions", "show", &ids[0]]).unwrap();
     assert!(history.contains("outside_change_window"), "{history}");
