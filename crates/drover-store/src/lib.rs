@@ -10,6 +10,7 @@ pub mod audit;
 mod commands;
 mod identity;
 mod model;
+pub mod params;
 mod sessions;
 mod sqlite;
 mod sqlite_access;
@@ -19,6 +20,7 @@ mod sqlite_commands;
 mod sqlite_documents;
 mod sqlite_history;
 mod sqlite_identity;
+mod sqlite_params;
 mod sqlite_sessions;
 
 use std::collections::BTreeMap;
@@ -251,11 +253,44 @@ pub trait AlertStore: Send + Sync {
     async fn delete_change_window(&self, id: &str) -> Result<(), StoreError>;
 }
 
+/// Parameter Store (see `params.rs`).
+#[async_trait::async_trait]
+pub trait ParamStore: Send + Sync {
+    /// Stores a new version (the first, or the next with `overwrite`); returns its number.
+    async fn put_parameter(&self, p: &params::PutParameter) -> Result<i64, StoreError>;
+    async fn get_parameter(
+        &self,
+        name: &str,
+        selector: &params::Selector,
+    ) -> Result<Option<params::ParameterVersion>, StoreError>;
+    /// The newest version of each parameter under `path`, by name, at most `limit`.
+    async fn parameters_by_path(
+        &self,
+        path: &str,
+        recursive: bool,
+        limit: usize,
+    ) -> Result<Vec<params::ParameterVersion>, StoreError>;
+    /// Every version kept, oldest first.
+    async fn parameter_history(
+        &self,
+        name: &str,
+    ) -> Result<Vec<params::ParameterVersion>, StoreError>;
+    /// Deletes every version and label.
+    async fn delete_parameter(&self, name: &str) -> Result<(), StoreError>;
+    /// Puts labels on a version (moving them from any other version).
+    async fn label_parameter(
+        &self,
+        name: &str,
+        version: i64,
+        labels: &[String],
+    ) -> Result<(), StoreError>;
+}
+
 /// Everything Drover keeps. Methods are coarse (one call, one transaction) so that a remote
 /// database costs one round trip per operation.
 #[async_trait::async_trait]
 pub trait Store:
-    IdentityStore + AccessStore + AuditStore + AlertStore + Send + Sync + 'static
+    IdentityStore + AccessStore + AuditStore + AlertStore + ParamStore + Send + Sync + 'static
 {
     // --- nodes
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>, StoreError>;

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     crate::sqlite_audit::MIGRATION_AUDIT,
     crate::sqlite_access::MIGRATION_ACCESS,
     crate::sqlite_alerts::MIGRATION_ALERTS,
+    crate::sqlite_params::MIGRATION_PARAMS,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"
