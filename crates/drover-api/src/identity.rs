@@ -177,7 +177,8 @@ pub struct CheckRequest {
     /// For node actions: a node ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// The document (of a command or session, or the resource of a document action).
+    /// The document (of a command or session, or the resource of a document action), or the
+    /// parameter of a parameter action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document: Option<String>,
     /// A session's kind: `shell`, `command`, `port` or `ssh`.

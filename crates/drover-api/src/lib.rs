@@ -12,11 +12,13 @@ mod access;
 mod alerts;
 mod audit;
 mod identity;
+mod params;
 mod sessions;
 pub use access::*;
 pub use alerts::*;
 pub use audit::*;
 pub use identity::*;
+pub use params::*;
 pub use sessions::*;
 
 /// Every error: `{"error": {"code": "...", "message": "..."}}`.

@@ -100,7 +100,9 @@ pub fn pinned_tls(
 
 mod alerts;
 mod identity;
+mod params;
 pub use identity::AuditFilter;
+pub use params::ParamSelector;
 mod port;
 mod session;
 pub use port::{ConnectError, PortTunnel};

@@ -8,6 +8,8 @@ pub enum ResourceKind {
     Command,
     Session,
     Document,
+    /// A Parameter Store parameter, by name.
+    Parameter,
     /// The control plane itself (users, policies, metrics, activations).
     Server,
     /// A user, as the owner of API tokens.
@@ -72,6 +74,10 @@ actions! {
     ReadAudit: Server, "read, verify and export the audit log";
     ManageWebhooks: Server, "create, list, test and delete webhooks, and read their delivery logs";
     ManageChangeWindows: Server, "create, list and delete change windows";
+    ReadParameter: Parameter, "see a parameter: its name, type, versions, labels, and the value of a String or StringList";
+    DecryptParameter: Parameter, "see a SecureString's value";
+    PutParameter: Parameter, "create a parameter, add a version, label versions";
+    DeleteParameter: Parameter, "delete a parameter and its versions";
     RequestAccess: Node, "ask for temporary access to a node (granted once approved)";
     ApproveAccess: Node, "approve, deny or revoke others' requests for access to a node";
     ManageTokens: User, "create, list and revoke a user's API tokens";
@@ -92,6 +98,7 @@ impl Action {
                 | Action::ReadUsers
                 | Action::ReadPolicies
                 | Action::ReadAudit
+                | Action::ReadParameter
         )
     }
 

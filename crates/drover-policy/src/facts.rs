@@ -46,6 +46,10 @@ pub enum Resource {
     Document {
         name: String,
     },
+    /// A parameter, by its hierarchical name: `resource.name like "/app/prod/*"`.
+    Parameter {
+        name: String,
+    },
     Server,
     /// A user, as the owner of API tokens.
     User {
@@ -65,7 +69,15 @@ pub struct Context {
 static TYPES: std::sync::LazyLock<std::collections::HashMap<&'static str, EntityTypeName>> =
     std::sync::LazyLock::new(|| {
         [
-            "User", "Group", "Node", "Document", "Command", "Session", "Server", "Action",
+            "User",
+            "Group",
+            "Node",
+            "Document",
+            "Parameter",
+            "Command",
+            "Session",
+            "Server",
+            "Action",
         ]
         .into_iter()
         .filter_map(|k| Some((k, format!("Drover::{k}").parse().ok()?)))
@@ -157,6 +169,7 @@ impl Resource {
             Resource::Command { id, .. } => uid("Command", id),
             Resource::Session { id, .. } => uid("Session", id),
             Resource::Document { name } => uid("Document", name),
+            Resource::Parameter { name } => uid("Parameter", name),
             Resource::Server => uid("Server", "drover"),
             Resource::User { name } => uid("User", name),
         }
@@ -196,7 +209,7 @@ impl Resource {
                 )?,
                 node.entity()?,
             ],
-            Resource::Document { name } => vec![entity(
+            Resource::Document { name } | Resource::Parameter { name } => vec![entity(
                 self.uid()?,
                 vec![("name", string(name))],
                 Vec::new(),

@@ -225,6 +225,7 @@ fn defaults_give_admins_everything_and_others_their_own() {
                 kind: "shell".into(),
             },
             drover_policy::ResourceKind::Document => Resource::Document { name: "D".into() },
+            drover_policy::ResourceKind::Parameter => Resource::Parameter { name: "/p".into() },
             drover_policy::ResourceKind::Server => Resource::Server,
             drover_policy::ResourceKind::User => Resource::User {
                 name: "someone".into(),
@@ -341,6 +342,9 @@ fn permission_table() {
                     drover_policy::ResourceKind::Document if !own => {
                         Resource::Document { name: "D".into() }
                     }
+                    drover_policy::ResourceKind::Parameter if !own => Resource::Parameter {
+                        name: "/app/p".into(),
+                    },
                     drover_policy::ResourceKind::Server if !own => Resource::Server,
                     drover_policy::ResourceKind::User => Resource::User { name: owner },
                     _ => continue,

@@ -302,6 +302,7 @@ fn describe(r: &Resource) -> String {
         Resource::Command { id, .. } => format!("command {id}"),
         Resource::Session { id, .. } => format!("session {id}"),
         Resource::Document { name } => format!("document {name:?}"),
+        Resource::Parameter { name } => format!("parameter {name}"),
         Resource::Server => "this server".into(),
         Resource::User { name } => format!("the tokens of user {name:?}"),
     }

@@ -79,6 +79,9 @@ pub enum Command {
     /// (with the delivery log), test, delete.
     #[command(subcommand)]
     Webhooks(crate::cmd_alerts::WebhooksCommand),
+    /// Parameter Store: put, get, get-by-path, history, label, delete.
+    #[command(subcommand)]
+    Params(crate::cmd_params::ParamsCommand),
     /// Change windows, when sessions on tagged nodes are expected: create, list, delete.
     #[command(subcommand, alias = "change-windows")]
     Windows(crate::cmd_alerts::WindowsCommand),
@@ -560,6 +563,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Access(cmd) => crate::cmd_access_requests::run(cmd).await,
         Command::Webhooks(cmd) => crate::cmd_alerts::webhooks(cmd).await,
         Command::Windows(cmd) => crate::cmd_alerts::windows(cmd).await,
+        Command::Params(cmd) => crate::cmd_params::run(cmd).await,
         Command::Run(args) => crate::cmd_run::run(args).await,
         Command::Docs(cmd) => crate::cmd_docs::run(cmd).await,
         Command::Commands(cmd) => crate::cmd_run::commands(cmd).await,

@@ -14,6 +14,7 @@ mod cmd_docs;
 mod cmd_forward;
 mod cmd_nodes;
 mod cmd_oidc;
+mod cmd_params;
 mod cmd_policy;
 mod cmd_run;
 mod cmd_server;

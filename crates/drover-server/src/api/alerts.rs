@@ -87,7 +87,7 @@ async fn hook(state: &AppState, id: &str) -> Result<Webhook, ApiError> {
         .store
         .get_webhook(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("webhook {id}")))
+        .ok_or_else(|| ApiError::NotFound(format!("webhook {id} not found")))
 }
 
 /// Creates a webhook; its secret is in the answer, and nowhere else ever after.

@@ -13,6 +13,7 @@ mod federation;
 mod identity;
 mod nodes;
 mod openapi;
+mod params;
 mod policies;
 mod register;
 pub(crate) mod rules;
@@ -164,6 +165,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/change-windows/{id}",
             axum::routing::delete(alerts::delete_window),
         )
+        .route(
+            "/api/v1/parameters",
+            get(params::get).post(params::put).delete(params::delete),
+        )
+        .route("/api/v1/parameters/by-path", get(params::by_path))
+        .route("/api/v1/parameters/history", get(params::history))
+        .route("/api/v1/parameters/labels", post(params::label))
         .route("/api/v1/audit", get(audited::list))
         .route("/api/v1/audit/verify", get(audited::verify))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

@@ -60,6 +60,12 @@ use utoipa::{Modify, OpenApi};
         super::access::revoke,
         super::audited::list,
         super::audited::verify,
+        super::params::put,
+        super::params::get,
+        super::params::by_path,
+        super::params::history,
+        super::params::delete,
+        super::params::label,
         super::alerts::create_webhook,
         super::alerts::list_webhooks,
         super::alerts::show_webhook,
@@ -155,6 +161,15 @@ fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
             "enum": ["Pending", "Approved", "Denied", "Revoked", "Expired"]
         }),
         ("query", "limit") if path.starts_with("/api/v1/access-requests") => integer(1, 1000),
+        ("query", "name") if path.starts_with("/api/v1/parameters") => {
+            json!({"type": "string", "pattern": super::params::PARAMETER_NAME, "maxLength": 1011})
+        }
+        ("query", "path") if path.starts_with("/api/v1/parameters") => {
+            json!({"type": "string", "pattern": super::params::PARAMETER_PATH, "maxLength": 1011})
+        }
+        ("query", "label") if path.starts_with("/api/v1/parameters") => {
+            string(super::params::PARAMETER_LABEL)
+        }
         ("path", "id") if path.starts_with("/api/v1/webhooks") => string(super::alerts::WEBHOOK_ID),
         ("query", "limit") if path.starts_with("/api/v1/webhooks") => integer(1, 1000),
         ("path", "id") if path.starts_with("/api/v1/change-windows") => {
@@ -241,6 +256,37 @@ fn constrain_schemas(doc: &mut Value) {
             }),
         ),
         ("CreateWebhook", "description", text256.clone()),
+        (
+            "PutParameterRequest",
+            "name",
+            json!({"type": "string", "pattern": super::params::PARAMETER_NAME, "maxLength": 1011}),
+        ),
+        (
+            "PutParameterRequest",
+            "type",
+            json!({"type": "string", "enum": ["String", "StringList", "SecureString"]}),
+        ),
+        (
+            "PutParameterRequest",
+            "value",
+            json!({"type": "string", "pattern": "^[^\\u0000]+$", "minLength": 1, "maxLength": 4096}),
+        ),
+        ("PutParameterRequest", "description", string(&text(0, 1024))),
+        (
+            "LabelParameterRequest",
+            "name",
+            json!({"type": "string", "pattern": super::params::PARAMETER_NAME, "maxLength": 1011}),
+        ),
+        (
+            "LabelParameterRequest",
+            "version",
+            integer(1, i64::MAX as u64),
+        ),
+        (
+            "LabelParameterRequest",
+            "labels",
+            json!({"type": "array", "minItems": 1, "maxItems": 10, "items": string(super::params::PARAMETER_LABEL)}),
+        ),
         ("CreateChangeWindow", "tag", string(&text(3, 256))),
         ("CreateChangeWindow", "description", text256.clone()),
         ("CreateActivation", "default_name", text256.clone()),

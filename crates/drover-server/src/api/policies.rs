@@ -243,6 +243,10 @@ pub async fn check(
         drover_policy::ResourceKind::Document => Resource::Document {
             name: document.clone(),
         },
+        // A parameter's name rides in the document field of a check.
+        drover_policy::ResourceKind::Parameter => Resource::Parameter {
+            name: document.clone(),
+        },
         drover_policy::ResourceKind::Server => Resource::Server,
         drover_policy::ResourceKind::User => Resource::User {
             name: req.owner.clone().unwrap_or_else(|| req.user.clone()),

@@ -12,6 +12,7 @@ mod deletions;
 mod http;
 mod oidc;
 mod oidc_flows;
+mod params;
 mod requests;
 mod secrets;
 mod webhooks;
