@@ -187,23 +187,20 @@ pub async fn get(
 ) -> Result<Json<ParameterView>, ApiError> {
     check_name(&q.name)?;
     may(&state, &who, Action::ReadParameter, &q.name).await?;
-    let selector = match (q.version, q.label) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::BadRequest(
-                "give a version or a label, not both".into(),
-            ))
-        }
-        (Some(v), None) => Selector::Version(validate::range("version", v, 1..=i64::MAX)?),
-        (None, Some(l)) => {
-            validate::pattern("label", PARAMETER_LABEL, &l, "a label")?;
-            Selector::Label(l)
-        }
+    if let Some(l) = &q.label {
+        validate::pattern("label", PARAMETER_LABEL, l, "a label")?;
+    }
+    // Both given: that version, if it carries that label.
+    let selector = match (q.version, &q.label) {
+        (Some(v), _) => Selector::Version(validate::range("version", v, 1..=i64::MAX)?),
+        (None, Some(l)) => Selector::Label(l.clone()),
         (None, None) => Selector::Latest,
     };
     let p = state
         .store
         .get_parameter(&q.name, &selector)
         .await?
+        .filter(|p| q.label.as_ref().is_none_or(|l| p.labels.contains(l)))
         .ok_or_else(|| ApiError::NotFound(format!("parameter {} not found", q.name)))?;
     if q.decrypt && p.kind == "SecureString" {
         may(&state, &who, Action::DecryptParameter, &q.name).await?;
