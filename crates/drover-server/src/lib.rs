@@ -116,8 +116,13 @@ impl Server {
         let metrics = metrics::Metrics::new();
         let (registry, presence) = Registry::new(data.store.clone(), metrics.clone());
         let tls = listener::tls_config(&config, &data)?;
-        let (commands, updates) =
-            commands::Commands::new(data.store.clone(), registry.clone(), metrics.clone());
+        let sealer = Arc::new(data.sealer().await?);
+        let (commands, updates) = commands::Commands::new(
+            data.store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            sealer.clone(),
+        );
         commands.resume().await?;
         let ended = data
             .store
@@ -127,7 +132,6 @@ impl Server {
             tracing::info!(sessions = ended, "ended the sessions of the previous run");
         }
         let audit = Arc::new(audit::Audit::new(data.store.clone(), data.audit_key()?));
-        let sealer = Arc::new(data.sealer().await?);
         let webhooks = Arc::new(webhooks::Webhooks::new(
             data.store.clone(),
             sealer.clone(),

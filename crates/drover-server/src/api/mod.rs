@@ -14,6 +14,7 @@ mod identity;
 mod nodes;
 mod openapi;
 mod params;
+pub(crate) use params::context as parameter_context;
 mod policies;
 mod register;
 pub(crate) mod rules;

@@ -39,7 +39,8 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     )
 }
 
-fn context(name: &str, version: i64) -> String {
+/// The context a version's value is sealed in.
+pub fn context(name: &str, version: i64) -> String {
     format!("parameter/{name}/{version}")
 }
 
@@ -273,7 +274,10 @@ pub async fn history(
     may(&state, &who, Action::ReadParameter, &q.name).await?;
     let versions = state.store.parameter_history(&q.name).await?;
     if versions.is_empty() {
-        return Err(ApiError::NotFound(format!("parameter {} not found", q.name)));
+        return Err(ApiError::NotFound(format!(
+            "parameter {} not found",
+            q.name
+        )));
     }
     let secure = versions.iter().any(|p| p.kind == "SecureString");
     if q.decrypt && secure {

@@ -3,6 +3,7 @@
 //! a restart. Progress reaches the store through one batching writer.
 
 mod output;
+mod refs;
 pub mod resolve;
 mod run;
 pub mod writer;
@@ -74,6 +75,7 @@ impl Commands {
         store: Arc<dyn Store>,
         registry: Registry,
         metrics: Metrics,
+        sealer: Arc<crate::sealing::Sealer>,
     ) -> (Self, UpdateWriter) {
         let (updates, writer) = Updates::new(store.clone());
         (
@@ -83,6 +85,7 @@ impl Commands {
                     registry,
                     updates,
                     metrics,
+                    sealer,
                     stop: CancellationToken::new(),
                 }),
                 active: Arc::new(Mutex::new(HashMap::new())),
@@ -188,7 +191,7 @@ impl Commands {
                 "no targets: give node IDs, names, tag:KEY=VALUE or all".into(),
             ));
         }
-        let payload = resolve::payload(
+        let mut payload = resolve::payload(
             &*self.ctx.store,
             &req.document,
             &req.parameters,
@@ -196,6 +199,7 @@ impl Commands {
             req.output_limit,
         )
         .await?;
+        refs::resolve(&*self.ctx.store, authz, who, &mut payload.invoke).await?;
         check_deliverable(&payload.invoke)?;
         let nodes = self.resolve_targets(&req.targets).await?;
         // Nodes the sender may not even see are not its targets: like a listing, a fan-out

@@ -33,6 +33,8 @@ pub struct Ctx {
     pub registry: Registry,
     pub updates: Updates,
     pub metrics: Metrics,
+    /// Opens the SecureStrings an invocation carries, as it is delivered.
+    pub sealer: Arc<crate::sealing::Sealer>,
     /// Server shutdown: stop delivering, leave everything to resume at the next start.
     pub stop: CancellationToken,
 }
@@ -334,6 +336,17 @@ async fn stream_once(
     }
     let deadline = exec_deadline.unwrap_or_else(|| Instant::now() + run.execution_timeout) + GRACE;
     let mut invoke = run.invoke.clone();
+    if let Err(why) = super::refs::open_secrets(&*ctx.store, &ctx.sealer, &mut invoke.env).await {
+        finish(
+            ctx,
+            id,
+            "Failed",
+            &format!("SecureStringUnavailable: {why}"),
+            None,
+        )
+        .await;
+        return Some("Failed".into());
+    }
     invoke.invocation_id = id.to_string();
     invoke.command_id = run.command_id.clone();
     if !first {

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::Stdio;
 
 use drover_client::ParamSelector;
+use drover_testkit::wait_status;
 
 use super::{create_user, env};
 
@@ -182,6 +183,67 @@ async fn parameters_keep_versions_and_secrets_stay_sealed() {
     assert_eq!(e.status(), Some(403), "{e}");
     let e = viewer
         .delete_parameter("/app/prod/db-url")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+
+    // Commands reference them as SSM does: a String spliced in when sent, a SecureString
+    // only in a script, through an environment variable opened for the node.
+    let node = env.register_agent(&server, "web-1", &[]).unwrap();
+    let _agent = env.run_agent("web-1", &[]).unwrap();
+    wait_status(&server, std::slice::from_ref(&node), "Online")
+        .await
+        .unwrap();
+    // The script compares a digest: the secret itself must not be in the command's text.
+    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, SECRET.as_bytes()));
+    let script = format!(
+        "echo url={{{{ssm:/app/prod/db-url}}}}; d=$(printf %s \"{{{{ssm-secure:/app/prod/db-password}}}}\" | sha256sum | cut -c1-64); test \"$d\" = {digest} && echo secret-ok"
+    );
+    let ran = env
+        .cli_ok(&["run", "--targets", "all", "--", &script])
+        .unwrap();
+    assert!(
+        ran.contains("url=postgres://db2/app") && ran.contains("secret-ok"),
+        "{ran}"
+    );
+    for (script, says) in [
+        (
+            "echo {{ssm:/app/nope}}",
+            "parameter /app/nope does not exist",
+        ),
+        ("echo {{ssm:/app/prod/db-password}}", "is a SecureString"),
+    ] {
+        let out = env.cli(&["run", "--targets", "all", "--", script]).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{err}");
+    }
+    // A SecureString only in a script's commands, never spliced elsewhere.
+    let doc = env.path("wd.yaml");
+    std::fs::write(
+        &doc,
+        "schemaVersion: '2.2'\nmainSteps:\n  - action: aws:runShellScript\n    name: s\n    inputs:\n      workingDirectory: '{{ssm-secure:/app/prod/db-password}}'\n      runCommand: [pwd]\n",
+    )
+    .unwrap();
+    env.cli_ok(&["docs", "create", "Workdir", "--file", &doc.to_string_lossy()])
+        .unwrap();
+    let out = env
+        .cli(&["run", "--doc", "Workdir", "--targets", "all"])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only in a script's commands"), "{err}");
+    // Bob may not read the production secret, so he may not send a command that uses it.
+    let e = bob
+        .send_command(&drover_api::SendCommand {
+            document: "AWS-RunShellScript".into(),
+            parameters: [(
+                "commands".to_string(),
+                serde_json::json!(["echo {{ssm-secure:/app/prod/db-password}}"]),
+            )]
+            .into_iter()
+            .collect(),
+            targets: vec!["all".into()],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(403), "{e}");
