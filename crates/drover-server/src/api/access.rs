@@ -476,18 +476,7 @@ pub async fn expire_due(state: &AppState) -> Result<usize, ApiError> {
                 )
                 .await;
             if expired.is_ok() {
-                state
-                    .audit
-                    .record(drover_store::audit::AuditEvent {
-                        actor: "server".into(),
-                        actor_kind: "server".into(),
-                        action: "access.expired".into(),
-                        resource: format!("access-request/{} user/{}", r.id, r.requester),
-                        outcome: "success".into(),
-                        reason: "no approver answered within a day".into(),
-                        ..Default::default()
-                    })
-                    .await;
+                record_expired(state, r, "no approver answered within a day".into()).await;
             }
         }
     }
@@ -515,19 +504,24 @@ pub async fn expire_due(state: &AppState) -> Result<usize, ApiError> {
             .sessions
             .end_for_grant(&g.id, &format!("access request {} expired", g.id))
             .await;
-        state
-            .audit
-            .record(drover_store::audit::AuditEvent {
-                actor: "server".into(),
-                actor_kind: "server".into(),
-                action: "access.expired".into(),
-                resource: format!("access-request/{} user/{}", g.id, g.requester),
-                outcome: "success".into(),
-                reason: format!("{} session(s) ended", ended),
-                ..Default::default()
-            })
-            .await;
+        record_expired(state, g, format!("{ended} session(s) ended")).await;
         tracing::info!(request = %g.id, sessions_ended = ended, "access grant expired");
     }
     Ok(due.len())
+}
+
+/// The audit entry (and so the webhook event) of a request or grant that ran out of time.
+async fn record_expired(state: &AppState, r: &AccessRequest, reason: String) {
+    state
+        .audit
+        .record(drover_store::audit::AuditEvent {
+            actor: "server".into(),
+            actor_kind: "server".into(),
+            action: "access.expired".into(),
+            resource: format!("access-request/{} user/{}", r.id, r.requester),
+            outcome: "success".into(),
+            reason,
+            ..Default::default()
+        })
+        .await;
 }

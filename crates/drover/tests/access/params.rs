@@ -195,7 +195,10 @@ async fn parameters_keep_versions_and_secrets_stay_sealed() {
         .await
         .unwrap();
     // The script compares a digest: the secret itself must not be in the command's text.
-    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, SECRET.as_bytes()));
+    let digest = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        SECRET.as_bytes(),
+    ));
     let script = format!(
         "echo url={{{{ssm:/app/prod/db-url}}}}; d=$(printf %s \"{{{{ssm-secure:/app/prod/db-password}}}}\" | sha256sum | cut -c1-64); test \"$d\" = {digest} && echo secret-ok"
     );
@@ -224,8 +227,14 @@ async fn parameters_keep_versions_and_secrets_stay_sealed() {
         "schemaVersion: '2.2'\nmainSteps:\n  - action: aws:runShellScript\n    name: s\n    inputs:\n      workingDirectory: '{{ssm-secure:/app/prod/db-password}}'\n      runCommand: [pwd]\n",
     )
     .unwrap();
-    env.cli_ok(&["docs", "create", "Workdir", "--file", &doc.to_string_lossy()])
-        .unwrap();
+    env.cli_ok(&[
+        "docs",
+        "create",
+        "Workdir",
+        "--file",
+        &doc.to_string_lossy(),
+    ])
+    .unwrap();
     let out = env
         .cli(&["run", "--doc", "Workdir", "--targets", "all"])
         .unwrap();
