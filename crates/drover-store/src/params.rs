@@ -36,6 +36,9 @@ pub struct PutParameter {
     /// Replace an existing parameter (adding a version); without it, an existing name is a
     /// conflict.
     pub overwrite: bool,
+    /// The version this must become (a SecureString is sealed for it): another number, because
+    /// a put or a delete came first, is a conflict and stores nothing.
+    pub version: i64,
     pub at: i64,
     pub by: String,
 }

@@ -87,6 +87,12 @@ fn put(c: &mut Connection, p: &PutParameter) -> Result<i64, StoreError> {
         )));
     }
     let version = latest.unwrap_or(0) + 1;
+    if version != p.version {
+        return Err(StoreError::Conflict(format!(
+            "parameter {} changed meanwhile; put it again",
+            p.name
+        )));
+    }
     tx.execute(
         &format!("INSERT INTO parameters ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
         params![p.name, version, p.kind, p.value, p.description, p.at, p.by],
@@ -303,6 +309,13 @@ mod tests {
                 value: value.into(),
                 description: String::new(),
                 overwrite,
+                version: c
+                    .query_row(
+                        "SELECT COALESCE(MAX(version), 0) + 1 FROM parameters WHERE name = ?1",
+                        [name],
+                        |r| r.get(0),
+                    )
+                    .unwrap(),
                 at: 1,
                 by: "admin".into(),
             },
@@ -318,6 +331,19 @@ mod tests {
             Err(StoreError::Conflict(_))
         ));
         assert_eq!(put_one(&mut c, "/app/prod/db", "b", true).unwrap(), 2);
+        // A value sealed for a version another put took first is refused, and not stored.
+        let stale = PutParameter {
+            name: "/app/prod/db".into(),
+            kind: "SecureString".into(),
+            value: "sealed for 2".into(),
+            description: String::new(),
+            overwrite: true,
+            version: 2,
+            at: 1,
+            by: "admin".into(),
+        };
+        assert!(matches!(put(&mut c, &stale), Err(StoreError::Conflict(_))));
+        assert_eq!(history(&c, "/app/prod/db").unwrap().len(), 2);
         put_one(&mut c, "/app/prod/x/deep", "d", false).unwrap();
         put_one(&mut c, "/app/production", "p", false).unwrap();
 

@@ -199,7 +199,14 @@ impl Commands {
             req.output_limit,
         )
         .await?;
-        refs::resolve(&*self.ctx.store, authz, who, &mut payload.invoke).await?;
+        refs::resolve(
+            &*self.ctx.store,
+            authz,
+            who,
+            &req.parameters,
+            &mut payload.invoke,
+        )
+        .await?;
         check_deliverable(&payload.invoke)?;
         let nodes = self.resolve_targets(&req.targets).await?;
         // Nodes the sender may not even see are not its targets: like a listing, a fan-out

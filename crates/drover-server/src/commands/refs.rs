@@ -6,6 +6,10 @@
 //! delivered, so it reaches the node and nothing else. A reference to a parameter that is
 //! missing, or that the sender may not read (decrypt, for a SecureString), refuses the command
 //! before anything is sent, naming it.
+//!
+//! A SecureString is used only where the sender named it, in the parameter values they sent: a
+//! reference written into a document (or a document it runs) would let that document's author
+//! use the sender's right to decrypt. The variable pins the version checked when sent.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -30,7 +34,7 @@ pub const SECURE_PREFIX: &str = "DROVER_SECURE_";
 fn script_var(action: &str, var: &str) -> Option<String> {
     match action {
         "aws:runShellScript" => Some(format!("${{{var}}}")),
-        "aws:runPowerShellScript" => Some(format!("$env:{var}")),
+        "aws:runPowerShellScript" => Some(format!("${{env:{var}}}")),
         _ => None,
     }
 }
@@ -148,6 +152,7 @@ pub async fn resolve(
     store: &dyn Store,
     authz: &Authz,
     who: &Principal,
+    sent: &BTreeMap<String, Value>,
     invoke: &mut Invoke,
 ) -> Result<(), ApiError> {
     let mut found = Vec::new();
@@ -155,11 +160,27 @@ pub async fn resolve(
     for d in invoke.documents.values() {
         collect(d, &mut found);
     }
+    for v in invoke.env.values() {
+        collect(&Value::String(v.clone()), &mut found);
+    }
+    let mut named = Vec::new();
+    for v in sent.values() {
+        collect(v, &mut named);
+    }
+    if let Some((_, name)) = found.iter().find(|r| r.0 && !named.contains(r)) {
+        return Err(ApiError::BadRequest(format!(
+            "{{{{ssm-secure:{name}}}}} is written in the document, not in the parameters you sent: \
+             a SecureString is used only where the sender names it (pass the reference as a \
+             parameter value)"
+        )));
+    }
     if found.is_empty() {
         return Ok(());
     }
     let mut plain = BTreeMap::new();
     let mut vars = BTreeMap::new();
+    // Variable -> `NAME:VERSION`: the version checked now is the one opened at delivery.
+    let mut pinned = BTreeMap::new();
     for (secure, name) in found {
         let written = format!(
             "{{{{{}:{name}}}}}",
@@ -190,6 +211,7 @@ pub async fn resolve(
             }
             (true, true) => {
                 let var = format!("{SECURE_PREFIX}{}", vars.len());
+                pinned.insert(var.clone(), format!("{name}:{}", p.version));
                 vars.insert(name, var);
             }
             (false, true) => {
@@ -226,10 +248,8 @@ pub async fn resolve(
     for (k, v) in env {
         invoke.env.insert(k, subst.string(&v, None)?);
     }
-    // The variables name their parameters until delivery opens them.
-    for (name, var) in vars {
-        invoke.env.insert(var, name);
-    }
+    // The variables name their parameters' versions until delivery opens them.
+    invoke.env.extend(pinned);
     Ok(())
 }
 
@@ -244,12 +264,18 @@ pub async fn open_secrets(
         if !k.starts_with(SECURE_PREFIX) {
             continue;
         }
+        let (name, version) = v
+            .rsplit_once(':')
+            .and_then(|(n, ver)| Some((n.to_string(), ver.parse::<i64>().ok()?)))
+            .ok_or_else(|| format!("{k} does not name a parameter version"))?;
         let p = store
-            .get_parameter(v, &Selector::Latest)
+            .get_parameter(&name, &Selector::Version(version))
             .await
-            .map_err(|e| format!("parameter {v}: {e}"))?
+            .map_err(|e| format!("parameter {name}: {e}"))?
             .filter(|p| p.kind == "SecureString")
-            .ok_or_else(|| format!("parameter {v} is gone, or no longer a SecureString"))?;
+            .ok_or_else(|| {
+                format!("parameter {name} version {version} is gone, or not a SecureString")
+            })?;
         let plain = sealer
             .open(&crate::api::parameter_context(&p.name, p.version), &p.value)
             .map_err(|e| format!("parameter {v}: {e}"))?;

@@ -220,26 +220,40 @@ async fn parameters_keep_versions_and_secrets_stay_sealed() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says), "{err}");
     }
-    // A SecureString only in a script's commands, never spliced elsewhere.
-    let doc = env.path("wd.yaml");
+    // A SecureString only in a script's commands, never spliced elsewhere; and only where
+    // the sender named it, never because a document's author wrote it in.
+    let out = env
+        .cli(&[
+            "run",
+            "--targets",
+            "all",
+            "--param",
+            "workingDirectory={{ssm-secure:/app/prod/db-password}}",
+            "--",
+            "pwd",
+        ])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only in a script's commands"), "{err}");
+    let doc = env.path("author.yaml");
     std::fs::write(
         &doc,
-        "schemaVersion: '2.2'\nmainSteps:\n  - action: aws:runShellScript\n    name: s\n    inputs:\n      workingDirectory: '{{ssm-secure:/app/prod/db-password}}'\n      runCommand: [pwd]\n",
+        "schemaVersion: '2.2'\nmainSteps:\n  - action: aws:runShellScript\n    name: s\n    inputs:\n      runCommand: ['echo {{ssm-secure:/app/prod/db-password}}']\n",
     )
     .unwrap();
     env.cli_ok(&[
         "docs",
         "create",
-        "Workdir",
+        "Author-Wrote-It",
         "--file",
         &doc.to_string_lossy(),
     ])
     .unwrap();
     let out = env
-        .cli(&["run", "--doc", "Workdir", "--targets", "all"])
+        .cli(&["run", "--doc", "Author-Wrote-It", "--targets", "all"])
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("only in a script's commands"), "{err}");
+    assert!(err.contains("written in the document"), "{err}");
     // Bob may not read the production secret, so he may not send a command that uses it.
     let e = bob
         .send_command(&drover_api::SendCommand {
