@@ -13,6 +13,7 @@ mod federation;
 mod identity;
 mod nodes;
 mod openapi;
+mod openapi_params;
 mod params;
 pub(crate) use params::context as parameter_context;
 mod policies;

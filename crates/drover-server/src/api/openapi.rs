@@ -116,17 +116,17 @@ pub async fn document() -> Json<Value> {
 /// The document as served.
 pub fn build() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
-    constrain_parameters(&mut doc);
+    super::openapi_params::constrain_parameters(&mut doc);
     constrain_schemas(&mut doc);
     declare_errors(&mut doc);
     doc
 }
 
-fn string(pattern: &str) -> Value {
+pub(super) fn string(pattern: &str) -> Value {
     json!({"type": "string", "pattern": pattern})
 }
 
-fn integer(min: u64, max: u64) -> Value {
+pub(super) fn integer(min: u64, max: u64) -> Value {
     json!({"type": "integer", "minimum": min, "maximum": max})
 }
 
@@ -137,93 +137,6 @@ fn tag_map() -> Value {
         "propertyNames": string(super::rules::TAG_KEY),
         "additionalProperties": string(&super::rules::tag_value()),
     })
-}
-
-/// The schema of each path and query parameter, by path prefix and name.
-fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
-    use super::rules::*;
-    let commands = path.starts_with("/api/v1/commands");
-    let sessions = path.starts_with("/api/v1/sessions");
-    Some(match (location, name) {
-        ("path", "id") if commands => string(COMMAND_ID),
-        ("path", "id") if sessions => string(SESSION_ID),
-        ("query", "limit") if sessions => integer(1, 1000),
-        ("query", "before") if sessions => string(SESSION_ID),
-        ("query", "active") => json!({"type": "boolean"}),
-        ("query", "since" | "until") => json!({"type": "string", "format": "date-time"}),
-        ("query", "user" | "action" | "resource") => string(&text(1, 256)),
-        ("query", "after") => integer(0, i64::MAX as u64),
-        ("path", "id") if path.starts_with("/api/v1/access-requests") => {
-            string(r"^ar-[0-9a-f]{16}$")
-        }
-        ("query", "status") if path.starts_with("/api/v1/access-requests") => json!({
-            "type": "string",
-            "enum": ["Pending", "Approved", "Denied", "Revoked", "Expired"]
-        }),
-        ("query", "limit") if path.starts_with("/api/v1/access-requests") => integer(1, 1000),
-        ("query", "name") if path.starts_with("/api/v1/parameters") => {
-            json!({"type": "string", "pattern": super::params::PARAMETER_NAME, "maxLength": 1011})
-        }
-        ("query", "path") if path.starts_with("/api/v1/parameters") => {
-            json!({"type": "string", "pattern": super::params::PARAMETER_PATH, "maxLength": 1011})
-        }
-        ("query", "label") if path.starts_with("/api/v1/parameters") => {
-            string(super::params::PARAMETER_LABEL)
-        }
-        ("path", "id") if path.starts_with("/api/v1/webhooks") => string(super::alerts::WEBHOOK_ID),
-        ("query", "limit") if path.starts_with("/api/v1/webhooks") => integer(1, 1000),
-        ("path", "id") if path.starts_with("/api/v1/change-windows") => {
-            string(super::alerts::WINDOW_ID)
-        }
-        ("path", "id") => string(&text(1, 256)),
-        ("path", "node") => string(NODE_ID),
-        ("path", "name") if path.starts_with("/api/v1/users") => string(USER_NAME),
-        ("path", "name") if path.starts_with("/api/v1/groups") => string(GROUP_NAME),
-        ("path", "name") if path.starts_with("/api/v1/policies") => string(POLICY_NAME),
-        ("path", "name") => string(DOCUMENT_NAME),
-        ("path", "token") => string(&text(1, 128)),
-        ("query", "filter") => json!({"type": "array", "items": string(&node_filter())}),
-        ("query", "limit") if path == "/api/v1/commands" => integer(1, 1000),
-        ("query", "limit") => integer(1, 10_000),
-        ("query", "cursor") if path == "/api/v1/commands" => string(COMMAND_ID),
-        ("query", "cursor") if commands => string(INVOCATION_ID),
-        ("query", "cursor") => string(NODE_ID),
-        ("query", "status") => {
-            json!({"type": "string", "enum": super::commands::INVOCATION_STATUSES})
-        }
-        ("query", "node") => string(NODE_ID),
-        ("query", "version") => integer(1, i64::MAX as u64),
-        ("query", "seen" | "timeout_ms") => integer(0, u64::MAX),
-        _ => return None,
-    })
-}
-
-fn constrain_parameters(doc: &mut Value) {
-    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
-        return;
-    };
-    for (path, ops) in paths.iter_mut() {
-        let Some(ops) = ops.as_object_mut() else {
-            continue;
-        };
-        for op in ops.values_mut() {
-            let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
-                continue;
-            };
-            for p in params.iter_mut().filter_map(Value::as_object_mut) {
-                let text = |k: &str| {
-                    p.get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let (name, location) = (text("name"), text("in"));
-                if let Some(schema) = parameter_schema(path, &name, &location) {
-                    p.insert("schema".into(), schema);
-                }
-            }
-        }
-    }
 }
 
 fn constrain_schemas(doc: &mut Value) {
