@@ -229,19 +229,26 @@ pub async fn by_path(
         .store
         .parameters_by_path(&q.path, q.recursive, MAX_LIST)
         .await?;
+    // Decided in one pass each (`Authz::filter`): a hidden parameter is not a denial to log.
+    let resource = |name: &str| Resource::Parameter {
+        name: name.to_string(),
+    };
+    let readable = state
+        .authz
+        .filter(&who, Action::ReadParameter, found, |p| resource(&p.name))
+        .await?;
+    let secrets: Vec<String> = readable
+        .iter()
+        .filter(|p| q.decrypt && p.kind == "SecureString")
+        .map(|p| p.name.clone())
+        .collect();
+    let openable = state
+        .authz
+        .filter(&who, Action::DecryptParameter, secrets, |n| resource(n))
+        .await?;
     let mut out = Vec::new();
-    for p in found {
-        if may(&state, &who, Action::ReadParameter, &p.name)
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        let open = q.decrypt
-            && p.kind == "SecureString"
-            && may(&state, &who, Action::DecryptParameter, &p.name)
-                .await
-                .is_ok();
+    for p in readable {
+        let open = openable.contains(&p.name);
         // One version that does not open spoils only its own value, not the listing.
         let name = p.name.clone();
         match view(&state, p.clone(), open) {
