@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod alerts;
+pub mod assoc;
 pub mod audit;
 mod commands;
 mod identity;
@@ -15,6 +16,7 @@ mod sessions;
 mod sqlite;
 mod sqlite_access;
 mod sqlite_alerts;
+mod sqlite_assoc;
 mod sqlite_audit;
 mod sqlite_commands;
 mod sqlite_documents;
@@ -286,11 +288,77 @@ pub trait ParamStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
+/// State Manager (see `assoc.rs`).
+#[async_trait::async_trait]
+pub trait AssocStore: Send + Sync {
+    /// Creates an association (a name already taken is a conflict), with its first
+    /// execution when it applies at once.
+    async fn create_association(
+        &self,
+        a: &assoc::Association,
+        first: Option<&assoc::Execution>,
+    ) -> Result<(), StoreError>;
+    /// Replaces an association whose revision is still `expected_revision`.
+    async fn update_association(
+        &self,
+        a: &assoc::Association,
+        expected_revision: i64,
+        first: Option<&assoc::Execution>,
+    ) -> Result<(), StoreError>;
+    /// Deletes an association, its executions and its compliance.
+    async fn delete_association(&self, id: &str) -> Result<(), StoreError>;
+    async fn get_association(&self, id_or_name: &str)
+        -> Result<Option<assoc::Association>, StoreError>;
+    async fn list_associations(&self) -> Result<Vec<assoc::Association>, StoreError>;
+    /// Associations whose next run is at or before `by_ms`.
+    async fn due_associations(&self, by_ms: i64) -> Result<Vec<assoc::Association>, StoreError>;
+    /// The earliest next run of any association.
+    async fn next_association_run(&self) -> Result<Option<i64>, StoreError>;
+    /// Moves an association's next run from `expected_ms` to `next_ms` and records `exec`,
+    /// unless another claim moved it first (false).
+    async fn claim_association_run(
+        &self,
+        id: &str,
+        expected_ms: i64,
+        next_ms: i64,
+        exec: &assoc::Execution,
+    ) -> Result<bool, StoreError>;
+    /// Of `exec.nodes`, claims those the association never applied to (recording `exec` for
+    /// them); returns the ones claimed.
+    async fn claim_new_nodes(
+        &self,
+        exec: &assoc::Execution,
+        at: i64,
+    ) -> Result<Vec<String>, StoreError>;
+    async fn update_execution(&self, e: &assoc::Execution) -> Result<(), StoreError>;
+    /// Executions not finished: Pending (not sent) or InProgress.
+    async fn open_executions(&self) -> Result<Vec<assoc::Execution>, StoreError>;
+    /// An association's executions, newest first.
+    async fn list_executions(
+        &self,
+        association_id: &str,
+        limit: usize,
+    ) -> Result<Vec<assoc::Execution>, StoreError>;
+    /// Records compliance rows (a newer execution's result wins); with `only_new`, only adds
+    /// rows where none exist.
+    async fn record_compliance(
+        &self,
+        rows: &[assoc::Compliance],
+        only_new: bool,
+    ) -> Result<(), StoreError>;
+    async fn list_compliance(
+        &self,
+        association_id: Option<&str>,
+        node_id: Option<&str>,
+    ) -> Result<Vec<assoc::Compliance>, StoreError>;
+    async fn compliance_summary(&self) -> Result<Vec<assoc::ComplianceCount>, StoreError>;
+}
+
 /// Everything Drover keeps. Methods are coarse (one call, one transaction) so that a remote
 /// database costs one round trip per operation.
 #[async_trait::async_trait]
 pub trait Store:
-    IdentityStore + AccessStore + AuditStore + AlertStore + ParamStore + Send + Sync + 'static
+    IdentityStore + AccessStore + AuditStore + AlertStore + ParamStore + AssocStore + Send + Sync + 'static
 {
     // --- nodes
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>, StoreError>;

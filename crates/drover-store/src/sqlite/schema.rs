@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     crate::sqlite_access::MIGRATION_ACCESS,
     crate::sqlite_alerts::MIGRATION_ALERTS,
     crate::sqlite_params::MIGRATION_PARAMS,
+    crate::sqlite_assoc::MIGRATION_ASSOC,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"
