@@ -10,12 +10,14 @@ use utoipa::ToSchema;
 
 mod access;
 mod alerts;
+mod assoc;
 mod audit;
 mod identity;
 mod params;
 mod sessions;
 pub use access::*;
 pub use alerts::*;
+pub use assoc::*;
 pub use audit::*;
 pub use identity::*;
 pub use params::*;

@@ -74,6 +74,8 @@ actions! {
     ReadAudit: Server, "read, verify and export the audit log";
     ManageWebhooks: Server, "create, list, test and delete webhooks, and read their delivery logs";
     ManageChangeWindows: Server, "create, list and delete change windows";
+    ReadAssociations: Server, "see State Manager associations, their executions and compliance";
+    ManageAssociations: Server, "create, change, run and delete associations (each application sends its command with its owner's permissions, checked again each time)";
     ReadParameter: Parameter, "see a parameter: its name, type, versions, labels, and the value of a String or StringList";
     DecryptParameter: Parameter, "see a SecureString's value";
     PutParameter: Parameter, "create a parameter, add a version, label versions";
@@ -99,6 +101,7 @@ impl Action {
                 | Action::ReadPolicies
                 | Action::ReadAudit
                 | Action::ReadParameter
+                | Action::ReadAssociations
         )
     }
 

@@ -9,6 +9,7 @@ mod accounts;
 pub mod admission;
 pub mod agents;
 mod api;
+mod assoc;
 pub mod audit;
 pub mod authz;
 mod commands;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub sealer: Arc<sealing::Sealer>,
     /// Posts the audit log's events to operators' endpoints.
     pub webhooks: Arc<webhooks::Webhooks>,
+    /// State Manager's scheduler, woken by changes (`assoc/`).
+    pub assoc: assoc::Scheduler,
     /// Federated login, when an identity provider is configured.
     pub oidc: Option<oidc::Oidc>,
 }
@@ -166,6 +169,7 @@ impl Server {
             audit,
             sealer,
             webhooks,
+            assoc: assoc::Scheduler::default(),
             oidc,
         });
         Ok(Self {
@@ -237,6 +241,7 @@ impl Server {
             }
         });
         let delivering = tokio::spawn(state.webhooks.clone().run(stop_pruning.clone()));
+        let scheduling = tokio::spawn(assoc::run(state.clone(), stop_pruning.clone()));
         listener::serve(state.clone(), tls, listener, shutdown).await;
         state.sessions.shutdown().await;
         stop_pruning.cancel();
@@ -244,6 +249,7 @@ impl Server {
         let _ = signing.await;
         let _ = expiring.await;
         let _ = delivering.await;
+        let _ = scheduling.await;
         // The head at shutdown is signed: a later rewrite of anything before it shows.
         if let Err(e) = state.audit.checkpoint().await {
             tracing::warn!(error = %e, "could not store an audit checkpoint");

@@ -307,8 +307,10 @@ pub trait AssocStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Deletes an association, its executions and its compliance.
     async fn delete_association(&self, id: &str) -> Result<(), StoreError>;
-    async fn get_association(&self, id_or_name: &str)
-        -> Result<Option<assoc::Association>, StoreError>;
+    async fn get_association(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<assoc::Association>, StoreError>;
     async fn list_associations(&self) -> Result<Vec<assoc::Association>, StoreError>;
     /// Associations whose next run is at or before `by_ms`.
     async fn due_associations(&self, by_ms: i64) -> Result<Vec<assoc::Association>, StoreError>;
@@ -358,7 +360,15 @@ pub trait AssocStore: Send + Sync {
 /// database costs one round trip per operation.
 #[async_trait::async_trait]
 pub trait Store:
-    IdentityStore + AccessStore + AuditStore + AlertStore + ParamStore + AssocStore + Send + Sync + 'static
+    IdentityStore
+    + AccessStore
+    + AuditStore
+    + AlertStore
+    + ParamStore
+    + AssocStore
+    + Send
+    + Sync
+    + 'static
 {
     // --- nodes
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>, StoreError>;

@@ -79,7 +79,11 @@ fn insert_execution(c: &Connection, e: &Execution) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn create(c: &mut Connection, a: &Association, first: Option<&Execution>) -> Result<(), StoreError> {
+fn create(
+    c: &mut Connection,
+    a: &Association,
+    first: Option<&Execution>,
+) -> Result<(), StoreError> {
     let tx = c
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db("create an association"))?;

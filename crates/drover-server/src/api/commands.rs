@@ -16,7 +16,7 @@ use crate::commands::SendRequest;
 use crate::AppState;
 use drover_policy::Resource;
 
-const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
 /// Output shown per step and stream in listings; the output endpoint gives all of it.
 const SUMMARY_CHARS: usize = 24_000;
 
@@ -234,6 +234,7 @@ pub async fn send(
         .commands
         .send(
             SendRequest {
+                key: None,
                 document: req.document,
                 parameters: req.parameters,
                 targets: req.targets,

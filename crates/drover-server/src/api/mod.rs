@@ -3,7 +3,10 @@
 
 mod access;
 mod alerts;
+mod assoc;
 pub use access::expire_due;
+pub use commands::DEFAULT_OUTPUT_LIMIT;
+pub use identity::user_facts;
 mod activations;
 mod audited;
 pub(crate) use audited::view as audit_view;
@@ -174,6 +177,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/parameters/by-path", get(params::by_path))
         .route("/api/v1/parameters/history", get(params::history))
         .route("/api/v1/parameters/labels", post(params::label))
+        .route("/api/v1/associations", get(assoc::list).post(assoc::create))
+        .route(
+            "/api/v1/associations/{id}",
+            get(assoc::show).patch(assoc::update).delete(assoc::delete),
+        )
+        .route("/api/v1/associations/{id}/run", post(assoc::run_now))
+        .route(
+            "/api/v1/associations/{id}/executions",
+            get(assoc::executions),
+        )
+        .route("/api/v1/compliance", get(assoc::compliance))
+        .route("/api/v1/compliance/summary", get(assoc::summary))
         .route("/api/v1/audit", get(audited::list))
         .route("/api/v1/audit/verify", get(audited::verify))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

@@ -266,6 +266,7 @@ pub async fn tag(
         .store
         .update_tags(&node.id, &update.set, &update.remove)
         .await?;
+    state.assoc.node_changed(&node.id);
     let online = node.status == NodeStatus::Online;
     Ok(Json(view(node, online)))
 }

@@ -41,6 +41,11 @@ fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
         ("path", "id") if path.starts_with("/api/v1/change-windows") => {
             string(super::alerts::WINDOW_ID)
         }
+        ("path", "id") if path.starts_with("/api/v1/associations") => {
+            string(super::assoc::ASSOCIATION_REF)
+        }
+        ("query", "association") => string(super::assoc::ASSOCIATION_REF),
+        ("query", "limit") if path.starts_with("/api/v1/associations") => integer(1, 1000),
         ("path", "id") => string(&text(1, 256)),
         ("path", "node") => string(NODE_ID),
         ("path", "name") if path.starts_with("/api/v1/users") => string(USER_NAME),

@@ -108,6 +108,7 @@ pub async fn register(
         .await?
         .map_err(|e| ApiError::Internal(format!("recording the first certificate: {e}")))?;
     tracing::info!(node = %created.id, name = %created.name, activation = %req.activation_id, "registered a node");
+    state.assoc.node_changed(&created.id);
     Ok((
         StatusCode::CREATED,
         Json(RegisterResponse {

@@ -29,6 +29,9 @@ pub const ACCESS_DENIED: &str = "AccessDenied";
 
 /// A command as the API asks for it.
 pub struct SendRequest {
+    /// The command's key (`cmd-KEY`), when the caller fixed it beforehand (an association's
+    /// execution, so that a retry finds the command instead of sending another).
+    pub key: Option<String>,
     pub document: String,
     pub parameters: BTreeMap<String, Value>,
     pub targets: Vec<String>,
@@ -177,20 +180,24 @@ impl Commands {
         Ok(picked.into_values().collect())
     }
 
-    /// Sends a command: validates everything first (nothing runs on bad input), decides per
-    /// target node whether `who` may send it there (the others are recorded as Failed,
-    /// `AccessDenied`, never dropped), records it and its invocations, and starts it.
-    pub async fn send(
+    /// Everything [`Commands::send`] checks of the document and its parameters, without
+    /// targets: for an association, at creation, so that bad input is refused at once.
+    pub async fn check(
         &self,
-        req: SendRequest,
+        req: &SendRequest,
         who: &Principal,
         authz: &Authz,
-    ) -> Result<Command, ApiError> {
-        if req.targets.is_empty() {
-            return Err(ApiError::BadRequest(
-                "no targets: give node IDs, names, tag:KEY=VALUE or all".into(),
-            ));
-        }
+    ) -> Result<String, ApiError> {
+        Ok(self.prepare(req, who, authz).await?.document.name)
+    }
+
+    /// Resolves the document, its parameters and references; refuses what no agent could run.
+    async fn prepare(
+        &self,
+        req: &SendRequest,
+        who: &Principal,
+        authz: &Authz,
+    ) -> Result<resolve::Payload, ApiError> {
         let mut payload = resolve::payload(
             &*self.ctx.store,
             &req.document,
@@ -208,6 +215,24 @@ impl Commands {
         )
         .await?;
         check_deliverable(&payload.invoke)?;
+        Ok(payload)
+    }
+
+    /// Sends a command: validates everything first (nothing runs on bad input), decides per
+    /// target node whether `who` may send it there (the others are recorded as Failed,
+    /// `AccessDenied`, never dropped), records it and its invocations, and starts it.
+    pub async fn send(
+        &self,
+        req: SendRequest,
+        who: &Principal,
+        authz: &Authz,
+    ) -> Result<Command, ApiError> {
+        if req.targets.is_empty() {
+            return Err(ApiError::BadRequest(
+                "no targets: give node IDs, names, tag:KEY=VALUE or all".into(),
+            ));
+        }
+        let payload = self.prepare(&req, who, authz).await?;
         let nodes = self.resolve_targets(&req.targets).await?;
         // Nodes the sender may not even see are not its targets: like a listing, a fan-out
         // shows only what the user may see (their IDs and tags stay hidden). Among the ones it
@@ -248,7 +273,10 @@ impl Commands {
         // IDs that sort by time, and a command's invocations next to each other: the store's
         // B-trees then take new rows at their right edge, and a batch of progress for one
         // command touches a few neighbouring pages instead of one random page per invocation.
-        let key = format!("{:010x}{}", now.max(0), secrets::random_hex(5));
+        let key = req
+            .key
+            .clone()
+            .unwrap_or_else(|| format!("{:010x}{}", now.max(0), secrets::random_hex(5)));
         let id = format!("cmd-{key}");
         let invocations: Vec<Invocation> = nodes
             .iter()
