@@ -99,6 +99,7 @@ pub fn pinned_tls(
 }
 
 mod alerts;
+mod assoc;
 mod identity;
 mod params;
 pub use identity::AuditFilter;

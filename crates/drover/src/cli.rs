@@ -82,6 +82,12 @@ pub enum Command {
     /// Parameter Store: put, get, get-by-path, history, label, delete.
     #[command(subcommand)]
     Params(crate::cmd_params::ParamsCommand),
+    /// State Manager associations: create, list, show, update, delete, run-now, history.
+    #[command(subcommand, alias = "associations")]
+    Assoc(crate::cmd_assoc::AssocCommand),
+    /// Nodes' compliance with associations: summary, list.
+    #[command(subcommand)]
+    Compliance(crate::cmd_assoc::ComplianceCommand),
     /// Change windows, when sessions on tagged nodes are expected: create, list, delete.
     #[command(subcommand, alias = "change-windows")]
     Windows(crate::cmd_alerts::WindowsCommand),
@@ -564,6 +570,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Webhooks(cmd) => crate::cmd_alerts::webhooks(cmd).await,
         Command::Windows(cmd) => crate::cmd_alerts::windows(cmd).await,
         Command::Params(cmd) => crate::cmd_params::run(cmd).await,
+        Command::Assoc(cmd) => crate::cmd_assoc::run(cmd).await,
+        Command::Compliance(cmd) => crate::cmd_assoc::compliance(cmd).await,
         Command::Run(args) => crate::cmd_run::run(args).await,
         Command::Docs(cmd) => crate::cmd_docs::run(cmd).await,
         Command::Commands(cmd) => crate::cmd_run::commands(cmd).await,

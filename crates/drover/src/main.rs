@@ -9,6 +9,7 @@ mod cmd_access_requests;
 mod cmd_activation;
 mod cmd_agent;
 mod cmd_alerts;
+mod cmd_assoc;
 mod cmd_audit;
 mod cmd_docs;
 mod cmd_forward;

@@ -164,9 +164,20 @@ pub async fn request(
     })
 }
 
+/// Test builds only: dies at the named point (`DROVER_TEST_CRASH_AT`), so that a test shows
+/// what a restart from there does.
+fn crash_point(_name: &str) {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var("DROVER_TEST_CRASH_AT").is_ok_and(|v| v == _name) {
+        eprintln!("crashing at {_name} (DROVER_TEST_CRASH_AT)");
+        std::process::abort();
+    }
+}
+
 /// Sends a Pending execution's command, unless a previous attempt already did.
 async fn apply(state: &AppState, mut exec: Execution) -> Result<(), drover_store::StoreError> {
     let store = &state.store;
+    crash_point("assoc-before-send");
     if store.get_command(&exec.command_id).await?.is_none() {
         let Some(a) = store.get_association(&exec.association_id).await? else {
             return Ok(());
@@ -196,6 +207,7 @@ async fn apply(state: &AppState, mut exec: Execution) -> Result<(), drover_store
             return store.update_execution(&exec).await;
         }
     }
+    crash_point("assoc-after-send");
     // Its nodes are Pending until the result, so a re-tag meanwhile does not apply it twice.
     let rows: Vec<Compliance> = invocations(state, &exec.command_id)
         .await?
