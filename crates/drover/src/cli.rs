@@ -25,6 +25,10 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// The server to talk to, by context name (see `drover context`); default: the current
+    /// context, or DROVER_CONTEXT.
+    #[arg(long, global = true, env = "DROVER_CONTEXT")]
+    pub context: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -82,6 +86,9 @@ pub enum Command {
     /// Parameter Store: put, get, get-by-path, history, label, delete.
     #[command(subcommand)]
     Params(crate::cmd_params::ParamsCommand),
+    /// Named logins to several servers: add, use, list, remove.
+    #[command(subcommand)]
+    Context(crate::cmd_context::ContextCommand),
     /// State Manager associations: create, list, show, update, delete, run-now, history.
     #[command(subcommand, alias = "associations")]
     Assoc(crate::cmd_assoc::AssocCommand),
@@ -171,6 +178,10 @@ pub struct RunArgs {
     /// Print the command ID and return at once.
     #[arg(long)]
     pub no_wait: bool,
+    /// Send the same command through each of these contexts (servers), and show one combined
+    /// result with the context of each node: `--contexts prod-eu,prod-us`.
+    #[arg(long, value_delimiter = ',', conflicts_with = "follow")]
+    pub contexts: Vec<String>,
     /// table (folded results), json, or text (every node's stdout, concatenated).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = RunFormat::Table)]
     pub format: RunFormat,
@@ -552,6 +563,7 @@ pub struct OutputArgs {
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    crate::client_config::choose_context(cli.context);
     match cli.command {
         Command::Server(args) => crate::cmd_server::run(*args).await,
         Command::Up(args) => crate::cmd_up::run(args).await,
@@ -570,6 +582,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Webhooks(cmd) => crate::cmd_alerts::webhooks(cmd).await,
         Command::Windows(cmd) => crate::cmd_alerts::windows(cmd).await,
         Command::Params(cmd) => crate::cmd_params::run(cmd).await,
+        Command::Context(cmd) => crate::cmd_context::run(cmd).await,
         Command::Assoc(cmd) => crate::cmd_assoc::run(cmd).await,
         Command::Compliance(cmd) => crate::cmd_assoc::compliance(cmd).await,
         Command::Run(args) => crate::cmd_run::run(args).await,

@@ -2,6 +2,7 @@
 //! user's config directory (`$XDG_CONFIG_HOME/drover/config.toml`, or `$DROVER_CONFIG`) with
 //! mode 0600, like other CLIs keep their tokens.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,11 +10,50 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientConfig {
     pub server: String,
     pub ca_fingerprint: String,
     pub token: String,
+}
+
+/// The file: named contexts (one per server, like kubectl's) and the one in use. A file of
+/// the earlier single-server form reads as one context named `default`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConfigFile {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub current: String,
+    #[serde(default)]
+    pub contexts: BTreeMap<String, ClientConfig>,
+    #[serde(default, skip_serializing)]
+    server: Option<String>,
+    #[serde(default, skip_serializing)]
+    ca_fingerprint: Option<String>,
+    #[serde(default, skip_serializing)]
+    token: Option<String>,
+}
+
+/// The context every verb uses in this process: `--context`, else `DROVER_CONTEXT`, else the
+/// file's current one.
+static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn choose_context(name: Option<String>) {
+    if let Some(n) = name.filter(|n| !n.is_empty()) {
+        let _ = CHOSEN.set(n);
+    }
+}
+
+/// A context's name: what kubectl and shells accept without quoting.
+pub fn check_context_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!("invalid context name {name:?}: 1 to 64 letters, digits and -_.");
+    }
+    Ok(())
 }
 
 pub fn config_path() -> anyhow::Result<PathBuf> {
@@ -24,29 +64,81 @@ pub fn config_path() -> anyhow::Result<PathBuf> {
     Ok(dir.join("drover").join("config.toml"))
 }
 
-pub fn load() -> anyhow::Result<ClientConfig> {
+/// The whole file; an empty one when there is none yet.
+pub fn load_file() -> anyhow::Result<ConfigFile> {
     let path = config_path()?;
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no client configuration at {}: run 'drover login' (or 'drover up')",
-            path.display()
-        )
-    })?;
-    let mut cfg: ClientConfig = toml::from_str(&text)
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut file: ConfigFile = toml::from_str(&text)
         .with_context(|| format!("invalid client configuration {}", path.display()))?;
+    if let Some(server) = file.server.take() {
+        file.contexts
+            .entry("default".into())
+            .or_insert(ClientConfig {
+                server,
+                ca_fingerprint: file.ca_fingerprint.take().unwrap_or_default(),
+                token: file.token.take().unwrap_or_default(),
+            });
+        if file.current.is_empty() {
+            file.current = "default".into();
+        }
+    }
+    Ok(file)
+}
+
+/// The name of the context in use (which may not exist yet: a login creates it).
+pub fn context_name(file: &ConfigFile) -> String {
+    CHOSEN
+        .get()
+        .cloned()
+        .or_else(|| {
+            std::env::var("DROVER_CONTEXT")
+                .ok()
+                .filter(|c| !c.is_empty())
+        })
+        .or_else(|| (!file.current.is_empty()).then(|| file.current.clone()))
+        .unwrap_or_else(|| "default".into())
+}
+
+/// A named context's settings, with `DROVER_TOKEN` overriding its token.
+pub fn load_context(name: &str) -> anyhow::Result<ClientConfig> {
+    let path = config_path()?;
+    let file = load_file()?;
+    let mut cfg = file.contexts.get(name).cloned().with_context(|| {
+        if file.contexts.is_empty() {
+            format!(
+                "no client configuration at {}: run 'drover login' (or 'drover up')",
+                path.display()
+            )
+        } else {
+            format!(
+                "no context {name:?} in {} (there are: {}); add it with 'drover context add'",
+                path.display(),
+                file.contexts.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        }
+    })?;
     if let Ok(token) = std::env::var("DROVER_TOKEN") {
         cfg.token = token;
     }
     Ok(cfg)
 }
 
-pub fn save(cfg: &ClientConfig) -> anyhow::Result<PathBuf> {
+pub fn load() -> anyhow::Result<ClientConfig> {
+    let file = load_file()?;
+    load_context(&context_name(&file))
+}
+
+pub fn save_file(file: &ConfigFile) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = config_path()?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let text = toml::to_string(cfg).context("encoding the client configuration")?;
+    let text = toml::to_string(file).context("encoding the client configuration")?;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -61,14 +153,36 @@ pub fn save(cfg: &ClientConfig) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A client from the saved configuration.
-pub fn client() -> anyhow::Result<drover_client::Client> {
-    let cfg = load()?;
+/// Saves `cfg` as the context in use.
+pub fn save(cfg: &ClientConfig) -> anyhow::Result<PathBuf> {
+    let name = context_name(&load_file()?);
+    save_as(&name, cfg)
+}
+
+/// Saves `cfg` as the context `name`; the first context saved becomes the current one.
+pub fn save_as(name: &str, cfg: &ClientConfig) -> anyhow::Result<PathBuf> {
+    check_context_name(name)?;
+    let mut file = load_file()?;
+    file.contexts.insert(name.to_string(), cfg.clone());
+    if file.current.is_empty() || !file.contexts.contains_key(&file.current) {
+        file.current = name.to_string();
+    }
+    save_file(&file)
+}
+
+/// A client for a named context.
+pub fn client_for(name: &str) -> anyhow::Result<drover_client::Client> {
+    let cfg = load_context(name)?;
     Ok(drover_client::Client::new(
         &cfg.server,
         &cfg.ca_fingerprint,
         Some(cfg.token),
     )?)
+}
+
+/// A client from the saved configuration.
+pub fn client() -> anyhow::Result<drover_client::Client> {
+    client_for(&context_name(&load_file()?))
 }
 
 /// Decides which fingerprint to pin: the one given, or (interactively) the root-most
@@ -127,7 +241,14 @@ pub struct LoginArgs {
 }
 
 pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
-    let saved = load().ok();
+    let name = context_name(&load_file()?);
+    login_as(&name, args).await
+}
+
+/// Logs in and saves the login as the context `name`.
+pub async fn login_as(name: &str, args: LoginArgs) -> anyhow::Result<ExitCode> {
+    check_context_name(name)?;
+    let saved = load_context(name).ok();
     let server = match (&args.server, &saved) {
         (Some(s), _) => s.clone(),
         (None, Some(c)) if !c.server.is_empty() => c.server.clone(),
@@ -179,13 +300,16 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         .whoami()
         .await
         .context("the server refused the token")?;
-    let path = save(&ClientConfig {
-        server: client.base_url().to_string(),
-        ca_fingerprint: fingerprint,
-        token,
-    })?;
+    let path = save_as(
+        name,
+        &ClientConfig {
+            server: client.base_url().to_string(),
+            ca_fingerprint: fingerprint,
+            token,
+        },
+    )?;
     println!(
-        "logged in to {} as {}; configuration saved in {}",
+        "logged in to {} as {} (context {name}); configuration saved in {}",
         client.base_url(),
         me.user.name,
         path.display()

@@ -95,20 +95,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let delivery = parse_duration("delivery timeout", &args.delivery_timeout)?;
     let execution = parse_duration("execution timeout", &args.execution_timeout)?;
+    let req = SendCommand {
+        document,
+        parameters: params,
+        targets,
+        max_concurrency: Some(args.max_concurrency.clone()),
+        max_errors: Some(args.max_errors.clone()),
+        delivery_timeout_secs: Some(delivery.as_secs()),
+        execution_timeout_secs: Some(execution.as_secs()),
+        comment: args.comment.clone(),
+        output_limit: args.output_limit,
+    };
+    if !args.contexts.is_empty() {
+        return crate::cmd_run_across::run(&args, &req).await;
+    }
     let c = client()?;
-    let cmd = c
-        .send_command(&SendCommand {
-            document,
-            parameters: params,
-            targets,
-            max_concurrency: Some(args.max_concurrency.clone()),
-            max_errors: Some(args.max_errors.clone()),
-            delivery_timeout_secs: Some(delivery.as_secs()),
-            execution_timeout_secs: Some(execution.as_secs()),
-            comment: args.comment.clone(),
-            output_limit: args.output_limit,
-        })
-        .await?;
+    let cmd = c.send_command(&req).await?;
     if args.no_wait {
         // The ID alone is what scripts capture; `-o json` asks for the whole command.
         if args.format == RunFormat::Json {
@@ -124,7 +126,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Waits for the command to finish, showing a progress bar (on a terminal) and, with
 /// `--follow`, output as it arrives.
-async fn follow(c: &Client, cmd: CommandView, print_output: bool) -> anyhow::Result<CommandView> {
+pub(crate) async fn follow(
+    c: &Client,
+    cmd: CommandView,
+    print_output: bool,
+) -> anyhow::Result<CommandView> {
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(cmd.target_count.max(0) as u64);
         bar.set_style(
@@ -200,7 +206,7 @@ async fn print_new_output(
     Ok(())
 }
 
-fn failed(cmd: &CommandView) -> bool {
+pub(crate) fn failed(cmd: &CommandView) -> bool {
     cmd.counts.iter().any(|(k, v)| k != "Success" && *v > 0)
 }
 
@@ -252,7 +258,7 @@ async fn report(
     })
 }
 
-fn status_text(inv: &InvocationView) -> String {
+pub(crate) fn status_text(inv: &InvocationView) -> String {
     if inv.status_detail.is_empty() || inv.status_detail == inv.status {
         inv.status.clone()
     } else {
@@ -260,7 +266,7 @@ fn status_text(inv: &InvocationView) -> String {
     }
 }
 
-fn duration(inv: &InvocationView) -> Option<f64> {
+pub(crate) fn duration(inv: &InvocationView) -> Option<f64> {
     let parse = |s: &str| {
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
     };
@@ -271,8 +277,28 @@ fn duration(inv: &InvocationView) -> Option<f64> {
 
 /// Identical results (status, exit code, output) once, with how many nodes and which.
 fn print_folded(cmd: &CommandView, invocations: &[InvocationView]) {
-    let mut groups: BTreeMap<(String, String, String), Vec<&InvocationView>> = BTreeMap::new();
-    for inv in invocations {
+    fold(invocations.iter().map(|i| (i.node_name.clone(), i)));
+    println!("{}", summary(cmd));
+}
+
+/// `command ID STATUS: counts`.
+pub(crate) fn summary(cmd: &CommandView) -> String {
+    format!(
+        "command {} {}: {}",
+        cmd.id,
+        cmd.status,
+        cmd.counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Prints groups of identical results, failures first, each with its nodes' labels.
+pub(crate) fn fold<'a>(invocations: impl Iterator<Item = (String, &'a InvocationView)>) {
+    let mut groups: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
+    for (label, inv) in invocations {
         let mut output = String::new();
         for s in &inv.steps {
             output.push_str(&s.stdout);
@@ -287,14 +313,13 @@ fn print_folded(cmd: &CommandView, invocations: &[InvocationView]) {
         groups
             .entry((status_text(inv), exit, output))
             .or_default()
-            .push(inv);
+            .push(label);
     }
     // Failures first: they are what an operator looks for.
     let mut groups: Vec<_> = groups.into_iter().collect();
     groups.sort_by_key(|((status, _, _), nodes)| (status.starts_with("Success"), nodes.len()));
-    for ((status, exit, output), nodes) in groups {
-        let names: Vec<&str> = nodes.iter().map(|i| i.node_name.as_str()).collect();
-        let shown = names.iter().take(8).copied().collect::<Vec<_>>().join(", ");
+    for ((status, exit, output), names) in groups {
+        let shown = names.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
         let more = if names.len() > 8 {
             format!(" and {} more", names.len() - 8)
         } else {
@@ -302,26 +327,16 @@ fn print_folded(cmd: &CommandView, invocations: &[InvocationView]) {
         };
         println!(
             "{} node{}: {status}, exit {exit}: {shown}{more}",
-            nodes.len(),
-            if nodes.len() == 1 { "" } else { "s" }
+            names.len(),
+            if names.len() == 1 { "" } else { "s" }
         );
         for line in output.lines() {
             println!("    {line}");
         }
     }
-    println!(
-        "command {} {}: {}",
-        cmd.id,
-        cmd.status,
-        cmd.counts
-            .iter()
-            .map(|(k, v)| format!("{v} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
 }
 
-const PRUNED: &str = "note: the retention policy deleted this command's output \
+pub(crate) const PRUNED: &str = "note: the retention policy deleted this command's output \
      (server setting output_max_age); statuses and exit codes remain";
 
 pub async fn commands(cmd: CommandsCommand) -> anyhow::Result<ExitCode> {
