@@ -55,6 +55,10 @@ pub struct AgentConfig {
     pub max_download_bytes: u64,
     /// The OS user sessions run as when the server names none and the agent runs as root.
     pub session_user: String,
+    /// The parameter (under `/drover/agents/`) the agent takes its settings from.
+    pub settings_parameter: Option<String>,
+    /// What applies a new log level (installed by the binary).
+    pub settings_hook: crate::settings::SettingsHook,
 }
 
 /// Default for [`AgentConfig::max_download_bytes`]: packages and installers fit, a runaway
@@ -85,6 +89,8 @@ impl AgentConfig {
             reboot: RebootMode::Machine,
             max_download_bytes: DEFAULT_MAX_DOWNLOAD_BYTES,
             session_user: "drover-user".into(),
+            settings_parameter: None,
+            settings_hook: Default::default(),
         }
     }
 }
@@ -253,8 +259,13 @@ async fn connect_once(
         Ok(cfg) => Arc::new(cfg),
         Err(e) => return Outcome::Refused(e.to_string()),
     };
+    // A proxy the agent was started with wins over one its central settings name.
+    let proxy = config
+        .proxy
+        .clone()
+        .or_else(|| crate::settings::saved_proxy(&config.state_dir));
     let dialled = tokio::select! {
-        r = dial::dial(&target, config.proxy.as_ref(), tls, config.dial_timeout) => r,
+        r = dial::dial(&target, proxy.as_ref(), tls, config.dial_timeout) => r,
         _ = shutdown.cancelled() => return Outcome::Stopped,
     };
     let tls = match dialled {
@@ -309,6 +320,7 @@ async fn session(
             max_version: drover_proto::PROTOCOL_VERSION,
             inventory: inv.clone(),
             e2e_key: sessions.signed_e2e_key(identity),
+            settings_parameter: config.settings_parameter.clone(),
         }),
     ];
     for m in hello {
@@ -335,6 +347,13 @@ async fn session(
     emit(AgentEvent::Connected {
         node_id: welcome.node_id.clone(),
     });
+    let apply_settings = |s: &drover_proto::AgentSettings| {
+        let name = config.settings_parameter.as_deref().unwrap_or_default();
+        crate::settings::apply(&config.state_dir, &config.settings_hook, name, s);
+    };
+    if let Some(s) = &welcome.settings {
+        apply_settings(s);
+    }
     let up = |reason: String| Outcome::Lost {
         reason,
         was_up: true,
@@ -390,6 +409,7 @@ async fn session(
                         },
                         None => tracing::warn!("ignored a certificate that was not asked for"),
                     },
+                    Message::Settings(s) if config.settings_parameter.is_some() => apply_settings(&s),
                     Message::Refused(r) => return refused(r),
                     Message::Goodbye { reason } => return up(format!("server said goodbye: {reason}")),
                     Message::Error { code, message } => {

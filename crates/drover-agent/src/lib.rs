@@ -19,6 +19,8 @@ pub use os_user::valid_name as valid_user_name;
 mod register;
 pub mod service;
 mod session;
+mod settings;
+pub use settings::{Hook as SettingsFn, SettingsHook};
 mod shell;
 mod sshd;
 mod step;

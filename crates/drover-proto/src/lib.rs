@@ -14,9 +14,9 @@ pub use deny::{denied, deny_list, DEFAULT_DENY};
 pub use forward::{target_label, E2eKey, ForwardConnect, MUX_UPGRADE};
 pub use frame::{decode, encode, FrameError, LENGTH_PREFIX, MAX_FRAME_LEN};
 pub use message::{
-    negotiate, CertificateIssued, Hello, Inventory, Invoke, Message, OutputStream, Progress,
-    RefuseCode, Refused, SessionKind, SessionStart, StreamKind, StreamOpen, Terminal, Welcome,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    negotiate, AgentSettings, CertificateIssued, Hello, Inventory, Invoke, Message, OutputStream,
+    Progress, RefuseCode, Refused, SessionKind, SessionStart, StreamKind, StreamOpen, Terminal,
+    Welcome, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use session::{
     SessionClosed, SessionFrame, SessionFrameError, SessionSignal, SessionStream, SESSION_DATA_MAX,

@@ -67,6 +67,9 @@ pub enum Message {
     ForwardConnect(crate::ForwardConnect),
     /// The connection is made; the stream carries its raw bytes from now on, either way.
     ForwardConnected,
+    /// Server to agent, on the control stream: its settings parameter changed. Sent only to
+    /// an agent that named one in its Hello.
+    Settings(AgentSettings),
 }
 
 impl Message {
@@ -76,6 +79,7 @@ impl Message {
             Message::Open(_) => "open",
             Message::Hello(_) => "hello",
             Message::Welcome(_) => "welcome",
+            Message::Settings(_) => "settings",
             Message::Refused(_) => "refused",
             Message::Ping { .. } => "ping",
             Message::Pong { .. } => "pong",
@@ -124,6 +128,60 @@ pub struct Hello {
     /// The agent's end-to-end key, for sessions the server must not read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e2e_key: Option<crate::E2eKey>,
+    /// A Parameter Store parameter (under `/drover/agents/`) holding the agent's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_parameter: Option<String>,
+}
+
+/// An agent's settings, kept centrally in a parameter (JSON) so that a fleet is configured
+/// in one place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// A log filter: `error`, `warn`, `info`, `debug`, `trace`, or directives like
+    /// `info,drover_agent=debug`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Seconds between heartbeats (5 to 600), from the next connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_secs: Option<u64>,
+    /// `HOST:PORT` of an HTTP CONNECT proxy to reach the server, from the next connection
+    /// (a proxy the agent was started with wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+}
+
+impl AgentSettings {
+    /// Checks what a parameter (or a peer) says, naming what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(l) = &self.log_level {
+            let ok = !l.is_empty()
+                && l.len() <= 200
+                && l.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '_' | '=' | ',' | ':' | '.' | '-')
+                });
+            if !ok {
+                return Err(format!("log_level {l:?}: a level or log directives"));
+            }
+        }
+        if let Some(h) = self.heartbeat_secs {
+            if !(5..=600).contains(&h) {
+                return Err(format!("heartbeat_secs {h}: from 5 to 600"));
+            }
+        }
+        if let Some(p) = &self.proxy {
+            let ok = p.len() <= 255
+                && p.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty()
+                        && !host.contains(['/', '@', ' '])
+                        && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+            if !ok {
+                return Err(format!("proxy {p:?}: HOST:PORT"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +191,9 @@ pub struct Welcome {
     pub node_id: String,
     /// How often each side sends a heartbeat; a peer silent for three intervals is gone.
     pub heartbeat_secs: u64,
+    /// The settings from the parameter the agent named in its Hello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<AgentSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use drover_proto::{CertificateIssued, Message, RefuseCode, Refused, StreamKind, Welcome};
+use drover_proto::{Message, RefuseCode, Refused, StreamKind, Welcome};
 use drover_store::{CertCheck, NodeId, NodeInventory, NodeStatus, Store};
 use drover_tunnel::{FrameCodec, Framed, Incoming, Role, Stream, Tunnel, TunnelConfig};
 use futures::{SinkExt, StreamExt};
@@ -284,7 +284,16 @@ async fn session(
         };
     // Authenticated: the connection no longer counts against the unauthenticated caps.
     drop(opening.unauthenticated);
-    let heartbeat = state.config.heartbeat;
+    let settings_name = hello.settings_parameter.clone();
+    let mut settings = match &settings_name {
+        Some(name) => crate::agent_settings::read(state, node_id, name).await,
+        None => None,
+    };
+    let heartbeat = settings
+        .as_ref()
+        .and_then(|s| s.heartbeat_secs)
+        .map_or(state.config.heartbeat, Duration::from_secs);
+    let mut param_changes = state.param_changes.subscribe();
     send(
         state,
         &mut framed,
@@ -292,6 +301,7 @@ async fn session(
             version,
             node_id: node_id.to_string(),
             heartbeat_secs: heartbeat.as_secs().max(1),
+            settings: settings.clone(),
         }),
     )
     .await?;
@@ -335,7 +345,7 @@ async fn session(
                         }
                     }
                     Message::RenewCertificate { csr_pem } => {
-                        let reply = renew(state, node_id, &csr_pem).await;
+                        let reply = crate::renewal::renew(state, node_id, &csr_pem).await;
                         send(state, &mut framed, reply).await?;
                     }
                     Message::CertificateSaved => match state.store.certificate_saved(node_id).await {
@@ -349,6 +359,15 @@ async fn session(
                         let _ = send(state, &mut framed, Message::Error { code: "unexpected_message".into(), message: reason.clone() }).await;
                         return Err(reason);
                     }
+                }
+            }
+            Ok(()) = param_changes.changed(), if settings_name.is_some() => {
+                let name = settings_name.as_deref().unwrap_or_default();
+                let next = crate::agent_settings::read(state, node_id, name).await;
+                // Invalid settings (warned about) leave the last good ones in force.
+                if let Some(next) = next.filter(|n| settings.as_ref() != Some(n)) {
+                    send(state, &mut framed, Message::Settings(next.clone())).await?;
+                    settings = Some(next);
                 }
             }
             _ = ticker.tick() => {
@@ -392,51 +411,6 @@ async fn session(
             }
         }
     }
-}
-
-/// Signs a renewal and records it, at most once per [`renewal_interval`]: a node that asks
-/// more often is broken or hostile, and each certificate would be one more to retire.
-async fn renew(state: &AppState, node_id: &NodeId, csr_pem: &str) -> Message {
-    let failed = |message: String| Message::Error {
-        code: "renewal_failed".into(),
-        message,
-    };
-    let lifetime = state.config.agent_cert_lifetime;
-    let (cert_pem, not_after) = match state.ca.sign_node_csr(csr_pem, node_id.as_str(), lifetime) {
-        Ok(issued) => issued,
-        Err(e) => return failed(e.to_string()),
-    };
-    let fingerprint = match drover_pki::cert_fingerprint_pem(&cert_pem) {
-        Ok(fp) => fp,
-        Err(e) => return failed(format!("reading the certificate just issued: {e}")),
-    };
-    let now = crate::secrets::now();
-    let interval = renewal_interval(lifetime);
-    match state
-        .store
-        .certificate_issued(node_id, &fingerprint, now, interval)
-        .await
-    {
-        Ok(Ok(())) => {
-            tracing::info!(node = %node_id, "renewed the agent certificate");
-            Message::CertificateIssued(CertificateIssued {
-                cert_pem,
-                not_after,
-            })
-        }
-        Ok(Err(too_soon)) => {
-            tracing::warn!(node = %node_id, reason = %too_soon, "refused a renewal");
-            failed(format!("renewal refused: {too_soon}"))
-        }
-        Err(e) => failed(format!("the server could not record the renewal: {e}")),
-    }
-}
-
-/// The shortest time between two renewals of one node: a sixth of the certificate lifetime, at
-/// most an hour. Agents renew after two thirds of it, so one whose renewal was lost (a reply
-/// that never arrived, a save that failed) can try twice more before the certificate expires.
-fn renewal_interval(lifetime: Duration) -> i64 {
-    i64::try_from((lifetime / 6).min(Duration::from_secs(3600)).as_secs()).unwrap_or(3600)
 }
 
 /// Refusal of a connection, sent to the agent before closing.

@@ -7,6 +7,7 @@
 
 mod accounts;
 pub mod admission;
+mod agent_settings;
 pub mod agents;
 mod api;
 mod assoc;
@@ -22,6 +23,7 @@ mod listener;
 mod metrics;
 mod oidc;
 mod registry;
+mod renewal;
 mod retention;
 mod sealing;
 mod secrets;
@@ -58,6 +60,8 @@ pub struct AppState {
     pub sealer: Arc<sealing::Sealer>,
     /// Posts the audit log's events to operators' endpoints.
     pub webhooks: Arc<webhooks::Webhooks>,
+    /// Bumped by every change to Parameter Store: agents whose settings live there re-read.
+    pub param_changes: tokio::sync::watch::Sender<u64>,
     /// State Manager's scheduler, woken by changes (`assoc/`).
     pub assoc: assoc::Scheduler,
     /// Federated login, when an identity provider is configured.
@@ -170,6 +174,7 @@ impl Server {
             sealer,
             webhooks,
             assoc: assoc::Scheduler::default(),
+            param_changes: tokio::sync::watch::Sender::new(0),
             oidc,
         });
         Ok(Self {

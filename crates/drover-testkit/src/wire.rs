@@ -51,6 +51,7 @@ pub async fn hello(server: &Server, auth: Auth) -> anyhow::Result<Hand> {
             max_version: drover_proto::PROTOCOL_VERSION,
             inventory: Inventory::default(),
             e2e_key: None,
+            settings_parameter: None,
         }))
         .await?;
     let answer = next(&mut control).await?;

@@ -457,6 +457,10 @@ pub struct RegisterArgs {
 pub struct AgentRunArgs {
     #[arg(long, env = "DROVER_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Take settings (log_level, heartbeat_secs, proxy) from this parameter, a JSON object
+    /// under /drover/agents/ in Parameter Store, so that a fleet is configured centrally.
+    #[arg(long, env = "DROVER_AGENT_SETTINGS_PARAMETER")]
+    pub settings_parameter: Option<String>,
     /// What a script's exit code 194 does: reboot the machine, or only restart the agent (exit
     /// with code 194 for its supervisor to start it again; for containers and tests).
     #[arg(long, value_enum, default_value_t = RebootModeArg::Machine)]

@@ -105,6 +105,18 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             config.session_user = args.session_user.clone();
+            config.settings_parameter = args.settings_parameter.clone();
+            config.settings_hook = drover_agent::SettingsHook(Some(std::sync::Arc::new(
+                |s: &drover_proto::AgentSettings| {
+                    if let (Some(level), Some(reload)) = (&s.log_level, crate::LOG_RELOAD.get()) {
+                        match reload(level) {
+                            // Shows only when the new filter lets debug lines through.
+                            Ok(()) => tracing::debug!(filter = %level, "log filter changed"),
+                            Err(e) => tracing::warn!(error = %e, "could not change the log level"),
+                        }
+                    }
+                },
+            )));
             if let Some(max) = args.max_download_bytes {
                 config.max_download_bytes = max;
             }

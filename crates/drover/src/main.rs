@@ -91,12 +91,34 @@ fn init_tracing(verbose: u8, format: cli::LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    // The agent's central settings may change the filter while it runs.
+    fn keep<H: Fn(EnvFilter) -> Result<(), String> + Send + Sync + 'static>(h: H) {
+        let _ = LOG_RELOAD.set(Box::new(move |directives: &str| {
+            let filter = EnvFilter::try_new(format!(
+                "{directives},hyper=warn,h2=warn,rustls=warn,yamux=error,reqwest=warn"
+            ))
+            .map_err(|e| e.to_string())?;
+            h(filter)
+        }));
+    }
     match format {
-        cli::LogFormat::Json => builder.json().init(),
+        cli::LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            keep(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            builder.init()
+        }
         cli::LogFormat::Text => {
             // Colour is for people at a terminal: a file or a pipe gets plain text.
             let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            builder.with_ansi(colour).init();
+            let builder = builder.with_ansi(colour).with_filter_reloading();
+            let handle = builder.reload_handle();
+            keep(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            builder.init();
         }
     }
 }
+
+/// Replaces the log filter of this process (the agent's `log_level` setting).
+type Reload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub static LOG_RELOAD: std::sync::OnceLock<Reload> = std::sync::OnceLock::new();

@@ -43,6 +43,7 @@ fn hello(min: u32, max: u32) -> Message {
         max_version: max,
         inventory: Inventory::default(),
         e2e_key: None,
+        settings_parameter: None,
     })
 }
 
@@ -197,6 +198,7 @@ async fn malformed_oversize_and_unexpected_frames_are_refused_without_harming_ot
         version: 1,
         node_id: attacker.clone(),
         heartbeat_secs: 1,
+        settings: None,
     });
     let ex = exchange(&tunnel, &encode(&[control(), welcome])).await;
     assert!(refused_without_welcome(&ex), "{ex:?}");
@@ -212,6 +214,7 @@ async fn malformed_oversize_and_unexpected_frames_are_refused_without_harming_ot
             ..Inventory::default()
         },
         e2e_key: None,
+        settings_parameter: None,
     });
     let (answers, _) = exchange(&tunnel, &encode(&[control(), hostile])).await;
     match answers.first() {

@@ -589,3 +589,83 @@ async fn one_command_through_two_servers_contexts() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid context name"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_take_their_settings_from_a_parameter() {
+    let env = env();
+    let server = env.start_server(0, &[]).unwrap();
+    env.cli_ok(&[
+        "params",
+        "put",
+        "/drover/agents/web",
+        r#"{"log_level":"debug","heartbeat_secs":7,"proxy":"proxy.invalid:3128"}"#,
+    ])
+    .unwrap();
+    let id = env.register_agent(&server, "web-1", &[]).unwrap();
+    // The proxy applies from the next connection: this one dials directly (an explicit
+    // proxy setting of its own would win anyway).
+    let agent = env
+        .run_agent_with(
+            "web-1",
+            &["--settings-parameter", "/drover/agents/web"],
+            &[],
+        )
+        .unwrap();
+    wait_status(&server, std::slice::from_ref(&id), "Online")
+        .await
+        .unwrap();
+    let line = agent
+        .wait_for_line("applied settings from the server", DEADLINE)
+        .unwrap();
+    assert!(
+        line.contains("log_level=\"debug\"") && line.contains("heartbeat_secs=7"),
+        "{line}"
+    );
+    // Debug lines now show.
+    agent
+        .wait_for_line("DEBUG log filter changed", DEADLINE)
+        .unwrap();
+    let kept = std::fs::read_to_string(env.state_dir("web-1").join("settings.json")).unwrap();
+    assert!(kept.contains("proxy.invalid:3128"), "{kept}");
+
+    // A change reaches the running agent; an invalid one is refused and changes nothing.
+    env.cli_ok(&[
+        "params",
+        "put",
+        "/drover/agents/web",
+        r#"{"heartbeat_secs":1}"#,
+        "--overwrite",
+    ])
+    .unwrap();
+    server
+        .proc
+        .wait_for_line("heartbeat_secs 1: from 5 to 600", DEADLINE)
+        .unwrap();
+    env.cli_ok(&[
+        "params",
+        "put",
+        "/drover/agents/web",
+        r#"{"log_level":"warn"}"#,
+        "--overwrite",
+    ])
+    .unwrap();
+    agent.wait_for_line("log_level=\"warn\"", DEADLINE).unwrap();
+
+    // Only parameters under /drover/agents/ are read this way.
+    let other = env.register_agent(&server, "web-2", &[]).unwrap();
+    env.cli_ok(&["params", "put", "/app/config", r#"{"log_level":"debug"}"#])
+        .unwrap();
+    let _agent2 = env
+        .run_agent_with("web-2", &["--settings-parameter", "/app/config"], &[])
+        .unwrap();
+    wait_status(&server, std::slice::from_ref(&other), "Online")
+        .await
+        .unwrap();
+    server
+        .proc
+        .wait_for_line(
+            "agents' settings are read only from parameters under",
+            DEADLINE,
+        )
+        .unwrap();
+}

@@ -7,6 +7,8 @@ mod assoc;
 pub use access::expire_due;
 pub use commands::DEFAULT_OUTPUT_LIMIT;
 pub use identity::user_facts;
+pub use params::PARAMETER_NAME;
+pub use rules::matches as matches_rule;
 mod activations;
 mod audited;
 pub(crate) use audited::view as audit_view;

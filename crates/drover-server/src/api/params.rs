@@ -148,6 +148,7 @@ pub async fn put(
             by: who.user.name.clone(),
         })
         .await?;
+    state.param_changes.send_modify(|g| *g += 1);
     Ok((
         StatusCode::CREATED,
         note(format!(
@@ -314,6 +315,7 @@ pub async fn delete(
     check_name(&q.name)?;
     may(&state, &who, Action::DeleteParameter, &q.name).await?;
     state.store.delete_parameter(&q.name).await?;
+    state.param_changes.send_modify(|g| *g += 1);
     Ok((
         StatusCode::NO_CONTENT,
         note(format!("parameter/{}", q.name)),
@@ -346,6 +348,7 @@ pub async fn label(
         .store
         .label_parameter(&req.name, version, &req.labels)
         .await?;
+    state.param_changes.send_modify(|g| *g += 1);
     Ok((
         StatusCode::NO_CONTENT,
         note(format!(
