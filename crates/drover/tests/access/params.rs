@@ -202,13 +202,46 @@ async fn parameters_keep_versions_and_secrets_stay_sealed() {
     let script = format!(
         "echo url={{{{ssm:/app/prod/db-url}}}}; d=$(printf %s \"{{{{ssm-secure:/app/prod/db-password}}}}\" | sha256sum | cut -c1-64); test \"$d\" = {digest} && echo secret-ok"
     );
+    // The answer holds the command, its invocations and their stored output: the value is
+    // in none of them.
     let ran = env
-        .cli_ok(&["run", "--targets", "all", "--", &script])
+        .cli_ok(&["run", "--targets", "all", "-o", "json", "--", &script])
         .unwrap();
     assert!(
         ran.contains("url=postgres://db2/app") && ran.contains("secret-ok"),
         "{ran}"
     );
+    assert!(!ran.contains(SECRET), "{ran}");
+    let id = json(&ran)["command"]["id"].as_str().unwrap().to_string();
+    for args in [
+        vec!["commands", "show", &id, "-o", "json"],
+        vec!["commands", "list", "-o", "json"],
+    ] {
+        let out = env.cli_ok(&args).unwrap();
+        assert!(
+            out.contains(&id) && !out.contains(SECRET),
+            "{args:?}: {out}"
+        );
+    }
+    // A document's parameter may default to a parameter's value.
+    let doc = env.path("defaulted.yaml");
+    std::fs::write(
+        &doc,
+        "schemaVersion: '2.2'\nparameters:\n  url:\n    type: String\n    default: '{{ssm:/app/prod/db-url}}'\nmainSteps:\n  - action: aws:runShellScript\n    name: s\n    inputs:\n      runCommand: ['echo url={{url}}']\n",
+    )
+    .unwrap();
+    env.cli_ok(&[
+        "docs",
+        "create",
+        "Defaulted-From-Store",
+        "--file",
+        &doc.to_string_lossy(),
+    ])
+    .unwrap();
+    let ran = env
+        .cli_ok(&["run", "--doc", "Defaulted-From-Store", "--targets", "all"])
+        .unwrap();
+    assert!(ran.contains("url=postgres://db2/app"), "{ran}");
     for (script, says) in [
         (
             "echo {{ssm:/app/nope}}",
