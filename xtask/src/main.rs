@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use process::{clock_ticks_per_sec, cpu_ticks, memory_kib, Proc};
 
+mod bench_assoc;
 mod bench_forward;
 mod bench_run;
 mod bench_sessions;
@@ -56,6 +57,9 @@ commands:
   bench forward                     port forwarding and SSH beside OpenSSH: drover forward in
                                     ../shared/peers/forward.sh (1 stream, 100 at once, 100 beside
                                     an unread one), scp of 1 GiB through drover ssh-proxy; CPU/GiB
+  bench assoc                       100 associations on rate(1 minute): the server's CPU idle
+                                    (targets match no node) and applying (one command each a
+                                    minute), per second and per application
   bench fanout [N ...]              ../shared/peers/fanout.sh (parallel-ssh, Ansible) with Drover
                                     as the extra contender on simulated nodes node0001..
 
@@ -151,6 +155,7 @@ fn bench(args: &[String]) -> Result<()> {
         "stress" => bench_run::bench_stress(rest, build),
         "sessions" => bench_sessions::bench_sessions(build),
         "forward" => bench_forward::bench_forward(build),
+        "assoc" => bench_assoc::bench_assoc(build),
         "authz" => {
             if build {
                 build_release(&[("drover-bench", "authz-bench")])?;

@@ -259,14 +259,28 @@ async fn connect_once(
         Ok(cfg) => Arc::new(cfg),
         Err(e) => return Outcome::Refused(e.to_string()),
     };
-    // A proxy the agent was started with wins over one its central settings name.
-    let proxy = config
-        .proxy
-        .clone()
-        .or_else(|| crate::settings::saved_proxy(&config.state_dir));
+    // A proxy the agent was started with wins over one its central settings name; one from the
+    // settings that does not work is passed by, straight to the server: a wrong value must not
+    // cut the fleet off from the server that could correct it.
+    let central = config
+        .settings_parameter
+        .as_ref()
+        .and_then(|_| crate::settings::saved_proxy(&config.state_dir))
+        .filter(|_| config.proxy.is_none());
+    let proxy = config.proxy.clone().or_else(|| central.clone());
     let dialled = tokio::select! {
-        r = dial::dial(&target, proxy.as_ref(), tls, config.dial_timeout) => r,
+        r = dial::dial(&target, proxy.as_ref(), tls.clone(), config.dial_timeout) => r,
         _ = shutdown.cancelled() => return Outcome::Stopped,
+    };
+    let dialled = match (dialled, &central) {
+        (Err(e), Some(p)) => {
+            tracing::warn!(proxy = %format!("{}:{}", p.host, p.port), error = %crate::error_chain(&e), "the proxy from the central settings failed; connecting directly");
+            tokio::select! {
+                r = dial::dial(&target, None, tls, config.dial_timeout) => r,
+                _ = shutdown.cancelled() => return Outcome::Stopped,
+            }
+        }
+        (r, _) => r,
     };
     let tls = match dialled {
         Ok(t) => t,
@@ -351,8 +365,11 @@ async fn session(
         let name = config.settings_parameter.as_deref().unwrap_or_default();
         crate::settings::apply(&config.state_dir, &config.settings_hook, name, s);
     };
-    if let Some(s) = &welcome.settings {
-        apply_settings(s);
+    match (&welcome.settings, &config.settings_parameter) {
+        (Some(s), _) => apply_settings(s),
+        // The parameter is gone or unusable: nothing central is kept in force.
+        (None, Some(_)) => crate::settings::forget(&config.state_dir),
+        (None, None) => {}
     }
     let up = |reason: String| Outcome::Lost {
         reason,

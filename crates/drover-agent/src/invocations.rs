@@ -231,6 +231,8 @@ struct Sent {
     finished: HashSet<usize>,
     offsets: HashMap<(usize, OutputStream), u64>,
     rebooting: bool,
+    /// SecureString values to mask in output.
+    secrets: Vec<Vec<u8>>,
 }
 
 async fn send(framed: &mut Framed<Stream>, p: Progress) -> Result<(), String> {
@@ -250,6 +252,7 @@ fn read_chunk(
     offset: u64,
     limit: u64,
     done: bool,
+    secrets: &[Vec<u8>],
 ) -> Result<(Vec<u8>, bool), String> {
     let path = entry.output(i, stream);
     let failed = |e: std::io::Error| format!("reading {}: {e}", path.display());
@@ -277,7 +280,55 @@ fn read_chunk(
             }
         }
     }
+    // Bytes past the cut are never sent: a secret's start just before it is held back too.
+    let last = done && !truncated && offset + buf.len() as u64 >= end;
+    mask(&mut buf, secrets, last);
     Ok((buf, truncated))
+}
+
+/// SecureStrings shorter than this are not masked: a stray match would garble output.
+const MIN_MASKED: usize = 4;
+
+/// The SecureString values the command carries for this node (in `DROVER_SECURE_n`).
+fn secrets(invoke: &Invoke) -> Vec<Vec<u8>> {
+    invoke
+        .env
+        .iter()
+        .filter(|(k, v)| k.starts_with(drover_proto::SECURE_ENV_PREFIX) && v.len() >= MIN_MASKED)
+        .map(|(_, v)| v.as_bytes().to_vec())
+        .collect()
+}
+
+/// Replaces every whole occurrence of a secret in `buf` with as many `*` (offsets stay those
+/// of the journal). Unless this is the stream's last chunk, a tail that may be the start of a
+/// secret is held back for the next chunk, so that no secret is ever split between two.
+fn mask(buf: &mut Vec<u8>, secrets: &[Vec<u8>], last: bool) {
+    if !last {
+        let mut keep = buf.len();
+        for s in secrets {
+            let from = buf.len().saturating_sub(s.len().saturating_sub(1));
+            let held = (from..buf.len()).find(|&j| {
+                buf.get(j..)
+                    .zip(s.get(..buf.len() - j))
+                    .is_some_and(|(tail, head)| tail == head)
+            });
+            if let Some(j) = held {
+                keep = keep.min(j);
+            }
+        }
+        buf.truncate(keep);
+    }
+    for s in secrets {
+        let mut i = 0;
+        while let Some(window) = buf.get_mut(i..i + s.len()) {
+            if window == s.as_slice() {
+                window.fill(b'*');
+                i += s.len();
+            } else {
+                i += 1;
+            }
+        }
+    }
 }
 
 /// Sends what the journal has that this stream has not sent; returns the final result once sent.
@@ -330,7 +381,15 @@ async fn sync(
                 });
                 // On an error the stream ends: the server delivers again and the journal is
                 // replayed from what it stored.
-                let (chunk, cut) = read_chunk(entry, i, stream, offset, invoke.output_limit, done)?;
+                let (chunk, cut) = read_chunk(
+                    entry,
+                    i,
+                    stream,
+                    offset,
+                    invoke.output_limit,
+                    done,
+                    &sent.secrets,
+                )?;
                 truncated |= cut;
                 if chunk.is_empty() {
                     break;
@@ -404,6 +463,7 @@ pub async fn serve(runner: Arc<Runner>, mut framed: Framed<Stream>, invoke: Invo
         finished: HashSet::new(),
         offsets: HashMap::new(),
         rebooting: false,
+        secrets: secrets(&invoke),
     };
     // Once the executor task is gone (finished, or waiting for a reboot) nothing changes.
     let mut task_done = false;
@@ -478,21 +538,48 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_masked_whole_and_never_split_between_chunks() {
+        let secrets = vec![b"hunter2!".to_vec()];
+        let mut b = b"pw=hunter2! ok".to_vec();
+        mask(&mut b, &secrets, true);
+        assert_eq!(b, b"pw=******** ok");
+        // A chunk ending with the start of a secret holds it back until more comes.
+        let mut b = b"pw=hunt".to_vec();
+        mask(&mut b, &secrets, false);
+        assert_eq!(b, b"pw=");
+        let mut b = b"pw=hunt".to_vec();
+        mask(&mut b, &secrets, true);
+        assert_eq!(b, b"pw=hunt");
+        // Nothing to hold: all is sent.
+        let mut b = b"nothing here".to_vec();
+        mask(&mut b, &secrets, false);
+        assert_eq!(b, b"nothing here");
+        // Through the journal: the first read stops before the secret's start.
+        let dir = tempfile::tempdir().unwrap();
+        let entry = Entry::open(dir.path(), "inv-1").unwrap();
+        std::fs::create_dir_all(&entry.dir).unwrap();
+        std::fs::write(entry.output(0, OutputStream::Stdout), "a hunter2! b").unwrap();
+        let (chunk, _) =
+            read_chunk(&entry, 0, OutputStream::Stdout, 0, 100, true, &secrets).unwrap();
+        assert_eq!(chunk, b"a ******** b");
+    }
+
+    #[test]
     fn output_that_cannot_be_read_is_an_error_not_an_empty_output() {
         let dir = tempfile::tempdir().unwrap();
         let entry = Entry::open(dir.path(), "inv-1").unwrap();
         std::fs::create_dir_all(&entry.dir).unwrap();
         // Not created yet: no output yet.
         assert_eq!(
-            read_chunk(&entry, 0, OutputStream::Stdout, 0, 100, true).unwrap(),
+            read_chunk(&entry, 0, OutputStream::Stdout, 0, 100, true, &[]).unwrap(),
             (Vec::new(), false)
         );
         // There, but unreadable (a directory: reading it fails, as with no descriptor left).
         std::fs::create_dir(entry.output(0, OutputStream::Stdout)).unwrap();
-        assert!(read_chunk(&entry, 0, OutputStream::Stdout, 0, 100, true).is_err());
+        assert!(read_chunk(&entry, 0, OutputStream::Stdout, 0, 100, true, &[]).is_err());
         std::fs::write(entry.output(0, OutputStream::Stderr), "ok\n").unwrap();
         assert_eq!(
-            read_chunk(&entry, 0, OutputStream::Stderr, 0, 100, true).unwrap(),
+            read_chunk(&entry, 0, OutputStream::Stderr, 0, 100, true, &[]).unwrap(),
             (b"ok\n".to_vec(), false)
         );
     }

@@ -42,6 +42,15 @@ pub fn saved_proxy(state_dir: &Path) -> Option<Endpoint> {
     Endpoint::parse(&format!("http://{proxy}"), 3128).ok()
 }
 
+/// Drops the kept settings (the server has none for this agent now).
+pub fn forget(state_dir: &Path) {
+    match std::fs::remove_file(state_dir.join(FILE)) {
+        Ok(()) => tracing::info!("the server sent no settings: the kept ones are dropped"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, "could not drop the kept settings"),
+    }
+}
+
 /// Applies what the server sent (checked again: the server is a peer like any other).
 pub fn apply(state_dir: &Path, hook: &SettingsHook, parameter: &str, s: &AgentSettings) {
     if let Err(e) = s.validate() {

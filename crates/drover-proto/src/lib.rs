@@ -26,3 +26,7 @@ pub use session::{
 /// The ALPN protocol identifier an agent offers when it dials the server. The server routes a TLS
 /// connection that negotiated it to the agent endpoint, and everything else to the HTTP API.
 pub const ALPN_AGENT: &[u8] = b"drover-agent/1";
+
+/// The environment variables that carry a command's SecureStrings to its scripts
+/// (`DROVER_SECURE_0`, ...): the server names them, the agent masks their values in output.
+pub const SECURE_ENV_PREFIX: &str = "DROVER_SECURE_";

@@ -16,7 +16,7 @@ pub const PREFIX: &str = "/drover/agents/";
 /// apply.
 pub async fn read(state: &AppState, node: &NodeId, name: &str) -> Option<AgentSettings> {
     let skip = |why: String| {
-        tracing::warn!(node = %node, parameter = %name, reason = %why, "agent settings not applied");
+        tracing::warn!(node = %node, parameter = ?name.chars().take(200).collect::<String>(), reason = %why, "agent settings not applied");
         None
     };
     let valid_name =

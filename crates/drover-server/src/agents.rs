@@ -294,6 +294,7 @@ async fn session(
         .and_then(|s| s.heartbeat_secs)
         .map_or(state.config.heartbeat, Duration::from_secs);
     let mut param_changes = state.param_changes.subscribe();
+    let mut seen_change = param_changes.borrow_and_update().0;
     send(
         state,
         &mut framed,
@@ -363,6 +364,13 @@ async fn session(
             }
             Ok(()) = param_changes.changed(), if settings_name.is_some() => {
                 let name = settings_name.as_deref().unwrap_or_default();
+                // Only its own parameter matters, unless changes came too fast to tell.
+                let (n, which) = param_changes.borrow_and_update().clone();
+                let missed = n > seen_change + 1;
+                seen_change = n;
+                if which != name && !missed {
+                    continue;
+                }
                 let next = crate::agent_settings::read(state, node_id, name).await;
                 // Invalid settings (warned about) leave the last good ones in force.
                 if let Some(next) = next.filter(|n| settings.as_ref() != Some(n)) {

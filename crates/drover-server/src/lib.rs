@@ -60,8 +60,9 @@ pub struct AppState {
     pub sealer: Arc<sealing::Sealer>,
     /// Posts the audit log's events to operators' endpoints.
     pub webhooks: Arc<webhooks::Webhooks>,
-    /// Bumped by every change to Parameter Store: agents whose settings live there re-read.
-    pub param_changes: tokio::sync::watch::Sender<u64>,
+    /// Every change to Parameter Store (a count, and the parameter changed): agents whose
+    /// settings live there read them again.
+    pub param_changes: tokio::sync::watch::Sender<(u64, String)>,
     /// State Manager's scheduler, woken by changes (`assoc/`).
     pub assoc: assoc::Scheduler,
     /// Federated login, when an identity provider is configured.
@@ -174,7 +175,7 @@ impl Server {
             sealer,
             webhooks,
             assoc: assoc::Scheduler::default(),
-            param_changes: tokio::sync::watch::Sender::new(0),
+            param_changes: tokio::sync::watch::Sender::new((0, String::new())),
             oidc,
         });
         Ok(Self {

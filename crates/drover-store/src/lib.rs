@@ -298,11 +298,13 @@ pub trait AssocStore: Send + Sync {
         a: &assoc::Association,
         first: Option<&assoc::Execution>,
     ) -> Result<(), StoreError>;
-    /// Replaces an association whose revision is still `expected_revision`.
+    /// Replaces an association whose revision is still `expected_revision`; its next due time
+    /// only with `reschedule` (its schedule changed).
     async fn update_association(
         &self,
         a: &assoc::Association,
         expected_revision: i64,
+        reschedule: bool,
         first: Option<&assoc::Execution>,
     ) -> Result<(), StoreError>;
     /// Deletes an association, its executions and its compliance.

@@ -70,7 +70,9 @@ fn insert_execution(c: &Connection, e: &Execution) -> Result<(), StoreError> {
     )
     .map_err(db("record an execution"))?;
     c.execute(
-        "DELETE FROM association_executions WHERE association_id = ?1 AND id IN (\
+        // Never one still open: its command's result is yet to become compliance.
+        "DELETE FROM association_executions WHERE association_id = ?1 \
+         AND status NOT IN ('Pending', 'InProgress') AND id IN (\
              SELECT id FROM association_executions WHERE association_id = ?1 \
              ORDER BY id DESC LIMIT -1 OFFSET ?2)",
         params![e.association_id, EXECUTIONS_KEPT],
@@ -108,6 +110,7 @@ fn update(
     c: &mut Connection,
     a: &Association,
     expected: i64,
+    reschedule: bool,
     first: Option<&Execution>,
 ) -> Result<(), StoreError> {
     let tx = c
@@ -115,7 +118,10 @@ fn update(
         .map_err(db("update an association"))?;
     let n = tx
         .execute(
-            "UPDATE associations SET name = ?2, body = ?3, revision = ?4, next_run_ms = ?5 \
+            // The due time is the scheduler's unless the schedule changed: an update that
+            // wrote back the one it read could undo a tick claimed meanwhile, and run it twice.
+            "UPDATE associations SET name = ?2, body = ?3, revision = ?4, \
+             next_run_ms = CASE WHEN ?7 THEN ?5 ELSE next_run_ms END \
              WHERE id = ?1 AND revision = ?6",
             params![
                 a.id,
@@ -123,7 +129,8 @@ fn update(
                 encode("an association", a)?,
                 a.revision,
                 a.next_run_ms,
-                expected
+                expected,
+                reschedule
             ],
         )
         .map_err(|e| {
@@ -405,10 +412,11 @@ impl crate::AssocStore for crate::SqliteStore {
         &self,
         a: &Association,
         expected_revision: i64,
+        reschedule: bool,
         first: Option<&Execution>,
     ) -> Result<(), StoreError> {
         let (a, first) = (a.clone(), first.cloned());
-        self.call(move |c| update(c, &a, expected_revision, first.as_ref()))
+        self.call(move |c| update(c, &a, expected_revision, reschedule, first.as_ref()))
             .await
     }
 
@@ -480,15 +488,16 @@ impl crate::AssocStore for crate::SqliteStore {
         limit: usize,
     ) -> Result<Vec<Execution>, StoreError> {
         let id = association_id.to_string();
+        let limit = limit.min(EXECUTIONS_KEPT as usize);
         self.call(move |c| {
-            let mut v = executions(
+            executions(
                 c,
-                "SELECT body FROM association_executions WHERE association_id = ?1 \
-                 ORDER BY id DESC LIMIT 1000",
+                &format!(
+                    "SELECT body FROM association_executions WHERE association_id = ?1 \
+                     ORDER BY id DESC LIMIT {limit}"
+                ),
                 &id,
-            )?;
-            v.truncate(limit);
-            Ok(v)
+            )
         })
         .await
     }
@@ -606,9 +615,9 @@ mod tests {
         ));
         let mut a = assoc("a1", "renamed");
         a.revision = 2;
-        update(&mut c, &a, 1, None).unwrap();
+        update(&mut c, &a, 1, false, None).unwrap();
         assert!(matches!(
-            update(&mut c, &a, 1, None),
+            update(&mut c, &a, 1, false, None),
             Err(StoreError::Conflict(_))
         ));
         assert_eq!(get(&c, "renamed").unwrap().unwrap().revision, 2);

@@ -34,8 +34,20 @@ async fn through(
 }
 
 pub async fn run(args: &RunArgs, req: &SendCommand) -> anyhow::Result<ExitCode> {
-    let mut contexts = args.contexts.clone();
-    contexts.dedup();
+    if std::env::var_os("DROVER_TOKEN").is_some() {
+        return Err(UsageError(
+            "DROVER_TOKEN is one server's token: unset it to use --contexts (each context \
+             keeps its own login)"
+                .into(),
+        )
+        .into());
+    }
+    let mut contexts: Vec<String> = Vec::new();
+    for c in &args.contexts {
+        if !contexts.contains(c) {
+            contexts.push(c.clone());
+        }
+    }
     for c in &contexts {
         check_context_name(c).map_err(|e| UsageError(format!("--contexts: {e}")))?;
     }

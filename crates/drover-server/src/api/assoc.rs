@@ -49,13 +49,27 @@ pub fn execution_view(e: Execution) -> ExecutionView {
     }
 }
 
-async fn view(state: &AppState, a: Association) -> Result<AssociationView, ApiError> {
+async fn view(
+    state: &AppState,
+    who: &Principal,
+    a: Association,
+) -> Result<AssociationView, ApiError> {
     let last = state
         .store
         .list_executions(&a.id, 1)
         .await?
         .into_iter()
         .next();
+    // Sensitive values are hidden as a command's are; the document may change meanwhile, so
+    // its current version decides which are.
+    let version = a.document_version.parse::<i64>().ok();
+    let params = a.parameters.clone().into_iter().collect();
+    let shown =
+        super::commands::hide_sensitive(state, who, &a.document, version, i64::MAX, params).await?;
+    let parameters = match shown {
+        serde_json::Value::Object(m) => m.into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
     Ok(AssociationView {
         next_run_at: (a.next_run_ms < i64::MAX).then(|| millis(a.next_run_ms)),
         last_execution: last.map(execution_view),
@@ -63,7 +77,7 @@ async fn view(state: &AppState, a: Association) -> Result<AssociationView, ApiEr
         name: a.name,
         document: a.document,
         document_version: a.document_version,
-        parameters: a.parameters,
+        parameters,
         targets: a.targets,
         schedule: a.schedule,
         max_concurrency: a.max_concurrency,
@@ -84,6 +98,32 @@ async fn find(state: &AppState, id: &str) -> Result<Association, ApiError> {
         .get_association(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("association {id} not found")))
+}
+
+/// Would an application of `a` as `who` be sent? What it would be refused is refused now.
+async fn may_apply(state: &AppState, who: &Principal, a: &Association) -> Result<(), ApiError> {
+    scoped(who, Action::SendCommand)?;
+    let req = crate::assoc::request(state, a, None).await?;
+    let document = state.commands.check(&req, who, &state.authz).await?;
+    let nodes = state.commands.resolve_targets(&a.targets).await?;
+    if !nodes.is_empty() {
+        let ctx = drover_policy::Context {
+            document: Some(document.clone()),
+            kind: None,
+        };
+        let allowed = state
+            .authz
+            .nodes(who, Action::SendCommand, &nodes, &ctx)
+            .await?;
+        if !allowed.iter().any(|a| *a) {
+            return Err(crate::authz::denied(
+                who,
+                Action::SendCommand,
+                &format!("any of the targets with document {document:?}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fills `a` from the request's fields and checks it whole, as `who` (its next owner).
@@ -182,28 +222,7 @@ async fn apply_request(
             SEVERITIES.join(", ")
         )));
     }
-    // Each application sends a command as `who`: what it would be refused is refused now.
-    scoped(who, Action::SendCommand)?;
-    let req = crate::assoc::request(state, a, None).await?;
-    let document = state.commands.check(&req, who, &state.authz).await?;
-    let nodes = state.commands.resolve_targets(&a.targets).await?;
-    if !nodes.is_empty() {
-        let ctx = drover_policy::Context {
-            document: Some(document.clone()),
-            kind: None,
-        };
-        let allowed = state
-            .authz
-            .nodes(who, Action::SendCommand, &nodes, &ctx)
-            .await?;
-        if !allowed.iter().any(|a| *a) {
-            return Err(crate::authz::denied(
-                who,
-                Action::SendCommand,
-                &format!("any of the targets with document {document:?}"),
-            ));
-        }
-    }
+    may_apply(state, who, a).await?;
     let now_ms = crate::audit::now_ms();
     a.next_run_ms = schedule.next_after(now_ms).unwrap_or(i64::MAX);
     a.owner = who.user.name.clone();
@@ -275,7 +294,11 @@ pub async fn create(
     state.assoc.wake();
     tracing::info!(association = %a.id, name = %a.name, by = %who.user.name, "association created");
     let noted = note(format!("association/{} document/{}", a.id, a.document));
-    Ok((StatusCode::CREATED, noted, Json(view(&state, a).await?)))
+    Ok((
+        StatusCode::CREATED,
+        noted,
+        Json(view(&state, &who, a).await?),
+    ))
 }
 
 #[utoipa::path(patch, path = "/api/v1/associations/{id}", request_body = AssociationRequest,
@@ -295,22 +318,20 @@ pub async fn update(
     let mut a = find(&state, &id).await?;
     let expected = req.revision.unwrap_or(a.revision);
     let schedule_before = a.schedule.clone();
-    let next_before = a.next_run_ms;
     apply_request(&state, &who, &mut a, req).await?;
-    if a.schedule == schedule_before {
-        // The same schedule keeps its phase.
-        a.next_run_ms = next_before;
-    }
+    // The same schedule keeps its phase (the store keeps the due time it has).
+    let reschedule = a.schedule != schedule_before;
     a.revision = expected + 1;
     // A changed association is applied again at once, as SSM does.
     let first = (!a.apply_only_at_cron_interval).then(|| new_execution(&a, "update", Vec::new()));
     state
         .store
-        .update_association(&a, expected, first.as_ref())
+        .update_association(&a, expected, reschedule, first.as_ref())
         .await?;
     state.assoc.wake();
     let noted = note(format!("association/{} document/{}", a.id, a.document));
-    Ok((noted, Json(view(&state, a).await?)))
+    let a = find(&state, &a.id).await?;
+    Ok((noted, Json(view(&state, &who, a).await?)))
 }
 
 #[utoipa::path(get, path = "/api/v1/associations",
@@ -325,7 +346,7 @@ pub async fn list(
         .await?;
     let mut associations = Vec::new();
     for a in state.store.list_associations().await? {
-        associations.push(view(&state, a).await?);
+        associations.push(view(&state, &who, a).await?);
     }
     Ok(Json(AssociationList { associations }))
 }
@@ -344,7 +365,7 @@ pub async fn show(
         .check_server(&who, Action::ReadAssociations)
         .await?;
     let a = find(&state, &id).await?;
-    Ok(Json(view(&state, a).await?))
+    Ok(Json(view(&state, &who, a).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/associations/{id}",
@@ -382,6 +403,21 @@ pub async fn run_now(
         .authz
         .check_server(&who, Action::ManageAssociations)
         .await?;
+    // Whoever runs it must be allowed to send what it sends, as for an update; and runs do
+    // not pile up behind one under way.
+    let a = find(&state, &id).await?;
+    may_apply(&state, &who, &a).await?;
+    if state
+        .store
+        .open_executions()
+        .await?
+        .iter()
+        .any(|e| e.association_id == a.id)
+    {
+        return Err(ApiError::Conflict(format!(
+            "association {id} is being applied now; see drover assoc history"
+        )));
+    }
     // A tick moving the schedule meanwhile makes the claim fail: read again and retry.
     for _ in 0..3 {
         let a = find(&state, &id).await?;

@@ -32,19 +32,33 @@ async fn shown_parameters(
     who: &Principal,
     c: &Command,
 ) -> Result<serde_json::Value, ApiError> {
-    let mut params: serde_json::Map<String, serde_json::Value> =
+    let params: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&c.parameters).unwrap_or_default();
+    let version = c.document_version.parse::<i64>().ok();
+    hide_sensitive(state, who, &c.document_name, version, c.created_at, params).await
+}
+
+/// Parameter values for `document` (at `version`, or its default), the sensitive ones hidden
+/// from a user not allowed `ReadSecrets` on it; a document version made after `made_by` is not
+/// the one the values were for, and every value is then taken for sensitive.
+pub(crate) async fn hide_sensitive(
+    state: &AppState,
+    who: &Principal,
+    document: &str,
+    version: Option<i64>,
+    made_by: i64,
+    mut params: serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Value, ApiError> {
     // The built-in documents (RunShellScript, the one a `wait` long-poll shows most) mark
     // nothing sensitive: no store read nor parse on that path.
-    if params.is_empty() || crate::commands::resolve::is_builtin(&c.document_name) {
+    if params.is_empty() || crate::commands::resolve::is_builtin(document) {
         return Ok(params.into());
     }
-    let version = c.document_version.parse::<i64>().ok();
     let doc = state
         .store
-        .get_document(&c.document_name, version)
+        .get_document(document, version)
         .await?
-        .filter(|d| d.created_at <= c.created_at)
+        .filter(|d| d.created_at <= made_by)
         .and_then(|d| drover_docs::parse(&d.content).ok());
     let sensitive = |name: &str| match &doc {
         Some(d) => d.parameters.get(name).is_some_and(|p| p.sensitive),
@@ -54,7 +68,7 @@ async fn shown_parameters(
         return Ok(params.into());
     }
     let resource = Resource::Document {
-        name: c.document_name.clone(),
+        name: document.to_string(),
     };
     let ctx = drover_policy::Context::default();
     if state

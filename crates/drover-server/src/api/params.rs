@@ -39,6 +39,14 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     )
 }
 
+/// Tells agents whose settings live in `name` (see `agent_settings.rs`).
+fn changed(state: &AppState, name: &str) {
+    state.param_changes.send_modify(|(n, changed)| {
+        *n += 1;
+        *changed = name.to_string();
+    });
+}
+
 /// The context a version's value is sealed in.
 pub fn context(name: &str, version: i64) -> String {
     format!("parameter/{name}/{version}")
@@ -148,7 +156,7 @@ pub async fn put(
             by: who.user.name.clone(),
         })
         .await?;
-    state.param_changes.send_modify(|g| *g += 1);
+    changed(&state, &req.name);
     Ok((
         StatusCode::CREATED,
         note(format!(
@@ -315,7 +323,7 @@ pub async fn delete(
     check_name(&q.name)?;
     may(&state, &who, Action::DeleteParameter, &q.name).await?;
     state.store.delete_parameter(&q.name).await?;
-    state.param_changes.send_modify(|g| *g += 1);
+    changed(&state, &q.name);
     Ok((
         StatusCode::NO_CONTENT,
         note(format!("parameter/{}", q.name)),
@@ -348,7 +356,7 @@ pub async fn label(
         .store
         .label_parameter(&req.name, version, &req.labels)
         .await?;
-    state.param_changes.send_modify(|g| *g += 1);
+    changed(&state, &req.name);
     Ok((
         StatusCode::NO_CONTENT,
         note(format!(

@@ -77,7 +77,10 @@ pub fn new_execution(a: &Association, trigger: &str, nodes: Vec<String>) -> Exec
     }
 }
 
-/// Does `node` match `targets` (as `Commands::resolve_targets` reads them)?
+/// Does `node` come to match `targets` by its ID, `all` or its tags? Names are left to the
+/// association's next run, where `Commands::resolve_targets` resolves them and refuses one
+/// that several nodes bear: a node registering under a taken name must not get the
+/// association (and the secrets it may carry) at once.
 pub fn matches(targets: &[String], node: &Node) -> bool {
     if node.status == NodeStatus::Inactive {
         return false;
@@ -89,7 +92,7 @@ pub fn matches(targets: &[String], node: &Node) -> bool {
             all = true;
         } else if let Some((k, v)) = t.strip_prefix("tag:").and_then(|t| t.split_once('=')) {
             tags.push((k, v));
-        } else if t == node.id.to_string() || t.strip_prefix("name:").unwrap_or(t) == node.name {
+        } else if t == node.id.as_str() {
             return true;
         }
     }
@@ -192,6 +195,11 @@ async fn apply(state: &AppState, mut exec: Execution) -> Result<(), drover_store
                     .await
                     .map_err(|e| e.to_string()),
             },
+        };
+        // Another server applying the same execution sent it first: it is sent.
+        let sent = match sent {
+            Err(_) if store.get_command(&exec.command_id).await?.is_some() => Ok(()),
+            other => other.map(|_| ()),
         };
         if let Err(why) = sent {
             // Targets that match nothing yet are no failure: the association waits for nodes.
@@ -407,17 +415,31 @@ async fn new_nodes(
 /// new-node pass looks at them), then due runs, then changed nodes. Returns whether any
 /// execution is still open.
 async fn pass(state: &AppState, everything: bool) -> Result<bool, drover_store::StoreError> {
-    let mut open = BTreeSet::new();
     for exec in state.store.open_executions().await? {
-        open.insert(exec.association_id.clone());
         if exec.status == "Pending" {
             apply(state, exec).await?;
         } else {
             finish(state, exec).await?;
         }
     }
+    // A tick waits only for the association's own runs, not for a new node's.
+    let open: BTreeSet<String> = state
+        .store
+        .open_executions()
+        .await?
+        .into_iter()
+        .filter(|e| e.trigger != "new-node")
+        .map(|e| e.association_id)
+        .collect();
     claim_due(state, &open).await?;
-    new_nodes(state, state.assoc.take_changed(), everything).await?;
+    let changed = state.assoc.take_changed();
+    if let Err(e) = new_nodes(state, changed.clone(), everything).await {
+        // Looked at again on the next pass.
+        for id in &changed {
+            state.assoc.node_changed(id);
+        }
+        return Err(e);
+    }
     Ok(!state.store.open_executions().await?.is_empty())
 }
 
@@ -425,21 +447,24 @@ async fn pass(state: &AppState, everything: bool) -> Result<bool, drover_store::
 pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
     let mut everything = true;
     loop {
-        let busy = match pass(&state, everything).await {
+        let sleep = match pass(&state, everything).await {
             Ok(busy) => {
                 everything = false;
-                busy
+                let now = crate::audit::now_ms();
+                let mut sleep = if busy { POLL_OPEN } else { POLL_IDLE };
+                if let Ok(Some(next)) = state.store.next_association_run().await {
+                    sleep =
+                        sleep.min(Duration::from_millis((next - now).clamp(0, i64::MAX) as u64));
+                }
+                sleep
             }
+            // A store that fails is retried after a pause, never in a tight loop (a due run
+            // that cannot be claimed would otherwise be due again at once).
             Err(e) => {
                 tracing::warn!(error = %e, "association scheduler");
-                true
+                POLL_OPEN
             }
         };
-        let now = crate::audit::now_ms();
-        let mut sleep = if busy { POLL_OPEN } else { POLL_IDLE };
-        if let Ok(Some(next)) = state.store.next_association_run().await {
-            sleep = sleep.min(Duration::from_millis((next - now).clamp(0, i64::MAX) as u64));
-        }
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = state.assoc.wake.notified() => {}
@@ -482,8 +507,8 @@ mod tests {
         assert!(matches(&t(&["tag:role=web", "tag:env=prod"]), &web));
         assert!(!matches(&t(&["tag:role=web", "tag:env=dev"]), &web));
         assert!(!matches(&t(&["tag:role=db"]), &web));
-        assert!(matches(&t(&["web-1"]), &web));
-        assert!(matches(&t(&["name:web-1"]), &web));
+        assert!(!matches(&t(&["web-1"]), &web));
+        assert!(!matches(&t(&["name:web-1"]), &web));
         assert!(matches(&t(&["n-0123456789abcdef0"]), &web));
         assert!(!matches(&t(&["web-2"]), &web));
         let mut gone = web.clone();

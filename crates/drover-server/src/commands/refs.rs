@@ -28,7 +28,7 @@ static REF: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"\{\{\s*(ssm|ssm-secure):(/?[A-Za-z0-9_.\-/]+)\s*\}\}").ok());
 
 /// The environment variables that carry SecureStrings to a script.
-pub const SECURE_PREFIX: &str = "DROVER_SECURE_";
+pub const SECURE_PREFIX: &str = drover_proto::SECURE_ENV_PREFIX;
 
 /// The actions whose `runCommand` is a script, and how a script names an environment variable.
 fn script_var(action: &str, var: &str) -> Option<String> {

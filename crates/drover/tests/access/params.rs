@@ -223,6 +223,20 @@ async fn parameters_keep_versions_and_secrets_stay_sealed() {
             "{args:?}: {out}"
         );
     }
+    // A script that prints its secret: the output is masked, on the node, before it leaves.
+    let ran = env
+        .cli_ok(&[
+            "run",
+            "--targets",
+            "all",
+            "-o",
+            "json",
+            "--",
+            "echo \"pw={{ssm-secure:/app/prod/db-password}}.\"",
+        ])
+        .unwrap();
+    let masked = format!("pw={}.", "*".repeat(SECRET.len()));
+    assert!(ran.contains(&masked) && !ran.contains(SECRET), "{ran}");
     // A document's parameter may default to a parameter's value.
     let doc = env.path("defaulted.yaml");
     std::fs::write(
