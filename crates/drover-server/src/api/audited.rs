@@ -135,7 +135,11 @@ const PATH_CHARS: usize = 256;
 impl Seen {
     async fn finish(self, state: &AppState, resp: Response, read: bool) -> Response {
         let status = resp.status();
-        let noted = resp.extensions().get::<AuditNote>().map(|n| n.0.clone());
+        let noted = resp
+            .extensions()
+            .get::<AuditNote>()
+            .map(|n| n.0.clone())
+            .filter(|n| !n.is_empty());
         let denied = status == axum::http::StatusCode::UNAUTHORIZED
             || status == axum::http::StatusCode::FORBIDDEN;
         let who = self
@@ -144,9 +148,10 @@ impl Seen {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        // Reads are recorded only when refused; an anonymous caller's requests for paths
-        // that do not exist are noise anyone could flood the log with.
-        if (read && !denied) || (who.is_none() && self.route.is_none()) {
+        // Reads are recorded only when refused, or when they revealed a secret (the handler
+        // notes it); an anonymous caller's requests for paths that do not exist are noise
+        // anyone could flood the log with.
+        if (read && !denied && noted.is_none()) || (who.is_none() && self.route.is_none()) {
             return resp;
         }
         let (resp, reason) = if status.is_client_error() || status.is_server_error() {

@@ -188,7 +188,7 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     who: Principal,
     Query(q): Query<GetQuery>,
-) -> Result<Json<ParameterView>, ApiError> {
+) -> Result<(axum::Extension<AuditNote>, Json<ParameterView>), ApiError> {
     check_name(&q.name)?;
     may(&state, &who, Action::ReadParameter, &q.name).await?;
     if let Some(l) = &q.label {
@@ -206,10 +206,18 @@ pub async fn get(
         .await?
         .filter(|p| q.label.as_ref().is_none_or(|l| p.labels.contains(l)))
         .ok_or_else(|| ApiError::NotFound(format!("parameter {} not found", q.name)))?;
-    if q.decrypt && p.kind == "SecureString" {
+    let opened = q.decrypt && p.kind == "SecureString";
+    if opened {
         may(&state, &who, Action::DecryptParameter, &q.name).await?;
     }
-    Ok(Json(view(&state, p, q.decrypt)?))
+    let noted = decrypted(opened.then(|| format!("{} version {}", p.name, p.version)));
+    Ok((noted, Json(view(&state, p, q.decrypt)?)))
+}
+
+/// A read that opened SecureStrings is in the audit log (who read which secret, when); other
+/// reads are not.
+fn decrypted(what: Option<String>) -> axum::Extension<AuditNote> {
+    note(what.map_or_else(String::new, |w| format!("parameter/{w} decrypted")))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -231,7 +239,7 @@ pub async fn by_path(
     State(state): State<Arc<AppState>>,
     who: Principal,
     Query(q): Query<PathQuery>,
-) -> Result<Json<Vec<ParameterView>>, ApiError> {
+) -> Result<(axum::Extension<AuditNote>, Json<Vec<ParameterView>>), ApiError> {
     validate::text("path", &q.path, MAX_NAME)?;
     validate::pattern("path", PARAMETER_PATH, &q.path, "a path such as /app/prod")?;
     let found = state
@@ -255,6 +263,10 @@ pub async fn by_path(
         .authz
         .filter(&who, Action::DecryptParameter, secrets, |n| resource(n))
         .await?;
+    let noted = decrypted((!openable.is_empty()).then(|| {
+        let names = openable.join(",");
+        names.chars().take(1024).collect()
+    }));
     let mut out = Vec::new();
     for p in readable {
         let open = openable.contains(&p.name);
@@ -268,7 +280,7 @@ pub async fn by_path(
             }
         }
     }
-    Ok(Json(out))
+    Ok((noted, Json(out)))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -287,7 +299,7 @@ pub async fn history(
     State(state): State<Arc<AppState>>,
     who: Principal,
     Query(q): Query<NameQuery>,
-) -> Result<Json<Vec<ParameterView>>, ApiError> {
+) -> Result<(axum::Extension<AuditNote>, Json<Vec<ParameterView>>), ApiError> {
     check_name(&q.name)?;
     may(&state, &who, Action::ReadParameter, &q.name).await?;
     let versions = state.store.parameter_history(&q.name).await?;
@@ -301,11 +313,12 @@ pub async fn history(
     if q.decrypt && secure {
         may(&state, &who, Action::DecryptParameter, &q.name).await?;
     }
+    let noted = decrypted((q.decrypt && secure).then(|| format!("{} every version", q.name)));
     let shown = versions
         .into_iter()
         .map(|p| view(&state, p, q.decrypt))
         .collect::<Result<_, _>>()?;
-    Ok(Json(shown))
+    Ok((noted, Json(shown)))
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -325,6 +325,12 @@ async fn parameters_keep_versions_and_secrets_stay_sealed() {
         "{audit}"
     );
     assert!(!audit.contains(SECRET));
+    // Who opened which secret is in the log; plain reads are not.
+    assert!(
+        audit.contains("parameter//app/prod/db-password version 1 decrypted"),
+        "{audit}"
+    );
+    assert!(audit.contains("parameter//app/dev/db-password"), "{audit}");
     env.cli_ok(&["params", "delete", "/app/prod/deep/flag"])
         .unwrap();
     let out = env.cli(&["params", "get", "/app/prod/deep/flag"]).unwrap();
