@@ -14,6 +14,7 @@ mod identity;
 pub mod inventory;
 mod invocations;
 mod journal;
+mod mask;
 mod os_user;
 pub use os_user::valid_name as valid_user_name;
 mod register;

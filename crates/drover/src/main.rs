@@ -3,6 +3,7 @@
 //! in the library crates.
 
 mod cli;
+mod cli_agent;
 mod client_config;
 mod cmd_access;
 mod cmd_access_requests;
