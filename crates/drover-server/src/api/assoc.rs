@@ -231,7 +231,7 @@ async fn apply_request(
 }
 
 #[utoipa::path(post, path = "/api/v1/associations", request_body = AssociationRequest,
-    responses((status = 201, body = AssociationView), (status = 400, body = drover_api::ErrorBody), (status = 409, body = drover_api::ErrorBody)),
+    responses((status = 201, body = AssociationView), (status = 400, body = drover_api::ErrorBody), (status = 404, body = drover_api::ErrorBody), (status = 409, body = drover_api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
@@ -477,7 +477,8 @@ pub struct ComplianceQuery {
 /// Compliance per node and association, of the nodes the caller may see.
 #[utoipa::path(get, path = "/api/v1/compliance",
     params(("association" = Option<String>, Query), ("node" = Option<String>, Query, description = "A node ID")),
-    responses((status = 200, body = ComplianceList)), security(("bearer" = [])))]
+    responses((status = 200, body = ComplianceList), (status = 404, body = drover_api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn compliance(
     State(state): State<Arc<AppState>>,
     who: Principal,
