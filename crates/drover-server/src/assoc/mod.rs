@@ -255,6 +255,9 @@ async fn invocations(
         after = Some(last.id.clone());
         out.extend(page.into_iter().map(|i| {
             let why = match (i.status_detail.as_str(), i.exit_code) {
+                ("", Some(code)) if i.status != "Success" => {
+                    format!("{} (exit code {code})", i.status)
+                }
                 (d, Some(code)) if i.status != "Success" => {
                     format!("{}: {d} (exit code {code})", i.status)
                 }
