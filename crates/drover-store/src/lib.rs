@@ -350,6 +350,14 @@ pub trait AssocStore: Send + Sync {
         rows: &[assoc::Compliance],
         only_new: bool,
     ) -> Result<(), StoreError>;
+    /// After an execution of the association's whole targets: drops the rows, older than it,
+    /// of nodes not in `keep` (they left the targets).
+    async fn forget_compliance(
+        &self,
+        association_id: &str,
+        execution_id: &str,
+        keep: &[String],
+    ) -> Result<u64, StoreError>;
     async fn list_compliance(
         &self,
         association_id: Option<&str>,

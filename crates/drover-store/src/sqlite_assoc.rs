@@ -332,6 +332,43 @@ fn record(c: &mut Connection, rows: &[Compliance], only_new: bool) -> Result<(),
     tx.commit().map_err(db("record compliance"))
 }
 
+/// Drops the rows of nodes an execution of the association's whole targets no longer
+/// reached (they left the targets), unless a newer execution wrote them.
+fn forget(
+    c: &mut Connection,
+    association: &str,
+    execution: &str,
+    keep: &[String],
+) -> Result<u64, StoreError> {
+    let keep: std::collections::HashSet<&str> = keep.iter().map(String::as_str).collect();
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("forget compliance"))?;
+    let stale: Vec<String> = {
+        let mut st = tx
+            .prepare_cached(
+                "SELECT node_id FROM compliance WHERE association_id = ?1 AND execution_id < ?2",
+            )
+            .map_err(db("forget compliance"))?;
+        let rows = st
+            .query_map(params![association, execution], |r| r.get::<_, String>(0))
+            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+            .map_err(db("forget compliance"))?;
+        rows.into_iter()
+            .filter(|n| !keep.contains(n.as_str()))
+            .collect()
+    };
+    for node in &stale {
+        tx.execute(
+            "DELETE FROM compliance WHERE association_id = ?1 AND node_id = ?2",
+            params![association, node],
+        )
+        .map_err(db("forget compliance"))?;
+    }
+    tx.commit().map_err(db("forget compliance"))?;
+    Ok(stale.len() as u64)
+}
+
 fn compliance(
     c: &Connection,
     association: Option<&str>,
@@ -509,6 +546,20 @@ impl crate::AssocStore for crate::SqliteStore {
     ) -> Result<(), StoreError> {
         let rows = rows.to_vec();
         self.call(move |c| record(c, &rows, only_new)).await
+    }
+
+    async fn forget_compliance(
+        &self,
+        association_id: &str,
+        execution_id: &str,
+        keep: &[String],
+    ) -> Result<u64, StoreError> {
+        let (a, e, keep) = (
+            association_id.to_string(),
+            execution_id.to_string(),
+            keep.to_vec(),
+        );
+        self.call(move |c| forget(c, &a, &e, &keep)).await
     }
 
     async fn list_compliance(

@@ -201,6 +201,15 @@ async fn apply(state: &AppState, mut exec: Execution) -> Result<(), drover_store
             Err(_) if store.get_command(&exec.command_id).await?.is_some() => Ok(()),
             other => other.map(|_| ()),
         };
+        // A command sent on nobody's request at that moment is in the audit log as its
+        // owner's, through the association (a skip for want of nodes is no action).
+        let skipped = sent
+            .as_ref()
+            .err()
+            .is_some_and(|w| w.contains("match no node"));
+        if !skipped {
+            state.audit.record(audit_event(&a, &exec, &sent)).await;
+        }
         if let Err(why) = sent {
             // Targets that match nothing yet are no failure: the association waits for nodes.
             exec.status = if why.contains("match no node") {
@@ -211,6 +220,12 @@ async fn apply(state: &AppState, mut exec: Execution) -> Result<(), drover_store
             .into();
             exec.detail = why;
             exec.finished_at = Some(crate::secrets::now());
+            if skipped && exec.nodes.is_empty() {
+                // No node matches the targets any more: none is compliant or not with it.
+                store
+                    .forget_compliance(&exec.association_id, &exec.id, &[])
+                    .await?;
+            }
             tracing::info!(execution = %exec.id, status = %exec.status, detail = %exec.detail, "association not applied");
             return store.update_execution(&exec).await;
         }
@@ -232,6 +247,33 @@ async fn apply(state: &AppState, mut exec: Execution) -> Result<(), drover_store
     store.record_compliance(&rows, true).await?;
     exec.status = "InProgress".into();
     store.update_execution(&exec).await
+}
+
+/// The audit entry of an application: who it acted as, what it sent, and how that went.
+fn audit_event(
+    a: &Association,
+    exec: &Execution,
+    sent: &Result<(), String>,
+) -> drover_store::audit::AuditEvent {
+    let (outcome, reason) = match sent {
+        Ok(()) => ("success", exec.trigger.clone()),
+        Err(why) if why.contains("may not") => ("denied", why.clone()),
+        Err(why) => ("failure", why.clone()),
+    };
+    drover_store::audit::AuditEvent {
+        at_ms: crate::audit::now_ms(),
+        actor: a.owner.clone(),
+        actor_kind: "user".into(),
+        token: format!("association:{}", a.id),
+        source: "scheduler".into(),
+        action: "association.applied".into(),
+        resource: format!(
+            "association/{} command/{} document/{}",
+            a.id, exec.command_id, a.document
+        ),
+        outcome: outcome.into(),
+        reason,
+    }
 }
 
 /// A command's invocations: node, status, and why.
@@ -306,6 +348,14 @@ async fn finish(state: &AppState, mut exec: Execution) -> Result<(), drover_stor
         })
         .collect();
     state.store.record_compliance(&rows, false).await?;
+    if exec.nodes.is_empty() {
+        // It covered the whole targets: nodes it did not reach have left them.
+        let reached: Vec<String> = results.iter().map(|(n, _, _)| n.clone()).collect();
+        state
+            .store
+            .forget_compliance(&exec.association_id, &exec.id, &reached)
+            .await?;
+    }
     exec.status = if counts.contains_key("non-compliant") {
         "Failed"
     } else {

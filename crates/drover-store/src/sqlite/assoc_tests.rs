@@ -114,3 +114,24 @@ fn a_new_node_is_claimed_once_and_results_never_go_back_in_time() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn nodes_that_left_the_targets_are_forgotten() {
+    let mut c = store();
+    create(&mut c, &assoc("a1", "one"), None).unwrap();
+    let mut rows = vec![row("e1", "Compliant")];
+    rows.push(Compliance {
+        node_id: "n2".into(),
+        ..row("e1", "Compliant")
+    });
+    record(&mut c, &rows, false).unwrap();
+    // e2 reached n1 only; n2 left. A row newer than e2 would stay.
+    assert_eq!(forget(&mut c, "a1", "e2", &["n1".to_string()]).unwrap(), 1);
+    let left: Vec<String> = compliance(&c, Some("a1"), None)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.node_id)
+        .collect();
+    assert_eq!(left, ["n1"]);
+    assert_eq!(forget(&mut c, "a1", "e0", &[]).unwrap(), 0);
+}

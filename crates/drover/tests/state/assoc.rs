@@ -51,6 +51,15 @@ async fn an_association_applies_at_creation_on_ticks_and_to_nodes_that_come_to_m
     }
     wait_compliance(&env, "stamp", &web1, "Compliant").await;
     assert!(runs(&marks, &db1).is_empty(), "db-1 is not a target");
+    // Each command the scheduler sent is in the audit log, as its owner's.
+    let audit = env.cli_ok(&["audit", "export", "--since", "1h"]).unwrap();
+    let first = history[history.len() - 1]["command_id"].as_str().unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("association.applied")
+            && l.contains(first)
+            && l.contains("\"admin\"")),
+        "{audit}"
+    );
 
     // A node registered afterwards is applied to within seconds, not at the next tick only.
     let (web2, _a3) = agent(&env, &server, "web-2", &["role=web"]).await;
@@ -189,6 +198,17 @@ async fn an_association_applies_at_creation_on_ticks_and_to_nodes_that_come_to_m
     assert!(compliance(&env, &["--node", &web1])
         .iter()
         .all(|c| c["association_name"] == "stamp"));
+    // A node that leaves the targets leaves the association's compliance at its next run.
+    env.cli_ok(&["nodes", "untag", &db1, "role"]).unwrap();
+    wait_until("db-1 forgotten by stamp", DEADLINE, || async {
+        Ok(
+            compliance(&env, &["--association", "stamp", "--node", &db1])
+                .is_empty()
+                .then_some(()),
+        )
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
