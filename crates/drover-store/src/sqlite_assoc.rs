@@ -278,9 +278,12 @@ fn claim_nodes(c: &mut Connection, exec: &Execution, at: i64) -> Result<Vec<Stri
     Ok(claimed)
 }
 
+/// A finished execution is final: a late writer (another server that lost a race, say)
+/// never overwrites its outcome.
 fn update_execution(c: &Connection, e: &Execution) -> Result<(), StoreError> {
     c.execute(
-        "UPDATE association_executions SET status = ?2, body = ?3 WHERE id = ?1",
+        "UPDATE association_executions SET status = ?2, body = ?3 \
+         WHERE id = ?1 AND status IN ('Pending', 'InProgress')",
         params![e.id, e.status, encode("an execution", e)?],
     )
     .map_err(db("update an execution"))?;

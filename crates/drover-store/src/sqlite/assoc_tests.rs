@@ -135,3 +135,22 @@ fn nodes_that_left_the_targets_are_forgotten() {
     assert_eq!(left, ["n1"]);
     assert_eq!(forget(&mut c, "a1", "e0", &[]).unwrap(), 0);
 }
+
+#[test]
+fn a_finished_execution_is_final() {
+    let mut c = store();
+    create(&mut c, &assoc("a1", "one"), None).unwrap();
+    let mut e = exec("e1", "a1", &[]);
+    assert!(claim_run(&mut c, "a1", 1000, 2000, &e).unwrap());
+    e.status = "Success".into();
+    update_execution(&c, &e).unwrap();
+    e.status = "Failed".into();
+    update_execution(&c, &e).unwrap();
+    let all = executions(
+        &c,
+        "SELECT body FROM association_executions WHERE ?1 = ?1",
+        "",
+    )
+    .unwrap();
+    assert_eq!(all[0].status, "Success");
+}
