@@ -534,7 +534,10 @@ async fn an_agent_killed_or_a_server_restart_leaves_no_session_process_behind() 
     }
 
     // SIGKILL of the server: the agent sees its connection fail and hangs its sessions up; the
-    // restarted server ends what the store still had open, saying why.
+    // restarted server ends what the store still had open, saying why. The lost connection is
+    // in the store first: presence is written in batches, so "Online" could otherwise still be
+    // the killed agent's.
+    wait_status(&server, std::slice::from_ref(&id), "ConnectionLost").await?;
     let _agent = env.run_agent_with("n1", &[], &[])?;
     wait_status(&server, std::slice::from_ref(&id), "Online").await?;
     let mut shell = background_shell(&env, "shell", "echo started; exec sleep 65.25")?;
