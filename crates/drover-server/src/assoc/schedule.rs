@@ -85,15 +85,16 @@ impl FromStr for Schedule {
 }
 
 impl Schedule {
-    /// The first due time strictly after `now_ms`, for a schedule last due at `due_ms`: a rate
-    /// keeps its phase (the missed ticks fold into one run), a cron takes its next match.
-    /// None: a cron that never matches again.
+    /// The next due time after a run at `now_ms` of a tick due at `due_ms`. A rate keeps its
+    /// phase while runs are on time; after missed ticks (the server was down), which fold into
+    /// this one run, it counts a whole period from it, so that the next run is not a near
+    /// double of this one. A cron takes its next match. None: a cron that never matches again.
     pub fn next_after_due(&self, due_ms: i64, now_ms: i64) -> Option<i64> {
         match self {
-            Schedule::Rate(every) => {
-                let missed = (now_ms - due_ms).max(0) / every + 1;
-                Some(due_ms.saturating_add(missed.saturating_mul(*every)))
+            Schedule::Rate(every) if now_ms.saturating_sub(due_ms) < *every => {
+                Some(due_ms.saturating_add(*every).max(now_ms.saturating_add(1)))
             }
+            Schedule::Rate(every) => Some(now_ms.saturating_add(*every)),
             Schedule::Cron(_) => self.next_after(now_ms),
         }
     }
@@ -127,9 +128,10 @@ mod tests {
     fn rates_parse_and_fold_missed_ticks_into_one() {
         let s: Schedule = "rate(30 minutes)".parse().unwrap();
         assert!(matches!(s, Schedule::Rate(1_800_000)));
+        // On time (or a little late): the phase is kept.
         assert_eq!(s.next_after_due(0, 10), Some(1_800_000));
-        // Down for three and a half periods: one run now, the next on the old phase.
-        assert_eq!(s.next_after_due(0, 6_300_000), Some(7_200_000));
+        // Down for three and a half periods: one run now, the next a whole period after it.
+        assert_eq!(s.next_after_due(0, 6_300_000), Some(8_100_000));
         assert!(matches!(
             "rate(1 day)".parse::<Schedule>().unwrap(),
             Schedule::Rate(86_400_000)

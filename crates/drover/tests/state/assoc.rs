@@ -279,8 +279,8 @@ async fn the_schedule_survives_restarts_neither_skipped_nor_doubled() {
     .await
     .unwrap();
     let all = ticks(&h);
-    // Nothing ran while it was down; after, one run for all the missed ticks, then the
-    // schedule's phase (never two runs closer than a period, less a second of rounding).
+    // Nothing ran while it was down; after, one run for all the missed ticks, then a whole
+    // period after it (never two runs closer than a period, less a second of rounding).
     assert!(!all.iter().any(|t| *t > since_down && *t < back), "{all:?}");
     for pair in all.windows(2) {
         assert!(pair[1] - pair[0] >= PERIOD - 1, "doubled: {all:?}");
