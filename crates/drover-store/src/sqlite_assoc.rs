@@ -192,22 +192,22 @@ fn get(c: &Connection, id_or_name: &str) -> Result<Option<Association>, StoreErr
     .map_err(db("read an association"))
 }
 
+/// Every association by name, or those due by a time, soonest first.
 fn list(c: &Connection, due_by: Option<i64>) -> Result<Vec<Association>, StoreError> {
-    let (sql, bound) = match due_by {
-        Some(t) => (
-            "SELECT body, next_run_ms FROM associations WHERE next_run_ms <= ?1 ORDER BY next_run_ms",
-            t,
-        ),
-        None => (
-            "SELECT body, next_run_ms FROM associations WHERE ?1 = ?1 ORDER BY name",
-            0,
-        ),
+    let sql = match due_by {
+        Some(_) => {
+            "SELECT body, next_run_ms FROM associations WHERE next_run_ms <= ?1 \
+                    ORDER BY next_run_ms"
+        }
+        None => "SELECT body, next_run_ms FROM associations ORDER BY name",
     };
     let mut st = c.prepare_cached(sql).map_err(db("list associations"))?;
-    let rows = st
-        .query_map([bound], assoc_row)
-        .and_then(|r| r.collect::<Result<Vec<_>, _>>())
-        .map_err(db("list associations"))?;
+    let rows = match due_by {
+        Some(t) => st.query_map([t], assoc_row),
+        None => st.query_map([], assoc_row),
+    }
+    .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+    .map_err(db("list associations"))?;
     Ok(rows)
 }
 
@@ -290,10 +290,14 @@ fn update_execution(c: &Connection, e: &Execution) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn executions(c: &Connection, sql: &str, bound: &str) -> Result<Vec<Execution>, StoreError> {
+fn executions(
+    c: &Connection,
+    sql: &str,
+    bound: impl rusqlite::Params,
+) -> Result<Vec<Execution>, StoreError> {
     let mut st = c.prepare_cached(sql).map_err(db("list executions"))?;
     let rows = st
-        .query_map([bound], |r| decode(r.get(0)?))
+        .query_map(bound, |r| decode(r.get(0)?))
         .and_then(|r| r.collect::<Result<Vec<_>, _>>())
         .map_err(db("list executions"))?;
     Ok(rows)
@@ -515,8 +519,8 @@ impl crate::AssocStore for crate::SqliteStore {
             executions(
                 c,
                 "SELECT body FROM association_executions \
-                 WHERE status IN ('Pending', 'InProgress') AND ?1 = ?1 ORDER BY id",
-                "",
+                 WHERE status IN ('Pending', 'InProgress') ORDER BY id",
+                [],
             )
         })
         .await
@@ -532,11 +536,9 @@ impl crate::AssocStore for crate::SqliteStore {
         self.call(move |c| {
             executions(
                 c,
-                &format!(
-                    "SELECT body FROM association_executions WHERE association_id = ?1 \
-                     ORDER BY id DESC LIMIT {limit}"
-                ),
-                &id,
+                "SELECT body FROM association_executions WHERE association_id = ?1 \
+                 ORDER BY id DESC LIMIT ?2",
+                params![id, limit as i64],
             )
         })
         .await

@@ -10,7 +10,7 @@
 
 pub mod schedule;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiError;
 use crate::authz::{Action, Principal};
-use crate::commands::SendRequest;
+use crate::commands::{SendRequest, MATCH_NO_NODE};
 use crate::AppState;
 pub use schedule::Schedule;
 
@@ -116,14 +116,18 @@ async fn document_ref(state: &AppState, a: &Association) -> Result<String, ApiEr
 
 /// The principal an association acts as: its owner as the owner is now (a disabled or deleted
 /// owner applies nothing), limited to what sending a command needs.
-async fn acting_owner(state: &AppState, a: &Association) -> Result<Principal, String> {
+async fn acting_owner(state: &AppState, a: &Association) -> Result<Principal, ApiError> {
     let user = state
         .store
         .get_user(&a.owner)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .filter(|u| !u.disabled)
-        .ok_or_else(|| format!("its owner {:?} no longer exists or is disabled", a.owner))?;
+        .ok_or_else(|| {
+            ApiError::Forbidden(format!(
+                "its owner {:?} no longer exists or is disabled",
+                a.owner
+            ))
+        })?;
     Ok(Principal {
         token_id: format!("association:{}", a.id),
         token_name: format!("association {}", a.name),
@@ -177,23 +181,20 @@ fn crash_point(_name: &str) {
     }
 }
 
-/// Sends a Pending execution's command, unless a previous attempt already did.
-async fn apply(state: &AppState, mut exec: Execution) -> Result<(), drover_store::StoreError> {
+/// Sends a Pending execution's command, unless a previous attempt already did. Returns
+/// whether the execution is still open (its command runs).
+async fn apply(state: &AppState, mut exec: Execution) -> Result<bool, drover_store::StoreError> {
     let store = &state.store;
     crash_point("assoc-before-send");
     if store.get_command(&exec.command_id).await?.is_none() {
         let Some(a) = store.get_association(&exec.association_id).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let sent = match acting_owner(state, &a).await {
-            Err(why) => Err(why),
+            Err(e) => Err(e),
             Ok(who) => match request(state, &a, Some(&exec)).await {
-                Err(e) => Err(e.to_string()),
-                Ok(req) => state
-                    .commands
-                    .send(req, &who, &state.authz)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+                Ok(req) => state.commands.send(req, &who, &state.authz).await,
             },
         };
         // Another server applying the same execution sent it first: it is sent.
@@ -201,24 +202,15 @@ async fn apply(state: &AppState, mut exec: Execution) -> Result<(), drover_store
             Err(_) if store.get_command(&exec.command_id).await?.is_some() => Ok(()),
             other => other.map(|_| ()),
         };
-        // A command sent on nobody's request at that moment is in the audit log as its
-        // owner's, through the association (a skip for want of nodes is no action).
-        let skipped = sent
-            .as_ref()
-            .err()
-            .is_some_and(|w| w.contains("match no node"));
+        // Targets that match nothing yet are no failure, nor an action: the association waits
+        // for nodes. Anything else is in the audit log as the owner's, through the association.
+        let skipped = matches!(&sent, Err(ApiError::NotFound(m)) if m.ends_with(MATCH_NO_NODE));
         if !skipped {
             state.audit.record(audit_event(&a, &exec, &sent)).await;
         }
         if let Err(why) = sent {
-            // Targets that match nothing yet are no failure: the association waits for nodes.
-            exec.status = if why.contains("match no node") {
-                "Skipped"
-            } else {
-                "Failed"
-            }
-            .into();
-            exec.detail = why;
+            exec.status = if skipped { "Skipped" } else { "Failed" }.into();
+            exec.detail = why.to_string();
             exec.finished_at = Some(crate::secrets::now());
             if skipped && exec.nodes.is_empty() {
                 // No node matches the targets any more: none is compliant or not with it.
@@ -227,7 +219,8 @@ async fn apply(state: &AppState, mut exec: Execution) -> Result<(), drover_store
                     .await?;
             }
             tracing::info!(execution = %exec.id, status = %exec.status, detail = %exec.detail, "association not applied");
-            return store.update_execution(&exec).await;
+            store.update_execution(&exec).await?;
+            return Ok(false);
         }
     }
     crash_point("assoc-after-send");
@@ -246,19 +239,20 @@ async fn apply(state: &AppState, mut exec: Execution) -> Result<(), drover_store
         .collect();
     store.record_compliance(&rows, true).await?;
     exec.status = "InProgress".into();
-    store.update_execution(&exec).await
+    store.update_execution(&exec).await?;
+    Ok(true)
 }
 
 /// The audit entry of an application: who it acted as, what it sent, and how that went.
 fn audit_event(
     a: &Association,
     exec: &Execution,
-    sent: &Result<(), String>,
+    sent: &Result<(), ApiError>,
 ) -> drover_store::audit::AuditEvent {
     let (outcome, reason) = match sent {
         Ok(()) => ("success", exec.trigger.clone()),
-        Err(why) if why.contains("may not") => ("denied", why.clone()),
-        Err(why) => ("failure", why.clone()),
+        Err(e @ ApiError::Forbidden(_)) => ("denied", e.to_string()),
+        Err(e) => ("failure", e.to_string()),
     };
     drover_store::audit::AuditEvent {
         at_ms: crate::audit::now_ms(),
@@ -296,17 +290,14 @@ async fn invocations(
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
         out.extend(page.into_iter().map(|i| {
-            let why = match (i.status_detail.as_str(), i.exit_code) {
-                ("", Some(code)) if i.status != "Success" => {
-                    format!("{} (exit code {code})", i.status)
-                }
-                (d, Some(code)) if i.status != "Success" => {
-                    format!("{}: {d} (exit code {code})", i.status)
-                }
-                ("", _) => i.status.clone(),
-                (d, _) if d == i.status => d.to_string(),
-                (d, _) => format!("{}: {d}", i.status),
-            };
+            // `Failed: detail (exit code 3)`, each part only where it says something.
+            let mut why = i.status.clone();
+            if !i.status_detail.is_empty() && i.status_detail != i.status {
+                why = format!("{why}: {}", i.status_detail);
+            }
+            if let (Some(code), false) = (i.exit_code, i.status == "Success") {
+                why = format!("{why} (exit code {code})");
+            }
             (i.node_id, i.status, why)
         }));
     }
@@ -314,29 +305,27 @@ async fn invocations(
 }
 
 /// Finishes an InProgress execution whose command finished: compliance for each node.
-async fn finish(state: &AppState, mut exec: Execution) -> Result<(), drover_store::StoreError> {
+/// Returns whether it is still open (its command still runs).
+async fn finish(state: &AppState, mut exec: Execution) -> Result<bool, drover_store::StoreError> {
     let Some(command) = state.store.get_command(&exec.command_id).await? else {
         exec.status = "Failed".into();
         exec.detail = format!("its command {} is gone", exec.command_id);
         exec.finished_at = Some(crate::secrets::now());
-        return state.store.update_execution(&exec).await;
+        state.store.update_execution(&exec).await?;
+        return Ok(false);
     };
     if matches!(
         command.status.as_str(),
         "Pending" | "InProgress" | "Cancelling"
     ) {
-        return Ok(());
+        return Ok(true);
     }
     let now = crate::secrets::now();
     let results = invocations(state, &exec.command_id).await?;
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let rows: Vec<Compliance> = results
         .iter()
         .map(|(node, status, why)| {
             let ok = status == "Success";
-            *counts
-                .entry(if ok { "compliant" } else { "non-compliant" })
-                .or_default() += 1;
             Compliance {
                 association_id: exec.association_id.clone(),
                 node_id: node.clone(),
@@ -356,28 +345,29 @@ async fn finish(state: &AppState, mut exec: Execution) -> Result<(), drover_stor
             .forget_compliance(&exec.association_id, &exec.id, &reached)
             .await?;
     }
-    exec.status = if counts.contains_key("non-compliant") {
-        "Failed"
-    } else {
-        "Success"
-    }
-    .into();
-    exec.detail = counts
+    let bad = rows.iter().filter(|r| r.status == "NonCompliant").count();
+    let good = rows.len() - bad;
+    exec.status = if bad > 0 { "Failed" } else { "Success" }.into();
+    exec.detail = [(good, "compliant"), (bad, "non-compliant")]
         .iter()
-        .map(|(k, v)| format!("{v} {k}"))
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, k)| format!("{n} {k}"))
         .collect::<Vec<_>>()
         .join(", ");
     exec.finished_at = Some(now);
     tracing::info!(execution = %exec.id, command = %exec.command_id, status = %exec.status, detail = %exec.detail, "association applied");
-    state.store.update_execution(&exec).await
+    state.store.update_execution(&exec).await?;
+    Ok(false)
 }
 
 /// Claims the associations due now: one execution each, or a Skipped one while the previous
-/// application is still under way (runs never pile up behind a slow one).
+/// application is still under way (runs never pile up behind a slow one). Returns whether
+/// one it sent is still running.
 async fn claim_due(
     state: &AppState,
     open: &BTreeSet<String>,
-) -> Result<(), drover_store::StoreError> {
+) -> Result<bool, drover_store::StoreError> {
+    let mut applying = false;
     let now = crate::audit::now_ms();
     for a in state.store.due_associations(now).await? {
         let next = match a.schedule.parse::<Schedule>() {
@@ -399,10 +389,10 @@ async fn claim_due(
             .await?
             && exec.status == "Pending"
         {
-            apply(state, exec).await?;
+            applying |= apply(state, exec).await?;
         }
     }
-    Ok(())
+    Ok(applying)
 }
 
 /// Applies associations to the nodes that came to match their targets. With `everything`
@@ -412,9 +402,10 @@ async fn new_nodes(
     state: &AppState,
     changed: BTreeSet<NodeId>,
     everything: bool,
-) -> Result<(), drover_store::StoreError> {
+) -> Result<bool, drover_store::StoreError> {
+    let mut applying = false;
     if changed.is_empty() && !everything {
-        return Ok(());
+        return Ok(false);
     }
     let mut nodes = Vec::new();
     for id in &changed {
@@ -451,49 +442,47 @@ async fn new_nodes(
             .await?;
         if !claimed.is_empty() {
             tracing::info!(association = %a.id, nodes = claimed.len(), "applying to new nodes");
-            apply(
-                state,
-                Execution {
-                    nodes: claimed,
-                    ..exec
-                },
-            )
-            .await?;
+            let exec = Execution {
+                nodes: claimed,
+                ..exec
+            };
+            applying |= apply(state, exec).await?;
         }
     }
-    Ok(())
+    Ok(applying)
 }
 
 /// One pass: open executions first (so that a Pending one's nodes are claimed before the
 /// new-node pass looks at them), then due runs, then changed nodes. Returns whether any
 /// execution is still open.
 async fn pass(state: &AppState, everything: bool) -> Result<bool, drover_store::StoreError> {
-    for exec in state.store.open_executions().await? {
-        if exec.status == "Pending" {
-            apply(state, exec).await?;
-        } else {
-            finish(state, exec).await?;
-        }
-    }
+    let mut busy = false;
     // A tick waits only for the association's own runs, not for a new node's.
-    let open: BTreeSet<String> = state
-        .store
-        .open_executions()
-        .await?
-        .into_iter()
-        .filter(|e| e.trigger != "new-node")
-        .map(|e| e.association_id)
-        .collect();
-    claim_due(state, &open).await?;
-    let changed = state.assoc.take_changed();
-    if let Err(e) = new_nodes(state, changed.clone(), everything).await {
-        // Looked at again on the next pass.
-        for id in &changed {
-            state.assoc.node_changed(id);
+    let mut open = BTreeSet::new();
+    for exec in state.store.open_executions().await? {
+        let (association, own) = (exec.association_id.clone(), exec.trigger != "new-node");
+        let still = if exec.status == "Pending" {
+            apply(state, exec).await?
+        } else {
+            finish(state, exec).await?
+        };
+        busy |= still;
+        if still && own {
+            open.insert(association);
         }
-        return Err(e);
     }
-    Ok(!state.store.open_executions().await?.is_empty())
+    busy |= claim_due(state, &open).await?;
+    let changed = state.assoc.take_changed();
+    match new_nodes(state, changed.clone(), everything).await {
+        Ok(applying) => Ok(busy || applying),
+        Err(e) => {
+            // Looked at again on the next pass.
+            for id in &changed {
+                state.assoc.node_changed(id);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// The scheduler's loop, until `stop`.

@@ -24,6 +24,10 @@ use crate::registry::Registry;
 use crate::secrets;
 pub use writer::{UpdateWriter, Updates};
 
+/// How a send whose targets match no node ends its refusal: an association waits for nodes
+/// rather than failing.
+pub const MATCH_NO_NODE: &str = "match no node";
+
 /// The status detail of an invocation on a node the sender may not send the command to.
 pub const ACCESS_DENIED: &str = "AccessDenied";
 
@@ -247,7 +251,7 @@ impl Commands {
             .collect();
         if nodes.is_empty() {
             return Err(ApiError::NotFound(format!(
-                "the targets {:?} match no node",
+                "the targets {:?} {MATCH_NO_NODE}",
                 req.targets
             )));
         }

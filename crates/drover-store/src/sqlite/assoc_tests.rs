@@ -62,12 +62,7 @@ fn a_tick_is_claimed_once() {
     assert!(claim_run(&mut c, "a1", 1000, 2000, &exec("e1", "a1", &[])).unwrap());
     // A second server (or a retry) that read the same due time loses.
     assert!(!claim_run(&mut c, "a1", 1000, 2000, &exec("e2", "a1", &[])).unwrap());
-    let open = executions(
-        &c,
-        "SELECT body FROM association_executions WHERE ?1 = ?1",
-        "",
-    )
-    .unwrap();
+    let open = executions(&c, "SELECT body FROM association_executions", []).unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(list(&c, Some(1999)).unwrap().len(), 0);
     assert_eq!(list(&c, Some(2000)).unwrap().len(), 1);
@@ -146,11 +141,6 @@ fn a_finished_execution_is_final() {
     update_execution(&c, &e).unwrap();
     e.status = "Failed".into();
     update_execution(&c, &e).unwrap();
-    let all = executions(
-        &c,
-        "SELECT body FROM association_executions WHERE ?1 = ?1",
-        "",
-    )
-    .unwrap();
+    let all = executions(&c, "SELECT body FROM association_executions", []).unwrap();
     assert_eq!(all[0].status, "Success");
 }
