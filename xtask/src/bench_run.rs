@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::{cpu_ms, fd_count, memory_kib, Proc};
+use crate::process::{children_cpu_ms, cpu_ms, fd_count, memory_kib, Proc};
 use crate::{
     build_release, log, online_count, release_bin, root, run, start_server, target_dir, wait_online,
 };
 
 struct Fleet {
     server: Proc,
-    sim: Proc,
+    sims: Sims,
     cli_config: PathBuf,
     url: String,
     fp: String,
@@ -24,23 +24,70 @@ struct Fleet {
     n: usize,
 }
 
-/// `drover-sim` with `n` agents whose state is under `base` (registered on first use).
-fn start_sim(base: &Path, url: &str, fp: &str, n: usize) -> Result<Proc> {
-    let mut sim_cmd = Command::new(release_bin("drover-sim"));
-    sim_cmd
-        .args([
-            "--server",
-            url,
-            "--ca-fingerprint",
-            fp,
-            "--count",
-            &n.to_string(),
-        ])
-        .arg("--token-file")
-        .arg(base.join("server").join("admin.token"))
-        .arg("--dir")
-        .arg(base.join("agents"));
-    Proc::spawn("drover-sim", &mut sim_cmd, &base.join("sim-run.log"))
+/// Agents per `drover-sim` process. Every shell an agent starts copies its process's
+/// descriptor table (one socket per agent) when it forks and closes it when it execs: with
+/// 10,000 agents in one process that was a fifth of the machine's CPU in a 10,000-node run
+/// (`dup_fd`, `filp_flush`), a cost a real node, one agent with a few descriptors, never pays.
+const AGENTS_PER_SIM: usize = 250;
+
+/// The simulated fleet: `drover-sim` processes of at most `AGENTS_PER_SIM` agents each.
+struct Sims(Vec<Proc>);
+
+impl Sims {
+    /// Registers the `n` agents' missing identities under `base`, then starts them all.
+    fn start(base: &Path, url: &str, fp: &str, n: usize) -> Result<Self> {
+        let dir = agents_dir(base)?;
+        let sim = |first: usize, count: usize| {
+            let mut cmd = Command::new(release_bin("drover-sim"));
+            cmd.args(["--server", url, "--ca-fingerprint", fp])
+                .args(["--first", &first.to_string()])
+                .args(["--count", &count.to_string()])
+                .arg("--token-file")
+                .arg(base.join("server").join("admin.token"))
+                .arg("--dir")
+                .arg(&dir);
+            cmd
+        };
+        run(sim(1, n).arg("--register-only").stdout(Stdio::null()))?;
+        let mut procs = Vec::new();
+        for first in (1..=n).step_by(AGENTS_PER_SIM) {
+            let count = AGENTS_PER_SIM.min(n + 1 - first);
+            procs.push(Proc::spawn(
+                "drover-sim",
+                &mut sim(first, count),
+                &base.join("sim-run.log"),
+            )?);
+        }
+        for p in &mut procs {
+            p.wait_line("STARTED", Duration::from_secs(600))?;
+        }
+        Ok(Self(procs))
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        for p in &mut self.0 {
+            p.stop(Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the simulated nodes keep their state: on tmpfs (`/dev/shm`) when there is one. A real
+/// node has a disk of its own; N simulated nodes sharing one ext4 directory spend most of the
+/// simulator's CPU allocating inodes (`recently_deleted`, see BENCHMARKS.md section 3), which
+/// would measure the filesystem, not Drover. `DROVER_BENCH_AGENTS_DIR` overrides it.
+fn agents_dir(base: &Path) -> Result<PathBuf> {
+    let name = base
+        .file_name()
+        .context("the bench directory has no name")?
+        .to_owned();
+    let dir = match std::env::var_os("DROVER_BENCH_AGENTS_DIR") {
+        Some(d) => PathBuf::from(d).join(name),
+        None if Path::new("/dev/shm").is_dir() => Path::new("/dev/shm/drover-bench-sim").join(name),
+        None => base.join("agents"),
+    };
+    log(&format!("simulated nodes' state under {}", dir.display()));
+    Ok(dir)
 }
 
 /// A release server and `n` simulated agents, all Online.
@@ -94,12 +141,11 @@ fn fleet_with(n: usize, history: &History) -> Result<Fleet> {
         .arg("--token-file")
         .arg(&token_file)
         .stdout(Stdio::null()))?;
-    let mut sim = start_sim(&base, &url, &fp, n)?;
-    sim.wait_line("STARTED", Duration::from_secs(3600))?;
+    let sims = Sims::start(&base, &url, &fp, n)?;
     wait_online(&cli_config, n, Duration::from_secs(900), "connect")?;
     Ok(Fleet {
         server,
-        sim,
+        sims,
         cli_config,
         url,
         fp,
@@ -244,7 +290,7 @@ pub fn bench_run(args: &[String], build: bool) -> Result<()> {
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0
         ));
-        f.sim.stop(Duration::from_secs(30))?;
+        f.sims.stop()?;
         f.server.stop(Duration::from_secs(30))?;
     }
     for line in &results {
@@ -309,7 +355,7 @@ pub fn bench_output(args: &[String], build: bool) -> Result<()> {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
-    f.sim.stop(Duration::from_secs(30))?;
+    f.sims.stop()?;
     f.server.stop(Duration::from_secs(30))?;
     Ok(())
 }
@@ -350,7 +396,7 @@ pub fn bench_fanout(args: &[String], build: bool) -> Result<()> {
         .env("FANOUT_EXTRA_NAME", "drover")
         .status()
         .with_context(|| format!("running {}", script.display()))?;
-    f.sim.stop(Duration::from_secs(30))?;
+    f.sims.stop()?;
     f.server.stop(Duration::from_secs(30))?;
     if !status.success() {
         bail!("fanout.sh failed: {status}");
@@ -387,7 +433,7 @@ pub fn bench_stress(args: &[String], build: bool) -> Result<()> {
         ])?;
     }
     let mut f = fleet(agents)?;
-    f.sim.stop(Duration::from_secs(30))?;
+    f.sims.stop()?;
     let offline_by = Instant::now() + Duration::from_secs(60);
     while online_count(&f.cli_config) != Some(0) {
         if Instant::now() > offline_by {
@@ -425,7 +471,7 @@ pub fn bench_stress(args: &[String], build: bool) -> Result<()> {
     let pid = f.server.pid();
     let (mut max_rss, mut max_fds) = (0u64, 0usize);
     let t0 = Instant::now();
-    let mut sim = start_sim(&f.base, &f.url, &f.fp, f.n)?;
+    let mut sims = Sims::start(&f.base, &f.url, &f.fp, f.n)?;
     let deadline = t0 + Duration::from_secs(120);
     let online_after = loop {
         max_rss = max_rss.max(memory_kib(pid)?.0);
@@ -464,7 +510,7 @@ pub fn bench_stress(args: &[String], build: bool) -> Result<()> {
         })
         .collect();
     attacker.stop(Duration::from_secs(10))?;
-    sim.stop(Duration::from_secs(30))?;
+    sims.stop()?;
     f.server.stop(Duration::from_secs(30))?;
     println!(
         "RESULT stress.agents{agents}.slow{slow}.all_online_ms={} max_server_rss_mib={:.0} max_server_fds={max_fds} attacker_last=\"{attack}\" refused=\"{}\"",
@@ -474,6 +520,51 @@ pub fn bench_stress(args: &[String], build: bool) -> Result<()> {
     );
     if online_after.is_none() {
         bail!("not every agent came Online within 120 s");
+    }
+    Ok(())
+}
+
+/// `bench floor [--count N]... [--runs R]`: what N nodes' shells cost with no Drover at all. N
+/// `sh -c 'echo ok'` started at once from this process and waited for (the floor), and
+/// the same shaped as an agent runs a step (a wrapper shell that starts `sh` on the script and
+/// writes its exit code: two programs per invocation). Wall time and the children's CPU.
+pub fn bench_floor(args: &[String]) -> Result<()> {
+    let RunArgs { counts, runs, .. } = parse_counts(args)?;
+    let shapes = [
+        ("sh", "echo ok"),
+        ("wrapper", "/bin/sh -c 'echo ok'; echo $? > /dev/null"),
+    ];
+    for n in counts {
+        for (shape, script) in shapes {
+            let (mut times, mut cpus) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                settle_filesystem();
+                let cpu0 = children_cpu_ms()?;
+                let t0 = Instant::now();
+                let mut children = Vec::with_capacity(n);
+                for _ in 0..n {
+                    children.push(
+                        Command::new("/bin/sh")
+                            .args(["-c", script])
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .spawn()
+                            .context("starting /bin/sh")?,
+                    );
+                }
+                for mut c in children {
+                    c.wait()?;
+                }
+                times.push(t0.elapsed().as_secs_f64() * 1000.0);
+                cpus.push(children_cpu_ms()? - cpu0);
+            }
+            println!(
+                "RESULT floor.{shape}.n{n}={:.0} unit=ms stat=median runs={runs} cpu_ms={:.0} cpu_ms_per_process={:.3}",
+                median(times),
+                median(cpus.clone()),
+                median(cpus) / n as f64
+            );
+        }
     }
     Ok(())
 }

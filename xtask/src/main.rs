@@ -44,6 +44,9 @@ commands:
   bench run [--count N]... [--runs R]
                                     Run Command: `drover run -- echo ok` on N simulated agents
                                     (default 100, 1000, 10000), from send to CLI exit, median of R
+  bench floor [--count N]... [--runs R]
+                                    the same N nodes' shells with no Drover: N `sh -c 'echo ok'`
+                                    at once, and N wrapper-shaped pairs as an agent runs a step
   bench output [--count N] [--mib M]
                                     Run Command where every node prints M MiB (default 100
                                     nodes, 16 MiB): time and server CPU until all is stored
@@ -151,6 +154,7 @@ fn bench(args: &[String]) -> Result<()> {
         "peers-forward" => bench_peers_forward(rest, build),
         "run" => bench_run::bench_run(rest, build),
         "fanout" => bench_run::bench_fanout(rest, build),
+        "floor" => bench_run::bench_floor(rest),
         "output" => bench_run::bench_output(rest, build),
         "stress" => bench_run::bench_stress(rest, build),
         "sessions" => bench_sessions::bench_sessions(build),

@@ -164,6 +164,20 @@ pub fn clock_ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// CPU time (user and system) of this process's waited-for children, in milliseconds.
+pub fn children_cpu_ms() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // cutime is field 16, cstime field 17 (1-based); here index 13 and 14.
+    let get = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("reading /proc/self/stat")
+    };
+    Ok((get(13)? + get(14)?) as f64 * 1000.0 / clock_ticks_per_sec())
+}
+
 /// CPU time (user and system) that process `pid` has used, in milliseconds.
 pub fn cpu_ms(pid: u32) -> Result<f64> {
     Ok(cpu_ticks(pid)? as f64 * 1000.0 / clock_ticks_per_sec())

@@ -37,6 +37,11 @@ struct Args {
     /// Number of agents.
     #[arg(long)]
     count: usize,
+    /// Number of the first agent: this process runs FIRST..FIRST+COUNT. A fleet split over
+    /// several processes keeps each one's descriptor table small (every process an agent
+    /// starts copies its parent's table, which a real node's agent keeps small).
+    #[arg(long, default_value_t = 1)]
+    first: usize,
     /// Directory of the agents' state directories (kept between runs).
     #[arg(long)]
     dir: PathBuf,
@@ -115,7 +120,7 @@ async fn register_missing(
     base: &drover_proto::Inventory,
 ) -> Result<()> {
     let mut missing = Vec::new();
-    for i in 1..=args.count {
+    for i in args.first..args.first + args.count {
         let dir = args.dir.join(name(&args.prefix, i));
         match check_identity(&dir, server, fingerprint)? {
             Some(true) => {}
@@ -250,7 +255,7 @@ async fn run(args: Args) -> Result<()> {
     let mut agents = tokio::task::JoinSet::new();
     let started = Instant::now();
     println!("STARTED n={}", args.count);
-    for i in 1..=args.count {
+    for i in args.first..args.first + args.count {
         let node = name(&args.prefix, i);
         let mut config = AgentConfig::new(args.dir.join(&node));
         config.inventory = InventorySource::Fixed(inventory(&base, node));
@@ -292,10 +297,10 @@ async fn run(args: Args) -> Result<()> {
     eprintln!("drover-sim: started {} agents", args.count);
 
     let n = args.count;
-    let mut up = vec![false; n + 1];
+    let mut up = vec![false; args.first + n];
     let (mut connected, mut ever_count, mut disconnects, mut exits) =
         (0usize, 0usize, 0u64, 0usize);
-    let mut ever = vec![false; n + 1];
+    let mut ever = vec![false; args.first + n];
     let mut all_once = false;
     let mut first_loss: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -235,9 +235,13 @@ struct Sent {
     secrets: Vec<Vec<u8>>,
 }
 
+/// Queues one message; `sync` flushes them together, so that what one pass finds (a fast
+/// step's start, output, end and the final result) crosses the tunnel as one frame, and the
+/// server wakes once for it rather than once per message. The codec flushes on its own past
+/// its buffer's boundary, so long output still flows as it is read.
 async fn send(framed: &mut Framed<Stream>, p: Progress) -> Result<(), String> {
     framed
-        .send(Message::Progress(p))
+        .feed(Message::Progress(p))
         .await
         .map_err(|e| e.to_string())
 }
@@ -391,6 +395,7 @@ async fn sync(
         )
         .await?;
     }
+    framed.flush().await.map_err(|e| e.to_string())?;
     Ok((st.finished, any_running))
 }
 

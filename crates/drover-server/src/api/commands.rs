@@ -19,6 +19,10 @@ use drover_policy::Resource;
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
 /// Output shown per step and stream in listings; the output endpoint gives all of it.
 const SUMMARY_CHARS: usize = 24_000;
+/// The shortest time a long poll on a command takes to answer with progress: a client follows
+/// a run at up to ten views a second, not one per stored batch (every 5 ms while a large
+/// command runs, each view costing authorization, counts and a response).
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What a secret parameter's value is shown as.
 const HIDDEN: &str = "********";
@@ -87,14 +91,15 @@ pub(crate) async fn hide_sensitive(
     Ok(params.into())
 }
 
+fn is_done(status: &str) -> bool {
+    matches!(status, "Success" | "Failed" | "Incomplete" | "Cancelled")
+}
+
 async fn view(state: &AppState, who: &Principal, c: Command) -> Result<CommandView, ApiError> {
     let parameters = shown_parameters(state, who, &c).await?;
     let counts = state.store.status_counts(&c.id).await?;
     let target_count = counts.values().sum();
-    let done = matches!(
-        c.status.as_str(),
-        "Success" | "Failed" | "Incomplete" | "Cancelled"
-    );
+    let done = is_done(&c.status);
     Ok(CommandView {
         document: c.document_name,
         document_version: c.document_version,
@@ -407,7 +412,8 @@ pub struct WaitQuery {
 }
 
 /// Long poll: answers once progress newer than `seen` is stored, the command is done, or the
-/// timeout (at most 30 s) passes.
+/// timeout (at most 30 s) passes; progress is answered no sooner than [`POLL_INTERVAL`] after
+/// the request (a command that ends is answered at once).
 #[utoipa::path(get, path = "/api/v1/commands/{id}/wait", params(("id" = String, Path), ("seen" = Option<u64>, Query), ("timeout_ms" = Option<u64>, Query)),
     responses((status = 200, body = CommandView)), security(("bearer" = [])))]
 pub async fn wait(
@@ -416,14 +422,31 @@ pub async fn wait(
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Result<Json<CommandView>, ApiError> {
+    let start = tokio::time::Instant::now();
+    let settle = start + POLL_INTERVAL;
+    let deadline = start + Duration::from_millis(q.timeout_ms.unwrap_or(10_000).min(30_000));
     let mut changed = state.commands.updates().changed();
     let c = load(&state, &who, Action::ReadCommand, &id).await?;
-    let v = view(&state, &who, c).await?;
-    if v.done || q.seen.is_none_or(|s| s < v.version) {
-        return Ok(Json(v));
+    if is_done(&c.status) {
+        return Ok(Json(view(&state, &who, c).await?));
     }
-    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000).min(30_000));
-    let _ = tokio::time::timeout(timeout, changed.changed()).await;
+    let mut progressed = q.seen.is_none_or(|s| s < *changed.borrow());
+    loop {
+        let until = if progressed { settle } else { deadline };
+        match tokio::time::timeout_at(until, changed.changed()).await {
+            Ok(Ok(())) => progressed = true,
+            // The interval or the timeout passed, or the server is stopping.
+            _ => break,
+        }
+        let done = state
+            .store
+            .get_command(&id)
+            .await?
+            .is_some_and(|c| is_done(&c.status));
+        if done || tokio::time::Instant::now() >= settle {
+            break;
+        }
+    }
     let c = load(&state, &who, Action::ReadCommand, &id).await?;
     Ok(Json(view(&state, &who, c).await?))
 }

@@ -382,6 +382,8 @@ impl Commands {
                     .store
                     .set_command_status(&id, &status, cancelled.is_cancelled())
                     .await;
+                // Wakes the long polls: the last batch woke them before the status was final.
+                ctx.updates.flush().await;
                 tracing::info!(command = %id, %status, "command finished");
             }
             active.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);

@@ -99,9 +99,14 @@ impl Updates {
         done.await.unwrap_or(false)
     }
 
-    /// Bumped after every stored batch: long-polling readers wait on it.
+    /// Bumped after every stored batch: long-polling readers wait on it. The receiver has seen
+    /// the current batch: a clone of a receiver keeps the original's notion of what it has
+    /// seen, and the one kept here never looks, so a bare clone would answer `changed()` at
+    /// once, forever, and every long poll would turn into a busy loop.
     pub fn changed(&self) -> watch::Receiver<u64> {
-        self.changed.clone()
+        let mut r = self.changed.clone();
+        r.borrow_and_update();
+        r
     }
 }
 
@@ -387,5 +392,26 @@ mod tests {
             (a.steps[0].stdout.as_str(), a.steps[0].stdout_bytes),
             ("", 0)
         );
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_waits_for_the_next_batch_not_one_it_has_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        store
+            .create_command(&command(), &[invocation("inv-a", "n-0000000000000000a")])
+            .await
+            .unwrap();
+        let (updates, writer) = Updates::new(Arc::new(store));
+        assert!(updates.push_stored(status("inv-a", "InProgress")).await);
+        // A reader arriving after that batch has nothing new to wait for...
+        let mut reader = updates.changed();
+        assert!(!reader.has_changed().unwrap());
+        // ...until the next one is stored.
+        assert!(updates.push_stored(status("inv-a", "Success")).await);
+        assert!(reader.has_changed().unwrap());
+        reader.changed().await.unwrap();
+        assert!(!updates.changed().has_changed().unwrap());
+        writer.finish().await;
     }
 }
