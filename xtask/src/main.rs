@@ -112,7 +112,8 @@ fn test(args: &[String]) -> Result<()> {
     // Debian packages the tests run: strace watches the agent's system calls (the journal's
     // durability test); asciinema plays session recordings and top is the full-screen program
     // of the session tests; setpriv and useradd switch and create session users; OpenSSH's
-    // server and client, and rsync, are what SSH through the tunnel is tested with.
+    // server and client, and rsync, are what SSH through the tunnel is tested with; chromium is
+    // the browser the web console is tested in.
     packages::ensure_debian(&[
         ("strace", "strace"),
         ("asciinema", "asciinema"),
@@ -124,9 +125,12 @@ fn test(args: &[String]) -> Result<()> {
         ("rsync", "rsync"),
         ("curl", "curl"),
         ("npm", "npm"),
+        ("chromium", "chromium"),
     ])?;
     // The OpenID provider of the federated login test (oidc-provider, from npm).
     packages::ensure_npm(&root().join("crates/drover/tests/idp"))?;
+    // playwright-core drives chromium through the web console (tests/console).
+    packages::ensure_npm(&root().join("crates/drover/tests/browser"))?;
     // Schemathesis (PyPI) fuzzes the API against its OpenAPI document (tests/openapi.rs).
     let st = packages::ensure_schemathesis(&target_dir().join("tools"))?;
     run(cargo()

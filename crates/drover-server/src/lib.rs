@@ -15,6 +15,7 @@ pub mod audit;
 pub mod authz;
 mod commands;
 mod config;
+mod console;
 mod datadir;
 mod e2e;
 mod error;

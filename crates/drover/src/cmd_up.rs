@@ -135,7 +135,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         None => println!("Drover is up, but the local agent has not connected yet (see the log)."),
     }
     println!("  API:            {url}/api/v1   (OpenAPI: {url}/api/v1/openapi.json)");
-    println!("  Console:        {url}/   (the web console arrives in a later release)");
+    println!("  Console:        {url}/   (sign in as a user: drover users create NAME --group admins --password-stdin)");
     println!("  Metrics:        {url}/metrics");
     println!("  CA fingerprint: {fingerprint}");
     println!("  Admin token:    {}", token_path.display());

@@ -193,7 +193,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/compliance/summary", get(assoc::summary))
         .route("/api/v1/audit", get(audited::list))
         .route("/api/v1/audit/verify", get(audited::verify))
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .fallback(crate::console::serve)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audited::record,

@@ -1,0 +1,103 @@
+// Drives Debian's chromium (headless, through playwright-core) through Drover's web console as
+// a user would, and prints one line per check: `ok <what>`, or `FAIL <what>: <why>` and exit 1.
+//
+// Environment: CONSOLE_URL, CONSOLE_USER, CONSOLE_PASSWORD, NODE_ID, NODE_NAME, CHROMIUM
+// (the browser's path), DOWNLOADS (a directory for the report).
+
+import { chromium } from "playwright-core";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const url = env("CONSOLE_URL");
+const timeout = 20_000;
+
+const browser = await chromium.launch({
+  executablePath: env("CHROMIUM"),
+  headless: true,
+  // Root in a container has no user namespaces for chromium's sandbox.
+  args: process.getuid?.() === 0 ? ["--no-sandbox"] : [],
+});
+let failed = false;
+const check = async (what, fn) => {
+  try {
+    await fn();
+    console.log(`ok ${what}`);
+  } catch (e) {
+    failed = true;
+    console.log(`FAIL ${what}: ${String(e?.message ?? e).split("\n")[0]}`);
+  }
+};
+
+try {
+  // The server's certificate is from its own CA, which this browser profile does not know.
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, acceptDownloads: true });
+  const page = await context.newPage();
+  const problems = [];
+  // A 401 is the console asking who is signed in, or a refused password: not a problem.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/status of 401/.test(m.text())) problems.push(`${m.text()} (${m.location().url})`);
+  });
+  page.on("pageerror", (e) => problems.push(String(e)));
+
+  await page.goto(url, { timeout });
+  await check("a wrong password is refused on the page", async () => {
+    await page.getByLabel("User").fill(env("CONSOLE_USER"), { timeout });
+    await page.getByLabel("Password").fill("not the password");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "wrong user name or password" }).waitFor({ timeout });
+  });
+  await check("log in", async () => {
+    await page.getByLabel("Password").fill(env("CONSOLE_PASSWORD"));
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Nodes" }).waitFor({ timeout });
+  });
+  const nodeRow = () => page.locator(`tr[data-node="${env("NODE_ID")}"]`);
+  await check("the node list shows the test agent, online", async () => {
+    await nodeRow().waitFor({ timeout });
+    const text = await nodeRow().innerText();
+    for (const want of [env("NODE_NAME"), "Online"]) {
+      if (!text.includes(want)) throw new Error(`row ${JSON.stringify(text)} lacks ${want}`);
+    }
+  });
+  await check("the search filters the list", async () => {
+    await page.getByLabel("Search").fill("no-such-node-anywhere");
+    await page.getByRole("status").filter({ hasText: /^0 of / }).waitFor({ timeout });
+    await page.getByLabel("Search").fill(env("NODE_NAME"));
+    await nodeRow().waitFor({ timeout });
+  });
+  await check("the CSV report downloads with the node's row", async () => {
+    const [download] = await Promise.all([
+      page.waitForEvent("download", { timeout }),
+      page.getByRole("button", { name: "Download report" }).click(),
+    ]);
+    const path = join(env("DOWNLOADS"), download.suggestedFilename());
+    await download.saveAs(path);
+    const lines = readFileSync(path, "utf8").trim().split("\r\n");
+    if (!lines[0]?.startsWith("Node ID,Name,Ping status,")) throw new Error(`header ${lines[0]}`);
+    const row = lines.find((l) => l.startsWith(`${env("NODE_ID")},`));
+    if (!row || !row.includes(env("NODE_NAME")) || !row.includes("Online")) {
+      throw new Error(`no row for the node in ${JSON.stringify(lines)}`);
+    }
+  });
+  await check("a reload keeps the session (the cookie)", async () => {
+    await page.reload({ timeout });
+    await nodeRow().waitFor({ timeout });
+  });
+  await check("sign out returns to the login page", async () => {
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.getByRole("button", { name: "Sign in" }).waitFor({ timeout });
+    await page.reload({ timeout });
+    await page.getByRole("button", { name: "Sign in" }).waitFor({ timeout });
+  });
+  await check("no script errors and nothing the page's policy blocked", async () => {
+    if (problems.length) throw new Error(problems.join(" | "));
+  });
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);

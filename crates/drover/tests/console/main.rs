@@ -1,0 +1,116 @@
+//! The web console in a real browser: Debian's chromium, headless, driven by playwright-core
+//! (`tests/browser/console.mjs`) against a real server with a real agent on loopback. Both are
+//! installed by `cargo xtask test`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use drover_testkit::{wait_status, Env};
+
+fn env() -> Env {
+    Env::new(env!("CARGO_BIN_EXE_drover")).unwrap()
+}
+
+/// The browser tests' directory, with playwright-core installed.
+fn browser_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed: run `cargo xtask test` (it runs npm ci in {})",
+        dir.display()
+    );
+    dir
+}
+
+fn chromium() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("chromium"))
+        .find(|p| p.is_file());
+    found
+        .expect("chromium is not installed: run `cargo xtask test` (it installs Debian's chromium)")
+}
+
+fn create_user(env: &Env, name: &str, password: &str) {
+    let mut cmd = env.command();
+    cmd.args([
+        "users",
+        "create",
+        name,
+        "--group",
+        "admins",
+        "--password-stdin",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn run_browser(script: &Path, vars: &[(&str, String)]) -> (bool, String) {
+    let out = Command::new("node")
+        .arg(script)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
+    let dir = browser_dir();
+    let chromium = chromium();
+    let env = env();
+    let server = env.start_server(0, &[]).unwrap();
+    create_user(&env, "ops", "ops's long password");
+    let node = env.register_agent(&server, "web-01", &[]).unwrap();
+    let _agent = env.run_agent("web-01", &[]).unwrap();
+    wait_status(&server, std::slice::from_ref(&node), "Online")
+        .await
+        .unwrap();
+
+    let downloads = env.path("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let (ok, out) = run_browser(
+        &dir.join("console.mjs"),
+        &[
+            ("CONSOLE_URL", server.url.clone()),
+            ("CONSOLE_USER", "ops".into()),
+            ("CONSOLE_PASSWORD", "ops's long password".into()),
+            ("NODE_ID", node.clone()),
+            ("NODE_NAME", "web-01".into()),
+            ("CHROMIUM", chromium.display().to_string()),
+            ("DOWNLOADS", downloads.display().to_string()),
+        ],
+    );
+    println!("{out}");
+    assert!(ok, "the browser's checks failed:\n{out}");
+    // Every check ran and passed: a script that stopped early would print fewer lines.
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        8,
+        "{out}"
+    );
+}
