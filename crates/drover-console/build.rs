@@ -1,7 +1,7 @@
 //! Builds the web console in `web/` (TypeScript, Vite) into `OUT_DIR/dist` and writes
 //! `OUT_DIR/assets.rs`, the table of its files that `src/lib.rs` embeds. Runs again only when
 //! something under `web/` changed. `npm ci` runs only when `web/package-lock.json` differs from
-//! what is installed. Node.js 20 and npm are needed; without them the build stops and says so.
+//! what is installed. Node.js 20.19+ and npm are needed; without them the build stops and says so.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", web.join(f).display());
     }
+    check_node();
     npm_ci(&web);
     let dist = out.join("dist");
     let status = Command::new("npm")
@@ -32,6 +33,7 @@ fn main() {
         .arg(&dist)
         .args(["--emptyOutDir", "--logLevel", "warn"])
         .current_dir(&web)
+        .stdout(std::io::stderr())
         .status()
         .unwrap_or_else(|e| fail(&format!("could not run npm: {e}")));
     if !status.success() {
@@ -69,8 +71,17 @@ fn npm_ci(web: &Path) {
         return;
     }
     let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel", "error"])
+        // No install scripts: nothing the packages ship runs during a build.
+        .args([
+            "ci",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel",
+            "error",
+        ])
         .current_dir(web)
+        .stdout(std::io::stderr())
         .status()
         .unwrap_or_else(|e| fail(&format!("could not run npm: {e}")));
     if !status.success() {
@@ -78,6 +89,29 @@ fn npm_ci(web: &Path) {
     }
     std::fs::write(&stamp, &lock)
         .unwrap_or_else(|e| fail(&format!("writing {}: {e}", stamp.display())));
+}
+
+/// Vite 7 needs Node.js 20.19 or newer; an older one would fail later, less clearly.
+fn check_node() {
+    let out = Command::new("node")
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| fail(&format!("could not run node: {e}")));
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let parts: Vec<u32> = version
+        .trim_start_matches('v')
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let (major, minor) = (
+        parts.first().copied().unwrap_or(0),
+        parts.get(1).copied().unwrap_or(0),
+    );
+    if major < 20 || (major == 20 && minor < 19) || (major == 22 && minor < 12) {
+        fail(&format!(
+            "Node.js {version} is too old: Vite needs 20.19 or newer (22.12 or newer on 22)"
+        ));
+    }
 }
 
 fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) {
@@ -110,8 +144,8 @@ fn mime(path: &str) -> &'static str {
 fn fail(why: &str) -> ! {
     eprintln!(
         "error: building Drover's web console: {why}\n\
-         The console in web/ is built with Node.js 20 or newer and npm \
-         (Debian: apt-get install nodejs npm; or https://nodejs.org)."
+         The console in web/ is built with Node.js 20.19 or newer and npm \
+         (https://nodejs.org, or NodeSource's packages; Debian 12's own nodejs is too old)."
     );
     std::process::exit(1);
 }

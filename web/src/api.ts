@@ -20,6 +20,13 @@ function csrfToken(): string {
   return "";
 }
 
+/// Called when the server answers 401 to a signed-in page (the session expired or was
+/// revoked): the console shows its login page again.
+let signedOut: () => void = () => {};
+export function onSignedOut(f: () => void): void {
+  signedOut = f;
+}
+
 export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
   const headers: Record<string, string> = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -30,11 +37,14 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
     credentials: "same-origin",
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  const text = await resp.text();
-  const json: unknown = text ? JSON.parse(text) : undefined;
+  // Only the API's own answers are JSON; a proxy's error page is not.
+  const isJson = resp.headers.get("Content-Type")?.startsWith("application/json") ?? false;
+  const json: unknown = isJson ? await resp.json() : undefined;
   if (!resp.ok) {
     const err = (json as { error?: { message?: string } } | undefined)?.error;
-    throw new ApiError(resp.status, err?.message ?? `${resp.status} ${resp.statusText}`);
+    const message = err?.message ?? `${resp.status} ${resp.statusText}`;
+    if (resp.status === 401 && !path.startsWith("/api/v1/auth/")) signedOut();
+    throw new ApiError(resp.status, message);
   }
   return json as T;
 }

@@ -1,6 +1,6 @@
 // The fleet report: the same rows as the node table, as CSV (RFC 4180), the columns of SSM
-// Fleet Manager's report. A cell that a spreadsheet would run as a formula is quoted with a
-// leading apostrophe, since tag values and host names come from the nodes.
+// Fleet Manager's report. Tag values and inventory come from the nodes: every cell is quoted,
+// and one that a spreadsheet would run as a formula gets a leading apostrophe.
 
 import type { Node } from "./api";
 
@@ -32,9 +32,11 @@ export function row(n: Node): string[] {
   ];
 }
 
+/// Every cell quoted (so a spreadsheet that splits on `;` keeps it whole), and a leading
+/// apostrophe where it would start a formula.
 function cell(value: string): string {
   const safe = /^[=+\-@\t\r]/.test(value) ? `'${value}` : value;
-  return /[",\r\n]/.test(safe) ? `"${safe.replace(/"/g, '""')}"` : safe;
+  return `"${safe.replace(/"/g, '""')}"`;
 }
 
 export function toCsv(nodes: Node[]): string {

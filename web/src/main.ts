@@ -1,7 +1,7 @@
 // The console's shell: who is signed in, the login page, and the pages by their #/ route.
 
 import "./style.css";
-import { api, ApiError, type WhoAmI } from "./api";
+import { api, ApiError, onSignedOut, type WhoAmI } from "./api";
 import { el } from "./dom";
 import { nodesPage } from "./nodes";
 
@@ -76,8 +76,12 @@ async function route(): Promise<void> {
 }
 
 logout.addEventListener("click", () => {
-  void api("POST", "/api/v1/auth/logout").finally(() => loginPage());
+  // Signed out either way: a session the server no longer knows is as good as ended.
+  api("POST", "/api/v1/auth/logout")
+    .catch(() => undefined)
+    .finally(() => loginPage());
 });
+onSignedOut(loginPage);
 window.addEventListener("hashchange", () => void route());
 route().catch((e: unknown) => {
   main.replaceChildren(el("p", { class: "error", role: "alert" }, e instanceof Error ? e.message : String(e)));

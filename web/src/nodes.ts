@@ -30,12 +30,17 @@ export async function nodesPage(main: HTMLElement): Promise<void> {
   );
 
   let nodes: Node[] = [];
+  // Only the latest load may fill the table: an earlier, slower answer is for other filters.
+  let latest = 0;
   const load = async () => {
     const filters: string[] = [];
     if (view.status) filters.push(`status=${view.status}`);
     if (view.platform) filters.push(`platform=${view.platform}`);
+    const mine = ++latest;
     count.textContent = "Loading…";
-    nodes = await allNodes(filters);
+    const loaded = await allNodes(filters);
+    if (mine !== latest) return;
+    nodes = loaded;
     render();
   };
   const shown = (): Node[] => {
@@ -90,7 +95,8 @@ export async function nodesPage(main: HTMLElement): Promise<void> {
     const blob = new Blob([toCsv(shown())], { type: "text/csv" });
     const a = el("a", { href: URL.createObjectURL(blob), download: "drover-nodes.csv" });
     a.click();
-    URL.revokeObjectURL(a.href);
+    // Some browsers read the URL after click() returns.
+    setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
   });
   await load();
 }

@@ -425,26 +425,35 @@ pub async fn wait(
     let start = tokio::time::Instant::now();
     let settle = start + POLL_INTERVAL;
     let deadline = start + Duration::from_millis(q.timeout_ms.unwrap_or(10_000).min(30_000));
-    let mut changed = state.commands.updates().changed();
+    let updates = state.commands.updates();
+    let (mut changed, mut finished) = (updates.changed(), updates.finished());
     let c = load(&state, &who, Action::ReadCommand, &id).await?;
     if is_done(&c.status) {
         return Ok(Json(view(&state, &who, c).await?));
     }
     let mut progressed = q.seen.is_none_or(|s| s < *changed.borrow());
+    // Progress is only noted; the store is read again only when some command has finished.
     loop {
         let until = if progressed { settle } else { deadline };
-        match tokio::time::timeout_at(until, changed.changed()).await {
-            Ok(Ok(())) => progressed = true,
-            // The interval or the timeout passed, or the server is stopping.
-            _ => break,
-        }
-        let done = state
-            .store
-            .get_command(&id)
-            .await?
-            .is_some_and(|c| is_done(&c.status));
-        if done || tokio::time::Instant::now() >= settle {
-            break;
+        tokio::select! {
+            r = changed.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                progressed = true;
+                if tokio::time::Instant::now() >= settle {
+                    break;
+                }
+            }
+            r = finished.changed() => {
+                let done = r.is_err()
+                    || state.store.get_command(&id).await?.is_none_or(|c| is_done(&c.status));
+                if done {
+                    break;
+                }
+            }
+            // The interval or the timeout passed.
+            _ = tokio::time::sleep_until(until) => break,
         }
     }
     let c = load(&state, &who, Action::ReadCommand, &id).await?;

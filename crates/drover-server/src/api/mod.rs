@@ -198,7 +198,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             audited::record,
         ))
+        .layer(axum::middleware::map_response(no_store_by_default))
         .with_state(state)
+}
+
+/// What the API answers is for the one who asked, now: a browser must not keep it (in its disk
+/// cache after sign-out, say). The console's files set their own caching.
+async fn no_store_by_default(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(header::HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// Every error the API returns, and its HTTP status.

@@ -383,7 +383,7 @@ impl Commands {
                     .set_command_status(&id, &status, cancelled.is_cancelled())
                     .await;
                 // Wakes the long polls: the last batch woke them before the status was final.
-                ctx.updates.flush().await;
+                ctx.updates.command_finished();
                 tracing::info!(command = %id, %status, "command finished");
             }
             active.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);

@@ -36,6 +36,8 @@ pub struct Updates {
     tx: mpsc::Sender<Item>,
     budget: Arc<Semaphore>,
     changed: watch::Receiver<u64>,
+    /// Bumped when a command's final status is stored.
+    finished: Arc<watch::Sender<u64>>,
 }
 
 /// Invocations with an update that could not be stored since their delivery began.
@@ -64,6 +66,7 @@ impl Updates {
                 tx,
                 changed,
                 budget,
+                finished: Arc::new(watch::Sender::new(0)),
             },
             UpdateWriter { stop, task },
         )
@@ -97,6 +100,16 @@ impl Updates {
             return false;
         }
         done.await.unwrap_or(false)
+    }
+
+    /// Says that a command's final status is stored (long polls check theirs then).
+    pub fn command_finished(&self) {
+        self.finished.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes when a command's final status is stored; has seen the current one.
+    pub fn finished(&self) -> watch::Receiver<u64> {
+        self.finished.subscribe()
     }
 
     /// Bumped after every stored batch: long-polling readers wait on it. The receiver has seen

@@ -1,8 +1,9 @@
 // Drives Debian's chromium (headless, through playwright-core) through Drover's web console as
 // a user would, and prints one line per check: `ok <what>`, or `FAIL <what>: <why>` and exit 1.
 //
-// Environment: CONSOLE_URL, CONSOLE_USER, CONSOLE_PASSWORD, NODE_ID, NODE_NAME, CHROMIUM
-// (the browser's path), DOWNLOADS (a directory for the report).
+// Environment: CONSOLE_URL, CONSOLE_USER, CONSOLE_PASSWORD, NODE_ID, NODE_NAME, NODE_TAGS (the
+// node's tags as the table shows them), CHROMIUM (the browser's path), DOWNLOADS (a directory
+// for the report).
 
 import { chromium } from "playwright-core";
 import { readFileSync } from "node:fs";
@@ -44,7 +45,22 @@ try {
   });
   page.on("pageerror", (e) => problems.push(String(e)));
 
-  await page.goto(url, { timeout });
+  page.on("dialog", (d) => {
+    problems.push(`a dialog opened: ${d.message()}`);
+    void d.dismiss();
+  });
+
+  const first = await page.goto(url, { timeout });
+  await check("the page is served with its security headers", async () => {
+    const h = first?.headers() ?? {};
+    const csp = h["content-security-policy"] ?? "";
+    for (const want of ["default-src 'self'", "script-src 'self'", "frame-ancestors 'none'", "require-trusted-types-for 'script'"]) {
+      if (!csp.includes(want)) throw new Error(`CSP ${JSON.stringify(csp)} lacks ${want}`);
+    }
+    if (h["x-content-type-options"] !== "nosniff" || h["x-frame-options"] !== "DENY") {
+      throw new Error(`headers ${JSON.stringify(h)}`);
+    }
+  });
   await check("a wrong password is refused on the page", async () => {
     await page.getByLabel("User").fill(env("CONSOLE_USER"), { timeout });
     await page.getByLabel("Password").fill("not the password");
@@ -64,6 +80,11 @@ try {
       if (!text.includes(want)) throw new Error(`row ${JSON.stringify(text)} lacks ${want}`);
     }
   });
+  await check("a tag with markup in it shows as text", async () => {
+    const text = await nodeRow().innerText();
+    if (!text.includes(env("NODE_TAGS"))) throw new Error(`row ${JSON.stringify(text)}`);
+    if ((await nodeRow().locator("img").count()) !== 0) throw new Error("the tag became an element");
+  });
   await check("the search filters the list", async () => {
     await page.getByLabel("Search").fill("no-such-node-anywhere");
     await page.getByRole("status").filter({ hasText: /^0 of / }).waitFor({ timeout });
@@ -78,10 +99,11 @@ try {
     const path = join(env("DOWNLOADS"), download.suggestedFilename());
     await download.saveAs(path);
     const lines = readFileSync(path, "utf8").trim().split("\r\n");
-    if (!lines[0]?.startsWith("Node ID,Name,Ping status,")) throw new Error(`header ${lines[0]}`);
-    const row = lines.find((l) => l.startsWith(`${env("NODE_ID")},`));
-    if (!row || !row.includes(env("NODE_NAME")) || !row.includes("Online")) {
-      throw new Error(`no row for the node in ${JSON.stringify(lines)}`);
+    if (!lines[0]?.startsWith('"Node ID","Name","Ping status",')) throw new Error(`header ${lines[0]}`);
+    const row = lines.find((l) => l.startsWith(`"${env("NODE_ID")}",`));
+    // Every cell quoted: a tag value with ";" and "=" stays one cell in any spreadsheet.
+    for (const want of [`"${env("NODE_NAME")}"`, `"Online"`, `"${env("NODE_TAGS")}"`]) {
+      if (!row?.includes(want)) throw new Error(`no ${want} in the node's row of ${JSON.stringify(lines)}`);
     }
   });
   await check("a reload keeps the session (the cookie)", async () => {

@@ -90,6 +90,15 @@ async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
     wait_status(&server, std::slice::from_ref(&node), "Online")
         .await
         .unwrap();
+    // What a node's owner may set: markup, and what a spreadsheet would run.
+    env.cli_ok(&[
+        "nodes",
+        "tag",
+        &node,
+        "calc==1+1;=2",
+        "note=<img src=x onerror=alert(1)>",
+    ])
+    .unwrap();
 
     let downloads = env.path("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
@@ -101,6 +110,10 @@ async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
             ("CONSOLE_PASSWORD", "ops's long password".into()),
             ("NODE_ID", node.clone()),
             ("NODE_NAME", "web-01".into()),
+            (
+                "NODE_TAGS",
+                "calc==1+1;=2; note=<img src=x onerror=alert(1)>".into(),
+            ),
             ("CHROMIUM", chromium.display().to_string()),
             ("DOWNLOADS", downloads.display().to_string()),
         ],
@@ -110,7 +123,7 @@ async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
     // Every check ran and passed: a script that stopped early would print fewer lines.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        8,
+        10,
         "{out}"
     );
 }
