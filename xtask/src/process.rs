@@ -139,19 +139,23 @@ pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
-/// utime + stime of a process, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+/// Two fields of `/proc/{which}/stat` added, by their 1-based numbers in proc(5).
+fn stat_sum(which: &str, a: usize, b: usize) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{which}/stat"))?;
     // Fields after the command name (which may hold spaces) start at field 3 (state).
     let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or_default();
     let f: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| {
-        f.get(i)
+    let get = |n: usize| {
+        f.get(n - 3)
             .and_then(|v| v.parse::<u64>().ok())
-            .context("reading /proc/PID/stat")
+            .with_context(|| format!("reading field {n} of /proc/{which}/stat"))
     };
-    // utime is field 14, stime field 15 (1-based); here index 11 and 12.
-    Ok(get(11)? + get(12)?)
+    Ok(get(a)? + get(b)?)
+}
+
+/// utime + stime (fields 14 and 15) of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    stat_sum(&pid.to_string(), 14, 15)
 }
 
 pub fn clock_ticks_per_sec() -> f64 {
@@ -164,18 +168,10 @@ pub fn clock_ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// CPU time (user and system) of this process's waited-for children, in milliseconds.
+/// CPU time (user and system) of this process's waited-for children (cutime and cstime, fields
+/// 16 and 17), in milliseconds.
 pub fn children_cpu_ms() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // cutime is field 16, cstime field 17 (1-based); here index 13 and 14.
-    let get = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .context("reading /proc/self/stat")
-    };
-    Ok((get(13)? + get(14)?) as f64 * 1000.0 / clock_ticks_per_sec())
+    Ok(stat_sum("self", 16, 17)? as f64 * 1000.0 / clock_ticks_per_sec())
 }
 
 /// CPU time (user and system) that process `pid` has used, in milliseconds.
