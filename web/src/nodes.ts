@@ -26,7 +26,8 @@ export async function nodesPage(main: HTMLElement): Promise<void> {
     el("h1", {}, "Nodes"),
     el("div", { class: "filters" }, status.label, status.select, platform.label, platform.select, searchLabel, search, download),
     count,
-    table,
+    // A narrow window scrolls the table, not the page.
+    el("div", { class: "scroll" }, table),
   );
 
   let nodes: Node[] = [];
