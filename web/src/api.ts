@@ -89,3 +89,8 @@ export async function allNodes(filters: string[]): Promise<Node[]> {
 export interface WhoAmI {
   user: { name: string };
 }
+
+export interface AuthMethods {
+  password: boolean;
+  oidc?: { name: string };
+}

@@ -1,7 +1,7 @@
 // The console's shell: who is signed in, the login page, and the pages by their #/ route.
 
 import "./style.css";
-import { api, ApiError, onSignedOut, type WhoAmI } from "./api";
+import { api, ApiError, onSignedOut, type AuthMethods, type WhoAmI } from "./api";
 import { el } from "./dom";
 import { nodesPage } from "./nodes";
 
@@ -39,9 +39,15 @@ function loginPage(): void {
     password,
     el("button", { type: "submit" }, "Sign in"),
     error,
-    // Only where the server has an identity provider: it answers 404 otherwise.
-    el("a", { href: "/api/v1/auth/oidc/console", id: "login-oidc" }, "Sign in with your identity provider"),
   );
+  // The provider's button, where the server has one.
+  api<AuthMethods>("GET", "/api/v1/auth/methods")
+    .then((m) => {
+      if (m.oidc) {
+        form.append(el("a", { href: "/api/v1/auth/oidc/console", id: "login-oidc", class: "button" }, `Sign in with ${m.oidc.name}`));
+      }
+    })
+    .catch(() => undefined);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     error.textContent = "";

@@ -112,6 +112,22 @@ pub struct CreatedToken {
     pub view: TokenView,
 }
 
+/// How users may sign in to this server: what a login page offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuthMethods {
+    /// Local users' passwords (always offered).
+    pub password: bool,
+    /// The identity provider, when the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcMethod>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OidcMethod {
+    /// What to call it on a button: the provider's host name.
+    pub name: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {

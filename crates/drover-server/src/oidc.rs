@@ -113,7 +113,23 @@ pub fn outbound_client(
         .timeout(timeout))
 }
 
+/// The host of an issuer URL (`https://login.example.com/realms/x` → `login.example.com`).
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match host.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or_default()),
+        None => host.split(':').next().unwrap_or_default().to_string(),
+    }
+}
+
 impl Oidc {
+    /// What a login page calls the provider: its host name.
+    pub fn issuer_host(&self) -> String {
+        host_of(&self.config.issuer)
+    }
+
     pub fn new(config: OidcConfig) -> Result<Self, crate::ServerError> {
         let http = outbound_client(std::time::Duration::from_secs(10))?
             .build()
@@ -352,5 +368,20 @@ impl Oidc {
             attributes,
             groups,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_providers_name_is_its_host() {
+        assert_eq!(
+            host_of("https://login.example.com/realms/x"),
+            "login.example.com"
+        );
+        assert_eq!(host_of("http://127.0.0.1:4000"), "127.0.0.1");
+        assert_eq!(host_of("https://u@[::1]:8443/"), "[::1]");
     }
 }

@@ -7,8 +7,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use drover_api::{
-    LoginRequest, LoginResponse, OidcFinishRequest, OidcStartRequest, OidcStartResponse, TokenView,
-    UserView, WhoAmI,
+    AuthMethods, LoginRequest, LoginResponse, OidcFinishRequest, OidcMethod, OidcStartRequest,
+    OidcStartResponse, TokenView, UserView, WhoAmI,
 };
 use drover_policy::UserFacts;
 use drover_store::{ApiToken, User};
@@ -270,6 +270,19 @@ pub async fn logout(
         }
     }
     Ok(resp)
+}
+
+/// How users may sign in, for the console's login page; asks no credentials and says no more
+/// than that page would show.
+#[utoipa::path(get, path = "/api/v1/auth/methods", responses((status = 200, body = AuthMethods)))]
+pub async fn methods(State(state): State<Arc<AppState>>) -> Json<AuthMethods> {
+    let oidc = state.oidc.as_ref().map(|o| OidcMethod {
+        name: o.issuer_host(),
+    });
+    Json(AuthMethods {
+        password: true,
+        oidc,
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/auth/whoami",

@@ -109,6 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(federation::device_finish),
         )
         .route("/api/v1/auth/whoami", get(identity::whoami))
+        .route("/api/v1/auth/methods", get(identity::methods))
         .route(
             "/api/v1/users",
             get(users::list_users).post(users::create_user),

@@ -52,6 +52,7 @@ use utoipa::{Modify, OpenApi};
         super::federation::device_start,
         super::federation::device_finish,
         super::identity::whoami,
+        super::identity::methods,
         super::access::create,
         super::access::list,
         super::access::show,

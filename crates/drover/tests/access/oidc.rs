@@ -132,6 +132,17 @@ async fn alice_and_bob_federate_in_and_reach_only_their_departments_nodes() {
     let env = env();
     let (_idp, issuer) = start_idp();
     let server = oidc_server(&env, &issuer);
+    // The console's login page offers the provider, by its host, to anyone.
+    let methods = super::http::request(&server, "GET", "/api/v1/auth/methods", &[], None).await;
+    let methods: drover_api::AuthMethods = serde_json::from_str(&methods.body).unwrap();
+    let host = issuer
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split([':', '/'])
+        .next()
+        .unwrap();
+    assert_eq!(methods.oidc.map(|o| o.name).as_deref(), Some(host));
     let amber = env
         .register_agent(&server, "amber", &["--tag", "department=Amber"])
         .unwrap();

@@ -50,6 +50,7 @@ try {
     void d.dismiss();
   });
 
+  const methodsAsked = page.waitForResponse((r) => r.url().endsWith("/api/v1/auth/methods"), { timeout });
   const first = await page.goto(url, { timeout });
   await check("the page is served with its security headers", async () => {
     const h = first?.headers() ?? {};
@@ -60,6 +61,14 @@ try {
     if (h["x-content-type-options"] !== "nosniff" || h["x-frame-options"] !== "DENY") {
       throw new Error(`headers ${JSON.stringify(h)}`);
     }
+  });
+  await check("no identity provider is offered by a server without one", async () => {
+    await page.getByRole("button", { name: "Sign in" }).waitFor({ timeout });
+    // The page asks the server which methods it has; look once it has the answer.
+    const methods = await (await methodsAsked).json();
+    if (methods.password !== true || "oidc" in methods) throw new Error(`methods ${JSON.stringify(methods)}`);
+    await page.waitForLoadState("networkidle", { timeout });
+    if ((await page.locator("#login-oidc").count()) !== 0) throw new Error("a provider's button is shown");
   });
   await check("a wrong password is refused on the page", async () => {
     await page.getByLabel("User").fill(env("CONSOLE_USER"), { timeout });

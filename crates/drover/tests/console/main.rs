@@ -123,7 +123,7 @@ async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
     // Every check ran and passed: a script that stopped early would print fewer lines.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        10,
+        11,
         "{out}"
     );
 }
