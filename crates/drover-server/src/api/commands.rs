@@ -115,7 +115,7 @@ async fn view(state: &AppState, who: &Principal, c: Command) -> Result<CommandVi
         target_count,
         counts,
         done,
-        version: *state.commands.updates().changed().borrow(),
+        version: state.commands.updates().version(),
         output_pruned: c.output_pruned,
         sender: c.sender,
         id: c.id,

@@ -112,6 +112,11 @@ impl Updates {
         self.finished.subscribe()
     }
 
+    /// The count of stored batches, as a view reports it (`seen` of the next long poll).
+    pub fn version(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// Bumped after every stored batch: long-polling readers wait on it. The receiver has seen
     /// the current batch: a clone of a receiver keeps the original's notion of what it has
     /// seen, and the one kept here never looks, so a bare clone would answer `changed()` at
