@@ -1,9 +1,14 @@
 // The console's shell: who is signed in, the login page, and the pages by their #/ route.
 
+// First: the Trusted Types policy must exist before any library writes markup.
+import "./tt";
 import "./style.css";
-import { api, ApiError, onSignedOut, type AuthMethods, type WhoAmI } from "./api";
+import { api, ApiError, mayOnAny, onSignedOut, type AuthMethods, type WhoAmI } from "./api";
+import { commandPage, commandsPage } from "./command";
 import { el } from "./dom";
+import { nodePage } from "./nodepage";
 import { nodesPage } from "./nodes";
+import { runPage } from "./run";
 
 const main = document.getElementById("main") as HTMLElement;
 const who = document.getElementById("who") as HTMLElement;
@@ -66,19 +71,59 @@ function loginPage(): void {
   user.focus();
 }
 
+// Each navigation is a generation: a page's loops (a command's live view, the performance
+// tab, a terminal) stop once another page is shown.
+let generation = 0;
+
 async function route(): Promise<void> {
   const me = await whoami();
   if (!me) return loginPage();
+  const mine = ++generation;
+  const alive = () => mine === generation;
   who.textContent = me.user.name;
   nav.hidden = false;
   logout.hidden = false;
-  switch (location.hash) {
-    case "":
-    case "#/nodes":
+  // What the user may not do is not offered (and the server refuses it anyway).
+  const canRun = await mayOnAny("SendCommand").catch(() => false);
+  if (!alive()) return;
+  nav.replaceChildren(
+    el("a", { href: "#/nodes" }, "Nodes"),
+    ...(canRun ? [el("a", { href: "#/run", id: "nav-run" }, "Run Command")] : []),
+    el("a", { href: "#/commands" }, "Command history"),
+    el("a", { href: "#/sessions" }, "Sessions"),
+  );
+  const [page = "nodes", id = "", sub = ""] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  for (const a of nav.querySelectorAll("a")) a.setAttribute("aria-current", a.getAttribute("href") === `#/${page}` ? "page" : "false");
+  // Keyboard users start on the new page (the terminal takes the focus for itself).
+  if (page !== "terminal") main.focus();
+  switch (page) {
+    case "run":
+      await runPage(main, alive, id || undefined);
+      break;
+    case "commands":
+      await (id ? commandPage(main, id, alive) : commandsPage(main));
+      break;
+    case "sessions":
+      // The terminal and the player are big: loaded when first used.
+      await (id ? (await import("./replay")).replayPage(main, id) : (await import("./sessions")).sessionsPage(main));
+      break;
+    case "terminal":
+      await (await import("./terminal")).terminalPage(main, id, alive);
+      break;
+    case "nodes":
+      if (id) {
+        await nodePage(main, id, sub, alive);
+        break;
+      }
+      await nodesPage(main);
+      break;
     default:
       await nodesPage(main);
   }
-  main.focus();
+}
+
+function showError(e: unknown): void {
+  main.replaceChildren(el("p", { class: "error", role: "alert" }, e instanceof Error ? e.message : String(e)));
 }
 
 logout.addEventListener("click", () => {
@@ -88,7 +133,7 @@ logout.addEventListener("click", () => {
     .finally(() => loginPage());
 });
 onSignedOut(loginPage);
-window.addEventListener("hashchange", () => void route());
-route().catch((e: unknown) => {
-  main.replaceChildren(el("p", { class: "error", role: "alert" }, e instanceof Error ? e.message : String(e)));
+window.addEventListener("hashchange", () => {
+  route().catch(showError);
 });
+route().catch(showError);

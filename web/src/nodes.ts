@@ -73,7 +73,11 @@ export async function nodesPage(main: HTMLElement): Promise<void> {
         "tr",
         { "data-node": n.id },
         ...row(n).map((c, i) =>
-          i === 2 ? el("td", {}, el("span", { class: `status ${n.status.toLowerCase()}` }, c)) : el("td", {}, c),
+          i === 2
+            ? el("td", {}, el("span", { class: `status ${n.status.toLowerCase()}` }, c))
+            : i === 1
+              ? el("td", {}, el("a", { href: `#/nodes/${encodeURIComponent(n.id)}` }, c))
+              : el("td", {}, c),
         ),
       ),
     );

@@ -189,6 +189,11 @@ pub struct DocumentView {
     /// Absent in listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// A command document's parameters as parsed (name to definition, SSM's field names),
+    /// beside its content; absent in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

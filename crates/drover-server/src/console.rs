@@ -10,11 +10,16 @@ use axum::response::{IntoResponse, Response};
 use crate::api::ApiError;
 
 /// Only this origin's files and API; no inline script, no frames, no plugins; and Trusted
-/// Types, so that the browser itself refuses any script that would write HTML into the page.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+/// Types, so that the browser itself refuses any script that would write HTML into the page,
+/// except through the console's one policy (`web/src/tt.ts`: markup that could run script is
+/// refused). Two allowances, for the libraries the issue chose: inline styles (xterm.js and
+/// asciinema-player write style elements and attributes; a style cannot run script) and
+/// compiling WebAssembly (asciinema-player's terminal emulator; this does not allow `eval`).
+const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+                   style-src 'self' 'unsafe-inline'; img-src 'self'; \
                    connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
                    form-action 'self'; frame-ancestors 'none'; \
-                   require-trusted-types-for 'script'; trusted-types 'none'";
+                   require-trusted-types-for 'script'; trusted-types default";
 
 /// The router's fallback: a console file, or the API's 404.
 pub async fn serve(method: Method, uri: Uri) -> Response {

@@ -25,8 +25,20 @@ fn view(d: DocumentVersion, builtin: bool, with_content: bool) -> DocumentView {
         format: d.format,
         description: d.description,
         created_at: rfc3339(d.created_at),
+        // The parameters as parsed, so that a form is built from what the server validates.
+        parameters: with_content.then(|| parameters_of(&d.content)).flatten(),
         content: with_content.then_some(d.content),
     }
+}
+
+/// A command document's parameters, as SSM spells them; none for a session document.
+fn parameters_of(text: &str) -> Option<serde_json::Value> {
+    if drover_docs::is_session_document(text) {
+        return None;
+    }
+    drover_docs::parse(text)
+        .ok()
+        .and_then(|d| serde_json::to_value(d.parameters).ok())
 }
 
 /// A name as documents are named (built-in ones too).

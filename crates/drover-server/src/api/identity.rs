@@ -91,13 +91,14 @@ pub async fn check_csrf(
 ) -> Result<(), super::ApiError> {
     let refused = || {
         super::ApiError::Forbidden(
-            "missing or wrong CSRF token: send the one the console login returned as X-CSRF-Token"
+            "missing or wrong CSRF token: send the one the console login returned as X-CSRF-Token (on a WebSocket, as the subprotocol drover.csrf.TOKEN)"
                 .into(),
         )
     };
     let sent = headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
+        .or_else(|| super::offered_subprotocol(headers, super::SUBPROTOCOL_CSRF))
         .filter(|v| !v.is_empty() && v.len() <= 256)
         .ok_or_else(refused)?;
     let tokens = state.store.list_tokens(&who.user.name).await?;

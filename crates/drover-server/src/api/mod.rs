@@ -384,11 +384,15 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         // A browser sends its cookie with any request, also one another site makes it send:
         // a change made with the cookie must also carry the CSRF token, which only the
         // console's own page can read (it came in the login's body).
+        // A session stream is a GET, but another site's page could open it as a WebSocket
+        // with the cookie (same-site pages send SameSite cookies): it must show the token
+        // too, as a subprotocol, since a browser's WebSocket cannot carry a header.
         if who.cookie
-            && !matches!(
-                parts.method,
-                axum::http::Method::GET | axum::http::Method::HEAD
-            )
+            && (stream
+                || !matches!(
+                    parts.method,
+                    axum::http::Method::GET | axum::http::Method::HEAD
+                ))
         {
             identity::check_csrf(state, &who, &parts.headers).await?;
         }
@@ -407,6 +411,16 @@ fn mark_authenticated(parts: &Parts) {
 
 /// The prefix of the WebSocket subprotocol that carries a token.
 pub const SUBPROTOCOL_BEARER: &str = "drover.bearer.";
+/// The prefix of the WebSocket subprotocol that carries the console's CSRF token.
+pub const SUBPROTOCOL_CSRF: &str = "drover.csrf.";
+
+/// The value of a WebSocket subprotocol offered with `prefix`.
+pub(super) fn offered_subprotocol<'h>(headers: &'h HeaderMap, prefix: &str) -> Option<&'h str> {
+    headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').find_map(|p| p.trim().strip_prefix(prefix)))
+}
 
 /// Finds the principal behind the request's bearer token (or console cookie).
 async fn authenticate(
@@ -424,13 +438,7 @@ async fn authenticate(
         if !subprotocol_ok {
             return None;
         }
-        headers
-            .get(header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.split(',')
-                    .find_map(|p| p.trim().strip_prefix(SUBPROTOCOL_BEARER))
-            })
+        offered_subprotocol(headers, SUBPROTOCOL_BEARER)
     };
     let (token, cookie) = match bearer.or_else(offered) {
         Some(t) => (Some(t), false),

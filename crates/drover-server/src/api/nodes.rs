@@ -82,14 +82,49 @@ fn apply_filter(q: &mut NodeQuery, f: &str) -> Result<(), ApiError> {
     shaped()
 }
 
-fn parse_query(raw: Option<&str>) -> Result<NodeQuery, ApiError> {
+/// What a listing asks beyond the store's query: only the nodes on which the user may also
+/// take an action (the console offers what the user may do, and counts a run's reach).
+#[derive(Default)]
+struct Also {
+    action: Option<Action>,
+    ctx: drover_policy::Context,
+}
+
+fn parse_may(v: &str) -> Result<Action, ApiError> {
+    v.parse::<Action>()
+        .ok()
+        .filter(|a| a.resource() == drover_policy::ResourceKind::Node)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Action::all()
+                .filter(|a| a.resource() == drover_policy::ResourceKind::Node)
+                .map(Action::name)
+                .collect();
+            ApiError::BadRequest(format!(
+                "invalid may {v:?}: one of the actions taken on a node ({})",
+                names.join(", ")
+            ))
+        })
+}
+
+fn parse_query(raw: Option<&str>) -> Result<(NodeQuery, Also), ApiError> {
     let mut q = NodeQuery {
         limit: DEFAULT_LIMIT,
         ..NodeQuery::default()
     };
+    let mut also = Also::default();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "filter" => apply_filter(&mut q, &v)?,
+            "may" => also.action = Some(parse_may(&v)?),
+            "document" => {
+                validate::pattern(
+                    "document",
+                    rules::DOCUMENT_NAME,
+                    &v,
+                    "3 to 128 letters, digits and _ . -",
+                )?;
+                also.ctx.document = Some(v.into_owned());
+            }
             "limit" => {
                 q.limit = v
                     .parse::<usize>()
@@ -104,12 +139,17 @@ fn parse_query(raw: Option<&str>) -> Result<NodeQuery, ApiError> {
             "cursor" => q.after = Some(validate::node_id(&v)?),
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: use filter, limit or cursor"
+                    "unknown query parameter {other:?}: use filter, limit, cursor, may or document"
                 )))
             }
         }
     }
-    Ok(q)
+    if also.ctx.document.is_some() && also.action.is_none() {
+        return Err(ApiError::BadRequest(
+            "document is the context of may: give may too (may=SendCommand&document=NAME)".into(),
+        ));
+    }
+    Ok((q, also))
 }
 
 #[utoipa::path(
@@ -118,6 +158,8 @@ fn parse_query(raw: Option<&str>) -> Result<NodeQuery, ApiError> {
         ("filter" = Option<Vec<String>>, Query, description = "Repeatable: tag:KEY=VALUE, platform=P, status=S, name=N"),
         ("limit" = Option<usize>, Query, description = "Page size, 1 to 10000 (default 1000)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("may" = Option<String>, Query, description = "Only the nodes on which the user may also take this action (SendCommand, StartSession, TagNode, ...)"),
+        ("document" = Option<String>, Query, description = "The document the action of may is taken with (SendCommand)"),
     ),
     responses((status = 200, body = NodeList), (status = 400, body = drover_api::ErrorBody)),
     security(("bearer" = []))
@@ -127,13 +169,22 @@ pub async fn list(
     who: Principal,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<NodeList>, ApiError> {
-    let q = parse_query(raw.as_deref())?;
+    let (q, also) = parse_query(raw.as_deref())?;
     let page = state.store.list_nodes(&q).await?;
     // A page shows only the nodes the user may see; the cursor still walks the whole fleet.
-    let visible = state
+    let mut visible = state
         .authz
         .nodes(&who, Action::ReadNode, &page.nodes, &Default::default())
         .await?;
+    if let Some(action) = also.action {
+        let allowed = state
+            .authz
+            .nodes(&who, action, &page.nodes, &also.ctx)
+            .await?;
+        for (v, a) in visible.iter_mut().zip(allowed) {
+            *v &= a;
+        }
+    }
     Ok(Json(NodeList {
         nodes: page
             .nodes
@@ -310,10 +361,12 @@ mod tests {
 
     #[test]
     fn filters_parse() {
-        let q = parse_query(Some(
-            "filter=tag%3Aenv%3Dprod&filter=platform%3Dlinux&filter=status%3Donline&limit=5",
+        let (q, also) = parse_query(Some(
+            "filter=tag%3Aenv%3Dprod&filter=platform%3Dlinux&filter=status%3Donline&limit=5&may=SendCommand&document=RunShellScript",
         ))
         .unwrap();
+        assert_eq!(also.action, Some(Action::SendCommand));
+        assert_eq!(also.ctx.document.as_deref(), Some("RunShellScript"));
         assert_eq!(q.tags, vec![("env".to_string(), "prod".to_string())]);
         assert_eq!(q.platform.as_deref(), Some("linux"));
         assert_eq!(q.status, Some(NodeStatus::Online));
@@ -326,6 +379,11 @@ mod tests {
             "limit=10001",
             "cursor=x",
             "page=2",
+            // An action not taken on a node, an unknown one, a context without its action.
+            "may=ManageUsers",
+            "may=Everything",
+            "document=RunShellScript",
+            "may=SendCommand&document=a%20b",
         ] {
             assert!(parse_query(Some(bad)).is_err(), "{bad}");
         }

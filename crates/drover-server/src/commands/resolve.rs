@@ -41,6 +41,42 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (
         "StartSSHSession",
         include_str!("builtin/StartSSHSession.yaml"),
+    ), // Fleet Manager's admin tasks: the console runs these, never a shell.
+    (
+        "Drover-FleetManager-ListProcesses",
+        include_str!("builtin/Drover-FleetManager-ListProcesses.yaml"),
+    ),
+    (
+        "Drover-FleetManager-KillProcess",
+        include_str!("builtin/Drover-FleetManager-KillProcess.yaml"),
+    ),
+    (
+        "Drover-FleetManager-ListDirectory",
+        include_str!("builtin/Drover-FleetManager-ListDirectory.yaml"),
+    ),
+    (
+        "Drover-FleetManager-ReadFile",
+        include_str!("builtin/Drover-FleetManager-ReadFile.yaml"),
+    ),
+    (
+        "Drover-FleetManager-ListUsers",
+        include_str!("builtin/Drover-FleetManager-ListUsers.yaml"),
+    ),
+    (
+        "Drover-FleetManager-CreateUser",
+        include_str!("builtin/Drover-FleetManager-CreateUser.yaml"),
+    ),
+    (
+        "Drover-FleetManager-DeleteUser",
+        include_str!("builtin/Drover-FleetManager-DeleteUser.yaml"),
+    ),
+    (
+        "Drover-FleetManager-Performance",
+        include_str!("builtin/Drover-FleetManager-Performance.yaml"),
+    ),
+    (
+        "Drover-FleetManager-TailLog",
+        include_str!("builtin/Drover-FleetManager-TailLog.yaml"),
     ),
 ];
 
@@ -127,7 +163,7 @@ pub async fn find(store: &dyn Store, reference: &str) -> Result<DocumentVersion,
             version: BUILTIN_VERSION,
             content: text.to_string(),
             format: "YAML".into(),
-            description: String::new(),
+            description: describe(text),
             created_at: 0,
             is_default: true,
             latest_version: BUILTIN_VERSION,

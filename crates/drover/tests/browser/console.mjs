@@ -5,50 +5,20 @@
 // node's tags as the table shows them), CHROMIUM (the browser's path), DOWNLOADS (a directory
 // for the report).
 
-import { chromium } from "playwright-core";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { checker, env, launch, timeout, watch } from "./lib.mjs";
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const url = env("CONSOLE_URL");
-const timeout = 20_000;
-
-const browser = await chromium.launch({
-  executablePath: env("CHROMIUM"),
-  headless: true,
-  // Root in a container has no user namespaces for chromium's sandbox.
-  args: process.getuid?.() === 0 ? ["--no-sandbox"] : [],
-});
-let failed = false;
-const check = async (what, fn) => {
-  try {
-    await fn();
-    console.log(`ok ${what}`);
-  } catch (e) {
-    failed = true;
-    console.log(`FAIL ${what}: ${String(e?.message ?? e).split("\n")[0]}`);
-  }
-};
+const browser = await launch();
+const { check, failed } = checker();
 
 try {
   // The server's certificate is from its own CA, which this browser profile does not know.
   const context = await browser.newContext({ ignoreHTTPSErrors: true, acceptDownloads: true });
   const page = await context.newPage();
   const problems = [];
-  // A 401 is the console asking who is signed in, or a refused password: not a problem.
-  page.on("console", (m) => {
-    if (m.type() === "error" && !/status of 401/.test(m.text())) problems.push(`${m.text()} (${m.location().url})`);
-  });
-  page.on("pageerror", (e) => problems.push(String(e)));
-
-  page.on("dialog", (d) => {
-    problems.push(`a dialog opened: ${d.message()}`);
-    void d.dismiss();
-  });
+  watch(page, problems);
 
   const methodsAsked = page.waitForResponse((r) => r.url().endsWith("/api/v1/auth/methods"), { timeout });
   const first = await page.goto(url, { timeout });
@@ -131,4 +101,4 @@ try {
 } finally {
   await browser.close();
 }
-process.exit(failed ? 1 : 0);
+process.exit(failed() ? 1 : 0);

@@ -7,7 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use drover_testkit::{wait_status, Env};
+use std::time::Duration;
+
+use drover_testkit::{wait_status, wait_until, Env};
 
 fn env() -> Env {
     Env::new(env!("CARGO_BIN_EXE_drover")).unwrap()
@@ -35,14 +37,14 @@ fn chromium() -> PathBuf {
         .expect("chromium is not installed: run `cargo xtask test` (it installs Debian's chromium)")
 }
 
-fn create_user(env: &Env, name: &str, password: &str) {
+fn create_user(env: &Env, name: &str, group: &str, password: &str) {
     let mut cmd = env.command();
     cmd.args([
         "users",
         "create",
         name,
         "--group",
-        "admins",
+        group,
         "--password-stdin",
     ])
     .stdin(Stdio::piped())
@@ -84,7 +86,7 @@ async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
     let chromium = chromium();
     let env = env();
     let server = env.start_server(0, &[]).unwrap();
-    create_user(&env, "ops", "ops's long password");
+    create_user(&env, "ops", "admins", "ops's long password");
     let node = env.register_agent(&server, "web-01", &[]).unwrap();
     let _agent = env.run_agent("web-01", &[]).unwrap();
     wait_status(&server, std::slice::from_ref(&node), "Online")
@@ -125,5 +127,92 @@ async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
         out.lines().filter(|l| l.starts_with("ok ")).count(),
         11,
         "{out}"
+    );
+}
+
+/// Where the browser tests save their screenshots: `target/console-screenshots/` of the
+/// workspace (or of CARGO_TARGET_DIR).
+fn screenshots() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = target.join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_what_a_viewer_may_not_do(
+) {
+    let dir = browser_dir();
+    let chromium = chromium();
+    let env = env();
+    let server = env.start_server(0, &[]).unwrap();
+    create_user(&env, "ops", "admins", "ops's long password");
+    create_user(&env, "watcher", "viewers", "watcher's long password");
+    let a = env.register_agent(&server, "web-01", &[]).unwrap();
+    let b = env.register_agent(&server, "web-02", &[]).unwrap();
+    let _agent_a = env.run_agent("web-01", &[]).unwrap();
+    let _agent_b = env.run_agent("web-02", &[]).unwrap();
+    wait_status(&server, &[a.clone(), b.clone()], "Online")
+        .await
+        .unwrap();
+
+    // A process for the processes tab to find and kill (node A is this machine), and a file
+    // for the file tab.
+    // The shell reaps the sleep (a zombie would keep its row) and exits with its status; its
+    // own command line does not contain the mark.
+    let seconds = (50_000 + std::process::id() % 10_000).to_string();
+    let mark = format!("sleep {seconds}");
+    let mut sleeper = Command::new("sh")
+        .args(["-c", "sleep \"$1\"; exit $?", "sh", &seconds])
+        .spawn()
+        .unwrap();
+    let files = env.path("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let text = format!("written by the console test {}", std::process::id());
+    std::fs::write(files.join("notes.txt"), &text).unwrap();
+
+    let (ok, out) = run_browser(
+        &dir.join("fleet.mjs"),
+        &[
+            ("CONSOLE_URL", server.url.clone()),
+            ("CHROMIUM", chromium.display().to_string()),
+            ("ADMIN_USER", "ops".into()),
+            ("ADMIN_PASSWORD", "ops's long password".into()),
+            ("VIEWER_USER", "watcher".into()),
+            ("VIEWER_PASSWORD", "watcher's long password".into()),
+            ("NODE_A", a.clone()),
+            ("NODE_A_NAME", "web-01".into()),
+            ("NODE_B", b.clone()),
+            ("NODE_B_NAME", "web-02".into()),
+            ("PROC_MARK", mark),
+            ("FILE_DIR", files.display().to_string()),
+            ("FILE_NAME", "notes.txt".into()),
+            ("FILE_TEXT", text),
+            ("SCREENSHOTS", screenshots().display().to_string()),
+        ],
+    );
+    // The kill the page asked for reached the process (SIGTERM: the shell says 143).
+    let killed = wait_until("the sleep's shell to exit", Duration::from_secs(10), || {
+        let status = sleeper.try_wait().unwrap();
+        async move { Ok(status) }
+    })
+    .await;
+    if killed.is_err() {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
+    println!("{out}");
+    assert!(ok, "the browser's checks failed:\n{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        16,
+        "{out}"
+    );
+    assert_eq!(
+        killed.as_ref().ok().and_then(|s| s.code()),
+        Some(143),
+        "the process the page killed: {killed:?}"
     );
 }

@@ -1,0 +1,183 @@
+// The console's work pages in a real browser: a node's processes (listed, one killed) and
+// files, a terminal (typed into, resized), a command run on two nodes, a session replayed, and
+// a user without rights who is not offered Run Command and is refused by the API anyway. Each
+// main page is saved as a screenshot. One line per check, as console.mjs.
+//
+// Environment: CONSOLE_URL, CHROMIUM, ADMIN_USER, ADMIN_PASSWORD, VIEWER_USER,
+// VIEWER_PASSWORD, NODE_A (ID), NODE_A_NAME, NODE_B, NODE_B_NAME, PROC_MARK (a unique part
+// of the command line of a process the test started on node A), FILE_DIR, FILE_NAME,
+// FILE_TEXT (a file the test wrote), SCREENSHOTS (a directory).
+
+import { join } from "node:path";
+import { checker, env, launch, login, timeout, watch } from "./lib.mjs";
+
+const url = env("CONSOLE_URL");
+const browser = await launch();
+const { check, failed } = checker();
+const slow = { timeout: 60_000 };
+
+try {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: url });
+  const page = await context.newPage();
+  const problems = [];
+  watch(page, problems);
+  const shot = (name) => page.screenshot({ path: join(env("SCREENSHOTS"), `${name}.png`), fullPage: true });
+  const nodeA = env("NODE_A");
+
+  await page.goto(url, { timeout });
+  await check("log in as an operator", async () => {
+    await login(page, env("ADMIN_USER"), env("ADMIN_PASSWORD"));
+    for (const id of [nodeA, env("NODE_B")]) await page.locator(`tr[data-node="${id}"]`).waitFor({ timeout });
+    await shot("nodes");
+  });
+
+  await check("the node page shows the inventory and the actions", async () => {
+    await page.getByRole("link", { name: env("NODE_A_NAME"), exact: true }).click();
+    await page.getByRole("heading", { name: env("NODE_A_NAME") }).waitFor({ timeout });
+    await page.locator("#connect").waitFor({ timeout });
+    await page.locator("#run-on-node").waitFor({ timeout });
+    await page.locator("#forward-line").filter({ hasText: `drover forward ${nodeA}` }).waitFor({ timeout });
+    await shot("node");
+  });
+
+  await check("the processes tab lists the test's process and kills it", async () => {
+    await page.getByRole("link", { name: "Processes" }).click();
+    const row = page.locator("#processes tr", { hasText: env("PROC_MARK") });
+    await row.waitFor(slow);
+    await shot("node-processes");
+    const pid = await row.getAttribute("data-pid");
+    await row.getByRole("button", { name: "Kill" }).click();
+    await row.getByRole("button", { name: `Confirm kill ${pid}` }).click();
+    // The list is read again after the kill: the process is gone from it.
+    await page.locator(`#processes tr[data-pid="${pid}"]`).waitFor({ state: "detached", ...slow });
+    await page.locator("#processes-status").filter({ hasText: / processes$/ }).waitFor(slow);
+  });
+
+  await check("the file tab shows a file the test wrote", async () => {
+    await page.getByRole("link", { name: "Files" }).click();
+    await page.locator("#files tr").first().waitFor(slow);
+    await page.getByLabel("Path").fill(env("FILE_DIR"));
+    await page.getByRole("button", { name: "Open" }).click();
+    await page.locator(`#files tr[data-name="${env("FILE_NAME")}"] button`).click(slow);
+    await page.locator("#file-content").filter({ hasText: env("FILE_TEXT") }).waitFor(slow);
+    await shot("node-files");
+  });
+
+  await check("the performance tab draws its charts", async () => {
+    await page.getByRole("link", { name: "Performance" }).click();
+    // Rates need two snapshots: the CPU chart says a figure once the second one is in.
+    await page.getByRole("img", { name: /^CPU: \d/ }).waitFor(slow);
+    await shot("node-performance");
+  });
+
+  await check("Connect opens a terminal that runs what is typed", async () => {
+    await page.goto(`${url}/#/nodes/${nodeA}`, { timeout });
+    await page.locator("#connect").click();
+    await page.locator("#terminal[data-session]").waitFor(slow);
+    await page.locator("#terminal .xterm-helper-textarea").focus();
+    await page.keyboard.type("echo hello-$((6*7))-console\n");
+    await page.locator("#terminal .xterm-rows").filter({ hasText: "hello-42-console" }).waitFor(slow);
+    await shot("terminal");
+  });
+
+  await check("a resize of the terminal reaches the PTY", async () => {
+    const box = page.locator("#terminal");
+    const before = await box.getAttribute("data-cols");
+    await page.setViewportSize({ width: 900, height: 700 });
+    await page.waitForFunction((b) => document.getElementById("terminal")?.dataset.cols !== b, before, slow);
+    const cols = await box.getAttribute("data-cols");
+    const rows = await box.getAttribute("data-rows");
+    await page.keyboard.type("echo size-$(stty size | tr ' ' x)\n");
+    await page.locator("#terminal .xterm-rows").filter({ hasText: `size-${rows}x${cols}` }).waitFor(slow);
+    await page.setViewportSize({ width: 1280, height: 800 });
+  });
+
+  await check("ending the terminal's shell ends its session", async () => {
+    await page.keyboard.type("exit 3\n");
+    await page.locator("#terminal-status").filter({ hasText: "exit 3" }).waitFor(slow);
+  });
+
+  await check("a finished session replays in the page", async () => {
+    const id = await page.locator("#terminal").getAttribute("data-session");
+    await page.getByRole("link", { name: "Sessions" }).click();
+    const row = page.locator(`#sessions tr[data-session="${id}"]`);
+    await row.waitFor({ timeout });
+    await shot("sessions");
+    await row.getByRole("link", { name: "Replay" }).click();
+    // The player draws the recorded terminal: what was typed and printed is in it.
+    await page.locator("#replay").filter({ hasText: "hello-42-console" }).waitFor(slow);
+    await shot("replay");
+  });
+
+  await check("a command run on two nodes reaches Success with its output", async () => {
+    await page.getByRole("link", { name: "Run Command" }).click();
+    await page.getByLabel("commands (required)").fill("echo run-$((6*7))");
+    for (const name of [env("NODE_A_NAME"), env("NODE_B_NAME")]) await page.getByLabel(name).check(slow);
+    await page.locator("#run-preview").filter({ hasText: "2 nodes chosen" }).waitFor({ timeout });
+    await shot("run");
+    await page.getByRole("button", { name: "Run", exact: true }).click();
+    await page.locator("#command-status").filter({ hasText: /^Success/ }).waitFor(slow);
+    await page.locator("#folded").filter({ hasText: "2 nodes: Success (exit 0)" }).waitFor(slow);
+    await page.locator("#folded pre").filter({ hasText: "run-42" }).waitFor({ timeout });
+    for (const id of [nodeA, env("NODE_B")]) await page.locator(`#invocations tr[data-node="${id}"]`, { hasText: "Success" }).waitFor({ timeout });
+    await shot("command");
+  });
+
+  await check("a parameter that breaks the document's rules is named before sending", async () => {
+    await page.goto(`${url}/#/run`, { timeout });
+    await page.getByLabel("commands (required)").fill("true");
+    await page.getByLabel("executionTimeout").fill("0");
+    await page.getByLabel(env("NODE_A_NAME")).check(slow);
+    await page.getByRole("button", { name: "Run", exact: true }).click();
+    await page.locator("#run-error").filter({ hasText: "parameter executionTimeout" }).waitFor({ timeout });
+  });
+
+  await check("the command history lists the commands", async () => {
+    await page.getByRole("link", { name: "Command history" }).click();
+    await page.locator("#commands tbody tr").first().waitFor({ timeout });
+    await shot("commands");
+  });
+
+  await check("no script errors and nothing the page's policy blocked (operator)", async () => {
+    if (problems.length) throw new Error(problems.join(" | "));
+  });
+
+  // A user who may only read.
+  const viewerContext = await browser.newContext({ ignoreHTTPSErrors: true });
+  const viewer = await viewerContext.newPage();
+  const viewerProblems = [];
+  // The refusal the check provokes is expected in the console's log.
+  watch(viewer, viewerProblems, /status of (401|403|404)/);
+  await viewer.goto(url, { timeout });
+  await check("a user without rights is not offered Run Command or Connect", async () => {
+    await login(viewer, env("VIEWER_USER"), env("VIEWER_PASSWORD"));
+    await viewer.locator(`tr[data-node="${nodeA}"]`).waitFor({ timeout });
+    await viewer.getByRole("link", { name: "Sessions" }).waitFor({ timeout });
+    if (await viewer.getByRole("link", { name: "Run Command" }).count()) throw new Error("the nav offers Run Command");
+    await viewer.goto(`${url}/#/nodes/${nodeA}`, { timeout });
+    await viewer.getByRole("heading", { name: env("NODE_A_NAME") }).waitFor({ timeout });
+    await viewer.getByRole("link", { name: "Overview" }).waitFor({ timeout });
+    for (const id of ["#connect", "#run-on-node"]) {
+      if (await viewer.locator(id).count()) throw new Error(`the node page offers ${id}`);
+    }
+  });
+  await check("and the API refuses that user's command anyway", async () => {
+    const status = await viewer.evaluate(async (node) => {
+      const csrf = document.cookie.split("; ").find((c) => c.startsWith("__Host-drover_csrf="))?.split("=")[1] ?? "";
+      const r = await fetch("/api/v1/commands", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": decodeURIComponent(csrf) },
+        body: JSON.stringify({ document: "RunShellScript", parameters: { commands: ["id"] }, targets: [node] }),
+      });
+      return r.status;
+    }, nodeA);
+    if (status !== 403) throw new Error(`status ${status}`);
+  });
+  await check("no script errors and nothing the page's policy blocked (viewer)", async () => {
+    if (viewerProblems.length) throw new Error(viewerProblems.join(" | "));
+  });
+} finally {
+  await browser.close();
+}
+process.exit(failed() ? 1 : 0);
