@@ -100,6 +100,8 @@ export async function allNodes(filters: string[], may?: May): Promise<Node[]> {
 
 export interface WhoAmI {
   user: { name: string };
+  /// The actions on the server itself this session may take (ReadAudit, ReadUsers, ...).
+  server_actions: string[];
 }
 
 export interface AuthMethods {

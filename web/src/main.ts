@@ -4,7 +4,9 @@
 import "./tt";
 import "./style.css";
 import { api, ApiError, mayOnAny, onSignedOut, type AuthMethods, type WhoAmI } from "./api";
+import { accessPage, auditPage, usersPage } from "./admin";
 import { commandPage, commandsPage } from "./command";
+import { documentPage, documentsPage } from "./documents";
 import { el } from "./dom";
 import { nodePage } from "./nodepage";
 import { nodesPage } from "./nodes";
@@ -86,11 +88,16 @@ async function route(): Promise<void> {
   // What the user may not do is not offered (and the server refuses it anyway).
   const canRun = await mayOnAny("SendCommand").catch(() => false);
   if (!alive()) return;
+  const can = (a: string) => me.server_actions.includes(a);
   nav.replaceChildren(
     el("a", { href: "#/nodes" }, "Nodes"),
     ...(canRun ? [el("a", { href: "#/run", id: "nav-run" }, "Run Command")] : []),
     el("a", { href: "#/commands" }, "Command history"),
     el("a", { href: "#/sessions" }, "Sessions"),
+    el("a", { href: "#/documents" }, "Documents"),
+    el("a", { href: "#/access" }, "Access requests"),
+    ...(can("ReadAudit") ? [el("a", { href: "#/audit" }, "Audit log")] : []),
+    ...(can("ReadUsers") ? [el("a", { href: "#/users" }, "Users and policies")] : []),
   );
   const [page = "nodes", id = "", sub = ""] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   for (const a of nav.querySelectorAll("a")) a.setAttribute("aria-current", a.getAttribute("href") === `#/${page}` ? "page" : "false");
@@ -106,6 +113,18 @@ async function route(): Promise<void> {
     case "sessions":
       // The terminal and the player are big: loaded when first used.
       await (id ? (await import("./replay")).replayPage(main, id) : (await import("./sessions")).sessionsPage(main));
+      break;
+    case "documents":
+      await (id ? documentPage(main, id, sub) : documentsPage(main));
+      break;
+    case "access":
+      await accessPage(main, me.user.name);
+      break;
+    case "audit":
+      await auditPage(main);
+      break;
+    case "users":
+      await usersPage(main, can("ReadPolicies"));
       break;
     case "terminal":
       await (await import("./terminal")).terminalPage(main, id, alive);

@@ -154,6 +154,10 @@ pub struct LoginResponse {
 pub struct WhoAmI {
     pub user: UserView,
     pub token: TokenView,
+    /// The actions on the server itself (`ReadAudit`, `ManageUsers`, ...) this token may take
+    /// now: what the console offers. The server decides each request again.
+    #[serde(default)]
+    pub server_actions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

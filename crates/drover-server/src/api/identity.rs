@@ -15,7 +15,7 @@ use drover_store::{ApiToken, User};
 
 use super::{rfc3339, validate, Body};
 use crate::accounts;
-use crate::authz::Principal;
+use crate::authz::{Action, Principal};
 use crate::{secrets, AppState};
 
 /// The console's session cookie. `__Host-`: the browser keeps it only when Secure, set by
@@ -300,9 +300,28 @@ pub async fn whoami(
         .into_iter()
         .find(|t| t.id == who.token_id)
         .ok_or(super::ApiError::Unauthorized)?;
+    let mut server_actions = Vec::new();
+    for action in Action::all().filter(|a| a.resource() == drover_policy::ResourceKind::Server) {
+        // Decided without `check`, which logs every refusal: these are questions, not requests.
+        let allowed = crate::authz::scoped(&who, action).is_ok()
+            && state
+                .authz
+                .explain(
+                    &who.user,
+                    action,
+                    &drover_policy::Resource::Server,
+                    &Default::default(),
+                )
+                .await?
+                .allowed;
+        if allowed {
+            server_actions.push(action.name().to_string());
+        }
+    }
     Ok(Json(WhoAmI {
         user: user_view(user),
         token: token_view(token),
+        server_actions,
     }))
 }
 

@@ -21,9 +21,26 @@ try {
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: url });
   const page = await context.newPage();
   const problems = [];
-  watch(page, problems);
+  // The bad document the check sends is refused with a 400: expected.
+  watch(page, problems, /status of 401|status of 400 .*\/api\/v1\/documents\)$/);
   const shot = (name) => page.screenshot({ path: join(env("SCREENSHOTS"), `${name}.png`), fullPage: true });
   const nodeA = env("NODE_A");
+
+  // A user who may only read.
+  const viewerContext = await browser.newContext({ ignoreHTTPSErrors: true });
+  const viewer = await viewerContext.newPage();
+  const viewerProblems = [];
+  // The refusal the check provokes is expected in the console's log.
+  watch(viewer, viewerProblems, /status of (401|403|404)/);
+  await viewer.goto(url, { timeout });
+  await login(viewer, env("VIEWER_USER"), env("VIEWER_PASSWORD"));
+  const viewerAsks = async () => {
+    await viewer.goto(`${url}/#/access`, { timeout });
+    await viewer.locator("#access-targets").fill(nodeA, { timeout });
+    await viewer.locator("#access-reason").fill("console test reason");
+    await viewer.getByRole("button", { name: "Ask for access" }).click();
+    await viewer.locator("#access-requests tr", { hasText: "console test reason" }).filter({ hasText: "Pending" }).waitFor({ timeout });
+  };
 
   await page.goto(url, { timeout });
   await check("log in as an operator", async () => {
@@ -139,28 +156,66 @@ try {
     await shot("commands");
   });
 
+  await check("a document with a mistake is refused at its line; a good one is stored", async () => {
+    await page.getByRole("link", { name: "Documents" }).click();
+    await page.locator("#documents tr[data-document=RunShellScript]").waitFor({ timeout });
+    await shot("documents");
+    await page.getByRole("link", { name: "New document" }).click();
+    await page.getByLabel("Name").fill("Console-Check");
+    const good = await page.locator("#document-content").inputValue();
+    await page.locator("#document-content").fill(good.replace("aws:runShellScript", "aws:noSuchPlugin"));
+    await page.getByRole("button", { name: "Create" }).click();
+    await page.locator("#document-error").filter({ hasText: /line \d+/ }).waitFor({ timeout });
+    await page.locator(".gutter").filter({ hasText: "▶" }).waitFor({ timeout });
+    await shot("document-error");
+    await page.locator("#document-content").fill(good);
+    await page.getByRole("button", { name: "Create" }).click();
+    await page.waitForURL(/#\/documents\/Console-Check\/1$/, { timeout });
+  });
+
+  await check("a user asks for access and an operator approves it", async () => {
+    await viewerAsks();
+    await page.getByRole("link", { name: "Access requests" }).click();
+    const row = page.locator("#access-requests tr", { hasText: "console test reason" });
+    await row.getByRole("button", { name: "Approve" }).click(slow);
+    await row.filter({ hasText: "Approved" }).waitFor({ timeout });
+    await shot("access-requests");
+  });
+
+  await check("the audit log lists what was done and its chain verifies", async () => {
+    await page.getByRole("link", { name: "Audit log" }).click();
+    await page.locator("#audit tbody tr").first().waitFor({ timeout });
+    await page.getByRole("button", { name: "Verify the chain" }).click();
+    await page.locator("#audit-verdict").filter({ hasText: "The chain is intact" }).waitFor(slow);
+    await shot("audit");
+  });
+
+  await check("users and policies, with the policy check", async () => {
+    await page.getByRole("link", { name: "Users and policies" }).click();
+    await page.locator("#users tr", { hasText: env("VIEWER_USER") }).waitFor({ timeout });
+    await page.getByLabel("User", { exact: true }).fill(env("VIEWER_USER"));
+    await page.getByLabel("Action").fill("SendCommand");
+    await page.getByLabel("Node").fill(nodeA);
+    await page.getByRole("button", { name: "Check" }).click();
+    await page.locator("#check-answer").filter({ hasText: /^deny/ }).waitFor({ timeout });
+    await shot("users");
+  });
+
   await check("no script errors and nothing the page's policy blocked (operator)", async () => {
     if (problems.length) throw new Error(problems.join(" | "));
   });
 
-  // A user who may only read.
-  const viewerContext = await browser.newContext({ ignoreHTTPSErrors: true });
-  const viewer = await viewerContext.newPage();
-  const viewerProblems = [];
-  // The refusal the check provokes is expected in the console's log.
-  watch(viewer, viewerProblems, /status of (401|403|404)/);
-  await viewer.goto(url, { timeout });
-  await check("a user without rights is not offered Run Command or Connect", async () => {
-    await login(viewer, env("VIEWER_USER"), env("VIEWER_PASSWORD"));
+  await check("a user who may only read is not offered Run Command, and Connect only once granted", async () => {
+    await viewer.goto(`${url}/#/nodes`, { timeout });
     await viewer.locator(`tr[data-node="${nodeA}"]`).waitFor({ timeout });
     await viewer.getByRole("link", { name: "Sessions" }).waitFor({ timeout });
     if (await viewer.getByRole("link", { name: "Run Command" }).count()) throw new Error("the nav offers Run Command");
     await viewer.goto(`${url}/#/nodes/${nodeA}`, { timeout });
     await viewer.getByRole("heading", { name: env("NODE_A_NAME") }).waitFor({ timeout });
     await viewer.getByRole("link", { name: "Overview" }).waitFor({ timeout });
-    for (const id of ["#connect", "#run-on-node"]) {
-      if (await viewer.locator(id).count()) throw new Error(`the node page offers ${id}`);
-    }
+    if (await viewer.locator("#run-on-node").count()) throw new Error("the node page offers Run command");
+    // Connect is what the approved request granted, on this node.
+    await viewer.locator("#connect").waitFor({ timeout });
   });
   await check("and the API refuses that user's command anyway", async () => {
     const status = await viewer.evaluate(async (node) => {

@@ -36,11 +36,13 @@ export function checker() {
 }
 
 /// Collects what went wrong in the page: script errors, console errors (a 401 is the console
-/// asking who is signed in, or a refused password: not a problem; `allowed` adds others), and
+/// asking who is signed in, or a refused password: not a problem; `allowed`, matched against
+/// the message and the URL, may admit others), and
 /// any dialog (the console never opens one).
 export function watch(page, problems, allowed = /status of 401/) {
   page.on("console", (m) => {
-    if (m.type() === "error" && !allowed.test(m.text())) problems.push(`${m.text()} (${m.location().url})`);
+    const what = `${m.text()} (${m.location().url})`;
+    if (m.type() === "error" && !allowed.test(what)) problems.push(what);
   });
   page.on("pageerror", (e) => problems.push(String(e)));
   page.on("dialog", (d) => {
