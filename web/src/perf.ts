@@ -83,6 +83,11 @@ export async function performanceTab(body: HTMLElement, node: string, alive: () 
   };
   while (alive()) {
     const started = Date.now();
+    // Every snapshot is a command: none while the tab is hidden.
+    if (document.hidden) {
+      await new Promise((r) => setTimeout(r, EVERY_MS));
+      continue;
+    }
     try {
       const s = parsePerformance(taskOutput(await runTask(node, "Drover-FleetManager-Performance")));
       if (!alive()) break;

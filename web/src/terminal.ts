@@ -57,7 +57,10 @@ export async function terminalPage(main: HTMLElement, node: string, alive: () =>
 
   const attach = () =>
     new Promise<"closed" | "lost" | "failed">((resolve) => {
-      const url = `wss://${location.host}${session.stream_path}`;
+      // Only ever this server: the CSRF token goes with the request.
+      const url = new URL(session.stream_path, location.href);
+      url.protocol = "wss:";
+      if (url.host !== location.host) throw new Error(`refusing a stream elsewhere: ${url.host}`);
       const s = new WebSocket(url, ["drover.session.v1", `drover.csrf.${csrf()}`]);
       s.binaryType = "arraybuffer";
       let opened = false;

@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::ApiError;
 
-/// Only this origin's files and API; no inline script, no frames, no plugins; and Trusted
-/// Types, so that the browser itself refuses any script that would write HTML into the page,
-/// except through the console's one policy (`web/src/tt.ts`: markup that could run script is
-/// refused). Two allowances, for the libraries the issue chose: inline styles (xterm.js and
+/// Only this origin's files and API; no inline script (what stops injected markup from
+/// running), no frames, no plugins; and Trusted Types, so that HTML written into the page goes
+/// through the console's one policy (`web/src/tt.ts`, a deny-list of active markup: the
+/// console's own code writes none, and the libraries' markup is fixed). Two allowances, for the libraries the issue chose: inline styles (xterm.js and
 /// asciinema-player write style elements and attributes; a style cannot run script) and
 /// compiling WebAssembly (asciinema-player's terminal emulator; this does not allow `eval`).
 const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \

@@ -153,6 +153,9 @@ pub fn split_ref(reference: &str) -> Result<(String, Option<i64>), ApiError> {
 pub async fn find(store: &dyn Store, reference: &str) -> Result<DocumentVersion, ApiError> {
     let (name, version) = split_ref(reference)?;
     if let Some(text) = builtin(&name) {
+        // The canonical name, so that policies decide on one name whichever alias was sent
+        // (a `forbid` on Drover-FleetManager-* must hold for AWS-Drover-FleetManager-* too).
+        let name = name.strip_prefix("AWS-").unwrap_or(&name).to_string();
         if version.is_some_and(|v| v != BUILTIN_VERSION) {
             return Err(ApiError::NotFound(format!(
                 "built-in document {name} has only version {BUILTIN_VERSION}"

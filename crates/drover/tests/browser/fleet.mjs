@@ -21,8 +21,9 @@ try {
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: url });
   const page = await context.newPage();
   const problems = [];
-  // The bad document the check sends is refused with a 400: expected.
-  watch(page, problems, /status of 401|status of 400 .*\/api\/v1\/documents\)$/);
+  // The bad document the check sends is refused with a 400, and the stream without its token
+  // with a 403: expected.
+  watch(page, problems, /status of 401|status of 400 .*\/api\/v1\/documents\)$|WebSocket connection to .*\/stream' failed/);
   const shot = (name) => page.screenshot({ path: join(env("SCREENSHOTS"), `${name}.png`), fullPage: true });
   const nodeA = env("NODE_A");
 
@@ -199,6 +200,29 @@ try {
     await page.getByRole("button", { name: "Check" }).click();
     await page.locator("#check-answer").filter({ hasText: /^deny/ }).waitFor({ timeout });
     await shot("users");
+  });
+
+  await check("a session stream opened with the cookie alone is refused; with the CSRF token it opens", async () => {
+    const result = await page.evaluate(async (node) => {
+      const csrf = decodeURIComponent(document.cookie.split("; ").find((c) => c.startsWith("__Host-drover_csrf="))?.split("=")[1] ?? "");
+      const post = (path, body) =>
+        fetch(path, { method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf }, body: JSON.stringify(body) }).then((r) => r.json());
+      const s = await post("/api/v1/sessions", { node, command: "sleep 60" });
+      const opens = (protocols) =>
+        new Promise((resolve) => {
+          const ws = new WebSocket(`wss://${location.host}${s.stream_path}`, protocols);
+          ws.onopen = () => {
+            ws.close();
+            resolve(true);
+          };
+          ws.onerror = () => resolve(false);
+        });
+      const without = await opens(["drover.session.v1"]);
+      const withToken = await opens(["drover.session.v1", `drover.csrf.${csrf}`]);
+      await post(`/api/v1/sessions/${s.id}/terminate`, {});
+      return { without, withToken };
+    }, nodeA);
+    if (result.without || !result.withToken) throw new Error(JSON.stringify(result));
   });
 
   await check("no script errors and nothing the page's policy blocked (operator)", async () => {

@@ -207,7 +207,7 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
     assert!(ok, "the browser's checks failed:\n{out}");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        20,
+        21,
         "{out}"
     );
     assert_eq!(
