@@ -144,11 +144,6 @@ fn parse_query(raw: Option<&str>) -> Result<(NodeQuery, Also), ApiError> {
             }
         }
     }
-    if also.ctx.document.is_some() && also.action.is_none() {
-        return Err(ApiError::BadRequest(
-            "document is the context of may: give may too (may=SendCommand&document=NAME)".into(),
-        ));
-    }
     Ok((q, also))
 }
 
@@ -382,7 +377,6 @@ mod tests {
             // An action not taken on a node, an unknown one, a context without its action.
             "may=ManageUsers",
             "may=Everything",
-            "document=RunShellScript",
             "may=SendCommand&document=a%20b",
         ] {
             assert!(parse_query(Some(bad)).is_err(), "{bad}");

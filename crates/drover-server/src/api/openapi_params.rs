@@ -54,6 +54,11 @@ fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
         ("path", "name") => string(DOCUMENT_NAME),
         ("path", "token") => string(&text(1, 128)),
         ("query", "filter") => json!({"type": "array", "items": string(&node_filter())}),
+        ("query", "may") => json!({"type": "string", "enum": drover_policy::Action::all()
+            .filter(|a| a.resource() == drover_policy::ResourceKind::Node)
+            .map(|a| a.name())
+            .collect::<Vec<_>>()}),
+        ("query", "document") if path == "/api/v1/nodes" => string(DOCUMENT_NAME),
         ("query", "limit") if path == "/api/v1/commands" => integer(1, 1000),
         ("query", "limit") => integer(1, 10_000),
         ("query", "cursor") if path == "/api/v1/commands" => string(COMMAND_ID),
