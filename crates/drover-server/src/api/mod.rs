@@ -125,7 +125,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(users::list_tokens).post(users::create_token),
         )
         .route(
-            "/api/v1/users/{name}/tokens/{token}/revoke",
+            "/api/v1/users/{name}/tokens/{token_id}/revoke",
             post(users::revoke_token),
         )
         .route(

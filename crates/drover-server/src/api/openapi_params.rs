@@ -52,7 +52,9 @@ fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
         ("path", "name") if path.starts_with("/api/v1/groups") => string(GROUP_NAME),
         ("path", "name") if path.starts_with("/api/v1/policies") => string(POLICY_NAME),
         ("path", "name") => string(DOCUMENT_NAME),
-        ("path", "token") => string(&text(1, 128)),
+        // Named token_id, not token: the created token's secret is its `token` field, and a
+        // schema-driven client would otherwise pass the secret where the ID goes.
+        ("path", "token_id") => string(&text(1, 128)),
         ("query", "filter") => json!({"type": "array", "items": string(&node_filter())}),
         ("query", "may") => json!({"type": "string", "enum": drover_policy::Action::all()
             .filter(|a| a.resource() == drover_policy::ResourceKind::Node)

@@ -436,8 +436,8 @@ pub async fn create_token(
     ))
 }
 
-#[utoipa::path(post, path = "/api/v1/users/{name}/tokens/{token}/revoke",
-    params(("name" = String, Path, description = "User name"), ("token" = String, Path, description = "Token ID or name")),
+#[utoipa::path(post, path = "/api/v1/users/{name}/tokens/{token_id}/revoke",
+    params(("name" = String, Path, description = "User name"), ("token_id" = String, Path, description = "Token ID, or name (every live token of that name)")),
     responses((status = 204), (status = 404, body = drover_api::ErrorBody)), security(("bearer" = [])))]
 pub async fn revoke_token(
     State(state): State<Arc<AppState>>,
