@@ -5,6 +5,7 @@ import "./tt";
 import "./style.css";
 import { api, ApiError, mayOnAny, onSignedOut, type AuthMethods, type WhoAmI } from "./api";
 import { accessPage, auditPage, usersPage } from "./admin";
+import { associationsPage } from "./assoc";
 import { commandPage, commandsPage } from "./command";
 import { documentPage, documentsPage } from "./documents";
 import { el } from "./dom";
@@ -95,6 +96,7 @@ async function route(): Promise<void> {
     el("a", { href: "#/commands" }, "Command history"),
     el("a", { href: "#/sessions" }, "Sessions"),
     el("a", { href: "#/documents" }, "Documents"),
+    ...(can("ReadAssociations") ? [el("a", { href: "#/associations" }, "Associations")] : []),
     el("a", { href: "#/access" }, "Access requests"),
     ...(can("ReadAudit") ? [el("a", { href: "#/audit" }, "Audit log")] : []),
     ...(can("ReadUsers") ? [el("a", { href: "#/users" }, "Users and policies")] : []),
@@ -116,6 +118,9 @@ async function route(): Promise<void> {
       break;
     case "documents":
       await (id ? documentPage(main, id, sub) : documentsPage(main));
+      break;
+    case "associations":
+      await associationsPage(main, can("ManageAssociations"), alive);
       break;
     case "access":
       await accessPage(main, me.user.name);

@@ -14,13 +14,13 @@ use crate::{
     build_release, log, online_count, release_bin, root, run, start_server, target_dir, wait_online,
 };
 
-struct Fleet {
-    server: Proc,
-    sims: Sims,
-    cli_config: PathBuf,
-    url: String,
+pub(crate) struct Fleet {
+    pub(crate) server: Proc,
+    pub(crate) sims: Sims,
+    pub(crate) cli_config: PathBuf,
+    pub(crate) url: String,
     fp: String,
-    base: PathBuf,
+    pub(crate) base: PathBuf,
     n: usize,
 }
 
@@ -31,7 +31,7 @@ struct Fleet {
 const AGENTS_PER_SIM: usize = 250;
 
 /// The simulated fleet: `drover-sim` processes of at most `AGENTS_PER_SIM` agents each.
-struct Sims(Vec<Proc>);
+pub(crate) struct Sims(Vec<Proc>);
 
 impl Sims {
     /// Registers the `n` agents' missing identities under `base`, then starts them all.
@@ -64,7 +64,7 @@ impl Sims {
         Ok(Self(procs))
     }
 
-    fn stop(&mut self) -> Result<()> {
+    pub(crate) fn stop(&mut self) -> Result<()> {
         for p in &mut self.0 {
             p.stop(Duration::from_secs(30))?;
         }
@@ -91,7 +91,7 @@ fn agents_dir(base: &Path) -> Result<PathBuf> {
 }
 
 /// A release server and `n` simulated agents, all Online.
-fn fleet(n: usize) -> Result<Fleet> {
+pub(crate) fn fleet(n: usize) -> Result<Fleet> {
     fleet_with(n, &History::default())
 }
 

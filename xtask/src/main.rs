@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use process::{clock_ticks_per_sec, cpu_ticks, memory_kib, Proc};
 
 mod bench_assoc;
+mod bench_console;
 mod bench_forward;
 mod bench_run;
 mod bench_sessions;
@@ -63,6 +64,9 @@ commands:
   bench assoc                       100 associations on rate(1 minute): the server's CPU idle
                                     (targets match no node) and applying (one command each a
                                     minute), per second and per application
+  bench console [--count N]         the console's node table in headless chromium over N
+                                    simulated nodes (default 10000): time to first rows, to
+                                    scroll through all of them, to sort and to search
   bench fanout [N ...]              ../shared/peers/fanout.sh (parallel-ssh, Ansible) with Drover
                                     as the extra contender on simulated nodes node0001..
 
@@ -164,6 +168,7 @@ fn bench(args: &[String]) -> Result<()> {
         "sessions" => bench_sessions::bench_sessions(build),
         "forward" => bench_forward::bench_forward(build),
         "assoc" => bench_assoc::bench_assoc(build),
+        "console" => bench_console::bench_console(rest, build),
         "authz" => {
             if build {
                 build_release(&[("drover-bench", "authz-bench")])?;

@@ -94,6 +94,17 @@ pub struct NodeList {
     pub next_cursor: Option<String>,
 }
 
+/// One page of the console's node table: sorted and searched on the server.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeTable {
+    /// Rows that match the filters and the search.
+    pub total: usize,
+    /// Nodes the user may see that match the filters (before the search).
+    pub visible: usize,
+    pub offset: usize,
+    pub nodes: Vec<NodeView>,
+}
+
 /// Sets and removes tags in one change.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct TagUpdate {

@@ -3,6 +3,7 @@
 //! are on events (a line in a log, a condition on the API) with a deadline, never fixed sleeps.
 //! Every child gets SIGTERM, then SIGKILL, when its handle drops.
 
+pub mod browser;
 pub mod fleet;
 pub mod wire;
 

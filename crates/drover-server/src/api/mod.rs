@@ -16,6 +16,7 @@ mod commands;
 mod documents;
 mod federation;
 mod identity;
+mod node_table;
 mod nodes;
 mod openapi;
 mod openapi_params;
@@ -48,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/nodes", get(nodes::list))
+        .route("/api/v1/node-table", get(node_table::table))
         .route("/api/v1/nodes/{id}", get(nodes::show))
         .route("/api/v1/nodes/{id}/tags", patch(nodes::tag))
         .route("/api/v1/nodes/{id}/deregister", post(nodes::deregister))

@@ -47,7 +47,7 @@ pub fn view(node: Node, online_now: bool) -> NodeView {
 }
 
 /// Parses one `filter` value: `tag:KEY=VALUE`, `platform=P`, `status=S` or `name=N`.
-fn apply_filter(q: &mut NodeQuery, f: &str) -> Result<(), ApiError> {
+pub(super) fn apply_filter(q: &mut NodeQuery, f: &str) -> Result<(), ApiError> {
     let bad = |why: &str| {
         ApiError::BadRequest(format!(
             "invalid filter {f:?}: {why}; use tag:KEY=VALUE, platform=linux|macos, \

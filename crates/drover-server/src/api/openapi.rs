@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         super::healthz,
         super::metrics,
         super::nodes::list,
+        super::node_table::table,
         super::nodes::show,
         super::nodes::tag,
         super::nodes::deregister,

@@ -56,6 +56,13 @@ fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
         // schema-driven client would otherwise pass the secret where the ID goes.
         ("path", "token_id") => string(&text(1, 128)),
         ("query", "filter") => json!({"type": "array", "items": string(&node_filter())}),
+        ("query", "search") => string(&text(0, 256)),
+        ("query", "sort") if path == "/api/v1/node-table" => {
+            json!({"type": "string", "enum": super::node_table::COLUMNS})
+        }
+        ("query", "order") => json!({"type": "string", "enum": ["asc", "desc"]}),
+        ("query", "offset") => integer(0, u32::MAX as u64),
+        ("query", "limit") if path == "/api/v1/node-table" => integer(1, 1000),
         ("query", "may") => json!({"type": "string", "enum": drover_policy::Action::all()
             .filter(|a| a.resource() == drover_policy::ResourceKind::Node)
             .map(|a| a.name())

@@ -15,6 +15,7 @@ mod oidc_flows;
 mod params;
 mod requests;
 mod secrets;
+mod table;
 mod webhooks;
 
 use std::collections::BTreeMap;

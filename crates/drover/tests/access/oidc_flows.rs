@@ -22,9 +22,10 @@ page=$(curl -sS -c "$jar" -b "$jar" -L -o /dev/null -w '%{url_effective}' \
 curl -sS -c "$jar" -b "$jar" -L -o /dev/null --data-urlencode "login=$3" "$page/login"
 "#;
 
-/// A browser on the console: its sign-in link, the provider's form, and back. Arguments: the
-/// server, its CA, the cookie jar, the user. (The console itself is not served yet: the last
-/// page, `/`, is a 404.)
+/// The console's login as HTTP sees it: its sign-in link, the provider's form, and back, with
+/// the cookies kept in a jar the test reads. Arguments: the server, its CA, the cookie jar, the
+/// user. (`a_real_browser_signs_in_to_the_console_through_the_provider` does the same in
+/// chromium.)
 const CONSOLE: &str = r#"#!/bin/sh
 set -e
 page=$(curl -sS --fail-with-body --cacert "$2" -c "$3" -b "$3" -L -o /dev/null -w '%{url_effective}' "$1/api/v1/auth/oidc/console")
@@ -183,4 +184,31 @@ async fn the_console_logs_in_through_the_provider() {
         "{}",
         r.body
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_signs_in_to_the_console_through_the_provider() {
+    let scripts = drover_testkit::browser::scripts(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let env = env();
+    let (_idp, issuer) = start_idp();
+    let server = oidc_server(&env, &issuer);
+    env.cli_ok(&["groups", "create", "engineering"]).unwrap();
+    let host = issuer
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let (ok, out) = drover_testkit::browser::run(
+        &scripts.join("oidc.mjs"),
+        &[
+            ("CONSOLE_URL", server.url.clone()),
+            ("IDP_HOST", host),
+            ("IDP_USER", "alice".into()),
+        ],
+    )
+    .unwrap();
+    println!("{out}");
+    assert!(ok, "the browser's checks failed:\n{out}");
+    assert_eq!(drover_testkit::browser::passed(&out), 4, "{out}");
 }

@@ -174,6 +174,15 @@ try {
     await page.waitForURL(/#\/documents\/Console-Check\/1$/, { timeout });
   });
 
+  await check("the association's page shows its compliance on both nodes", async () => {
+    await page.getByRole("link", { name: "Associations" }).click();
+    const row = page.locator("#associations tr", { hasText: "console-baseline" });
+    await row.filter({ hasText: "2 compliant" }).waitFor(slow);
+    await row.getByRole("button", { name: "Nodes" }).click();
+    for (const id of [nodeA, env("NODE_B")]) await page.locator(`#compliance-nodes tr[data-node="${id}"]`, { hasText: "Compliant" }).waitFor({ timeout });
+    await shot("associations");
+  });
+
   await check("a user asks for access and an operator approves it", async () => {
     await viewerAsks();
     await page.getByRole("link", { name: "Access requests" }).click();

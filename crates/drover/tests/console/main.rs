@@ -4,37 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use std::time::Duration;
 
+use drover_testkit::browser;
 use drover_testkit::{wait_status, wait_until, Env};
 
 fn env() -> Env {
     Env::new(env!("CARGO_BIN_EXE_drover")).unwrap()
-}
-
-/// The browser tests' directory, with playwright-core installed.
-fn browser_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is not installed: run `cargo xtask test` (it runs npm ci in {})",
-        dir.display()
-    );
-    dir
-}
-
-fn chromium() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| d.join("chromium"))
-        .find(|p| p.is_file());
-    found
-        .expect("chromium is not installed: run `cargo xtask test` (it installs Debian's chromium)")
 }
 
 fn create_user(env: &Env, name: &str, group: &str, password: &str) {
@@ -65,25 +44,9 @@ fn create_user(env: &Env, name: &str, group: &str, password: &str) {
     );
 }
 
-fn run_browser(script: &Path, vars: &[(&str, String)]) -> (bool, String) {
-    let out = Command::new("node")
-        .arg(script)
-        .envs(vars.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
-    let dir = browser_dir();
-    let chromium = chromium();
+    let dir = browser::scripts(env!("CARGO_MANIFEST_DIR")).unwrap();
     let env = env();
     let server = env.start_server(0, &[]).unwrap();
     create_user(&env, "ops", "admins", "ops's long password");
@@ -104,7 +67,7 @@ async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
 
     let downloads = env.path("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
-    let (ok, out) = run_browser(
+    let (ok, out) = browser::run(
         &dir.join("console.mjs"),
         &[
             ("CONSOLE_URL", server.url.clone()),
@@ -116,18 +79,14 @@ async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
                 "NODE_TAGS",
                 "calc==1+1;=2; note=<img src=x onerror=alert(1)>".into(),
             ),
-            ("CHROMIUM", chromium.display().to_string()),
             ("DOWNLOADS", downloads.display().to_string()),
         ],
-    );
+    )
+    .unwrap();
     println!("{out}");
     assert!(ok, "the browser's checks failed:\n{out}");
     // Every check ran and passed: a script that stopped early would print fewer lines.
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("ok ")).count(),
-        11,
-        "{out}"
-    );
+    assert_eq!(browser::passed(&out), 11, "{out}");
 }
 
 /// Where the browser tests save their screenshots: `target/console-screenshots/` of the
@@ -144,8 +103,7 @@ fn screenshots() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_what_a_viewer_may_not_do(
 ) {
-    let dir = browser_dir();
-    let chromium = chromium();
+    let dir = browser::scripts(env!("CARGO_MANIFEST_DIR")).unwrap();
     let env = env();
     let server = env.start_server(0, &[]).unwrap();
     create_user(&env, "ops", "admins", "ops's long password");
@@ -157,6 +115,22 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
     wait_status(&server, &[a.clone(), b.clone()], "Online")
         .await
         .unwrap();
+
+    // An association for the State Manager page: applied at creation to both nodes.
+    env.cli_ok(&[
+        "assoc",
+        "create",
+        "console-baseline",
+        "--doc",
+        "RunShellScript",
+        "--param",
+        "commands=true",
+        "--targets",
+        "all",
+        "--schedule",
+        "rate(1 day)",
+    ])
+    .unwrap();
 
     // A process for the processes tab to find and kill (node A is this machine), and a file
     // for the file tab.
@@ -173,11 +147,10 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
     let text = format!("written by the console test {}", std::process::id());
     std::fs::write(files.join("notes.txt"), &text).unwrap();
 
-    let (ok, out) = run_browser(
+    let (ok, out) = browser::run(
         &dir.join("fleet.mjs"),
         &[
             ("CONSOLE_URL", server.url.clone()),
-            ("CHROMIUM", chromium.display().to_string()),
             ("ADMIN_USER", "ops".into()),
             ("ADMIN_PASSWORD", "ops's long password".into()),
             ("VIEWER_USER", "watcher".into()),
@@ -192,7 +165,8 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
             ("FILE_TEXT", text),
             ("SCREENSHOTS", screenshots().display().to_string()),
         ],
-    );
+    )
+    .unwrap();
     // The kill the page asked for reached the process (SIGTERM: the shell says 143).
     let killed = wait_until("the sleep's shell to exit", Duration::from_secs(10), || {
         let status = sleeper.try_wait().unwrap();
@@ -205,11 +179,7 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
     }
     println!("{out}");
     assert!(ok, "the browser's checks failed:\n{out}");
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("ok ")).count(),
-        21,
-        "{out}"
-    );
+    assert_eq!(browser::passed(&out), 22, "{out}");
     assert_eq!(
         killed.as_ref().ok().and_then(|s| s.code()),
         Some(143),

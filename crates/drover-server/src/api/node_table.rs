@@ -1,0 +1,234 @@
+//! `GET /api/v1/node-table`: the console's node table, paged, sorted and searched on the
+//! server, so that a browser holds a screenful of a 10,000-node fleet rather than all of it.
+//!
+//! A page is cut from the whole ordered list of the nodes the user may see, so `total` and
+//! `offset` are exact whatever the policies hide: the server reads the nodes that match the
+//! filters, keeps those the user may read (decided once for nodes that look alike), searches
+//! and sorts them, and answers one slice. Every request starts afresh, so nothing is held
+//! between requests and any replica answers any page.
+
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use drover_api::{NodeTable, NodeView};
+use drover_store::{NodeQuery, NodeStatus};
+
+use super::nodes::{apply_filter, view};
+use super::{validate, ApiError};
+use crate::authz::{Action, Principal};
+use crate::AppState;
+
+/// The columns, as the console and its CSV report name them; sorting and search use the same
+/// text the table shows.
+pub const COLUMNS: [&str; 9] = [
+    "id",
+    "name",
+    "status",
+    "agent_version",
+    "platform",
+    "os",
+    "ip",
+    "tags",
+    "last_seen",
+];
+/// Largest page.
+const MAX_LIMIT: usize = 1000;
+/// Nodes read from the store per query while collecting.
+const READ_BATCH: usize = 10_000;
+
+struct Query {
+    store: NodeQuery,
+    search: String,
+    sort: usize,
+    descending: bool,
+    offset: usize,
+    limit: usize,
+}
+
+fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
+    let mut q = Query {
+        store: NodeQuery::default(),
+        search: String::new(),
+        sort: 1,
+        descending: false,
+        offset: 0,
+        limit: 100,
+    };
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "filter" => apply_filter(&mut q.store, &v)?,
+            "search" => {
+                validate::text("search", &v, 256)?;
+                q.search = v.to_lowercase();
+            }
+            "sort" => {
+                q.sort = COLUMNS.iter().position(|c| *c == v).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "invalid sort {v:?}: one of {}",
+                        COLUMNS.join(", ")
+                    ))
+                })?
+            }
+            "order" => {
+                q.descending = match v.as_ref() {
+                    "asc" => false,
+                    "desc" => true,
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "invalid order {v:?}: asc or desc"
+                        )))
+                    }
+                }
+            }
+            "offset" => {
+                q.offset = v.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("invalid offset {v:?}: a number from 0"))
+                })?
+            }
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "invalid limit {v:?}: a number from 1 to {MAX_LIMIT}"
+                        ))
+                    })?
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}: use filter, search, sort, order, offset or limit"
+                )))
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// A node's cells in [`COLUMNS`] order, as the table shows them.
+pub fn cells(n: &NodeView) -> [String; 9] {
+    let inv = &n.inventory;
+    [
+        n.id.clone(),
+        n.name.clone(),
+        n.status.clone(),
+        inv.agent_version.clone(),
+        inv.platform.clone(),
+        format!("{} {}", inv.os_name, inv.os_version)
+            .trim()
+            .to_string(),
+        inv.ip_addresses.join(" "),
+        n.tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        n.last_seen_at.clone().unwrap_or_default(),
+    ]
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/node-table",
+    params(
+        ("filter" = Option<Vec<String>>, Query, description = "Repeatable: tag:KEY=VALUE, platform=P, status=S, name=N"),
+        ("search" = Option<String>, Query, description = "Only rows with this text in a cell (any case)"),
+        ("sort" = Option<String>, Query, description = "id, name (default), status, agent_version, platform, os, ip, tags or last_seen"),
+        ("order" = Option<String>, Query, description = "asc (default) or desc"),
+        ("offset" = Option<usize>, Query, description = "Rows to skip"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to 1000 (default 100)"),
+    ),
+    responses((status = 200, body = NodeTable), (status = 400, body = drover_api::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn table(
+    State(state): State<Arc<AppState>>,
+    who: Principal,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<NodeTable>, ApiError> {
+    let mut q = parse(raw.as_deref())?;
+    q.store.limit = READ_BATCH;
+    let mut rows: Vec<([String; 9], NodeView)> = Vec::new();
+    let mut visible = 0;
+    loop {
+        let page = state.store.list_nodes(&q.store).await?;
+        let allowed = state
+            .authz
+            .nodes(&who, Action::ReadNode, &page.nodes, &Default::default())
+            .await?;
+        for (n, ok) in page.nodes.into_iter().zip(allowed) {
+            if !ok {
+                continue;
+            }
+            visible += 1;
+            let online = n.status == NodeStatus::Online;
+            let v = view(n, online);
+            let c = cells(&v);
+            if q.search.is_empty() || c.iter().any(|cell| cell.to_lowercase().contains(&q.search)) {
+                rows.push((c, v));
+            }
+        }
+        match page.next {
+            Some(next) => q.store.after = Some(next),
+            None => break,
+        }
+    }
+    // Ties by ID, so that pages cut from the same fleet never repeat or skip a row.
+    let key = q.sort;
+    rows.sort_by(|(a, _), (b, _)| {
+        let by = a
+            .get(key)
+            .cmp(&b.get(key))
+            .then_with(|| a.first().cmp(&b.first()));
+        if q.descending {
+            by.reverse()
+        } else {
+            by
+        }
+    });
+    let total = rows.len();
+    let nodes = rows
+        .into_iter()
+        .skip(q.offset)
+        .take(q.limit)
+        .map(|(_, v)| v)
+        .collect();
+    Ok(Json(NodeTable {
+        total,
+        visible,
+        offset: q.offset,
+        nodes,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn queries_parse_and_bad_ones_are_named() {
+        let q = parse(Some(
+            "filter=status%3Donline&search=Web&sort=last_seen&order=desc&offset=200&limit=50",
+        ))
+        .unwrap();
+        assert_eq!(q.search, "web");
+        assert_eq!(COLUMNS.get(q.sort), Some(&"last_seen"));
+        assert!(q.descending);
+        assert_eq!((q.offset, q.limit), (200, 50));
+        assert_eq!(q.store.status, Some(NodeStatus::Online));
+        for (bad, names) in [
+            ("sort=color", "sort"),
+            ("order=up", "order"),
+            ("offset=-1", "offset"),
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("page=2", "page"),
+            ("filter=bogus", "bogus"),
+        ] {
+            let err = parse(Some(bad)).err().unwrap().to_string();
+            assert!(err.contains(names), "{bad}: {err}");
+        }
+    }
+}
