@@ -51,7 +51,22 @@ export async function commandPage(main: HTMLElement, id: string, alive: () => bo
         "tbody",
         {},
         ...invs.map((i) => {
-          const full = el("details", {}, el("summary", {}, "Full output"), el("pre", { class: "output" }, output(i)));
+          const pre = el("pre", { class: "output" }, output(i));
+          const full = el("details", {}, el("summary", {}, "Full output"), pre);
+          // The list shortens long output; opening a node's reads all of it.
+          if (i.steps.some((s) => s.output_cut)) {
+            full.addEventListener(
+              "toggle",
+              () => {
+                api<InvocationView>("GET", `/api/v1/commands/${encodeURIComponent(id)}/invocations/${encodeURIComponent(i.node_id)}`)
+                  .then((whole) => {
+                    pre.textContent = output(whole);
+                  })
+                  .catch(show(error));
+              },
+              { once: true },
+            );
+          }
           return el(
             "tr",
             { "data-node": i.node_id },

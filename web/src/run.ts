@@ -19,7 +19,7 @@ export async function runPage(main: HTMLElement, alive: () => boolean, presetNod
     el("option", { value: "tags" }, "Nodes with tags"),
     el("option", { value: "all" }, "All nodes"),
   );
-  const tagInput = el("input", { id: "run-tags", placeholder: "env=prod, role=web", hidden: "" });
+  const tagInput = el("input", { id: "run-tags", placeholder: "env=prod, role=web", hidden: "", "aria-label": "Tags (KEY=VALUE, comma-separated)" });
   const nodeList = el("div", { id: "run-nodes", class: "picklist", role: "group", "aria-label": "Nodes" });
   const preview = el("p", { id: "run-preview", role: "status" });
   const concurrency = el("input", { id: "run-concurrency", value: "50" });

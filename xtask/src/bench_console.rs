@@ -19,6 +19,13 @@ pub fn bench_console(args: &[String], build: bool) -> Result<()> {
         _ => bail!("usage: cargo xtask bench console [--count N]"),
     };
     let browser = root().join("crates/drover/tests/browser");
+    let chromium = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("chromium"))
+        .find(|p| p.is_file())
+        .context("chromium is not installed: run `cargo xtask test` once (it installs it)")?;
     if !browser.join("node_modules/playwright-core").is_dir() {
         bail!(
             "playwright-core is not installed in {}: run `cargo xtask test` once (it installs it)",
@@ -30,12 +37,14 @@ pub fn bench_console(args: &[String], build: bool) -> Result<()> {
     }
     let mut f = fleet(n)?;
     let password = "the console benchmark's password";
+    // The fleet's state is kept between runs; each run signs in as a user of its own.
+    let user = format!("bench-{}", std::process::id());
     let mut create = Command::new(release_bin("drover"))
         .env("DROVER_CONFIG", &f.cli_config)
         .args([
             "users",
             "create",
-            "bench",
+            &user,
             "--group",
             "admins",
             "--password-stdin",
@@ -56,9 +65,9 @@ pub fn bench_console(args: &[String], build: bool) -> Result<()> {
     let out = Command::new("node")
         .arg(browser.join("bench.mjs"))
         .env("CONSOLE_URL", &f.url)
-        .env("CONSOLE_USER", "bench")
+        .env("CONSOLE_USER", &user)
         .env("CONSOLE_PASSWORD", password)
-        .env("CHROMIUM", "chromium")
+        .env("CHROMIUM", &chromium)
         .env("NODES", n.to_string())
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())

@@ -24,7 +24,18 @@ try {
   // The bad document the check sends is refused with a 400, and the stream without its token
   // with a 403: expected.
   watch(page, problems, /status of 401|status of 400 .*\/api\/v1\/documents\)$|WebSocket connection to .*\/stream' failed/);
-  const shot = (name) => page.screenshot({ path: join(env("SCREENSHOTS"), `${name}.png`), fullPage: true });
+  // Every form control on the pages visited has a name a screen reader reads (a label,
+  // aria-label or aria-labelledby): collected at each screenshot, checked at the end.
+  const unlabeled = new Set();
+  const shot = async (name) => {
+    const found = await page.evaluate(() =>
+      [...document.querySelectorAll("main input, main select, main textarea, main button")]
+        .filter((e) => !e.closest(".xterm, .ap-player") && !(e.labels?.length || e.getAttribute("aria-label") || e.getAttribute("aria-labelledby") || (e.tagName === "BUTTON" && e.textContent.trim())))
+        .map((e) => `${e.tagName.toLowerCase()}#${e.id || "?"}`),
+    );
+    for (const f of found) unlabeled.add(`${name}: ${f}`);
+    await page.screenshot({ path: join(env("SCREENSHOTS"), `${name}.png`), fullPage: true });
+  };
   const nodeA = env("NODE_A");
 
   // A user who may only read.
@@ -232,6 +243,21 @@ try {
       return { without, withToken };
     }, nodeA);
     if (result.without || !result.withToken) throw new Error(JSON.stringify(result));
+  });
+
+  await check("every form control has a label", async () => {
+    if (unlabeled.size) throw new Error([...unlabeled].join(", "));
+  });
+
+  await check("the dark theme is dark", async () => {
+    await page.emulateMedia({ colorScheme: "dark" });
+    await page.goto(`${url}/#/nodes`, { timeout });
+    await page.locator(`tr[data-node="${nodeA}"]`).waitFor({ timeout });
+    const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    const [r, g, b] = bg.match(/\d+/g).map(Number);
+    if (r + g + b > 150) throw new Error(`background ${bg}`);
+    await shot("nodes-dark");
+    await page.emulateMedia({ colorScheme: "light" });
   });
 
   await check("no script errors and nothing the page's policy blocked (operator)", async () => {

@@ -179,7 +179,7 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
     }
     println!("{out}");
     assert!(ok, "the browser's checks failed:\n{out}");
-    assert_eq!(browser::passed(&out), 22, "{out}");
+    assert_eq!(browser::passed(&out), 24, "{out}");
     assert_eq!(
         killed.as_ref().ok().and_then(|s| s.code()),
         Some(143),
