@@ -109,7 +109,7 @@ interface AccessRequest {
   expires_at?: string;
 }
 
-export async function accessPage(main: HTMLElement, me: string): Promise<void> {
+export async function accessPage(main: HTMLElement, me: string, canApprove: boolean): Promise<void> {
   const targets = el("input", { id: "access-targets", placeholder: "node ID, name, or tag:KEY=VALUE" });
   const actions = el("input", { id: "access-actions", value: "StartSession" });
   const reason = el("input", { id: "access-reason", required: "" });
@@ -147,8 +147,8 @@ export async function accessPage(main: HTMLElement, me: string): Promise<void> {
         requests.map((r) => {
           const acts = el("td", {});
           // The server refuses an approval by the requester and by anyone not allowed to approve.
-          if (r.status === "Pending" && r.requester !== me) acts.append(verdict(r, "approve"), " ", verdict(r, "deny"));
-          if (r.status === "Approved") acts.append(verdict(r, "revoke"));
+          if (canApprove && r.status === "Pending" && r.requester !== me) acts.append(verdict(r, "approve"), " ", verdict(r, "deny"));
+          if (canApprove && r.status === "Approved") acts.append(verdict(r, "revoke"));
           const row = cells(r.id, r.requester, r.actions.join(", "), r.nodes.join(", "), r.reason, `${Math.round(r.duration_secs / 60)} min`, r.status, r.expires_at ?? "");
           row.append(acts);
           return row;

@@ -102,6 +102,8 @@ export interface WhoAmI {
   user: { name: string };
   /// The actions on the server itself this session may take (ReadAudit, ReadUsers, ...).
   server_actions: string[];
+  /// The actions on documents it may take whatever the name (CreateDocument, ...).
+  document_actions: string[];
 }
 
 export interface AuthMethods {

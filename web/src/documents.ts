@@ -5,10 +5,10 @@ import { api, ApiError, type DocumentView } from "./api";
 import { el } from "./dom";
 import { show } from "./run";
 
-export async function documentsPage(main: HTMLElement): Promise<void> {
+export async function documentsPage(main: HTMLElement, canCreate: boolean): Promise<void> {
   const list = await api<{ documents: DocumentView[] }>("GET", "/api/v1/documents");
   main.replaceChildren(
-    el("div", { class: "row" }, el("h1", {}, "Documents"), el("a", { class: "button", href: "#/documents/new", id: "new-document" }, "New document")),
+    el("div", { class: "row" }, el("h1", {}, "Documents"), ...(canCreate ? [el("a", { class: "button", href: "#/documents/new", id: "new-document" }, "New document")] : [])),
     el(
       "div",
       { class: "scroll" },

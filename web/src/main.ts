@@ -79,10 +79,24 @@ function loginPage(): void {
 let generation = 0;
 
 async function route(): Promise<void> {
-  const me = await whoami();
-  if (!me) return loginPage();
+  // Counted and given a container of its own before anything is awaited: a slower, older
+  // navigation then renders into a container no longer shown, never over this one.
   const mine = ++generation;
   const alive = () => mine === generation;
+  const view = el("div", { class: "page" });
+  main.replaceChildren(view);
+  try {
+    await render(view, alive);
+  } catch (e) {
+    // Only the page still shown says what went wrong.
+    if (alive()) view.replaceChildren(el("p", { class: "error", role: "alert" }, e instanceof Error ? e.message : String(e)));
+  }
+}
+
+async function render(view: HTMLElement, alive: () => boolean): Promise<void> {
+  const me = await whoami();
+  if (!alive()) return;
+  if (!me) return loginPage();
   who.textContent = me.user.name;
   nav.hidden = false;
   logout.hidden = false;
@@ -107,47 +121,43 @@ async function route(): Promise<void> {
   if (page !== "terminal") main.focus();
   switch (page) {
     case "run":
-      await runPage(main, alive, id || undefined);
+      await runPage(view, alive, id || undefined);
       break;
     case "commands":
-      await (id ? commandPage(main, id, alive) : commandsPage(main));
+      await (id ? commandPage(view, id, alive) : commandsPage(view));
       break;
     case "sessions":
       // The terminal and the player are big: loaded when first used.
-      await (id ? (await import("./replay")).replayPage(main, id) : (await import("./sessions")).sessionsPage(main));
+      await (id ? (await import("./replay")).replayPage(view, id) : (await import("./sessions")).sessionsPage(view));
       break;
     case "documents":
-      await (id ? documentPage(main, id, sub) : documentsPage(main));
+      await (id ? documentPage(view, id, sub) : documentsPage(view, me.document_actions.includes("CreateDocument")));
       break;
     case "associations":
-      await associationsPage(main, can("ManageAssociations"), alive);
+      await associationsPage(view, can("ManageAssociations"), alive);
       break;
     case "access":
-      await accessPage(main, me.user.name);
+      await accessPage(view, me.user.name, await mayOnAny("ApproveAccess").catch(() => false));
       break;
     case "audit":
-      await auditPage(main);
+      await auditPage(view);
       break;
     case "users":
-      await usersPage(main, can("ReadPolicies"));
+      await usersPage(view, can("ReadPolicies"));
       break;
     case "terminal":
-      await (await import("./terminal")).terminalPage(main, id, alive);
+      await (await import("./terminal")).terminalPage(view, id, alive);
       break;
     case "nodes":
       if (id) {
-        await nodePage(main, id, sub, alive);
+        await nodePage(view, id, sub, alive);
         break;
       }
-      await nodesPage(main);
+      await nodesPage(view);
       break;
     default:
-      await nodesPage(main);
+      await nodesPage(view);
   }
-}
-
-function showError(e: unknown): void {
-  main.replaceChildren(el("p", { class: "error", role: "alert" }, e instanceof Error ? e.message : String(e)));
 }
 
 logout.addEventListener("click", () => {
@@ -157,7 +167,5 @@ logout.addEventListener("click", () => {
     .finally(() => loginPage());
 });
 onSignedOut(loginPage);
-window.addEventListener("hashchange", () => {
-  route().catch(showError);
-});
-route().catch(showError);
+window.addEventListener("hashchange", () => void route());
+void route();

@@ -26,15 +26,19 @@ interface Table {
 interface View {
   status: string;
   platform: string;
+  /// `KEY=VALUE`: only nodes with that tag (the API's `tag:` filter).
+  tag: string;
   search: string;
   sort: number;
   descending: boolean;
 }
 
 export async function nodesPage(main: HTMLElement): Promise<void> {
-  const view: View = { status: "", platform: "", search: "", sort: 1, descending: false };
+  const view: View = { status: "", platform: "", tag: "", search: "", sort: 1, descending: false };
   const status = select("Status", ["", "online", "connectionlost", "inactive"], ["Any", "Online", "Connection lost", "Inactive"]);
   const platform = select("Platform", ["", "linux", "macos"], ["Any", "Linux", "macOS"]);
+  const tag = el("input", { id: "node-tag", placeholder: "KEY=VALUE", size: "16" });
+  const tagLabel = el("label", { for: "node-tag" }, "Tag");
   const search = el("input", { type: "search", id: "node-search", placeholder: "Search name, ID, IP, tag" });
   const searchLabel = el("label", { for: "node-search" }, "Search");
   const download = el("button", { type: "button", id: "download-report" }, "Download report");
@@ -44,7 +48,7 @@ export async function nodesPage(main: HTMLElement): Promise<void> {
   const scroller = el("div", { class: "vscroll", id: "node-scroll" }, table);
   main.replaceChildren(
     el("h1", {}, "Nodes"),
-    el("div", { class: "filters" }, status.label, status.select, platform.label, platform.select, searchLabel, search, download),
+    el("div", { class: "filters" }, status.label, status.select, platform.label, platform.select, tagLabel, tag, searchLabel, search, download),
     count,
     scroller,
   );
@@ -59,6 +63,7 @@ export async function nodesPage(main: HTMLElement): Promise<void> {
     const q = new URLSearchParams();
     if (view.status) q.append("filter", `status=${view.status}`);
     if (view.platform) q.append("filter", `platform=${view.platform}`);
+    if (view.tag) q.append("filter", `tag:${view.tag}`);
     if (view.search) q.set("search", view.search);
     q.set("sort", SORT_KEYS[view.sort] ?? "name");
     q.set("order", view.descending ? "desc" : "asc");
@@ -169,6 +174,15 @@ export async function nodesPage(main: HTMLElement): Promise<void> {
   });
   platform.select.addEventListener("change", () => {
     view.platform = platform.select.value;
+    void restart().catch(show(count));
+  });
+  tag.addEventListener("change", () => {
+    const t = tag.value.trim();
+    if (t && !t.includes("=")) {
+      count.textContent = "A tag filter is KEY=VALUE";
+      return;
+    }
+    view.tag = t;
     void restart().catch(show(count));
   });
   // The server searches; wait for a pause in the typing before asking.

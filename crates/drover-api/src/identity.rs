@@ -158,6 +158,10 @@ pub struct WhoAmI {
     /// now: what the console offers. The server decides each request again.
     #[serde(default)]
     pub server_actions: Vec<String>,
+    /// The actions on documents (`CreateDocument`, ...) this token may take whatever the
+    /// document's name: what the console offers before a name is given.
+    #[serde(default)]
+    pub document_actions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

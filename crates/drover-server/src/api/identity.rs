@@ -300,28 +300,37 @@ pub async fn whoami(
         .into_iter()
         .find(|t| t.id == who.token_id)
         .ok_or(super::ApiError::Unauthorized)?;
+    // Decided without `check`, which logs every refusal: these are questions, not requests.
+    // A document action is asked of a document with no name: a policy that allows it only by
+    // name prefix does not match, so the console offers it to those allowed it outright.
     let mut server_actions = Vec::new();
-    for action in Action::all().filter(|a| a.resource() == drover_policy::ResourceKind::Server) {
-        // Decided without `check`, which logs every refusal: these are questions, not requests.
+    let mut document_actions = Vec::new();
+    let no_name = drover_policy::Resource::Document {
+        name: String::new(),
+    };
+    for action in Action::all() {
+        let (resource, list) = match action.resource() {
+            drover_policy::ResourceKind::Server => {
+                (&drover_policy::Resource::Server, &mut server_actions)
+            }
+            drover_policy::ResourceKind::Document => (&no_name, &mut document_actions),
+            _ => continue,
+        };
         let allowed = crate::authz::scoped(&who, action).is_ok()
             && state
                 .authz
-                .explain(
-                    &who.user,
-                    action,
-                    &drover_policy::Resource::Server,
-                    &Default::default(),
-                )
+                .explain(&who.user, action, resource, &Default::default())
                 .await?
                 .allowed;
         if allowed {
-            server_actions.push(action.name().to_string());
+            list.push(action.name().to_string());
         }
     }
     Ok(Json(WhoAmI {
         user: user_view(user),
         token: token_view(token),
         server_actions,
+        document_actions,
     }))
 }
 

@@ -34,6 +34,8 @@ pub const COLUMNS: [&str; 9] = [
 ];
 /// Largest page.
 const MAX_LIMIT: usize = 1000;
+/// Largest offset: far past any fleet, and what the OpenAPI document declares.
+pub const MAX_OFFSET: usize = u32::MAX as usize;
 /// Nodes read from the store per query while collecting.
 const READ_BATCH: usize = 10_000;
 
@@ -82,9 +84,15 @@ fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
                 }
             }
             "offset" => {
-                q.offset = v.parse().map_err(|_| {
-                    ApiError::BadRequest(format!("invalid offset {v:?}: a number from 0"))
-                })?
+                q.offset = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= MAX_OFFSET)
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "invalid offset {v:?}: a number from 0 to {MAX_OFFSET}"
+                        ))
+                    })?
             }
             "limit" => {
                 q.limit = v
@@ -222,6 +230,7 @@ mod tests {
             ("sort=color", "sort"),
             ("order=up", "order"),
             ("offset=-1", "offset"),
+            ("offset=4294967296", "offset"),
             ("limit=0", "limit"),
             ("limit=1001", "limit"),
             ("page=2", "page"),

@@ -61,7 +61,7 @@ fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
             json!({"type": "string", "enum": super::node_table::COLUMNS})
         }
         ("query", "order") => json!({"type": "string", "enum": ["asc", "desc"]}),
-        ("query", "offset") => integer(0, u32::MAX as u64),
+        ("query", "offset") => integer(0, super::node_table::MAX_OFFSET as u64),
         ("query", "limit") if path == "/api/v1/node-table" => integer(1, 1000),
         ("query", "may") => json!({"type": "string", "enum": drover_policy::Action::all()
             .filter(|a| a.resource() == drover_policy::ResourceKind::Node)

@@ -70,6 +70,19 @@ try {
     await page.getByLabel("Search").fill(env("NODE_NAME"));
     await nodeRow().waitFor({ timeout });
   });
+  await check("the tag filter keeps the nodes with that tag", async () => {
+    await page.getByLabel("Search").fill("");
+    await page.getByLabel("Tag", { exact: true }).fill("calc=nope");
+    await page.getByLabel("Tag", { exact: true }).press("Enter");
+    await page.getByRole("status").filter({ hasText: /^0 of 0 nodes$/ }).waitFor({ timeout });
+    // A value with "=" in it: the first "=" ends the key.
+    await page.getByLabel("Tag", { exact: true }).fill("calc==1+1;=2");
+    await page.getByLabel("Tag", { exact: true }).press("Enter");
+    await page.getByRole("status").filter({ hasText: /^1 of 1 nodes$/ }).waitFor({ timeout });
+    await nodeRow().waitFor({ timeout });
+    await page.getByLabel("Tag", { exact: true }).fill("");
+    await page.getByLabel("Tag", { exact: true }).press("Enter");
+  });
   await check("the CSV report downloads with the node's row", async () => {
     const [download] = await Promise.all([
       page.waitForEvent("download", { timeout }),

@@ -9,9 +9,12 @@
 // FILE_TEXT (a file the test wrote), SCREENSHOTS (a directory).
 
 import { join } from "node:path";
-import { checker, env, launch, login, timeout, watch } from "./lib.mjs";
+import { checker, env, launch, login, relay, timeout, watch } from "./lib.mjs";
 
-const url = env("CONSOLE_URL");
+// The operator's page goes through a relay the test can cut, to see the terminal resume.
+const direct = env("CONSOLE_URL");
+const via = await relay(direct);
+const url = via.url;
 const browser = await launch();
 const { check, failed } = checker();
 const slow = { timeout: 60_000 };
@@ -120,6 +123,20 @@ try {
     await page.keyboard.type("echo size-$(stty size | tr ' ' x)\n");
     await page.locator("#terminal .xterm-rows").filter({ hasText: `size-${rows}x${cols}` }).waitFor(slow);
     await page.setViewportSize({ width: 1280, height: 800 });
+  });
+
+  await check("a lost connection resumes the terminal: what was typed meanwhile runs once", async () => {
+    const sockets = [];
+    page.on("websocket", (ws) => sockets.push(ws));
+    via.drop();
+    // Typed while the connection is down: kept, and sent again once the terminal is back.
+    await page.keyboard.type("echo resumed-$((2+3))-once\n");
+    await page.locator("#terminal .xterm-rows").filter({ hasText: "resumed-5-once" }).waitFor(slow);
+    if (sockets.length < 1) throw new Error("the terminal did not attach again");
+    // Once: the output line (not the echoed command line) is on the screen once.
+    const lines = await page.locator("#terminal .xterm-rows > div").allInnerTexts();
+    const n = lines.filter((l) => l.trim() === "resumed-5-once").length;
+    if (n !== 1) throw new Error(`the output is there ${n} times: ${JSON.stringify(lines.filter((l) => l.trim()))}`);
   });
 
   await check("ending the terminal's shell ends its session", async () => {
@@ -273,8 +290,17 @@ try {
     await viewer.getByRole("heading", { name: env("NODE_A_NAME") }).waitFor({ timeout });
     await viewer.getByRole("link", { name: "Overview" }).waitFor({ timeout });
     if (await viewer.locator("#run-on-node").count()) throw new Error("the node page offers Run command");
+    if (await viewer.locator("#processes, #tab-processes button.danger").count()) throw new Error("a kill is offered");
     // Connect is what the approved request granted, on this node.
     await viewer.locator("#connect").waitFor({ timeout });
+  });
+  await check("nor New document, nor approving others' requests", async () => {
+    await viewer.getByRole("link", { name: "Documents" }).click();
+    await viewer.locator("#documents tr[data-document=RunShellScript]").waitFor({ timeout });
+    if (await viewer.locator("#new-document").count()) throw new Error("New document is offered");
+    await viewer.getByRole("link", { name: "Access requests" }).click();
+    await viewer.locator("#access-requests").waitFor({ timeout });
+    if (await viewer.getByRole("button", { name: /^(Approve|Deny|Revoke)$/ }).count()) throw new Error("a verdict is offered");
   });
   await check("and the API refuses that user's command anyway", async () => {
     const status = await viewer.evaluate(async (node) => {
@@ -293,5 +319,6 @@ try {
   });
 } finally {
   await browser.close();
+  via.close();
 }
 process.exit(failed() ? 1 : 0);

@@ -57,3 +57,41 @@ export async function login(page, user, password) {
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("heading", { name: "Nodes" }).waitFor({ timeout });
 }
+
+/// A TCP relay on loopback in front of `url` (https://HOST:PORT): the page can be loaded
+/// through it, and `drop()` cuts every connection it carries, as a network that goes away
+/// does (new connections are relayed again).
+export async function relay(url) {
+  const net = await import("node:net");
+  const target = new URL(url);
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port), target.hostname);
+    sockets.add(client);
+    sockets.add(upstream);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    for (const s of [client, upstream]) {
+      s.on("error", end);
+      s.on("close", end);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `https://127.0.0.1:${server.address().port}`,
+    drop() {
+      for (const s of sockets) s.destroy();
+      sockets.clear();
+    },
+    close() {
+      this.drop();
+      server.close();
+    },
+  };
+}

@@ -86,7 +86,7 @@ async fn the_console_logs_in_lists_the_nodes_and_downloads_the_report() {
     println!("{out}");
     assert!(ok, "the browser's checks failed:\n{out}");
     // Every check ran and passed: a script that stopped early would print fewer lines.
-    assert_eq!(browser::passed(&out), 11, "{out}");
+    assert_eq!(browser::passed(&out), 12, "{out}");
 }
 
 /// Where the browser tests save their screenshots: `target/console-screenshots/` of the
@@ -179,7 +179,7 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
     }
     println!("{out}");
     assert!(ok, "the browser's checks failed:\n{out}");
-    assert_eq!(browser::passed(&out), 24, "{out}");
+    assert_eq!(browser::passed(&out), 26, "{out}");
     assert_eq!(
         killed.as_ref().ok().and_then(|s| s.code()),
         Some(143),
