@@ -148,7 +148,8 @@ export async function accessPage(main: HTMLElement, me: string, canApprove: bool
           const acts = el("td", {});
           // The server refuses an approval by the requester and by anyone not allowed to approve.
           if (canApprove && r.status === "Pending" && r.requester !== me) acts.append(verdict(r, "approve"), " ", verdict(r, "deny"));
-          if (canApprove && r.status === "Approved") acts.append(verdict(r, "revoke"));
+          // An approved grant may be revoked by an approver, or given up by its requester.
+          if ((canApprove || r.requester === me) && r.status === "Approved") acts.append(verdict(r, "revoke"));
           const row = cells(r.id, r.requester, r.actions.join(", "), r.nodes.join(", "), r.reason, `${Math.round(r.duration_secs / 60)} min`, r.status, r.expires_at ?? "");
           row.append(acts);
           return row;

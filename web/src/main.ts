@@ -14,6 +14,9 @@ import { nodesPage } from "./nodes";
 import { runPage } from "./run";
 
 const main = document.getElementById("main") as HTMLElement;
+// Each navigation is a generation: a page's loops (a command's live view, the performance
+// tab, a terminal) stop once another page is shown.
+let generation = 0;
 const who = document.getElementById("who") as HTMLElement;
 const nav = document.getElementById("nav") as HTMLElement;
 const logout = document.getElementById("logout") as HTMLButtonElement;
@@ -28,6 +31,8 @@ async function whoami(): Promise<WhoAmI | undefined> {
 }
 
 function loginPage(): void {
+  // The page shown before stops its loops (a live view polling would sign out again).
+  generation++;
   const user = el("input", { id: "login-user", name: "username", autocomplete: "username", required: "" });
   const password = el("input", {
     id: "login-password",
@@ -74,9 +79,6 @@ function loginPage(): void {
   user.focus();
 }
 
-// Each navigation is a generation: a page's loops (a command's live view, the performance
-// tab, a terminal) stop once another page is shown.
-let generation = 0;
 
 async function route(): Promise<void> {
   // Counted and given a container of its own before anything is awaited: a slower, older

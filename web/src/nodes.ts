@@ -12,7 +12,7 @@ const SORT_KEYS = ["id", "name", "status", "agent_version", "platform", "os", "i
 /// Every row is this tall (style.css keeps it so), which is what lets the table draw only the
 /// rows in view and still scroll over all of them.
 const ROW_HEIGHT = 33;
-const PAGE = 200;
+const PAGE = 500;
 /// Rows drawn above and below the window, so a scroll shows rows, not a gap.
 const OVERSCAN = 20;
 
@@ -88,6 +88,11 @@ export async function nodesPage(main: HTMLElement): Promise<void> {
   };
 
   const setCount = (t: Table) => {
+    // The fleet changed between two pages: the pages held may not fit together any more.
+    if (pages.size > 1 && t.total !== total) {
+      void restart().catch(show(count));
+      return;
+    }
     total = t.total;
     count.textContent = `${t.total} of ${t.visible} nodes`;
   };
@@ -126,8 +131,8 @@ export async function nodesPage(main: HTMLElement): Promise<void> {
     drawQueued = true;
     requestAnimationFrame(() => {
       drawQueued = false;
-      const first = Math.max(0, Math.floor(scroller.scrollTop / ROW_HEIGHT) - OVERSCAN);
       const last = Math.min(total, Math.ceil((scroller.scrollTop + scroller.clientHeight) / ROW_HEIGHT) + OVERSCAN);
+      const first = Math.min(last, Math.max(0, Math.floor(scroller.scrollTop / ROW_HEIGHT) - OVERSCAN));
       const rows: HTMLTableRowElement[] = [spacer(first)];
       for (let i = first; i < last; i++) {
         const n = pages.get(Math.floor(i / PAGE))?.[i % PAGE];
@@ -167,7 +172,9 @@ export async function nodesPage(main: HTMLElement): Promise<void> {
   };
 
   scroller.addEventListener("scroll", draw, { passive: true });
-  window.addEventListener("resize", draw);
+  // Redrawn when the window changes size, for as long as this table is shown.
+  const resized = () => (scroller.isConnected ? draw() : window.removeEventListener("resize", resized));
+  window.addEventListener("resize", resized);
   status.select.addEventListener("change", () => {
     view.status = status.select.value;
     void restart().catch(show(count));

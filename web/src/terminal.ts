@@ -119,11 +119,15 @@ export async function terminalPage(main: HTMLElement, node: string, alive: () =>
   box.dataset.rows = String(term.rows);
   term.attachCustomKeyEventHandler((e) => {
     if (e.type !== "keydown" || !e.ctrlKey || !e.shiftKey) return true;
+    // The browser's own meaning of these keys (Ctrl+Shift+V pastes as plain text) would act
+    // a second time.
     if (e.code === "KeyC") {
+      e.preventDefault();
       void navigator.clipboard.writeText(term.getSelection()).catch(() => undefined);
       return false;
     }
     if (e.code === "KeyV") {
+      e.preventDefault();
       void navigator.clipboard.readText().then((t) => term.paste(t)).catch(() => undefined);
       return false;
     }

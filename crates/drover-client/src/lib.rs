@@ -250,7 +250,6 @@ impl Client {
             .await
     }
 
-    /// Every node matching `filters`, following pages.
     /// One page of the console's node table: `query` is its query string
     /// (`sort=name&order=desc&offset=0&limit=100&search=web&filter=...`).
     pub async fn node_table(&self, query: &str) -> Result<drover_api::NodeTable, ClientError> {
@@ -258,6 +257,7 @@ impl Client {
             .await
     }
 
+    /// Every node matching `filters`, following pages.
     pub async fn list_nodes(&self, filters: &[String]) -> Result<Vec<NodeView>, ClientError> {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;

@@ -68,7 +68,13 @@ pub struct AppState {
     pub assoc: assoc::Scheduler,
     /// Federated login, when an identity provider is configured.
     pub oidc: Option<oidc::Oidc>,
+    /// Requests that read the whole fleet at once (the console's node table) run a few at a
+    /// time, so that many of them cannot hold the store from everything else.
+    pub fleet_scans: Arc<tokio::sync::Semaphore>,
 }
+
+/// Whole-fleet reads at once (see `AppState::fleet_scans`).
+const FLEET_SCANS: usize = 2;
 
 /// Creates `SessionManagerRunShell` with the default preferences on first start, so that
 /// operators change them by updating it (`drover docs update`).
@@ -162,6 +168,7 @@ impl Server {
         seed_session_preferences(data.store.as_ref(), now).await?;
         let oidc = config.oidc.clone().map(oidc::Oidc::new).transpose()?;
         let state = Arc::new(AppState {
+            fleet_scans: Arc::new(tokio::sync::Semaphore::new(FLEET_SCANS)),
             admission: admission::Admission::new(config.limits.clone()),
             config,
             store: data.store.clone(),

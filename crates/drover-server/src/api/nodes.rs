@@ -15,12 +15,19 @@ use crate::{secrets, AppState};
 /// Default and largest page sizes: one page of 10,000 nodes is about 6 MB of JSON.
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
+/// Smallest batch read from the store for a page.
+const READ_AT_LEAST: usize = 256;
 
 pub fn view(node: Node, online_now: bool) -> NodeView {
+    view_at(node, online_now, secrets::now())
+}
+
+/// [`view`] with the time it is now, for answers of many nodes that must agree on it.
+pub fn view_at(node: Node, online_now: bool, now: i64) -> NodeView {
     let inv = node.inventory;
     // The store keeps connect and disconnect times; a node connected now was seen now.
     let last_seen = if online_now {
-        Some(super::rfc3339(secrets::now()))
+        Some(super::rfc3339(now))
     } else {
         (node.last_seen_at > 0).then(|| super::rfc3339(node.last_seen_at))
     };
@@ -164,35 +171,62 @@ pub async fn list(
     who: Principal,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<NodeList>, ApiError> {
-    let (q, also) = parse_query(raw.as_deref())?;
-    let page = state.store.list_nodes(&q).await?;
-    // A page shows only the nodes the user may see; the cursor still walks the whole fleet.
-    let mut visible = state
-        .authz
-        .nodes(&who, Action::ReadNode, &page.nodes, &Default::default())
-        .await?;
-    if let Some(action) = also.action {
-        let allowed = state
+    let (mut q, also) = parse_query(raw.as_deref())?;
+    let limit = q.limit;
+    // Read in batches of at least a few hundred, however small the page: a user who may see
+    // few nodes of a big fleet reads past the others in a few queries, not one per node.
+    q.limit = limit.max(READ_AT_LEAST);
+    if crate::authz::scoped(&who, Action::ReadNode).is_err() {
+        return Ok(Json(NodeList {
+            nodes: Vec::new(),
+            next_cursor: None,
+        }));
+    }
+    // A page is `limit` nodes the user may see, read on past the ones it may not; the cursor
+    // is the last node shown, so it never names a node the user may not see.
+    let now = secrets::now();
+    let mut nodes = Vec::new();
+    let mut more = false;
+    loop {
+        let page = state.store.list_nodes(&q).await?;
+        let mut shown = state
             .authz
-            .nodes(&who, action, &page.nodes, &also.ctx)
+            .nodes(&who, Action::ReadNode, &page.nodes, &Default::default())
             .await?;
-        for (v, a) in visible.iter_mut().zip(allowed) {
-            *v &= a;
+        if let Some(action) = also.action {
+            let allowed = state
+                .authz
+                .nodes(&who, action, &page.nodes, &also.ctx)
+                .await?;
+            for (v, a) in shown.iter_mut().zip(allowed) {
+                *v &= a;
+            }
+        }
+        let mut rest = page.nodes.into_iter().zip(shown);
+        for (n, ok) in rest.by_ref() {
+            if ok {
+                let online = n.status == NodeStatus::Online;
+                nodes.push(view_at(n, online, now));
+                if nodes.len() == limit {
+                    break;
+                }
+            }
+        }
+        if nodes.len() == limit {
+            more = rest.next().is_some() || page.next.is_some();
+            break;
+        }
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => break,
         }
     }
-    Ok(Json(NodeList {
-        nodes: page
-            .nodes
-            .into_iter()
-            .zip(visible)
-            .filter_map(|(n, v)| v.then_some(n))
-            .map(|n| {
-                let online = n.status == NodeStatus::Online;
-                view(n, online)
-            })
-            .collect(),
-        next_cursor: page.next.map(|id| id.to_string()),
-    }))
+    let next_cursor = if more {
+        nodes.last().map(|n| n.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(NodeList { nodes, next_cursor }))
 }
 
 /// Finds a node and checks that `who` may take `action` on it. A node the user may not even
@@ -374,7 +408,7 @@ mod tests {
             "limit=10001",
             "cursor=x",
             "page=2",
-            // An action not taken on a node, an unknown one, a context without its action.
+            // An action not taken on a node, an unknown one.
             "may=ManageUsers",
             "may=Everything",
             "may=SendCommand&document=a%20b",

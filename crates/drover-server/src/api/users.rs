@@ -462,6 +462,7 @@ pub async fn revoke_token(
         let why = format!("its token was revoked by {}", who.user.name);
         ended += state.sessions.end_for_token(id, &why).await;
     }
-    tracing::info!(user = %name, %token, by = %who.user.name, sessions_ended = ended, "revoked an API token");
+    // The IDs revoked, not the path's text: a secret sent there by mistake stays out of the log.
+    tracing::info!(user = %name, tokens = ?revoked, by = %who.user.name, sessions_ended = ended, "revoked an API token");
     Ok(StatusCode::NO_CONTENT)
 }

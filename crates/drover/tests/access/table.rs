@@ -1,5 +1,6 @@
 //! The console's node table (`GET /api/v1/node-table`): sorted, searched and paged on the
-//! server, over exactly the nodes each user may see.
+//! server, over exactly the nodes each user may see; and the node list's cursor, which never
+//! names a node the user may not see.
 
 use drover_testkit::Env;
 
@@ -65,6 +66,32 @@ async fn the_node_table_sorts_searches_and_pages_only_what_the_user_may_see() {
     );
     let none = alice.node_table("search=blue").await.unwrap();
     assert_eq!((none.total, none.visible, none.nodes.len()), (0, 3, 0));
+    // The node list's pages are full pages of what she may see, and its cursor is always a
+    // node she may see: walking it one node at a time never names another department's.
+    let mut cursor: Option<String> = None;
+    let mut walked = Vec::new();
+    loop {
+        let page = alice
+            .list_nodes_page(&[], Some(1), cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.nodes.len() <= 1);
+        walked.extend(page.nodes.iter().map(|n| n.name.clone()));
+        match page.next_cursor {
+            Some(c) => {
+                let named = admin.get_node(&c).await.unwrap();
+                assert_eq!(
+                    named.tags.get("department").map(String::as_str),
+                    Some("Amber"),
+                    "{c}"
+                );
+                cursor = Some(c);
+            }
+            None => break,
+        }
+    }
+    walked.sort();
+    assert_eq!(walked, ["amber-1", "amber-2", "amber-3"].map(String::from));
     // Past the end: an empty page, the same total.
     let past = alice.node_table("offset=10").await.unwrap();
     assert_eq!((past.total, past.nodes.len()), (3, 0));

@@ -59,7 +59,8 @@ try {
   }, nodes);
   if (!scroll.last) throw new Error("the last row was never drawn");
 
-  // Sort by name, descending (two clicks: ascending is the default), and search.
+  // Sort by name, descending (one click: the table is sorted by name, ascending, already),
+  // and search.
   const firstId = () => page.locator("#nodes tr[data-node]").first().getAttribute("data-node");
   await page.evaluate(() => (document.getElementById("node-scroll").scrollTop = 0));
   const before = await firstId();

@@ -125,6 +125,27 @@ try {
     await page.setViewportSize({ width: 1280, height: 800 });
   });
 
+  await check("paste (Ctrl+Shift+V) types the clipboard; copy (Ctrl+Shift+C) takes the selection", async () => {
+    await page.evaluate(() => navigator.clipboard.writeText("echo pasted-$((4*4))-text"));
+    await page.keyboard.press("Control+Shift+V");
+    // The shell takes a paste as text (bracketed paste), not as keys: Enter runs it.
+    await page.locator("#terminal .xterm-rows").filter({ hasText: "echo pasted-$((4*4))-text" }).waitFor(slow);
+    await page.keyboard.press("Enter");
+    // The output line, not the command line (which has "echo" and the arithmetic).
+    const out = page.locator("#terminal .xterm-rows > div").filter({ hasText: "pasted-16-text" }).filter({ hasNotText: "echo" });
+    await out.waitFor({ timeout }).catch(async (e) => {
+      const rows = await page.locator("#terminal .xterm-rows > div").allInnerTexts();
+      throw new Error(`${e.message.split("\n")[0]}; the terminal shows ${JSON.stringify(rows.filter((r) => r.trim()))}`);
+    });
+    // A double click on the line's first characters selects that word, as in any terminal.
+    // (The mouse, at the row's place: xterm's own layers lie over its rows.)
+    const at = await out.boundingBox();
+    if (!at) throw new Error("the output line has no box");
+    await page.mouse.dblclick(at.x + 12, at.y + at.height / 2);
+    await page.keyboard.press("Control+Shift+C");
+    await page.waitForFunction(async () => (await navigator.clipboard.readText()) === "pasted-16-text", null, slow);
+  });
+
   await check("a lost connection resumes the terminal: what was typed meanwhile runs once", async () => {
     const sockets = [];
     page.on("websocket", (ws) => sockets.push(ws));
@@ -300,7 +321,9 @@ try {
     if (await viewer.locator("#new-document").count()) throw new Error("New document is offered");
     await viewer.getByRole("link", { name: "Access requests" }).click();
     await viewer.locator("#access-requests").waitFor({ timeout });
-    if (await viewer.getByRole("button", { name: /^(Approve|Deny|Revoke)$/ }).count()) throw new Error("a verdict is offered");
+    if (await viewer.getByRole("button", { name: /^(Approve|Deny)$/ }).count()) throw new Error("a verdict is offered");
+    // Its own approved grant, it may give up.
+    await viewer.locator("#access-requests tr", { hasText: "console test reason" }).getByRole("button", { name: "Revoke" }).waitFor({ timeout });
   });
   await check("and the API refuses that user's command anyway", async () => {
     const status = await viewer.evaluate(async (node) => {

@@ -179,10 +179,38 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
     }
     println!("{out}");
     assert!(ok, "the browser's checks failed:\n{out}");
-    assert_eq!(browser::passed(&out), 26, "{out}");
+    assert_eq!(browser::passed(&out), 27, "{out}");
     assert_eq!(
         killed.as_ref().ok().and_then(|s| s.code()),
         Some(143),
         "the process the page killed: {killed:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_table_scrolls_sorts_and_searches_a_fleet_of_several_pages() {
+    const NODES: usize = 1200;
+    let dir = browser::scripts(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let env = env();
+    let server = env.start_server(0, &[]).unwrap();
+    create_user(&env, "ops", "admins", "ops's long password");
+    // Real agents, in this process: a process each would not fit.
+    let fleet = drover_testkit::fleet::Fleet::start(&server, &env.path("fleet"), "web", NODES)
+        .await
+        .unwrap();
+    let (ok, out) = browser::run(
+        &dir.join("table.mjs"),
+        &[
+            ("CONSOLE_URL", server.url.clone()),
+            ("CONSOLE_USER", "ops".into()),
+            ("CONSOLE_PASSWORD", "ops's long password".into()),
+            ("NODES", NODES.to_string()),
+            ("PREFIX", "web".into()),
+        ],
+    )
+    .unwrap();
+    fleet.stop().await;
+    println!("{out}");
+    assert!(ok, "the browser's checks failed:\n{out}");
+    assert_eq!(browser::passed(&out), 6, "{out}");
 }
