@@ -6,7 +6,8 @@
 // Environment: CONSOLE_URL, CHROMIUM, ADMIN_USER, ADMIN_PASSWORD, VIEWER_USER,
 // VIEWER_PASSWORD, NODE_A (ID), NODE_A_NAME, NODE_B, NODE_B_NAME, PROC_MARK (a unique part
 // of the command line of a process the test started on node A), FILE_DIR, FILE_NAME,
-// FILE_TEXT (a file the test wrote), SCREENSHOTS (a directory).
+// FILE_TEXT (a file the test wrote), SCREENSHOTS (a directory), LOG_FILE (optional: a file
+// under /var/log with a "keep-this line" and a "drop-this line").
 
 import { join } from "node:path";
 import { checker, env, launch, login, relay, timeout, watch } from "./lib.mjs";
@@ -95,6 +96,19 @@ try {
     await page.locator("#file-content").filter({ hasText: env("FILE_TEXT") }).waitFor(slow);
     await shot("node-files");
   });
+
+  if (process.env.LOG_FILE) {
+    await check("the logs tab tails a file under /var/log, filtered", async () => {
+      await page.getByRole("link", { name: "Logs" }).click();
+      await page.getByLabel(/^Source/).fill(process.env.LOG_FILE);
+      await page.getByLabel("Containing").fill("keep-this");
+      await page.getByRole("button", { name: "Show" }).click();
+      const out = page.locator("#log-output");
+      await out.filter({ hasText: "keep-this line" }).waitFor(slow);
+      if ((await out.innerText()).includes("drop-this")) throw new Error("the filter let a line through");
+      await shot("node-logs");
+    });
+  }
 
   await check("the performance tab draws its charts", async () => {
     await page.getByRole("link", { name: "Performance" }).click();

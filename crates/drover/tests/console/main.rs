@@ -142,6 +142,17 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
         .args(["-c", "sleep \"$1\"; exit $?", "sh", &seconds])
         .spawn()
         .unwrap();
+    // A log under /var/log for the logs tab, where this user may write one (CI runs as root).
+    let log = PathBuf::from(format!(
+        "/var/log/drover-console-test-{}.log",
+        std::process::id()
+    ));
+    let log = std::fs::write(&log, "drop-this line\nkeep-this line\n")
+        .ok()
+        .map(|_| log);
+    if log.is_none() {
+        println!("the logs tab's check is skipped: /var/log is not writable by this user");
+    }
     let files = env.path("files");
     std::fs::create_dir_all(&files).unwrap();
     let text = format!("written by the console test {}", std::process::id());
@@ -164,9 +175,18 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
             ("FILE_NAME", "notes.txt".into()),
             ("FILE_TEXT", text),
             ("SCREENSHOTS", screenshots().display().to_string()),
+            (
+                "LOG_FILE",
+                log.as_ref()
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default(),
+            ),
         ],
     )
     .unwrap();
+    if let Some(l) = &log {
+        let _ = std::fs::remove_file(l);
+    }
     // The kill the page asked for reached the process (SIGTERM: the shell says 143).
     let killed = wait_until("the sleep's shell to exit", Duration::from_secs(10), || {
         let status = sleeper.try_wait().unwrap();
@@ -179,7 +199,11 @@ async fn the_console_runs_admin_tasks_terminals_commands_and_replays_and_hides_w
     }
     println!("{out}");
     assert!(ok, "the browser's checks failed:\n{out}");
-    assert_eq!(browser::passed(&out), 27, "{out}");
+    assert_eq!(
+        browser::passed(&out),
+        27 + usize::from(log.is_some()),
+        "{out}"
+    );
     assert_eq!(
         killed.as_ref().ok().and_then(|s| s.code()),
         Some(143),
