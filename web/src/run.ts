@@ -101,17 +101,21 @@ export async function runPage(main: HTMLElement, alive: () => boolean, presetNod
       const chosen = new Set(targets());
       const reachable = await allNodes([], { action: "SendCommand", document });
       if (mine !== latest) return;
+      // Ticking a box only counts again: the list is read when the document changes.
+      const counted = () => {
+        const n = targets().length;
+        preview.textContent = `${n} node${n === 1 ? "" : "s"} chosen of ${reachable.length} you may run ${document} on`;
+      };
       nodeList.replaceChildren(
         ...reachable.map((n) => {
           const box = el("input", { type: "checkbox", value: n.id, id: `pick-${n.id}` });
           box.checked = chosen.has(n.id) || n.id === presetNode;
-          box.addEventListener("change", () => void refreshPreview().catch(show(preview)));
+          box.addEventListener("change", counted);
           return el("label", { for: box.id, class: "pick" }, box, ` ${n.name} `, el("span", { class: `status ${n.status.toLowerCase()}` }, n.status));
         }),
       );
       presetNode = undefined;
-      const n = targets().length;
-      preview.textContent = `${n} node${n === 1 ? "" : "s"} chosen of ${reachable.length} you may run ${document} on`;
+      counted();
       return;
     }
     const filters = targetKind.value === "tags" ? tagFilters(tagInput.value).map((t) => `tag:${t}`) : [];
@@ -127,7 +131,12 @@ export async function runPage(main: HTMLElement, alive: () => boolean, presetNod
   docSelect.addEventListener("change", () => void loadDoc().catch(show(error)));
   versionSelect.addEventListener("change", () => void loadDoc(versionSelect.value).catch(show(error)));
   targetKind.addEventListener("change", () => void refreshPreview().catch(show(preview)));
-  tagInput.addEventListener("input", () => void refreshPreview().catch(show(preview)));
+  // Counted once the typing pauses, not for every key.
+  let typing: number | undefined;
+  tagInput.addEventListener("input", () => {
+    window.clearTimeout(typing);
+    typing = window.setTimeout(() => void refreshPreview().catch(show(preview)), 250);
+  });
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     error.textContent = "";
