@@ -2,14 +2,13 @@
 // requests (ask, approve, deny, revoke), and users, groups and policies with the policy check.
 
 import { api } from "./api";
-import { el } from "./dom";
-import { label, show } from "./run";
+import { el, label, show, thead } from "./dom";
 
 function table(id: string, heads: string[], rows: HTMLTableRowElement[]): HTMLTableElement {
   return el(
     "table",
     { id, "aria-label": id },
-    el("thead", {}, el("tr", {}, ...heads.map((h) => el("th", { scope: "col" }, h)))),
+    thead(...heads),
     el("tbody", {}, ...rows),
   );
 }

@@ -14,7 +14,7 @@ export class ApiError extends Error {
 
 const CSRF_COOKIE = "__Host-drover_csrf";
 
-function csrfToken(): string {
+export function csrfToken(): string {
   for (const part of document.cookie.split(";")) {
     const [name, ...value] = part.trim().split("=");
     if (name === CSRF_COOKIE) return decodeURIComponent(value.join("="));
@@ -111,17 +111,12 @@ export interface AuthMethods {
   oidc?: { name: string };
 }
 
-/// Whether the user may take `action` on at least one node: what the console offers.
+/// Whether the user may take `action` on at least one node: what the console offers. One
+/// page of one node: the server reads on past the nodes the user may not act on.
 export async function mayOnAny(action: string): Promise<boolean> {
-  let cursor: string | undefined;
-  do {
-    const q = new URLSearchParams({ may: action, limit: "1000" });
-    if (cursor) q.set("cursor", cursor);
-    const page = await api<NodePage>("GET", `/api/v1/nodes?${q}`);
-    if (page.nodes.length) return true;
-    cursor = page.next_cursor;
-  } while (cursor);
-  return false;
+  const q = new URLSearchParams({ may: action, limit: "1" });
+  const page = await api<NodePage>("GET", `/api/v1/nodes?${q}`);
+  return page.nodes.length > 0;
 }
 
 export interface StepView {
@@ -250,9 +245,4 @@ export interface DocumentView {
   content?: string;
   /// A command document's parameters (absent for a session document, and in listings).
   parameters?: Record<string, ParamDef>;
-}
-
-/// The CSRF token, for a WebSocket (which cannot carry a header).
-export function csrf(): string {
-  return csrfToken();
 }

@@ -3,8 +3,7 @@
 // may manage associations.
 
 import { api } from "./api";
-import { el } from "./dom";
-import { show } from "./run";
+import { el, show, thead } from "./dom";
 
 interface Association {
   id: string;
@@ -36,8 +35,6 @@ interface Compliance {
   at: string;
 }
 
-const head = (...names: string[]) => el("thead", {}, el("tr", {}, ...names.map((n) => el("th", { scope: "col" }, n))));
-
 /// How often the page reads the associations and their compliance again while shown.
 const REFRESH_MS = 5000;
 
@@ -54,7 +51,7 @@ export async function associationsPage(main: HTMLElement, canManage: boolean, al
       el(
         "table",
         { id: "associations", "aria-label": "Associations" },
-        head("Association", "Document", "Targets", "Schedule", "Next run", "Compliance", "Severity", "Owner", ""),
+        thead("Association", "Document", "Targets", "Schedule", "Next run", "Compliance", "Severity", "Owner", ""),
         body,
       ),
     ),
@@ -120,7 +117,7 @@ async function nodes(detail: HTMLElement, a: Association): Promise<void> {
       el(
         "table",
         { id: "compliance-nodes", "aria-label": "Compliance by node" },
-        head("Node", "Status", "Reason", "At"),
+        thead("Node", "Status", "Reason", "At"),
         el(
           "tbody",
           {},

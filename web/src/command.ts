@@ -2,8 +2,7 @@
 // identical result as the CLI folds it, each node's full output) and the command history.
 
 import { api, follow, type CommandView, type InvocationView } from "./api";
-import { el } from "./dom";
-import { show } from "./run";
+import { el, show, thead } from "./dom";
 
 interface InvocationList {
   invocations: InvocationView[];
@@ -46,7 +45,7 @@ export async function commandPage(main: HTMLElement, id: string, alive: () => bo
     const invs = await allInvocations(id);
     if (!alive()) return;
     table.replaceChildren(
-      el("thead", {}, el("tr", {}, ...["Node", "Status", "Detail", "Exit code", "Output"].map((h) => el("th", { scope: "col" }, h)))),
+      thead("Node", "Status", "Detail", "Exit code", "Output"),
       el(
         "tbody",
         {},
@@ -143,7 +142,7 @@ export async function commandsPage(main: HTMLElement): Promise<void> {
       );
     }
     table.replaceChildren(
-      el("thead", {}, el("tr", {}, ...["Command", "Document", "Status", "Nodes", "Sent by", "Sent at", "Comment"].map((h) => el("th", { scope: "col" }, h)))),
+      thead("Command", "Document", "Status", "Nodes", "Sent by", "Sent at", "Comment"),
       el("tbody", {}, ...rows),
     );
   };

@@ -2,8 +2,7 @@
 // document or adds a version, showing the server's refusal at the line it names.
 
 import { api, ApiError, type DocumentView } from "./api";
-import { el } from "./dom";
-import { show } from "./run";
+import { el, show, thead } from "./dom";
 
 export async function documentsPage(main: HTMLElement, canCreate: boolean): Promise<void> {
   const list = await api<{ documents: DocumentView[] }>("GET", "/api/v1/documents");
@@ -15,7 +14,7 @@ export async function documentsPage(main: HTMLElement, canCreate: boolean): Prom
       el(
         "table",
         { id: "documents", "aria-label": "Documents" },
-        el("thead", {}, el("tr", {}, ...["Name", "Kind", "Default version", "Latest", "Description"].map((h) => el("th", { scope: "col" }, h)))),
+        thead("Name", "Kind", "Default version", "Latest", "Description"),
         el(
           "tbody",
           {},

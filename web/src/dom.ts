@@ -11,3 +11,19 @@ export function el<K extends keyof HTMLElementTagNameMap>(
   e.append(...children);
   return e;
 }
+
+/// A table's head: one row of column headers.
+export function thead(...names: string[]): HTMLTableSectionElement {
+  return el("thead", {}, el("tr", {}, ...names.map((n) => el("th", { scope: "col" }, n))));
+}
+
+export function label(id: string, text: string): HTMLLabelElement {
+  return el("label", { for: id }, text);
+}
+
+/// Writes an error's message into `where` (for `.catch`).
+export function show(where: HTMLElement) {
+  return (e: unknown) => {
+    where.textContent = e instanceof Error ? e.message : String(e);
+  };
+}

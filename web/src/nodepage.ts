@@ -3,8 +3,7 @@
 // document over Run Command.
 
 import { allNodes, api, type Node } from "./api";
-import { el } from "./dom";
-import { show } from "./run";
+import { el, show } from "./dom";
 import { filesTab, logsTab, performanceTab, processesTab, usersTab } from "./tasks";
 
 const TABS = ["overview", "processes", "files", "users", "performance", "logs"] as const;

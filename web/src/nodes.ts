@@ -5,7 +5,7 @@
 
 import { api, type Node } from "./api";
 import { COLUMNS, row, toCsv } from "./csv";
-import { el } from "./dom";
+import { el, show } from "./dom";
 
 /// The server's names of the columns, in `COLUMNS` order.
 const SORT_KEYS = ["id", "name", "status", "agent_version", "platform", "os", "ip", "tags", "last_seen"];
@@ -228,10 +228,4 @@ function select(label: string, values: string[], names: string[]) {
   const id = `filter-${label.toLowerCase()}`;
   const s = el("select", { id }, ...values.map((v, i) => el("option", { value: v }, names[i] ?? v)));
   return { select: s, label: el("label", { for: id }, label) };
-}
-
-function show(where: HTMLElement) {
-  return (e: unknown) => {
-    where.textContent = e instanceof Error ? e.message : String(e);
-  };
 }

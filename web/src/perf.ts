@@ -2,8 +2,7 @@
 // CPU and network rates from the difference of two snapshots, drawn as small charts.
 
 import { runTask, taskOutput } from "./api";
-import { el } from "./dom";
-import { show } from "./run";
+import { el, show, thead } from "./dom";
 
 const EVERY_MS = 5000;
 const POINTS = 60;
@@ -114,7 +113,7 @@ export async function performanceTab(body: HTMLElement, node: string, alive: () 
         el(
           "table",
           { "aria-label": "Disks" },
-          el("thead", {}, el("tr", {}, ...["File system", "Size (KiB)", "Used", "Available", "Use", "Mounted on"].map((h) => el("th", { scope: "col" }, h)))),
+          thead("File system", "Size (KiB)", "Used", "Available", "Use", "Mounted on"),
           el("tbody", {}, ...s.disks.map((d) => el("tr", {}, ...d.slice(0, 6).map((c) => el("td", {}, c))))),
         ),
       );

@@ -3,7 +3,7 @@
 // rate control and timeouts; then the command's page.
 
 import { allNodes, api, type CommandView, type DocumentView, type SendCommand } from "./api";
-import { el } from "./dom";
+import { el, label, show } from "./dom";
 import { readParams, paramForm } from "./params";
 
 export async function runPage(main: HTMLElement, alive: () => boolean, presetNode?: string): Promise<void> {
@@ -182,14 +182,4 @@ function tagFilters(text: string): string[] {
     .split(",")
     .map((t) => t.trim())
     .filter((t) => t.includes("="));
-}
-
-export function label(id: string, text: string): HTMLLabelElement {
-  return el("label", { for: id }, text);
-}
-
-export function show(where: HTMLElement) {
-  return (e: unknown) => {
-    where.textContent = e instanceof Error ? e.message : String(e);
-  };
 }

@@ -1,8 +1,7 @@
 // Sessions: active and past, terminate, and a link to a finished session's replay.
 
 import { api, type SessionView } from "./api";
-import { el } from "./dom";
-import { show } from "./run";
+import { el, show, thead } from "./dom";
 
 export async function sessionsPage(main: HTMLElement): Promise<void> {
   const active = el("input", { type: "checkbox", id: "sessions-active" });
@@ -19,7 +18,7 @@ export async function sessionsPage(main: HTMLElement): Promise<void> {
     if (active.checked) q.set("active", "true");
     const list = await api<{ sessions: SessionView[] }>("GET", `/api/v1/sessions?${q}`);
     table.replaceChildren(
-      el("thead", {}, el("tr", {}, ...["Session", "User", "Node", "Kind", "Status", "Started", "Ended", ""].map((h) => el("th", { scope: "col" }, h)))),
+      thead("Session", "User", "Node", "Kind", "Status", "Started", "Ended", ""),
       el(
         "tbody",
         {},

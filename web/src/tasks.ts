@@ -3,17 +3,12 @@
 // its output; nothing here opens a shell.
 
 import { runTask, taskOutput } from "./api";
-import { el } from "./dom";
-import { show } from "./run";
+import { el, show, thead } from "./dom";
 
 const FM = "Drover-FleetManager-";
 
 async function task(node: string, name: string, parameters: Record<string, unknown> = {}): Promise<string> {
   return taskOutput(await runTask(node, FM + name, parameters));
-}
-
-function header(...names: string[]): HTMLTableSectionElement {
-  return el("thead", {}, el("tr", {}, ...names.map((n) => el("th", { scope: "col" }, n))));
 }
 
 interface Proc {
@@ -46,7 +41,7 @@ export async function processesTab(body: HTMLElement, node: string, canKill: boo
     const rows = procs.filter((p) => !text || p.command.toLowerCase().includes(text) || p.user.toLowerCase().includes(text)).sort((a, b) => key(b) - key(a));
     status.textContent = `${rows.length} of ${procs.length} processes`;
     table.replaceChildren(
-      header("PID", "User", "CPU %", "Memory %", "Resident", "Running for", "Command", ""),
+      thead("PID", "User", "CPU %", "Memory %", "Resident", "Running for", "Command", ""),
       el(
         "tbody",
         {},
@@ -132,7 +127,7 @@ export async function filesTab(body: HTMLElement, node: string): Promise<void> {
       return b;
     };
     listing.replaceChildren(
-      header("Name", "Size", "Modified", "Mode"),
+      thead("Name", "Size", "Modified", "Mode"),
       el(
         "tbody",
         {},
@@ -185,7 +180,7 @@ export async function usersTab(body: HTMLElement, node: string, canChange: boole
     const [u = "", g = ""] = (await task(node, "ListUsers")).split("\n--\n");
     const rows = (t: string) => t.split("\n").filter((l) => l.includes(":")).map((l) => l.split(":"));
     users.replaceChildren(
-      header("Name", "UID", "GID", "Home", "Shell", ""),
+      thead("Name", "UID", "GID", "Home", "Shell", ""),
       el(
         "tbody",
         {},
@@ -207,7 +202,7 @@ export async function usersTab(body: HTMLElement, node: string, canChange: boole
         }),
       ),
     );
-    groups.replaceChildren(header("Name", "GID", "Members"), el("tbody", {}, ...rows(g).map((r) => el("tr", {}, ...r.slice(0, 3).map((c) => el("td", {}, c))))));
+    groups.replaceChildren(thead("Name", "GID", "Members"), el("tbody", {}, ...rows(g).map((r) => el("tr", {}, ...r.slice(0, 3).map((c) => el("td", {}, c))))));
   };
   if (canChange) {
     const name = el("input", { id: "new-user", pattern: "[a-z_][a-z0-9_-]{0,31}", required: "" });

@@ -5,10 +5,9 @@
 import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import "@xterm/xterm/css/xterm.css";
-import { api, csrf, type SessionView } from "./api";
-import { el } from "./dom";
+import { api, csrfToken, type SessionView } from "./api";
+import { el, show } from "./dom";
 import * as frames from "./frames";
-import { show } from "./run";
 
 /// Acknowledge output after this many bytes, or this long after the first unacknowledged.
 const ACK_EVERY = 64 * 1024;
@@ -61,7 +60,7 @@ export async function terminalPage(main: HTMLElement, node: string, alive: () =>
       const url = new URL(session.stream_path, location.href);
       url.protocol = "wss:";
       if (url.host !== location.host) throw new Error(`refusing a stream elsewhere: ${url.host}`);
-      const s = new WebSocket(url, ["drover.session.v1", `drover.csrf.${csrf()}`]);
+      const s = new WebSocket(url, ["drover.session.v1", `drover.csrf.${csrfToken()}`]);
       s.binaryType = "arraybuffer";
       let opened = false;
       s.onopen = () => {

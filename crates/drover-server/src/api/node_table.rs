@@ -85,28 +85,8 @@ fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
                     }
                 }
             }
-            "offset" => {
-                q.offset = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n <= MAX_OFFSET)
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "invalid offset {v:?}: a number from 0 to {MAX_OFFSET}"
-                        ))
-                    })?
-            }
-            "limit" => {
-                q.limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "invalid limit {v:?}: a number from 1 to {MAX_LIMIT}"
-                        ))
-                    })?
-            }
+            "offset" => q.offset = validate::count("offset", &v, 0..=MAX_OFFSET)?,
+            "limit" => q.limit = validate::count("limit", &v, 1..=MAX_LIMIT)?,
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "unknown query parameter {other:?}: use filter, search, sort, order, offset or limit"

@@ -132,17 +132,7 @@ fn parse_query(raw: Option<&str>) -> Result<(NodeQuery, Also), ApiError> {
                 )?;
                 also.ctx.document = Some(v.into_owned());
             }
-            "limit" => {
-                q.limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "invalid limit {v:?}: a number from 1 to {MAX_LIMIT}"
-                        ))
-                    })?
-            }
+            "limit" => q.limit = validate::count("limit", &v, 1..=MAX_LIMIT)?,
             "cursor" => q.after = Some(validate::node_id(&v)?),
             other => {
                 return Err(ApiError::BadRequest(format!(

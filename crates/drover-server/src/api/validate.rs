@@ -81,6 +81,24 @@ pub fn range<T: PartialOrd + std::fmt::Display>(
     }
 }
 
+/// A whole number given as text (a query parameter), in `range`.
+pub fn count(
+    field: &str,
+    v: &str,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ApiError> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid {field} {v:?}: a number from {} to {}",
+                range.start(),
+                range.end()
+            ))
+        })
+}
+
 /// A display name or text field: bounded, printable.
 pub fn text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
     if rules::matches(&rules::text(0, max), v) {
