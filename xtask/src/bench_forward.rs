@@ -1,8 +1,9 @@
 //! `cargo xtask bench forward`: port forwarding and SSH through the real path (`drover forward`
 //! and `drover ssh-proxy`, the real server and agent), beside OpenSSH in the same run:
 //! ../shared/peers/forward.sh with Drover as its extra contender (one stream, then 100 at once,
-//! then 100 at once beside a connection nobody reads), and scp of 1 GiB through `ssh-proxy`
-//! against scp straight to the same sshd. CPU is the whole machine's busy time around each run
+//! then 100 at once beside a connection nobody reads), each connection of 100 timed from both
+//! ends (`bench_fairness`: the slowest against the mean), and scp of 1 GiB through `ssh-proxy`
+//! against scp straight to the same sshd. `FORWARD_ONLY=fairness` runs only the fairness part. CPU is the whole machine's busy time around each run
 //! (both ends share these 2 cores), per GiB moved.
 
 use std::io::Write;
@@ -104,6 +105,24 @@ pub fn bench_forward(build: bool) -> Result<()> {
         version += 1;
         set_e2e(&s.cli_config, mode, version)
     };
+    let fairness_only = std::env::var("FORWARD_ONLY").is_ok_and(|v| v == "fairness");
+    if fairness_only {
+        for (mode, name, unread) in [
+            ("off", "drover", false),
+            ("optional", "drover_e2e", false),
+            ("optional", "drover_e2e_beside_unread", true),
+        ] {
+            e2e(mode)?;
+            let line = crate::bench_fairness::fairness(&s.cli_config, name, unread)?;
+            log(&line);
+            results.push(line);
+        }
+        println!();
+        for r in &results {
+            println!("{r}");
+        }
+        return Ok(());
+    }
 
     // One stream, each contender in a run of its own so that its CPU is its own.
     let mut direct_cpu = 0.0;
@@ -182,6 +201,26 @@ pub fn bench_forward(build: bool) -> Result<()> {
     let _ = stalled_fwd.kill();
     let _ = stalled_fwd.wait();
 
+    // Each of 100 connections timed from both ends: the slowest against the mean, alone and
+    // beside a connection of the same forward that nobody reads.
+    e2e("off")?;
+    results.push(crate::bench_fairness::fairness(
+        &s.cli_config,
+        "drover",
+        false,
+    )?);
+    e2e("optional")?;
+    results.push(crate::bench_fairness::fairness(
+        &s.cli_config,
+        "drover_e2e",
+        false,
+    )?);
+    results.push(crate::bench_fairness::fairness(
+        &s.cli_config,
+        "drover_e2e_beside_unread",
+        true,
+    )?);
+
     let mut scp_results = Vec::new();
     for mode in ["off", "optional"] {
         e2e(mode)?;
@@ -196,7 +235,7 @@ pub fn bench_forward(build: bool) -> Result<()> {
 }
 
 /// The local port `drover forward` prints.
-fn first_port(child: &mut std::process::Child) -> Result<u16> {
+pub(crate) fn first_port(child: &mut std::process::Child) -> Result<u16> {
     use std::io::BufRead;
     let out = child.stdout.take().context("no stdout")?;
     let mut line = String::new();

@@ -18,6 +18,7 @@ use process::{clock_ticks_per_sec, cpu_ticks, memory_kib, Proc};
 
 mod bench_assoc;
 mod bench_console;
+mod bench_fairness;
 mod bench_forward;
 mod bench_run;
 mod bench_sessions;
