@@ -163,9 +163,11 @@ pub(crate) fn create_user(c: &mut Connection, u: &User) -> Result<(), StoreError
         ],
     )
     .map_err(db("create a user"))?;
+    // Groups are a set: a group named twice is one membership (it was a 500, from the
+    // membership's primary key, until schemathesis sent `["0", "0"]`).
     for g in &u.groups {
         tx.execute(
-            "INSERT INTO group_members (group_name, user_name) VALUES (?1, ?2)",
+            "INSERT OR IGNORE INTO group_members (group_name, user_name) VALUES (?1, ?2)",
             params![g, u.name],
         )
         .map_err(db("add a group member"))?;

@@ -464,3 +464,24 @@ async fn a_renewal_retires_the_previous_certificate_once_the_new_one_is_seen_and
         CertCheck::Current
     );
 }
+
+/// A group named twice is one membership, not a database error.
+#[tokio::test]
+async fn a_user_created_with_a_group_named_twice_is_in_it_once() {
+    let (_d, s) = store().await;
+    let user = User {
+        name: "ann".into(),
+        source: "local".into(),
+        password_hash: None,
+        attributes: BTreeMap::new(),
+        groups: vec!["admins".into(), "admins".into()],
+        disabled: false,
+        failed_logins: 0,
+        locked_until: 0,
+        created_at: 1,
+        subject: String::new(),
+    };
+    s.create_user(&user).await.unwrap();
+    let stored = s.get_user("ann").await.unwrap().unwrap();
+    assert_eq!(stored.groups, vec!["admins".to_string()]);
+}
