@@ -19,12 +19,7 @@ pub fn bench_console(args: &[String], build: bool) -> Result<()> {
         _ => bail!("usage: cargo xtask bench console [--count N]"),
     };
     let browser = root().join("crates/drover/tests/browser");
-    let chromium = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| d.join("chromium"))
-        .find(|p| p.is_file())
+    let chromium = crate::packages::on_path("chromium")
         .context("chromium is not installed: run `cargo xtask test` once (it installs it)")?;
     if !browser.join("node_modules/playwright-core").is_dir() {
         bail!(

@@ -1,20 +1,25 @@
 //! Debian packages the tests need, installed with apt-get when missing (a fresh machine, CI).
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Result;
 
 use crate::{log, run};
 
+/// Where `cmd` is on the PATH, if it is.
+pub fn on_path(cmd: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
 /// Installs with apt-get the `(command, package)` pairs whose command is not on the PATH.
 pub fn ensure_debian(needed: &[(&str, &str)]) -> Result<()> {
-    let on_path = |cmd: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-    };
     let missing: Vec<&str> = needed
         .iter()
-        .filter(|(cmd, _)| !on_path(cmd))
+        .filter(|(cmd, _)| on_path(cmd).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {

@@ -32,8 +32,8 @@ pub const COLUMNS: [&str; 9] = [
     "tags",
     "last_seen",
 ];
-/// Largest page.
-const MAX_LIMIT: usize = 1000;
+/// Largest page: what the OpenAPI document declares.
+pub const MAX_LIMIT: usize = 1000;
 /// Largest offset: far past any fleet, and what the OpenAPI document declares.
 pub const MAX_OFFSET: usize = u32::MAX as usize;
 /// Nodes read from the store per query while collecting.

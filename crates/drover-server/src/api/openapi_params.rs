@@ -62,7 +62,9 @@ fn parameter_schema(path: &str, name: &str, location: &str) -> Option<Value> {
         }
         ("query", "order") => json!({"type": "string", "enum": ["asc", "desc"]}),
         ("query", "offset") => integer(0, super::node_table::MAX_OFFSET as u64),
-        ("query", "limit") if path == "/api/v1/node-table" => integer(1, 1000),
+        ("query", "limit") if path == "/api/v1/node-table" => {
+            integer(1, super::node_table::MAX_LIMIT as u64)
+        }
         ("query", "may") => json!({"type": "string", "enum": drover_policy::Action::all()
             .filter(|a| a.resource() == drover_policy::ResourceKind::Node)
             .map(|a| a.name())
