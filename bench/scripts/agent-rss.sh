@@ -22,4 +22,5 @@ ACT=$("$BIN" activation create --count 1 -o json | python3 -c \
 AGENT=$!
 sleep 5
 grep -E "VmRSS|RssAnon|RssFile" "/proc/$AGENT/status"
+if [ -n "${SMAPS:-}" ]; then awk '/^[0-9a-f]+-/{m=$6" "$2} /^Rss:/{if($2>0) print $2" kB "m}' /proc/$AGENT/smaps | sort -rn | head -20; fi
 if [ "${RESIDENT_CODE:-}" = 1 ]; then python3 "$here/resident-code.py" "$AGENT" "$BIN"; fi

@@ -382,6 +382,9 @@ pub trait Store:
 {
     // --- nodes
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>, StoreError>;
+    /// The nodes among `ids` that exist, in no particular order: one round trip for a page
+    /// of a listing instead of one per node.
+    async fn get_nodes(&self, ids: &[NodeId]) -> Result<Vec<Node>, StoreError>;
     async fn list_nodes(&self, query: &NodeQuery) -> Result<NodePage, StoreError>;
     async fn update_tags(
         &self,

@@ -103,6 +103,22 @@ impl Store for SqliteStore {
         self.call(move |c| get_node_tx(c, &id)).await
     }
 
+    async fn get_nodes(&self, ids: &[NodeId]) -> Result<Vec<Node>, StoreError> {
+        // One statement whatever the number of IDs: they travel as one JSON array, and each is
+        // looked up by the primary key (CROSS JOIN keeps that order: on a small table the
+        // planner would rather scan it).
+        let ids = json(&ids.iter().map(NodeId::as_str).collect::<Vec<_>>());
+        self.call(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {NODE_COLUMNS} FROM (SELECT DISTINCT value FROM json_each(?1)) AS asked \
+                 CROSS JOIN nodes ON nodes.id = asked.value"
+            ))
+            .and_then(|mut st| st.query_map([ids], node_from_row)?.collect())
+            .map_err(db("read nodes"))
+        })
+        .await
+    }
+
     async fn list_nodes(&self, query: &NodeQuery) -> Result<NodePage, StoreError> {
         let q = query.clone();
         self.call(move |c| {

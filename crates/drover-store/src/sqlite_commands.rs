@@ -1,6 +1,8 @@
 //! SQLite for commands and invocations (and the schema of documents, commands and invocations):
 //! plain functions on a connection, called by `SqliteStore` on its blocking thread.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::*;
@@ -140,6 +142,15 @@ CREATE TRIGGER history_size_delete AFTER DELETE ON invocations BEGIN
 END;
 "#;
 
+/// A command's invocations are counted once per command, not once per row: `create_command`
+/// (and the history seeding) add what they insert to `invocation_counts` and `history_size` in
+/// the same transaction. The two per-row triggers cost two statements for each of a fan-out's
+/// invocations. Updates and deletes keep their triggers (they come one row at a time).
+pub(crate) const MIGRATION_COUNT_PER_COMMAND: &str = r#"
+DROP TRIGGER invocation_counts_insert;
+DROP TRIGGER history_size_insert;
+"#;
+
 pub(crate) fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Database { what, source }
 }
@@ -210,7 +221,32 @@ pub(crate) fn create_command(
             .map_err(db("create a command"))?;
         }
     }
+    let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for i in invs {
+        *counts.entry((&i.command_id, &i.status)).or_default() += 1;
+    }
+    add_counts(&tx, &counts).map_err(db("create a command"))?;
     tx.commit().map_err(db("create a command"))
+}
+
+/// Adds inserted invocations, `n` per (command, status), to the counts the triggers keep for
+/// updates and deletes ([`MIGRATION_COUNT_PER_COMMAND`]).
+pub(crate) fn add_counts(
+    tx: &rusqlite::Transaction<'_>,
+    counts: &BTreeMap<(&str, &str), i64>,
+) -> rusqlite::Result<()> {
+    let mut total = 0;
+    for ((command, status), n) in counts {
+        tx.prepare_cached(
+            "INSERT INTO invocation_counts (command_id, status, n) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (command_id, status) DO UPDATE SET n = n + excluded.n",
+        )?
+        .execute(params![command, status, n])?;
+        total += n;
+    }
+    tx.prepare_cached("UPDATE history_size SET invocations = invocations + ?1 WHERE id = 1")?
+        .execute([total])?;
+    Ok(())
 }
 
 pub(crate) fn get_command(c: &Connection, id: &str) -> Result<Option<Command>, StoreError> {

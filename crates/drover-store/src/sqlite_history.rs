@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::sqlite_commands::{db, CMD_COLS};
+use crate::sqlite_commands::{add_counts, db, CMD_COLS};
 use crate::*;
 
 /// Statuses of a command still running: never pruned.
@@ -204,6 +204,9 @@ pub(crate) fn seed_history(
             .map_err(db("seed the history"))?;
             n += 1;
         }
+        let n = i64::try_from(per_command).unwrap_or(i64::MAX);
+        let counts = [((command.as_str(), "Success"), n)].into();
+        add_counts(&tx, &counts).map_err(db("seed the history"))?;
     }
     tx.commit().map_err(db("seed the history"))?;
     Ok(n)

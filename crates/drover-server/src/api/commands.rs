@@ -394,6 +394,39 @@ async fn may_read_output(
         .is_ok())
 }
 
+/// The nodes among `nodes` whose output of command `c` `who` may read (a node that is gone is
+/// not one of them): [`may_read_output`] for a page of a listing.
+async fn readable_output(
+    state: &AppState,
+    who: &Principal,
+    c: &Command,
+    nodes: &[&str],
+) -> Result<std::collections::HashSet<String>, ApiError> {
+    let mut ids: Vec<drover_store::NodeId> = nodes
+        .iter()
+        .filter_map(|n| drover_store::NodeId::parse(n))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let found = state.store.get_nodes(&ids).await?;
+    let ctx = drover_policy::Context {
+        document: Some(c.document_name.clone()),
+        kind: None,
+    };
+    let allowed = state
+        .authz
+        .nodes(who, Action::ReadOutput, &found, &ctx)
+        .await?;
+    Ok(found
+        .into_iter()
+        .zip(allowed)
+        .filter_map(|(n, ok)| ok.then(|| n.id.to_string()))
+        .collect())
+}
+
 #[utoipa::path(get, path = "/api/v1/commands/{id}", params(("id" = String, Path)),
     responses((status = 200, body = CommandView), (status = 404, body = drover_api::ErrorBody)), security(("bearer" = [])))]
 pub async fn show(
@@ -523,26 +556,25 @@ pub async fn invocations(
         })
         .await?;
     let more = rows.len() > limit;
-    let mut invocations: Vec<InvocationView> = Vec::with_capacity(limit.min(rows.len()));
-    // Output only from the nodes whose output the user may read, decided once per node.
-    let mut readable: std::collections::HashMap<String, bool> = Default::default();
-    for i in rows.into_iter().take(limit) {
-        let mut i = invocation_view(i, false);
-        if !i.steps.is_empty() {
-            let ok = match readable.get(&i.node_id) {
-                Some(ok) => *ok,
-                None => {
-                    let ok = may_read_output(&state, &who, &command, &i.node_id).await?;
-                    readable.insert(i.node_id.clone(), ok);
-                    ok
-                }
-            };
-            if !ok {
+    let rows: Vec<_> = rows.into_iter().take(limit).collect();
+    // Output only from the nodes whose output the user may read, decided for the whole page at
+    // once (one read of the nodes, one decision between the nodes that look alike).
+    let with_output: Vec<&str> = rows
+        .iter()
+        .filter(|i| !i.steps.is_empty())
+        .map(|i| i.node_id.as_str())
+        .collect();
+    let readable = readable_output(&state, &who, &command, &with_output).await?;
+    let invocations: Vec<InvocationView> = rows
+        .into_iter()
+        .map(|i| {
+            let mut i = invocation_view(i, false);
+            if !readable.contains(i.node_id.as_str()) {
                 i.steps.clear();
             }
-        }
-        invocations.push(i);
-    }
+            i
+        })
+        .collect();
     let next_cursor = if more {
         invocations.last().map(|i| i.id.clone())
     } else {

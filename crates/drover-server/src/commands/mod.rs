@@ -120,6 +120,21 @@ impl Commands {
         let mut tags = Vec::new();
         let mut all = false;
         let mut picked: BTreeMap<NodeId, drover_store::Node> = BTreeMap::new();
+        // Node IDs are read in one call, whatever their number.
+        let ids: Vec<NodeId> = targets
+            .iter()
+            .filter_map(|t| NodeId::parse(t.trim()))
+            .collect();
+        let mut by_id: BTreeMap<NodeId, drover_store::Node> = if ids.is_empty() {
+            BTreeMap::new()
+        } else {
+            store
+                .get_nodes(&ids)
+                .await?
+                .into_iter()
+                .map(|n| (n.id.clone(), n))
+                .collect()
+        };
         for t in targets.iter().map(|t| t.trim()) {
             let tag = t
                 .strip_prefix("tag:")
@@ -130,11 +145,13 @@ impl Commands {
             } else if let Some((k, v)) = tag {
                 tags.push((k.to_string(), v.to_string()));
             } else if let Some(id) = NodeId::parse(t) {
-                let node = store
-                    .get_node(&id)
-                    .await?
-                    .ok_or_else(|| ApiError::NotFound(format!("target {t}: no such node")))?;
-                picked.insert(id, node);
+                // A node named twice was taken out of `by_id` the first time.
+                if let std::collections::btree_map::Entry::Vacant(slot) = picked.entry(id) {
+                    let node = by_id
+                        .remove(slot.key())
+                        .ok_or_else(|| ApiError::NotFound(format!("target {t}: no such node")))?;
+                    slot.insert(node);
+                }
             } else {
                 let name = t.strip_prefix("name:").unwrap_or(t);
                 let page = store

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     crate::sqlite_alerts::MIGRATION_ALERTS,
     crate::sqlite_params::MIGRATION_PARAMS,
     crate::sqlite_assoc::MIGRATION_ASSOC,
+    crate::sqlite_commands::MIGRATION_COUNT_PER_COMMAND,
 ];
 
 pub(super) const MIGRATION_NODES: &str = r#"

@@ -152,6 +152,43 @@ async fn listing_filters_and_pages() {
 }
 
 #[tokio::test]
+async fn nodes_are_read_by_id_in_one_call_skipping_unknown_ones() {
+    let (_d, s) = store().await;
+    s.create_activation(&activation(10)).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let n = s
+            .redeem_activation(
+                "act-1",
+                "h",
+                1,
+                new_node(&format!("{i:017x}"), &[("i", "x")]),
+            )
+            .await
+            .unwrap();
+        ids.push(n.id);
+    }
+    assert!(s.get_nodes(&[]).await.unwrap().is_empty());
+    let unknown = NodeId::parse("n-fffffffffffffffff").unwrap();
+    let asked = [ids[2].clone(), unknown, ids[0].clone(), ids[0].clone()];
+    let mut got: Vec<_> = s
+        .get_nodes(&asked)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.id, n.tags))
+        .collect();
+    got.sort();
+    let mut want = Vec::new();
+    for id in [&ids[0], &ids[2]] {
+        let n = s.get_node(id).await.unwrap().unwrap();
+        assert_eq!(n.tags.get("i").map(String::as_str), Some("x"));
+        want.push((n.id, n.tags));
+    }
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
 async fn tags_are_set_and_removed() {
     let (_d, s) = store().await;
     s.create_activation(&activation(1)).await.unwrap();
@@ -183,6 +220,46 @@ async fn tags_are_set_and_removed() {
         .await
         .unwrap();
     assert!(gone.nodes.is_empty());
+}
+
+/// The counts are added per command (no trigger per inserted row), then kept by the triggers
+/// on update and delete.
+#[tokio::test]
+async fn a_new_commands_invocations_are_counted_by_status_and_in_the_history_size() {
+    let (_d, s) = store().await;
+    let size = |s: &SqliteStore| -> i64 {
+        s.conn
+            .lock()
+            .unwrap()
+            .query_row("SELECT invocations FROM history_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    let denied = Invocation {
+        status: "Failed".into(),
+        status_detail: "AccessDenied".into(),
+        ..invocation("inv-3")
+    };
+    let invs = [invocation("inv-1"), invocation("inv-2"), denied];
+    s.create_command(&command("cmd-1"), &invs).await.unwrap();
+    s.create_command(&command("cmd-2"), &[]).await.unwrap();
+    let counts = s.status_counts("cmd-1").await.unwrap();
+    assert_eq!(counts, [("Failed".into(), 1), ("Pending".into(), 2)].into());
+    assert!(s.status_counts("cmd-2").await.unwrap().is_empty());
+    assert_eq!(size(&s), 3);
+    s.apply_invocation_updates(&[status("InProgress")])
+        .await
+        .unwrap();
+    let counts = s.status_counts("cmd-1").await.unwrap();
+    assert_eq!(
+        counts,
+        [
+            ("Failed".into(), 1),
+            ("InProgress".into(), 1),
+            ("Pending".into(), 1)
+        ]
+        .into()
+    );
+    assert_eq!(size(&s), 3);
 }
 
 #[test]

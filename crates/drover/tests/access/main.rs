@@ -287,6 +287,50 @@ async fn the_case_table_decides_through_the_api_and_fan_outs_report_denied_nodes
             ("plain".into(), "Failed".into(), "AccessDenied".into()),
         ]
     );
+    // A listing with output shows it only from the nodes whose output the reader may read
+    // (decided for the page at once): Alice, a viewer of Amber, reads the admin's command on
+    // every node, and its output on Amber's nodes only.
+    let sent = admin
+        .send_command(&SendCommand {
+            document: "RunShellScript".into(),
+            parameters: BTreeMap::from([("commands".into(), serde_json::json!(["echo out"]))]),
+            targets: vec!["all".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_until("the admin's fan-out to finish", DEADLINE, || async {
+        Ok(admin.get_command(&sent.id).await?.done.then_some(()))
+    })
+    .await
+    .unwrap();
+    let stdout = |list: Vec<drover_api::InvocationView>| -> Vec<(String, Vec<String>)> {
+        let mut v: Vec<_> = list
+            .into_iter()
+            .map(|i| (i.node_name, i.steps.into_iter().map(|s| s.stdout).collect()))
+            .collect();
+        v.sort();
+        v
+    };
+    let every = stdout(admin.list_invocations(&sent.id, true).await.unwrap());
+    assert_eq!(every.len(), 5, "{every:?}");
+    assert!(every.iter().all(|(_, out)| out == &["out\n"]), "{every:?}");
+    let amber_only: Vec<(String, Vec<String>)> = every
+        .into_iter()
+        .map(|(n, out)| {
+            let out = if n.starts_with("amber-") { out } else { vec![] };
+            (n, out)
+        })
+        .collect();
+    assert_eq!(
+        stdout(
+            clients["alice"]
+                .list_invocations(&sent.id, true)
+                .await
+                .unwrap()
+        ),
+        amber_only
+    );
     // The CLI says so too, per node.
     let out = env_cli_as(
         &env,
