@@ -31,8 +31,6 @@ mod stdio;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Exit code for a bad configuration or usage (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
@@ -50,8 +48,8 @@ impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     drover_tunnel::heap::keep_freed_heap();
-    let cli = cli::Cli::parse();
-    init_tracing(cli.verbose, cli.log_format);
+    let cli = cli::Cli::parse_args();
+    init_tracing(cli.global.verbose, cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
