@@ -169,7 +169,8 @@ impl Engine {
     /// Decides one action on many nodes (a command's fan-out, a node listing). The nodes that
     /// look the same to every policy that can apply (the same values of the tags those
     /// policies read, see `reads.rs`) get one decision between them; when the policies read
-    /// a node's identity, each node is decided on its own.
+    /// a node's identity, or another node, each node is decided on its own, exactly as
+    /// [`Engine::decide`] would.
     pub fn decide_nodes(
         &self,
         who: &UserFacts,
@@ -178,10 +179,27 @@ impl Engine {
         ctx: &Context,
     ) -> Result<Vec<bool>, PolicyError> {
         let (policies, reads) = self.slice(who, action)?;
+        let parts = (who.uid()?, uid("Action", action.name())?, ctx.cedar()?);
+        if reads.everything {
+            // Each node alone, among the entities only with the user, as `decide` sees it: a
+            // policy that reads another node (`Drover::Node::"n-1".hasTag("public")`) must not
+            // find that node because it is in the same fan-out or page of a listing.
+            let user = who.entities()?;
+            return nodes
+                .iter()
+                .map(|n| {
+                    let mut alone = user.clone();
+                    alone.push(n.entity()?);
+                    let alone = Entities::from_entities(alone, None)
+                        .map_err(|e| PolicyError::Internal(format!("entities: {e}")))?;
+                    Ok(self
+                        .decide_with(&parts, n.uid()?, &alone, &policies)?
+                        .allowed)
+                })
+                .collect();
+        }
         // Each node's first look-alike: the node whose decision it shares.
-        let first: Vec<usize> = if reads.everything {
-            (0..nodes.len()).collect()
-        } else {
+        let first: Vec<usize> = {
             let mut seen = HashMap::new();
             nodes
                 .iter()
@@ -211,7 +229,6 @@ impl Engine {
         }
         let entities = Entities::from_entities(entities, None)
             .map_err(|e| PolicyError::Internal(format!("entities: {e}")))?;
-        let parts = (who.uid()?, uid("Action", action.name())?, ctx.cedar()?);
         let mut allowed = vec![false; nodes.len()];
         for (i, n) in nodes.iter().enumerate() {
             let decided = match first.get(i) {
@@ -374,6 +391,10 @@ mod tests {
                 resource.hasTag("Environment") && resource.getTag("Environment") == "Development" };"#,
             r#"permit (principal, action, resource is Drover::Node) when {
                 [Drover::Node::"n-4", Drover::Node::"n-9"].contains(resource) };"#,
+            // Another node's tag: only that node itself can see it (alone, the others find no
+            // such entity and the policy fails to apply), whoever shares the fan-out with it.
+            r#"permit (principal, action, resource is Drover::Node) when {
+                Drover::Node::"n-5".hasTag("Amber") && resource.name like "db-*" };"#,
         ];
         let nodes: Vec<NodeFacts> = (0..60)
             .map(|i| {

@@ -89,8 +89,9 @@ ALTER TABLE invocation_steps DROP COLUMN stdout;
 ALTER TABLE invocation_steps DROP COLUMN stderr;
 "#;
 
-/// Invocation counts per command and status, kept by triggers (exact, in the same transaction
-/// as the change), so that progress is read in constant time.
+/// Invocation counts per command and status, kept exact in the same transaction as the change
+/// (by triggers; since [`MIGRATION_COUNT_PER_COMMAND`], inserts are counted by `create_command`),
+/// so that progress is read in constant time.
 pub(crate) const MIGRATION_INVOCATION_COUNTS: &str = r#"
 CREATE TABLE invocation_counts (
     command_id TEXT NOT NULL,
@@ -121,7 +122,7 @@ END;
 /// on the ones whose output is still kept (so finding the next one to prune never walks the
 /// pruned ones), where output pruning got to in a command, the command being deleted (over
 /// several batches: it is finished whatever the policy says by then), and the number of stored invocations
-/// kept by triggers (the count limit is checked without counting).
+/// kept up to date (the count limit is checked without counting).
 pub(crate) const MIGRATION_RETENTION: &str = r#"
 ALTER TABLE commands ADD COLUMN output_pruned INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE commands ADD COLUMN prune_cursor TEXT NOT NULL DEFAULT '';
@@ -329,7 +330,7 @@ pub(crate) fn unfinished_commands(c: &Connection) -> Result<Vec<Command>, StoreE
 }
 
 pub(crate) fn status_counts(c: &Connection, command_id: &str) -> Result<StatusCounts, StoreError> {
-    // Kept by triggers as invocations change: reading them costs the same at 10 or 50,000
+    // Kept as invocations are created and change: reading them costs the same at 10 or 50,000
     // invocations (the progress bar asks after every stored batch).
     let mut st = c
         .prepare_cached("SELECT status, n FROM invocation_counts WHERE command_id = ?1 AND n > 0")

@@ -204,9 +204,11 @@ pub(crate) fn seed_history(
             .map_err(db("seed the history"))?;
             n += 1;
         }
-        let n = i64::try_from(per_command).unwrap_or(i64::MAX);
-        let counts = [((command.as_str(), "Success"), n)].into();
-        add_counts(&tx, &counts).map_err(db("seed the history"))?;
+        if per_command > 0 {
+            let n = i64::try_from(per_command).unwrap_or(i64::MAX);
+            let counts = [((command.as_str(), "Success"), n)].into();
+            add_counts(&tx, &counts).map_err(db("seed the history"))?;
+        }
     }
     tx.commit().map_err(db("seed the history"))?;
     Ok(n)
