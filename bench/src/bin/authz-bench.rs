@@ -1,7 +1,8 @@
 //! Authorization at fleet scale: one user's decision on each of 10,000 nodes (a command's
 //! fan-out, a node listing) under 100 policies, through `drover-policy` as the server calls it.
 //! Prints the median and the slowest of the runs. The last row is a user whose policy reads each
-//! node's unique name, so that no two nodes can share a decision: the worst case.
+//! node's unique name, so that no two nodes can share a decision: the worst case; and one whose
+//! policy reads nodes' identity, decided node by node, each alone with the user.
 #![allow(clippy::indexing_slicing)] // fixed tables indexed modulo their length
 
 use std::collections::BTreeMap;
@@ -45,6 +46,15 @@ fn policies(n: usize) -> anyhow::Result<Vec<PolicyFile>> {
         text: "permit (principal in Drover::Group::\"namers\", \
                action == Drover::Action::\"SendCommand\", resource is Drover::Node) \
                when { resource.name like \"node-1*\" };"
+            .into(),
+    });
+    // Read by the row after it: a policy that reads a node's identity (and names another node),
+    // so that each node is decided on its own, among the entities alone with the user.
+    files.push(PolicyFile {
+        name: "by-identity".into(),
+        text: "permit (principal in Drover::Group::\"identities\", \
+               action == Drover::Action::\"SendCommand\", resource is Drover::Node) \
+               when { resource != Drover::Node::\"n-0\" && resource.name like \"node-1*\" };"
             .into(),
     });
     let mut count: usize = files
@@ -153,6 +163,11 @@ fn main() -> anyhow::Result<()> {
         document: Some("RunShellScript".into()),
         kind: None,
     };
+    let identifier = UserFacts {
+        name: "ide".into(),
+        groups: vec!["identities".into()],
+        ..alice.clone()
+    };
     for (what, who, action, ctx) in [
         ("fan-out (SendCommand)", &alice, Action::SendCommand, send),
         (
@@ -170,6 +185,12 @@ fn main() -> anyhow::Result<()> {
         (
             "fan-out, all distinct",
             &namer,
+            Action::SendCommand,
+            by_name.clone(),
+        ),
+        (
+            "fan-out, node identity",
+            &identifier,
             Action::SendCommand,
             by_name,
         ),
