@@ -181,9 +181,9 @@ impl Engine {
         let (policies, reads) = self.slice(who, action)?;
         let parts = (who.uid()?, uid("Action", action.name())?, ctx.cedar()?);
         if reads.everything {
-            // Each node alone, among the entities only with the user, as `decide` sees it: a
-            // policy that reads another node (`Drover::Node::"n-1".hasTag("public")`) must not
-            // find that node because it is in the same fan-out or page of a listing.
+            // Each node on its own, with only the user and itself as entities, as `decide` sees
+            // it: a policy that reads another node (`Drover::Node::"n-1".hasTag("public")`)
+            // must not find that node because it is in the same fan-out or page of a listing.
             let user = who.entities()?;
             return nodes
                 .iter()
