@@ -4,7 +4,7 @@
 //! set against the mean; and the same beside one connection of the same forward that nobody
 //! reads. Every connection's byte count is checked.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
@@ -36,14 +36,7 @@ pub(crate) fn fairness(cli: &Path, name: &str, beside_unread: bool) -> Result<St
             }
             let ends = ends.clone();
             std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut n = 0u64;
-                while let Ok(k) = conn.read(&mut buf) {
-                    if k == 0 {
-                        break;
-                    }
-                    n += k as u64;
-                }
+                let n = crate::process::drain(&mut conn);
                 let _ = ends.send((n, Instant::now()));
             });
         }

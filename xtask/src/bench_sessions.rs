@@ -150,18 +150,8 @@ fn sessions_at_once(cli: &Path, n: usize, script: &str, pty: bool) -> Result<Vec
             .stderr(Stdio::null());
         let started = Instant::now();
         let mut child = c.spawn()?;
-        let mut out = child.stdout.take().context("no stdout")?;
-        let reader = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut total = 0u64;
-            while let Ok(k) = out.read(&mut buf) {
-                if k == 0 {
-                    break;
-                }
-                total += k as u64;
-            }
-            total
-        });
+        let out = child.stdout.take().context("no stdout")?;
+        let reader = std::thread::spawn(move || crate::process::drain(out));
         children.push((child, reader, started));
     }
     let mut results = Vec::new();

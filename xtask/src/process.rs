@@ -1,7 +1,7 @@
 //! The processes the benchmarks start and watch: a child with its output lines on a channel,
 //! and what `/proc` says of a process (memory, CPU time, descriptors).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -10,6 +10,20 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::{log, run};
+
+/// Reads `r` to its end (or its first error) in 64 KiB reads, keeping nothing: the bytes read.
+/// (`std::io::copy` into a sink would read 8 KiB at a time, and cost the benchmarked sink more.)
+pub fn drain(mut r: impl Read) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    while let Ok(k) = r.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        total += k as u64;
+    }
+    total
+}
 
 /// A child process whose stdout lines arrive, timestamped, on a channel (and are copied to a
 /// log file); killed with SIGKILL if still running when dropped.

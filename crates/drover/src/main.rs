@@ -4,6 +4,7 @@
 
 mod cli;
 mod cli_agent;
+mod cli_parse;
 mod client_config;
 mod cmd_access;
 mod cmd_access_requests;

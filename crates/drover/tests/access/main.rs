@@ -195,6 +195,26 @@ async fn attempt(admin: &Client, who: &Client, action: &str, node: &str, doc: &s
     }
 }
 
+/// Sends `script` as `sender` to every node `sender` may see, waits (reading as `admin`) until
+/// the command is done, and returns its ID.
+async fn run_on_all(sender: &Client, admin: &Client, script: &str) -> String {
+    let sent = sender
+        .send_command(&SendCommand {
+            document: "RunShellScript".into(),
+            parameters: BTreeMap::from([("commands".into(), serde_json::json!([script]))]),
+            targets: vec!["all".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_until("the fan-out to finish", DEADLINE, || async {
+        Ok(admin.get_command(&sent.id).await?.done.then_some(()))
+    })
+    .await
+    .unwrap();
+    sent.id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_case_table_decides_through_the_api_and_fan_outs_report_denied_nodes() {
     let env = env();
@@ -242,21 +262,7 @@ async fn the_case_table_decides_through_the_api_and_fan_outs_report_denied_nodes
     assert_eq!(hidden.status(), Some(404), "{hidden}");
     env.cli_ok(&["users", "groups", "alice", "viewers"])
         .unwrap();
-    let sent = clients["alice"]
-        .send_command(&SendCommand {
-            document: "RunShellScript".into(),
-            parameters: BTreeMap::from([("commands".into(), serde_json::json!(["echo hi"]))]),
-            targets: vec!["all".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let command = sent.id.clone();
-    wait_until("the fan-out to finish", DEADLINE, || async {
-        Ok(admin.get_command(&command).await?.done.then_some(()))
-    })
-    .await
-    .unwrap();
+    let command = run_on_all(&clients["alice"], admin, "echo hi").await;
     let invocations = admin.list_invocations(&command, false).await.unwrap();
     let mut by_node: Vec<(String, String, String)> = invocations
         .iter()
@@ -290,20 +296,7 @@ async fn the_case_table_decides_through_the_api_and_fan_outs_report_denied_nodes
     // A listing with output shows it only from the nodes whose output the reader may read
     // (decided for the page at once): Alice, a viewer of Amber, reads the admin's command on
     // every node, and its output on Amber's nodes only.
-    let sent = admin
-        .send_command(&SendCommand {
-            document: "RunShellScript".into(),
-            parameters: BTreeMap::from([("commands".into(), serde_json::json!(["echo out"]))]),
-            targets: vec!["all".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    wait_until("the admin's fan-out to finish", DEADLINE, || async {
-        Ok(admin.get_command(&sent.id).await?.done.then_some(()))
-    })
-    .await
-    .unwrap();
+    let sent = run_on_all(admin, admin, "echo out").await;
     let stdout = |list: Vec<drover_api::InvocationView>| -> Vec<(String, Vec<String>)> {
         let mut v: Vec<_> = list
             .into_iter()
@@ -312,7 +305,7 @@ async fn the_case_table_decides_through_the_api_and_fan_outs_report_denied_nodes
         v.sort();
         v
     };
-    let every = stdout(admin.list_invocations(&sent.id, true).await.unwrap());
+    let every = stdout(admin.list_invocations(&sent, true).await.unwrap());
     assert_eq!(every.len(), 5, "{every:?}");
     assert!(every.iter().all(|(_, out)| out == &["out\n"]), "{every:?}");
     let amber_only: Vec<(String, Vec<String>)> = every
@@ -325,7 +318,7 @@ async fn the_case_table_decides_through_the_api_and_fan_outs_report_denied_nodes
     assert_eq!(
         stdout(
             clients["alice"]
-                .list_invocations(&sent.id, true)
+                .list_invocations(&sent, true)
                 .await
                 .unwrap()
         ),
