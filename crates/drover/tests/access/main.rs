@@ -20,7 +20,7 @@ mod webhooks;
 
 use std::collections::BTreeMap;
 
-use drover_api::{SendCommand, StartSession};
+use drover_api::{CreateTokenRequest, SendCommand, StartSession};
 use drover_client::Client;
 use drover_testkit::{wait_status, wait_until, Env, Proc, Server, DEADLINE};
 
@@ -323,6 +323,26 @@ async fn the_case_table_decides_through_the_api_and_fan_outs_report_denied_nodes
                 .unwrap()
         ),
         amber_only
+    );
+    // A token scoped to reading commands, and not their output, sees no node's output, though
+    // its user is an administrator.
+    let scoped = admin
+        .create_token(
+            "admin",
+            &CreateTokenRequest {
+                name: "commands-only".into(),
+                scope: vec!["ReadCommand".into()],
+                expires_in_secs: None,
+            },
+        )
+        .await
+        .unwrap();
+    let scoped = Client::new(&server.url, &server.fingerprint, Some(scoped.token)).unwrap();
+    let no_output: Vec<(String, Vec<String>)> =
+        amber_only.into_iter().map(|(n, _)| (n, vec![])).collect();
+    assert_eq!(
+        stdout(scoped.list_invocations(&sent, true).await.unwrap()),
+        no_output
     );
     // The CLI says so too, per node.
     let out = env_cli_as(
