@@ -209,12 +209,13 @@ async fn deliver(ctx: &Ctx, run: &Run, id: &str, node: &NodeId, resumed: bool) -
             }
         };
         match stream(ctx, run, id, &tunnel, &mut exec_deadline).await {
-            Some(status) => return status,
-            None if ctx.stop.is_cancelled() => return String::new(),
+            Ok(status) => return status,
+            Err(_) if ctx.stop.is_cancelled() => return String::new(),
             // The connection was lost, or the store refused part of the result: wait for the
             // node, and the agent replays. A failure with the tunnel still up was not the
             // connection's, so back off rather than spin on it.
-            None => {
+            Err(why) => {
+                tracing::debug!(invocation = %id, node = %node, retries, why, "delivery interrupted; it starts over");
                 if ctx.registry.tunnel(node).is_none() {
                     retries = 0;
                     continue;
@@ -254,7 +255,7 @@ async fn refuse_progress(
     id: &str,
     framed: &mut drover_tunnel::Framed<drover_tunnel::Stream>,
     why: String,
-) -> Option<String> {
+) -> Result<String, &'static str> {
     tracing::warn!(invocation = %id, reason = %why, "refused progress from the agent");
     ctx.metrics.refused("bad_progress");
     let _ = framed
@@ -263,7 +264,7 @@ async fn refuse_progress(
             message: why,
         })
         .await;
-    None
+    Err("the agent's progress was refused")
 }
 
 /// What the store already has of the invocation's output, so the agent replays from there.
@@ -292,7 +293,8 @@ async fn received(ctx: &Ctx, id: &str) -> BTreeMap<String, [u64; 2]> {
     }
 }
 
-/// One delivery over one stream. `Some(final status)`, or `None` when the connection was lost.
+/// One delivery over one stream: the final status, or why the delivery must start over (the
+/// connection was lost, the store refused an update).
 /// A stream of a tunnel whose connection died may never be woken again, so the tunnel's end
 /// ends the delivery too.
 async fn stream(
@@ -301,10 +303,10 @@ async fn stream(
     id: &str,
     tunnel: &Tunnel,
     exec_deadline: &mut Option<Instant>,
-) -> Option<String> {
+) -> Result<String, &'static str> {
     tokio::select! {
         r = stream_once(ctx, run, id, tunnel, exec_deadline) => r,
-        _ = tunnel.closed() => None,
+        _ = tunnel.closed() => Err("the tunnel closed"),
     }
 }
 
@@ -314,7 +316,7 @@ async fn stream_once(
     id: &str,
     tunnel: &Tunnel,
     exec_deadline: &mut Option<Instant>,
-) -> Option<String> {
+) -> Result<String, &'static str> {
     let first = exec_deadline.is_none();
     // A barrier: every update queued before is stored once this one is, so what we read next
     // is complete.
@@ -329,7 +331,7 @@ async fn stream_once(
         })
         .await;
     if !started {
-        return None;
+        return Err("the store did not take the start");
     }
     if first {
         *exec_deadline = Some(Instant::now() + run.execution_timeout);
@@ -345,7 +347,7 @@ async fn stream_once(
             None,
         )
         .await;
-        return Some("Failed".into());
+        return Ok("Failed".into());
     }
     invoke.invocation_id = id.to_string();
     invoke.command_id = run.command_id.clone();
@@ -359,21 +361,24 @@ async fn stream_once(
         .flatten()
         .filter_map(|s| s.get("name").and_then(|n| n.as_str()).map(str::to_string));
     let mut ledger = Ledger::new(invoke.output_limit, steps, &invoke.received);
-    let s = tunnel.open().await.ok()?;
+    let s = tunnel
+        .open()
+        .await
+        .map_err(|_| "no stream could be opened")?;
     let mut framed = FrameCodec::framed(s);
     framed
         .feed(Message::Open(StreamOpen {
             kind: StreamKind::Invocation,
         }))
         .await
-        .ok()?;
+        .map_err(|_| "the stream closed before the invocation was sent")?;
     if let Err(e) = framed.send(Message::Invoke(invoke)).await {
         // A message that cannot be framed will never be: fail it, never retry it forever.
         if let drover_tunnel::CodecError::Frame(why) = &e {
             finish(ctx, id, "Failed", &format!("Undeliverable: {why}"), None).await;
-            return Some("Failed".into());
+            return Ok("Failed".into());
         }
-        return None;
+        return Err("the stream closed before the invocation was sent");
     }
     let mut cancel_sent = false;
     loop {
@@ -383,10 +388,11 @@ async fn stream_once(
                     Some(Ok(Message::Progress(p))) => p,
                     Some(Ok(Message::Error { code, message })) => {
                         finish(ctx, id, "Failed", &format!("{code}: {message}"), None).await;
-                        return Some("Failed".into());
+                        return Ok("Failed".into());
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => return None,
+                    Some(Err(_)) => return Err("the stream failed"),
+                    None => return Err("the agent closed the stream"),
                 };
                 let inv = id.to_string();
                 let checked = match &p {
@@ -438,12 +444,12 @@ async fn stream_once(
                             at: secs(),
                         }).await;
                         if !stored {
-                            return None;
+                            return Err("the store did not take the result");
                         }
                         ctx.metrics.invocation_finished(&status);
                         // Only now may the agent forget the result.
                         let _ = framed.send(Message::Delivered).await;
-                        return Some(status);
+                        return Ok(status);
                     }
                 }
             }
@@ -451,15 +457,15 @@ async fn stream_once(
                 cancel_sent = true;
                 ctx.updates.push(InvocationUpdate::Status { invocation_id: id.to_string(), status: "Cancelling".into(), detail: String::new(), exit_code: None, at: secs() }).await;
                 if framed.send(Message::Cancel).await.is_err() {
-                    return None;
+                    return Err("the stream closed before the cancel was sent");
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
                 let _ = framed.send(Message::Cancel).await;
                 finish(ctx, id, "TimedOut", "ExecutionTimedOut", Some(137)).await;
-                return Some("TimedOut".into());
+                return Ok("TimedOut".into());
             }
-            _ = ctx.stop.cancelled() => return None,
+            _ = ctx.stop.cancelled() => return Err("the server is stopping"),
         }
     }
 }
