@@ -9,7 +9,7 @@
 #      LTO put them cost the server 10 % more CPU per invocation until its own hot code was laid
 #      out together too.
 # Uses the release binaries already built (CARGO_TARGET_DIR is honoured). Needs valgrind and
-# perf; takes about three minutes. Rebuild afterwards: `cargo build --release -p drover`.
+# perf; takes about a minute. Rebuild afterwards: `cargo build --release -p drover`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -54,7 +54,7 @@ sed -n "/^c\\?fn=/{s/^c\\?fn=//; s/'[0-9]*\$//; /^[A-Za-z_][A-Za-z0-9_.\$]*\$/p}
   "$B/register.cg" "$B/run.cg" | sort -u > "$B/agent.txt"
 
 # 2. The server's hottest functions.
-"$root/target/debug/xtask" bench run --count 1000 --runs 8 --no-build > "$B/bench.log" 2>&1 &
+(cd "$root" && cargo xtask bench run --count 1000 --runs 8 --no-build) > "$B/bench.log" 2>&1 &
 for _ in $(seq 1200); do grep -q "warm-up" "$B/bench.log" 2>/dev/null && break; sleep 0.5; done
 PID=$(pgrep -f "$target/release/drover server" | head -1)
 # perf ends its timer with SIGTERM and exits with that status.

@@ -11,9 +11,11 @@
 //! process resident on every node, but its code is a tenth of a binary that is also the server
 //! and the CLI. Scattered through it, each function the agent runs pulls its neighbours in with
 //! it (the kernel maps 64 KiB around each page fault), and the agent kept 9 MiB of code resident
-//! to run 2.4 MiB of it. `symbol.order` lists the functions one agent ran (as callgrind saw them,
-//! `bench/scripts/agent-order.sh`), and the linker puts them first, side by side. A function
-//! missing from the list (new, or renamed since) is only laid out as before. The option is
+//! to run 2.4 MiB of it. `symbol.order` lists the functions one agent ran (as callgrind saw them),
+//! then the server's hottest (as `perf` sampled them: taking the shared code away from the
+//! server's cost it a tenth more CPU until its own hot code was laid out together too), and the
+//! linker puts them first, in that order. `bench/scripts/symbol-order.sh` writes the file. A
+//! function missing from it (new, or renamed since) is only laid out as before. The option is
 //! lld's (and mold's); rust-lld is the default linker on x86_64 Linux since Rust 1.90. Set
 //! `DROVER_NO_SYMBOL_ORDERING=1` to link with another linker.
 
