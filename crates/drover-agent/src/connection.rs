@@ -160,6 +160,11 @@ pub async fn run(
         max_download_bytes: config.max_download_bytes,
     });
     runner.recover();
+    tokio::spawn(crate::journal::prune_now_and_then(
+        config.state_dir.clone(),
+        crate::invocations::TOMBSTONE_DAYS,
+        shutdown.child_token(),
+    ));
     let sessions = Sessions::new(config.session_user.clone(), shutdown.child_token());
     loop {
         let identity = match Identity::load(&config.state_dir) {

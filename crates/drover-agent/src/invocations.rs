@@ -23,7 +23,7 @@ use crate::journal::{Entry, Flush, StepStatus};
 /// Largest output chunk per message (JSON escaping can grow it, within the 1 MiB frame limit).
 const CHUNK: usize = 64 * 1024;
 /// Tombstones of delivered invocations are kept this long against repeated deliveries.
-const TOMBSTONE_DAYS: u64 = 7;
+pub(crate) const TOMBSTONE_DAYS: u64 = 7;
 /// How many times an invocation whose journal failed with an I/O error is resumed (over about
 /// four minutes) before it is reported Failed.
 const EXECUTE_ATTEMPTS: u32 = 12;

@@ -360,16 +360,14 @@ impl Entry {
         Ok(())
     }
 
-    /// Removes a delivered invocation once its record is `days` old.
-    pub fn prune_if_older_than(&self, days: u64) {
+    /// Removes a delivered invocation once its record is `days` old; true if it did.
+    pub fn prune_if_older_than(&self, days: u64) -> bool {
         let old = std::fs::metadata(self.log_path())
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age.as_secs() > days * 86400);
-        if old {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        old && std::fs::remove_dir_all(&self.dir).is_ok()
     }
 
     /// Every invocation in the journal.
@@ -384,6 +382,40 @@ impl Entry {
                 Entry::open(state_dir, &id).map(|e| (id, e))
             })
             .collect()
+    }
+}
+
+/// Removes the delivered invocations recorded more than `days` ago; returns how many.
+pub fn prune_delivered(state_dir: &Path, days: u64) -> usize {
+    Entry::all(state_dir)
+        .into_iter()
+        .filter(|(_, e)| e.is_delivered() && e.prune_if_older_than(days))
+        .count()
+}
+
+/// How often a running agent prunes its journal.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Prunes delivered invocations every [`PRUNE_EVERY`] until `stop`. An agent prunes at start
+/// too, but one that runs for months without a restart would otherwise keep a directory for
+/// every invocation it ever ran, and run its node out of inodes.
+pub async fn prune_now_and_then(
+    state_dir: PathBuf,
+    days: u64,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let dir = state_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || prune_delivered(&dir, days))
+            .await
+            .unwrap_or(0);
+        if removed > 0 {
+            tracing::info!(removed, "pruned delivered invocations from the journal");
+        }
     }
 }
 
@@ -430,5 +462,49 @@ mod tests {
         st.started_ms = 3;
         entry.save(&st, Flush::Lazy).unwrap();
         assert_eq!(entry.load().unwrap().started_ms, 3);
+    }
+
+    #[test]
+    fn pruning_removes_only_old_delivered_invocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = |delivered| InvocationState {
+            steps: Vec::new(),
+            units: BTreeMap::new(),
+            nested: BTreeMap::new(),
+            rebooting: false,
+            reboot_asked_in: String::new(),
+            finished: Some(("Success".into(), 0)),
+            started_ms: 1,
+            delivered,
+        };
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 86400);
+        for (id, delivered, age) in [
+            ("inv-old-delivered", true, Some(old)),
+            ("inv-new-delivered", true, None),
+            ("inv-old-undelivered", false, Some(old)),
+        ] {
+            let entry = Entry::open(dir.path(), id).unwrap();
+            std::fs::create_dir_all(&entry.dir).unwrap();
+            entry.save(&st(delivered), Flush::Durable).unwrap();
+            if let Some(t) = age {
+                let f = std::fs::File::options()
+                    .append(true)
+                    .open(entry.log_path())
+                    .unwrap();
+                f.set_modified(t).unwrap();
+            }
+        }
+        assert_eq!(prune_delivered(dir.path(), 7), 1);
+        let left: Vec<String> = Entry::all(dir.path())
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(left.len(), 2);
+        assert!(!left.contains(&"inv-old-delivered".to_string()), "{left:?}");
+        // A result the server has not acknowledged is kept, however old.
+        assert!(
+            left.contains(&"inv-old-undelivered".to_string()),
+            "{left:?}"
+        );
     }
 }
