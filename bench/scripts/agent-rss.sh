@@ -10,17 +10,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 BIN=$(realpath "${1:-$here/../../target/release/drover}")
 B=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$B"' EXIT
-export DROVER_CONFIG=$B/cli.toml
-# The server from a copy of the binary: pages it touches would otherwise count as the agent's
-# (they share the file) in the working set below.
-cp "$BIN" "$B/drover-server"
-"$B/drover-server" server --data-dir "$B/server" --listen 127.0.0.1:0 > "$B/server.log" 2>&1 &
-for _ in $(seq 200); do grep -q "CA fingerprint" "$B/server.log" 2>/dev/null && break; sleep 0.1; done
-URL=$(grep -o "listening on https://127.0.0.1:[0-9]*" "$B/server.log" | grep -o "https.*")
-FP=$(grep -o "CA fingerprint: [0-9a-f]*" "$B/server.log" | cut -d" " -f3)
-"$BIN" login --server "$URL" --ca-fingerprint "$FP" --token-file "$B/server/admin.token" > /dev/null
-ACT=$("$BIN" activation create --count 1 -o json | python3 -c \
-  'import json,sys; d=json.load(sys.stdin); d=d[0] if isinstance(d,list) else d; print(d["id"]+":"+d["code"])')
+. "$here/server.sh"
+start_server
+ACT=$(activation)
 "$BIN" agent register --server "$URL" --activation "$ACT" --ca-fingerprint "$FP" \
   --name rss-node --state-dir "$B/agent" > /dev/null
 "$BIN" agent run --state-dir "$B/agent" > "$B/agent.log" 2>&1 &

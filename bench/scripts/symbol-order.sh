@@ -18,18 +18,11 @@ BIN=$(realpath "$target/release/drover")
 OUT=$root/crates/drover/symbol.order
 B=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$B"' EXIT
-export DROVER_CONFIG=$B/cli.toml
+. "$here/server.sh"
 
 # 1. The agent's functions.
-cp "$BIN" "$B/drover-server"
-"$B/drover-server" server --data-dir "$B/server" --listen 127.0.0.1:0 > "$B/server.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 200); do grep -q "CA fingerprint" "$B/server.log" 2>/dev/null && break; sleep 0.1; done
-URL=$(grep -o "listening on https://127.0.0.1:[0-9]*" "$B/server.log" | grep -o "https.*")
-FP=$(grep -o "CA fingerprint: [0-9a-f]*" "$B/server.log" | cut -d" " -f3)
-"$BIN" login --server "$URL" --ca-fingerprint "$FP" --token-file "$B/server/admin.token" > /dev/null
-ACT=$("$BIN" activation create --count 1 -o json | python3 -c \
-  'import json,sys; d=json.load(sys.stdin); d=d[0] if isinstance(d,list) else d; print(d["id"]+":"+d["code"])')
+start_server
+ACT=$(activation)
 # Each in a subshell that becomes valgrind, so that the agent's PID below is valgrind's.
 cg() { exec valgrind --tool=callgrind --callgrind-out-file="$1" --dump-instr=no --compress-strings=no \
   --demangle=no "${@:2}"; }
